@@ -1,0 +1,79 @@
+//! Device and dtype names as users type them (`--device cuda:1`, `--dtype bf16`).
+
+use crate::error::{PrismaError, Result};
+use tch::{Device, Kind};
+
+pub fn parse_device(name: &str) -> Result<Device> {
+    let name = name.trim().to_ascii_lowercase();
+    let device = match name.as_str() {
+        "" | "cpu" => return Ok(Device::Cpu),
+        "mps" => Device::Mps,
+        "cuda" => Device::Cuda(0),
+        other => match other.strip_prefix("cuda:").and_then(|i| i.parse::<usize>().ok()) {
+            Some(i) => Device::Cuda(i),
+            None => return Err(PrismaError::Device(format!("unknown device '{name}' (use cpu, cuda, cuda:N or mps)"))),
+        },
+    };
+    if let Device::Cuda(i) = device {
+        load_cuda_runtime();
+        let count = tch::Cuda::device_count() as usize;
+        if count == 0 {
+            return Err(PrismaError::Device(format!(
+                "device '{name}' requested but CUDA is not available (libtorch {}: {})",
+                crate::LIBTORCH_LIB_DIR.unwrap_or("unknown location"),
+                if crate::libtorch_has_cuda() { "a CUDA build, but no usable GPU/driver" } else { "a CPU-only build" }
+            )));
+        }
+        if i >= count {
+            return Err(PrismaError::Device(format!("device '{name}' requested but only {count} CUDA device(s) exist")));
+        }
+    }
+    if device == Device::Mps && !tch::utils::has_mps() {
+        return Err(PrismaError::Device("device 'mps' requested but MPS is not available".into()));
+    }
+    Ok(device)
+}
+
+/// The linker drops libtorch_cuda when no symbol of it is referenced (--as-needed), which leaves
+/// CUDA invisible to libtorch. Loading it by path before the first CUDA query restores it.
+fn load_cuda_runtime() {
+    #[cfg(target_os = "linux")]
+    if let Some(dir) = crate::LIBTORCH_LIB_DIR {
+        let path = std::path::Path::new(dir).join("libtorch_cuda.so");
+        if path.exists() {
+            if let Ok(c) = std::ffi::CString::new(path.to_string_lossy().as_bytes()) {
+                // SAFETY: dlopen with a valid NUL-terminated path; the handle is deliberately leaked.
+                unsafe {
+                    libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
+                }
+            }
+        }
+    }
+}
+
+pub fn parse_dtype(name: &str) -> Result<Kind> {
+    match name.trim().to_ascii_lowercase().as_str() {
+        "" | "f32" | "fp32" | "float32" | "float" => Ok(Kind::Float),
+        "f16" | "fp16" | "float16" | "half" => Ok(Kind::Half),
+        "bf16" | "bfloat16" => Ok(Kind::BFloat16),
+        other => Err(PrismaError::Dtype(format!("unknown dtype '{other}' (use f32, f16 or bf16)"))),
+    }
+}
+
+pub fn dtype_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Half => "float16",
+        Kind::BFloat16 => "bfloat16",
+        Kind::Double => "float64",
+        _ => "float32",
+    }
+}
+
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        Device::Mps => "mps".into(),
+        Device::Vulkan => "vulkan".into(),
+    }
+}

@@ -1,0 +1,80 @@
+//! Turning user patterns (`blocks.*.hook_resid_post`, `*`) into a set of a model's hook points.
+
+use super::HookPoint;
+use crate::error::{PrismaError, Result};
+use globset::GlobBuilder;
+use std::collections::BTreeSet;
+
+/// The hook points one run should record, resolved against one model's list of points.
+#[derive(Debug, Clone, Default)]
+pub struct HookSelection {
+    points: BTreeSet<HookPoint>,
+}
+
+impl HookSelection {
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// `available` is every hook point of the model, in forward order. A plain name that parses but
+    /// names a layer the model lacks is `E_LAYER_RANGE`; a pattern matching nothing is `E_UNKNOWN_HOOK`.
+    pub fn resolve(patterns: &[String], available: &[HookPoint], n_layers: usize) -> Result<Self> {
+        let names: Vec<String> = available.iter().map(|p| p.to_string()).collect();
+        let mut points = BTreeSet::new();
+        for pattern in patterns {
+            let pattern = pattern.trim();
+            let is_glob = pattern.contains(['*', '?', '[', '{']);
+            if !is_glob {
+                let point = HookPoint::parse(pattern)?;
+                if let Some(l) = point.layer {
+                    if l >= n_layers {
+                        return Err(PrismaError::LayerRange(format!(
+                            "hook '{pattern}': layer {l} is out of range (the model has {n_layers} layers: 0..{})",
+                            n_layers.saturating_sub(1)
+                        )));
+                    }
+                }
+                if !available.contains(&point) {
+                    return Err(PrismaError::UnknownHook(format!("this model has no hook '{pattern}'")));
+                }
+                points.insert(point);
+                continue;
+            }
+            let matcher = GlobBuilder::new(pattern)
+                .literal_separator(false)
+                .build()
+                .map_err(|e| PrismaError::UnknownHook(format!("bad hook pattern '{pattern}': {e}")))?
+                .compile_matcher();
+            let before = points.len();
+            let mut matched_any = false;
+            for (point, name) in available.iter().zip(&names) {
+                if matcher.is_match(name) {
+                    matched_any = true;
+                    points.insert(*point);
+                }
+            }
+            if !matched_any && points.len() == before {
+                return Err(PrismaError::UnknownHook(format!(
+                    "no hook matches '{pattern}' (`prisma inspect MODEL` lists the hooks)"
+                )));
+            }
+        }
+        Ok(HookSelection { points })
+    }
+
+    pub fn contains(&self, point: &HookPoint) -> bool {
+        self.points.contains(point)
+    }
+
+    pub fn insert(&mut self, point: HookPoint) {
+        self.points.insert(point);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &HookPoint> {
+        self.points.iter()
+    }
+}

@@ -1,0 +1,2 @@
+pub mod hf;
+pub mod store;

@@ -1,0 +1,214 @@
+//! Node binding for prisma-core. No model logic lives here: argument conversion, one error
+//! conversion (`E_CODE: message`), and one AsyncTask per long operation so the JS thread stays free.
+
+mod convert;
+mod tasks;
+
+use convert::{guard, to_js_error, tensor_from_input, TensorData, TensorInput};
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+use prisma_core::model::to_f32_vec;
+use prisma_core::Model;
+use std::sync::{Arc, Mutex};
+use tasks::{LoadTask, RunTask, SaveTask};
+
+#[napi(object)]
+pub struct LoadOptions {
+    pub device: Option<String>,
+    pub dtype: Option<String>,
+}
+
+#[napi(object)]
+pub struct ModelInfo {
+    pub family: String,
+    pub architecture: String,
+    pub source_format: String,
+    pub model_dir: String,
+    pub config_json: String,
+    pub n_params: i64,
+    pub image_size: Vec<i64>,
+    pub patch_size: i64,
+    pub num_channels: i64,
+    pub n_layers: u32,
+    pub n_heads: i64,
+    pub d_model: i64,
+    pub d_head: i64,
+    pub d_mlp: i64,
+    pub n_pos: i64,
+    pub n_patches: i64,
+    pub has_class_token: bool,
+    pub n_classes: i64,
+    pub labels: Vec<String>,
+    pub activation: String,
+    pub device: String,
+    pub dtype: String,
+    pub unexpected_tensors: Vec<String>,
+}
+
+#[napi(object)]
+pub struct HookShape {
+    pub name: String,
+    pub shape: Vec<i64>,
+}
+
+#[napi(object)]
+pub struct RunOptions {
+    pub cache: Option<Vec<String>>,
+    pub stop_at_layer: Option<u32>,
+    pub start_at_layer: Option<u32>,
+    pub start_resid: Option<TensorInput>,
+    pub interventions: Option<String>,
+    pub tensors: Option<Vec<TensorInput>>,
+}
+
+#[napi(object)]
+pub struct RunOutput {
+    pub output: TensorData,
+    pub cache: Vec<TensorData>,
+}
+
+#[napi]
+pub struct NativeModel {
+    pub(crate) inner: Arc<Mutex<Model>>,
+}
+
+#[napi]
+impl NativeModel {
+    /// Loads a model folder off the JS thread.
+    #[napi(ts_return_type = "Promise<NativeModel>")]
+    pub fn load(dir: String, options: Option<LoadOptions>) -> AsyncTask<LoadTask> {
+        let (device, dtype) = options.map(|o| (o.device, o.dtype)).unwrap_or((None, None));
+        AsyncTask::new(LoadTask { dir, device: device.unwrap_or_default(), dtype: dtype.unwrap_or_default() })
+    }
+
+    #[napi]
+    pub fn info(&self) -> Result<ModelInfo> {
+        guard(|| {
+            let m = self.lock()?;
+            let c = &m.vit.cfg;
+            Ok(ModelInfo {
+                family: m.info.family.clone(),
+                architecture: m.info.architecture.clone(),
+                source_format: m.info.source_format.clone(),
+                model_dir: m.info.model_dir.to_string_lossy().into_owned(),
+                config_json: m.info.config_json.clone(),
+                n_params: m.info.n_params,
+                image_size: c.image_size.to_vec(),
+                patch_size: c.patch_size,
+                num_channels: c.num_channels,
+                n_layers: c.n_layers as u32,
+                n_heads: c.n_heads,
+                d_model: c.d_model,
+                d_head: c.d_head,
+                d_mlp: c.d_mlp,
+                n_pos: c.n_pos(),
+                n_patches: c.n_patches(),
+                has_class_token: c.has_class_token,
+                n_classes: c.n_classes,
+                labels: m.info.labels.clone(),
+                activation: c.activation.name().to_string(),
+                device: m.device_name(),
+                dtype: m.dtype_name().to_string(),
+                unexpected_tensors: m.info.unexpected_tensors.clone(),
+            })
+        })
+    }
+
+    #[napi]
+    pub fn hook_shapes(&self, batch: u32) -> Result<Vec<HookShape>> {
+        guard(|| {
+            let m = self.lock()?;
+            Ok(m.hook_points()
+                .into_iter()
+                .map(|p| HookShape { name: p.to_string(), shape: m.hook_shape(p, batch as i64) })
+                .collect())
+        })
+    }
+
+    #[napi]
+    pub fn match_hooks(&self, patterns: Vec<String>) -> Result<Vec<String>> {
+        guard(|| {
+            let m = self.lock()?;
+            let selection = m.resolve_hooks(&patterns).map_err(to_js_error)?;
+            Ok(m.hook_points().into_iter().filter(|p| selection.contains(p)).map(|p| p.to_string()).collect())
+        })
+    }
+
+    /// Runs a hooked forward off the JS thread. Inputs are copied here, on the JS thread.
+    #[napi(ts_return_type = "Promise<RunOutput>")]
+    pub fn run(&self, pixels: Float32Array, shape: Vec<i64>, options: Option<RunOptions>) -> Result<AsyncTask<RunTask>> {
+        guard(|| {
+            let options = options.unwrap_or(RunOptions {
+                cache: None,
+                stop_at_layer: None,
+                start_at_layer: None,
+                start_resid: None,
+                interventions: None,
+                tensors: None,
+            });
+            let pixels = if options.start_at_layer.is_some() && pixels.is_empty() {
+                None
+            } else {
+                Some((shape, pixels.to_vec()))
+            };
+            Ok(AsyncTask::new(RunTask {
+                model: self.inner.clone(),
+                pixels,
+                cache: options.cache.unwrap_or_default(),
+                stop_at_layer: options.stop_at_layer.map(|l| l as usize),
+                start_at_layer: options.start_at_layer.map(|l| l as usize),
+                start_resid: options.start_resid.map(|t| (t.shape, t.data.to_vec())),
+                interventions: options.interventions,
+                tensors: options.tensors.unwrap_or_default().into_iter().map(|t| (t.name, t.shape, t.data.to_vec())).collect(),
+            }))
+        })
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Model>> {
+        self.inner.lock().map_err(|_| Error::from_reason("E_INTERNAL: model lock poisoned by an earlier failure"))
+    }
+}
+
+/// Reads a `.npy` (one tensor, named `pixel_values`) or `.safetensors` file as float32 tensors.
+#[napi]
+pub fn read_tensor_file(path: String) -> Result<Vec<TensorData>> {
+    guard(|| {
+        let tensors = prisma_core::tensor_file::read_tensor_file(std::path::Path::new(&path)).map_err(to_js_error)?;
+        tensors
+            .into_iter()
+            .map(|(name, t)| {
+                let (shape, data) = to_f32_vec(&t).map_err(to_js_error)?;
+                Ok(TensorData { name, shape, dtype: "float32".into(), data: data.into() })
+            })
+            .collect()
+    })
+}
+
+/// Writes float32 tensors to a safetensors file atomically (temp file + rename).
+#[napi(ts_return_type = "Promise<void>")]
+pub fn save_safetensors(path: String, tensors: Vec<TensorInput>, metadata: Option<std::collections::HashMap<String, String>>) -> AsyncTask<SaveTask> {
+    let tensors = tensors.into_iter().map(|t| (t.name, t.shape, t.data.to_vec())).collect();
+    AsyncTask::new(SaveTask { path, tensors, metadata })
+}
+
+#[napi]
+pub fn cuda_available() -> bool {
+    prisma_core::cuda_available()
+}
+
+#[napi]
+pub fn libtorch_version() -> String {
+    // tch pins one libtorch release; the build script refuses any other.
+    "2.11.0".to_string()
+}
+
+#[napi]
+pub fn libtorch_lib_dir() -> Option<String> {
+    prisma_core::LIBTORCH_LIB_DIR.map(str::to_string)
+}
+
+// Keeps `tensor_from_input` referenced for future sync entry points.
+#[allow(dead_code)]
+fn _unused(t: TensorInput) -> Result<tch::Tensor> {
+    tensor_from_input(&t.shape, &t.data)
+}

@@ -1,0 +1,116 @@
+//! Long operations as AsyncTasks: compute on the libuv pool, resolve on the JS thread.
+
+use crate::convert::{guard, to_js_error, TensorData};
+use crate::{NativeModel, RunOutput};
+use napi::bindgen_prelude::*;
+use prisma_core::model::{from_f32, to_f32_vec};
+use prisma_core::{Model, RunRequest};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+pub struct LoadTask {
+    pub dir: String,
+    pub device: String,
+    pub dtype: String,
+}
+
+impl Task for LoadTask {
+    type Output = Model;
+    type JsValue = NativeModel;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        guard(|| Model::load(std::path::Path::new(&self.dir), &self.device, &self.dtype).map_err(to_js_error))
+    }
+
+    fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
+        Ok(NativeModel { inner: Arc::new(Mutex::new(output)) })
+    }
+}
+
+type Owned = (Vec<i64>, Vec<f32>);
+
+pub struct RunTask {
+    pub model: Arc<Mutex<Model>>,
+    pub pixels: Option<Owned>,
+    pub cache: Vec<String>,
+    pub stop_at_layer: Option<usize>,
+    pub start_at_layer: Option<usize>,
+    pub start_resid: Option<Owned>,
+    pub interventions: Option<String>,
+    pub tensors: Vec<(Option<String>, Vec<i64>, Vec<f32>)>,
+}
+
+pub struct RunResult {
+    output: (String, Owned),
+    cache: Vec<(String, Owned)>,
+}
+
+impl Task for RunTask {
+    type Output = RunResult;
+    type JsValue = RunOutput;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        guard(|| {
+            let model = self.model.lock().map_err(|_| Error::from_reason("E_INTERNAL: model lock poisoned"))?;
+            let tensor = |(shape, data): &Owned| from_f32(shape, data).map_err(to_js_error);
+            let mut tensors = HashMap::new();
+            for (i, (name, shape, data)) in self.tensors.iter().enumerate() {
+                let name = name.clone().unwrap_or_else(|| format!("t{i}"));
+                tensors.insert(name, from_f32(shape, data).map_err(to_js_error)?);
+            }
+            let interventions = match &self.interventions {
+                Some(json) if !json.trim().is_empty() => Model::parse_interventions(json).map_err(to_js_error)?,
+                _ => Vec::new(),
+            };
+            let request = RunRequest {
+                pixels: self.pixels.as_ref().map(tensor).transpose()?,
+                cache: self.cache.clone(),
+                stop_at_layer: self.stop_at_layer,
+                start_at_layer: self.start_at_layer,
+                start_resid: self.start_resid.as_ref().map(tensor).transpose()?,
+                interventions,
+                tensors,
+            };
+            let out = model.run(request).map_err(to_js_error)?;
+            let output = (out.output_name.to_string(), to_f32_vec(&out.output).map_err(to_js_error)?);
+            let cache = out
+                .cache
+                .iter()
+                .map(|(p, t)| Ok((p.to_string(), to_f32_vec(t).map_err(to_js_error)?)))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(RunResult { output, cache })
+        })
+    }
+
+    fn resolve(&mut self, _env: Env, out: Self::Output) -> Result<Self::JsValue> {
+        let js = |(name, (shape, data)): (String, Owned)| TensorData { name, shape, dtype: "float32".into(), data: data.into() };
+        Ok(RunOutput { output: js(out.output), cache: out.cache.into_iter().map(js).collect() })
+    }
+}
+
+pub struct SaveTask {
+    pub path: String,
+    pub tensors: Vec<(Option<String>, Vec<i64>, Vec<f32>)>,
+    pub metadata: Option<HashMap<String, String>>,
+}
+
+impl Task for SaveTask {
+    type Output = ();
+    type JsValue = ();
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        guard(|| {
+            let tensors: Vec<(String, Vec<i64>, Vec<f32>)> = std::mem::take(&mut self.tensors)
+                .into_iter()
+                .enumerate()
+                .map(|(i, (n, s, d))| (n.unwrap_or_else(|| format!("t{i}")), s, d))
+                .collect();
+            prisma_core::tensor_file::save_safetensors(std::path::Path::new(&self.path), &tensors, self.metadata.take())
+                .map_err(to_js_error)
+        })
+    }
+
+    fn resolve(&mut self, _env: Env, _out: Self::Output) -> Result<Self::JsValue> {
+        Ok(())
+    }
+}
