@@ -34,6 +34,8 @@ pub enum PrismaError {
     #[error("{path}: {reason}")]
     Io { path: PathBuf, reason: String },
     #[error("{0}")]
+    Argument(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -55,6 +57,7 @@ impl PrismaError {
             PrismaError::Device(_) => "E_DEVICE",
             PrismaError::Dtype(_) => "E_DTYPE",
             PrismaError::Io { .. } => "E_IO",
+            PrismaError::Argument(_) => "E_ARGUMENT",
             PrismaError::Internal(_) => "E_INTERNAL",
         }
     }

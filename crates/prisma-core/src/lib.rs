@@ -1,6 +1,7 @@
 //! prisma-core: hooked vision-transformer forward passes on libtorch, with TransformerLens hook
 //! names, activation caching and interventions applied natively during the forward.
 
+pub mod analysis;
 pub mod device;
 pub mod error;
 pub mod hooks;

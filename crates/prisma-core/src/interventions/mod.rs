@@ -57,6 +57,9 @@ pub struct Intervention {
     pub point: HookPoint,
     selection: Selection,
     action: Action,
+    /// A precomputed boolean mask (broadcastable to the activation) that replaces `selection`;
+    /// sweeps use it to patch a different position/head in every batch entry.
+    mask: Option<Tensor>,
 }
 
 impl Intervention {
@@ -97,7 +100,12 @@ impl Intervention {
                 Action::Set(runs.f_mean_dim([0i64].as_slice(), true, Kind::Float)?.f_to_kind(runs.kind())?)
             }
         };
-        Ok(Intervention { point, selection: spec.select.clone(), action })
+        Ok(Intervention { point, selection: spec.select.clone(), action, mask: None })
+    }
+
+    /// Replace the entries where `mask` is true with `values` (both broadcast to the activation).
+    pub fn masked_set(point: HookPoint, values: Tensor, mask: Tensor) -> Self {
+        Intervention { point, selection: Selection::default(), action: Action::Set(values), mask: Some(mask) }
     }
 
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
@@ -124,6 +132,9 @@ impl Intervention {
                 ))
             })?,
         };
+        if let Some(mask) = &self.mask {
+            return Ok(new.f_where_self(mask, x)?);
+        }
         match self.mask(&shape, x.device())? {
             None => Ok(new),
             Some(mask) => Ok(new.f_where_self(&mask, x)?),

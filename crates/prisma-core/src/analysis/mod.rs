@@ -1,0 +1,34 @@
+//! Interpretability techniques over the hooked forward: metrics, activation patching sweeps,
+//! attribution patching, logit lens and direct logit attribution. Results are plain serde
+//! structs so the binding can hand them to TypeScript as JSON.
+
+pub mod attribution;
+pub mod dla;
+pub mod lens;
+pub mod metric;
+pub mod patching;
+
+use crate::error::{PrismaError, Result};
+use crate::model::Model;
+use tch::Tensor;
+
+/// Checks pixels against the model and moves them to its device and dtype.
+pub(crate) fn model_pixels(model: &Model, pixels: &Tensor) -> Result<Tensor> {
+    Ok(pixels.f_to_device(model.info.device)?.f_to_kind(model.info.kind)?)
+}
+
+pub(crate) fn require_head(model: &Model, what: &str) -> Result<()> {
+    if model.vit.weights.head.is_none() {
+        return Err(PrismaError::Argument(format!(
+            "{what} needs a classification head, and {} has none ({})",
+            model.info.model_dir.display(),
+            model.info.architecture
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn to_vec_f64(t: &Tensor) -> Result<Vec<f64>> {
+    let flat = t.f_to_device(tch::Device::Cpu)?.f_to_kind(tch::Kind::Double)?.f_contiguous()?.f_reshape([-1i64].as_slice())?;
+    Vec::<f64>::try_from(&flat).map_err(|e| PrismaError::Internal(format!("copying tensor: {e}")))
+}

@@ -1,0 +1,287 @@
+//! One batched activation-patching engine for every TransformerLens `get_act_patch_*` family.
+//!
+//! Each patched run starts at the patched layer from the cached corrupted residual, so earlier
+//! layers are never recomputed, and many patches (one per batch entry, each with its own
+//! position/head mask) share one forward. Ablation sweeps use the same engine with a different
+//! source of values (zeros, a mean, another image) instead of the clean run.
+
+use super::metric::{normalise, MetricSpec, MetricValue};
+use super::{model_pixels, require_head};
+use crate::error::{PrismaError, Result};
+use crate::hooks::{HookCtx, HookPoint, HookSelection, Site};
+use crate::interventions::Intervention;
+use crate::model::Model;
+use crate::models::vit::ForwardStart;
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PatchWhat {
+    ResidPre,
+    ResidMid,
+    ResidPost,
+    AttnOut,
+    MlpOut,
+    HeadZ,
+    HeadQ,
+    HeadK,
+    HeadV,
+    HeadPattern,
+}
+
+impl PatchWhat {
+    pub fn site(self) -> Site {
+        match self {
+            PatchWhat::ResidPre => Site::ResidPre,
+            PatchWhat::ResidMid => Site::ResidMid,
+            PatchWhat::ResidPost => Site::ResidPost,
+            PatchWhat::AttnOut => Site::AttnOut,
+            PatchWhat::MlpOut => Site::MlpOut,
+            PatchWhat::HeadZ => Site::Z,
+            PatchWhat::HeadQ => Site::Q,
+            PatchWhat::HeadK => Site::K,
+            PatchWhat::HeadV => Site::V,
+            PatchWhat::HeadPattern => Site::Pattern,
+        }
+    }
+}
+
+/// The axes a sweep runs over, besides the layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PatchBy {
+    LayerPos,
+    LayerHead,
+    LayerPosHead,
+}
+
+impl PatchBy {
+    fn uses_pos(self) -> bool {
+        matches!(self, PatchBy::LayerPos | PatchBy::LayerPosHead)
+    }
+    fn uses_head(self) -> bool {
+        matches!(self, PatchBy::LayerHead | PatchBy::LayerPosHead)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PatchOptions {
+    pub what: PatchWhat,
+    pub by: PatchBy,
+    #[serde(flatten)]
+    pub metric: MetricSpec,
+    /// Patched runs per batched forward; default sized to keep activations near 256 MB.
+    pub chunk: Option<usize>,
+    /// Restrict to these layers (default: all).
+    pub layers: Option<Vec<usize>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PatchResult {
+    pub what: PatchWhat,
+    pub by: PatchBy,
+    /// Axis names and sizes of the value arrays, e.g. ["layer", "pos"] and [12, 197].
+    pub axes: Vec<String>,
+    pub dims: Vec<usize>,
+    pub layers: Vec<usize>,
+    pub clean: MetricValue,
+    pub corrupt: MetricValue,
+    /// Row-major over `dims`.
+    pub value: Vec<f64>,
+    pub prob: Vec<f64>,
+    pub normalised: Vec<f64>,
+    pub batched_forwards: usize,
+    pub patched_runs: usize,
+}
+
+/// Where patched values come from, per layer: the clean run's activation (patching) or a
+/// replacement such as zeros or a mean (ablation). Shapes broadcast to the activation.
+pub trait PatchSource {
+    fn values(&self, point: HookPoint) -> Result<Tensor>;
+}
+
+/// Values recorded at one forward (the clean run, or a reference run).
+pub struct CachedSource(pub Vec<(HookPoint, Tensor)>);
+
+impl PatchSource for CachedSource {
+    fn values(&self, point: HookPoint) -> Result<Tensor> {
+        self.0
+            .iter()
+            .find(|(p, _)| *p == point)
+            .map(|(_, t)| t.shallow_clone())
+            .ok_or_else(|| PrismaError::Internal(format!("no cached value at {point}")))
+    }
+}
+
+pub struct ZeroSource;
+
+impl PatchSource for ZeroSource {
+    fn values(&self, _point: HookPoint) -> Result<Tensor> {
+        Ok(Tensor::from(0.0f32))
+    }
+}
+
+fn check(model: &Model, opts: &PatchOptions) -> Result<Vec<usize>> {
+    require_head(model, "patching")?;
+    opts.metric.check(model.vit.cfg.n_classes)?;
+    let site = opts.what.site();
+    if opts.by.uses_head() && site.axes().head.is_none() {
+        return Err(PrismaError::Argument(format!(
+            "--what {:?} has no heads; use --by layer,pos (or a head_* site)",
+            opts.what
+        )));
+    }
+    let n_layers = model.vit.cfg.n_layers;
+    let layers = opts.layers.clone().unwrap_or_else(|| (0..n_layers).collect());
+    if let Some(bad) = layers.iter().find(|&&l| l >= n_layers) {
+        return Err(PrismaError::LayerRange(format!("layer {bad} is out of range (0..{})", n_layers - 1)));
+    }
+    Ok(layers)
+}
+
+/// Runs one base image (`base`, the corrupted run) with values from `source` patched in.
+pub fn sweep(model: &Model, base: &Tensor, source: &dyn PatchSource, opts: &PatchOptions, reference: (MetricValue, MetricValue)) -> Result<PatchResult> {
+    let layers = check(model, opts)?;
+    let cfg = &model.vit.cfg;
+    let site = opts.what.site();
+    let axes = site.axes();
+    let n_pos = cfg.n_pos();
+    let n_heads = cfg.n_heads;
+    let base = model_pixels(model, base)?;
+    if base.size()[0] != 1 {
+        return Err(PrismaError::Shape("patching takes exactly one base image".into()));
+    }
+    // Residual streams at the start of every block of the base run.
+    let mut record = HookSelection::none();
+    for l in 0..cfg.n_layers {
+        record.insert(HookPoint::block(l, Site::ResidPre));
+    }
+    let base_cache = tch::no_grad(|| -> Result<Vec<(HookPoint, Tensor)>> {
+        let mut ctx = HookCtx::new(&record, &[]);
+        let _ = model.vit.forward(ForwardStart::Pixels(&base), None, &mut ctx)?;
+        Ok(ctx.recorded)
+    })?;
+    let base_resid = CachedSource(base_cache);
+
+    let mut dims = vec![layers.len()];
+    let mut axis_names = vec!["layer".to_string()];
+    if opts.by.uses_pos() {
+        dims.push(n_pos as usize);
+        axis_names.push("pos".into());
+    }
+    if opts.by.uses_head() {
+        dims.push(n_heads as usize);
+        axis_names.push("head".into());
+    }
+    // Items within a layer: (pos, head), row-major.
+    let items: Vec<(Option<i64>, Option<i64>)> = match opts.by {
+        PatchBy::LayerPos => (0..n_pos).map(|p| (Some(p), None)).collect(),
+        PatchBy::LayerHead => (0..n_heads).map(|h| (None, Some(h))).collect(),
+        PatchBy::LayerPosHead => (0..n_pos).flat_map(|p| (0..n_heads).map(move |h| (Some(p), Some(h)))).collect(),
+    };
+    let chunk = opts.chunk.unwrap_or_else(|| {
+        let per_run = (n_pos * cfg.d_mlp.max(cfg.d_model * 4) * 4 * 3).max(1) as usize;
+        ((256usize << 20) / per_run).clamp(1, 256)
+    });
+
+    let mut value = Vec::with_capacity(layers.len() * items.len());
+    let mut prob = Vec::with_capacity(value.capacity());
+    let mut batched_forwards = 0;
+    let empty = HookSelection::none();
+    for &layer in &layers {
+        let point = HookPoint::block(layer, site);
+        let start = base_resid.values(HookPoint::block(layer, Site::ResidPre))?;
+        let patch_values = source.values(point)?.f_to_kind(model.info.kind)?.f_to_device(model.info.device)?;
+        let shape = model.vit.hook_shape(point, 1);
+        for group in items.chunks(chunk) {
+            let n = group.len() as i64;
+            // Mask [n, ...] with only the batch, position and head axes spelled out.
+            let mut mask_shape = vec![1i64; shape.len()];
+            mask_shape[0] = n;
+            if let (true, Some(a)) = (opts.by.uses_pos(), axes.pos) {
+                mask_shape[a] = shape[a];
+            }
+            if let (true, Some(a)) = (opts.by.uses_head(), axes.head) {
+                mask_shape[a] = shape[a];
+            }
+            let per_item: i64 = mask_shape[1..].iter().product();
+            let mut flags = vec![0u8; (n * per_item) as usize];
+            for (i, (p, h)) in group.iter().enumerate() {
+                // Strides of the mask, row-major.
+                let mut offset = i as i64 * per_item;
+                let mut stride = per_item;
+                for (axis, &size) in mask_shape.iter().enumerate().skip(1) {
+                    stride /= size;
+                    let index = if Some(axis) == axes.pos && opts.by.uses_pos() {
+                        p.unwrap_or(0)
+                    } else if Some(axis) == axes.head && opts.by.uses_head() {
+                        h.unwrap_or(0)
+                    } else {
+                        0
+                    };
+                    offset += index * stride;
+                }
+                flags[offset as usize] = 1;
+            }
+            let mask = Tensor::from_slice(&flags)
+                .f_to_kind(Kind::Bool)?
+                .f_reshape(mask_shape.as_slice())?
+                .f_to_device(model.info.device)?;
+            let intervention = [Intervention::masked_set(point, patch_values.shallow_clone(), mask)];
+            let resid = start.f_expand([n, n_pos, cfg.d_model].as_slice(), false)?;
+            let logits = tch::no_grad(|| -> Result<Tensor> {
+                let mut ctx = HookCtx::new(&empty, &intervention);
+                Ok(model.vit.forward(ForwardStart::Resid { layer, resid: &resid }, None, &mut ctx)?.1)
+            })?;
+            batched_forwards += 1;
+            for m in opts.metric.values(&logits)? {
+                value.push(m.value);
+                prob.push(m.prob);
+            }
+        }
+    }
+    let (clean, corrupt) = reference;
+    let normalised = value.iter().map(|v| normalise(*v, clean.value, corrupt.value)).collect();
+    Ok(PatchResult {
+        what: opts.what,
+        by: opts.by,
+        axes: axis_names,
+        dims,
+        layers,
+        clean,
+        corrupt,
+        patched_runs: value.len(),
+        value,
+        prob,
+        normalised,
+        batched_forwards,
+    })
+}
+
+/// Runs `pixels` once, recording `points`; returns the metric and the recorded values.
+pub fn reference_run(model: &Model, pixels: &Tensor, points: &[HookPoint], metric: &MetricSpec) -> Result<(MetricValue, Vec<(HookPoint, Tensor)>)> {
+    let pixels = model_pixels(model, pixels)?;
+    let mut record = HookSelection::none();
+    for p in points {
+        record.insert(*p);
+    }
+    tch::no_grad(|| {
+        let mut ctx = HookCtx::new(&record, &[]);
+        let (_, logits) = model.vit.forward(ForwardStart::Pixels(&pixels), None, &mut ctx)?;
+        let m = metric.values(&logits)?.into_iter().next().ok_or_else(|| PrismaError::Internal("empty batch".into()))?;
+        Ok((m, ctx.recorded))
+    })
+}
+
+/// Activation patching: clean activations patched into the corrupted run (TransformerLens's
+/// convention), normalised so that corrupted = 0 and clean = 1.
+pub fn activation_patching(model: &Model, clean: &Tensor, corrupt: &Tensor, opts: &PatchOptions) -> Result<PatchResult> {
+    let layers = check(model, opts)?;
+    let points: Vec<HookPoint> = layers.iter().map(|&l| HookPoint::block(l, opts.what.site())).collect();
+    let (clean_metric, clean_cache) = reference_run(model, clean, &points, &opts.metric)?;
+    let (corrupt_metric, _) = reference_run(model, corrupt, &[], &opts.metric)?;
+    sweep(model, corrupt, &CachedSource(clean_cache), opts, (clean_metric, corrupt_metric))
+}

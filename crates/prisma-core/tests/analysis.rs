@@ -1,0 +1,217 @@
+//! Each technique against an independent computation: batched patching against a naive
+//! one-patch-per-forward loop over the public run API, patching invariants, DLA summing to the
+//! logit, the logit lens at the last layer equal to the model's output, and attribution patching
+//! correlating with exact patching.
+
+mod common;
+use common::*;
+use prisma_core::analysis::attribution::{attribution_patching, correlation};
+use prisma_core::analysis::dla::{direct_logit_attribution, DlaOptions};
+use prisma_core::analysis::lens::{logit_lens, LensOptions, LensSite};
+use prisma_core::analysis::metric::MetricSpec;
+use prisma_core::analysis::patching::{activation_patching, PatchBy, PatchOptions, PatchWhat};
+use prisma_core::interventions::{ActionKind, InterventionSpec, Selection};
+use prisma_core::RunRequest;
+use std::collections::HashMap;
+use tch::{IndexOp, Tensor};
+
+fn images(name: &str) -> (Tensor, Tensor) {
+    let px = reference(&format!("{name}.safetensors")).remove("pixel_values").unwrap();
+    (px.i(0..1), px.i(1..2))
+}
+
+fn what_hook(what: PatchWhat) -> &'static str {
+    match what {
+        PatchWhat::ResidPre => "hook_resid_pre",
+        PatchWhat::ResidMid => "hook_resid_mid",
+        PatchWhat::ResidPost => "hook_resid_post",
+        PatchWhat::AttnOut => "hook_attn_out",
+        PatchWhat::MlpOut => "hook_mlp_out",
+        PatchWhat::HeadZ => "attn.hook_z",
+        PatchWhat::HeadQ => "attn.hook_q",
+        PatchWhat::HeadK => "attn.hook_k",
+        PatchWhat::HeadV => "attn.hook_v",
+        PatchWhat::HeadPattern => "attn.hook_pattern",
+    }
+}
+
+/// The TransformerLens way: one full forward per patch, written only with the public run API.
+fn naive(model: &prisma_core::Model, clean: &Tensor, corrupt: &Tensor, what: PatchWhat, by: PatchBy, metric: MetricSpec) -> Vec<f64> {
+    let cfg = &model.vit.cfg;
+    let mut out = Vec::new();
+    for l in 0..cfg.n_layers {
+        let hook = format!("blocks.{l}.{}", what_hook(what));
+        let clean_act = model
+            .run(RunRequest { pixels: Some(clean.shallow_clone()), cache: vec![hook.clone()], ..Default::default() })
+            .unwrap()
+            .cache
+            .remove(0)
+            .1;
+        let items: Vec<(Option<i64>, Option<i64>)> = match by {
+            PatchBy::LayerPos => (0..cfg.n_pos()).map(|p| (Some(p), None)).collect(),
+            PatchBy::LayerHead => (0..cfg.n_heads).map(|h| (None, Some(h))).collect(),
+            PatchBy::LayerPosHead => (0..cfg.n_pos()).flat_map(|p| (0..cfg.n_heads).map(move |h| (Some(p), Some(h)))).collect(),
+        };
+        for (p, h) in items {
+            let spec = InterventionSpec {
+                hook: hook.clone(),
+                select: Selection { batch: None, pos: p.map(|p| vec![p]), head: h.map(|h| vec![h]) },
+                action: ActionKind::Patch,
+                factor: None,
+                tensor: Some("clean".into()),
+                coeff: None,
+            };
+            let logits = model
+                .run(RunRequest {
+                    pixels: Some(corrupt.shallow_clone()),
+                    interventions: vec![spec],
+                    tensors: HashMap::from([("clean".into(), clean_act.shallow_clone())]),
+                    ..Default::default()
+                })
+                .unwrap()
+                .output;
+            out.push(metric.values(&logits).unwrap()[0].value);
+        }
+    }
+    out
+}
+
+#[test]
+fn batched_patching_equals_the_naive_loop() {
+    let cases = [
+        (PatchWhat::ResidPre, PatchBy::LayerPos),
+        (PatchWhat::ResidMid, PatchBy::LayerPos),
+        (PatchWhat::ResidPost, PatchBy::LayerPos),
+        (PatchWhat::AttnOut, PatchBy::LayerPos),
+        (PatchWhat::MlpOut, PatchBy::LayerPos),
+        (PatchWhat::HeadZ, PatchBy::LayerHead),
+        (PatchWhat::HeadZ, PatchBy::LayerPosHead),
+        (PatchWhat::HeadQ, PatchBy::LayerHead),
+        (PatchWhat::HeadK, PatchBy::LayerPosHead),
+        (PatchWhat::HeadV, PatchBy::LayerHead),
+        (PatchWhat::HeadPattern, PatchBy::LayerHead),
+        (PatchWhat::HeadPattern, PatchBy::LayerPosHead),
+    ];
+    for name in ["vit-tiny-cls", "vit-odd"] {
+        let model = load(name);
+        let (clean, corrupt) = images(name);
+        let metric = MetricSpec { target: 2, baseline: Some(0) };
+        for (what, by) in cases {
+            // A small chunk forces several batched forwards per layer, so chunk edges are exercised.
+            let opts = PatchOptions { what, by, metric, chunk: Some(7), layers: None };
+            let batched = activation_patching(&model, &clean, &corrupt, &opts).unwrap();
+            let expected = naive(&model, &clean, &corrupt, what, by, metric);
+            assert_eq!(batched.value.len(), expected.len());
+            let worst = batched.value.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            assert!(worst <= 1e-4, "{name} {what:?} by {by:?}: batched differs from naive by {worst:e}");
+        }
+    }
+}
+
+#[test]
+fn patching_a_run_into_itself_gives_its_own_metric() {
+    for name in ["vit-tiny-cls", "vit-odd"] {
+        let model = load(name);
+        let (clean, corrupt) = images(name);
+        let metric = MetricSpec { target: 1, baseline: None };
+        for what in [PatchWhat::ResidPre, PatchWhat::AttnOut, PatchWhat::HeadZ, PatchWhat::HeadPattern] {
+            let by = if what == PatchWhat::HeadZ || what == PatchWhat::HeadPattern { PatchBy::LayerHead } else { PatchBy::LayerPos };
+            for img in [&clean, &corrupt] {
+                let r = activation_patching(&model, img, img, &PatchOptions { what, by, metric, chunk: None, layers: None }).unwrap();
+                let own = r.clean.value;
+                // Equal up to float rounding: batch size and fused vs explicit attention kernels
+                // change the summation order, never the value beyond ~1e-6.
+                assert!((r.clean.value - r.corrupt.value).abs() <= 1e-5);
+                for v in &r.value {
+                    assert!((v - own).abs() <= 1e-5, "{name} {what:?}: {v} vs {own}");
+                }
+            }
+        }
+    }
+}
+
+/// For a small difference between the runs the first-order estimate must be nearly exact: this
+/// checks the gradients themselves, independently of how linear the model is.
+#[test]
+fn attribution_patching_is_exact_to_first_order() {
+    for name in ["vit-tiny-cls", "vit-odd"] {
+        let model = load(name);
+        let (_, corrupt) = images(name);
+        let clean = &corrupt + Tensor::randn_like(&corrupt) * 1e-3;
+        for (what, by) in [(PatchWhat::ResidPre, PatchBy::LayerPos), (PatchWhat::HeadZ, PatchBy::LayerHead), (PatchWhat::HeadPattern, PatchBy::LayerPosHead), (PatchWhat::MlpOut, PatchBy::LayerPos)] {
+            let opts = PatchOptions { what, by, metric: MetricSpec { target: 2, baseline: Some(0) }, chunk: None, layers: None };
+            let exact = activation_patching(&model, &clean, &corrupt, &opts).unwrap();
+            let approx = attribution_patching(&model, &clean, &corrupt, &opts).unwrap();
+            let base = exact.corrupt.value;
+            let d_exact: Vec<f64> = exact.value.iter().map(|v| v - base).collect();
+            let d_approx: Vec<f64> = approx.value.iter().map(|v| v - base).collect();
+            let scale = d_exact.iter().map(|d| d.abs()).fold(0.0, f64::max);
+            let worst = d_exact.iter().zip(&d_approx).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            eprintln!("first-order check {name} {what:?} {by:?}: max |delta| {scale:.2e}, max error {worst:.2e}");
+            assert!(worst <= 0.05 * scale + 1e-6, "{name} {what:?}: error {worst:e} vs scale {scale:e}");
+        }
+    }
+}
+
+#[test]
+fn attribution_patching_tracks_exact_patching() {
+    for (name, what, by) in [
+        ("vit-tiny-cls", PatchWhat::ResidPre, PatchBy::LayerPos),
+        ("vit-tiny-cls", PatchWhat::HeadZ, PatchBy::LayerHead),
+        ("vit-odd", PatchWhat::ResidPre, PatchBy::LayerPos),
+        ("vit-odd", PatchWhat::HeadZ, PatchBy::LayerHead),
+    ] {
+        let model = load(name);
+        let (clean, corrupt) = images(name);
+        let opts = PatchOptions { what, by, metric: MetricSpec { target: 2, baseline: Some(0) }, chunk: None, layers: None };
+        let exact = activation_patching(&model, &clean, &corrupt, &opts).unwrap();
+        let approx = attribution_patching(&model, &clean, &corrupt, &opts).unwrap();
+        assert_eq!(exact.dims, approx.dims);
+        assert_eq!(exact.clean, approx.clean);
+        assert!((exact.corrupt.value - approx.corrupt.value).abs() < 1e-5);
+        let r = correlation(&exact.value, &approx.value);
+        eprintln!("attribution vs exact, {name} {what:?} by {by:?}: r = {r:.3}");
+        // Real image pairs on random-weight models are far from linear; the estimate must still
+        // point the right way overall.
+        assert!(r > 0.0, "{name} {what:?}: correlation {r}");
+    }
+}
+
+#[test]
+fn dla_components_sum_to_the_logit() {
+    for name in ["vit-tiny-cls", "vit-odd"] {
+        let model = load(name);
+        let (img, _) = images(name);
+        for baseline in [None, Some(1)] {
+            let r = direct_logit_attribution(&model, &img, &DlaOptions { metric: MetricSpec { target: 3, baseline }, per_position: true }).unwrap();
+            let total = r.sum_of_components + r.constant;
+            assert!((total - r.logit).abs() <= 1e-4, "{name}: {total} vs {}", r.logit);
+            // Per-position splits of each head add up to the head.
+            let n_pos = model.vit.cfg.n_pos() as usize;
+            let hp = r.head_positions.as_ref().unwrap();
+            for (i, head) in r.heads.iter().enumerate() {
+                let s: f64 = hp[i * n_pos..(i + 1) * n_pos].iter().sum();
+                assert!((s - head).abs() <= 1e-6);
+            }
+        }
+    }
+}
+
+#[test]
+fn logit_lens_at_the_last_layer_is_the_model_output() {
+    for name in ["vit-tiny-cls", "vit-odd"] {
+        let model = load(name);
+        let reference = reference(&format!("{name}.safetensors"));
+        let px = &reference["pixel_values"];
+        let opts = LensOptions { target: None, sites: vec![LensSite::ResidPre, LensSite::ResidPost], top_k: 3 };
+        let images = logit_lens(&model, px, &[], &opts).unwrap();
+        let logits = &reference["hook_logits"];
+        for (b, image) in images.iter().enumerate() {
+            let last = image.layers.iter().rev().find(|l| l.site == LensSite::ResidPost).unwrap();
+            let expected = logits.i((b as i64, image.target)).double_value(&[]);
+            assert!((last.target_logit - expected).abs() <= 1e-4);
+            assert_eq!(last.top_k[0].index, image.logits_top_k[0].index);
+            assert_eq!(image.layers.len(), 2 * model.vit.cfg.n_layers);
+        }
+    }
+}
