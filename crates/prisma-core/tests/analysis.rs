@@ -215,3 +215,38 @@ fn logit_lens_at_the_last_layer_is_the_model_output() {
         }
     }
 }
+
+#[test]
+fn zero_ablation_sweep_equals_one_run_per_head() {
+    use prisma_core::analysis::ablation::{ablation_sweep, AblationMode, AblationOptions};
+    let model = load("vit-odd");
+    let (img, other) = images("vit-odd");
+    let metric = MetricSpec { target: 4, baseline: None };
+    let opts = AblationOptions { mode: AblationMode::Zero, what: PatchWhat::HeadZ, by: PatchBy::LayerHead, metric, resample_index: 0, chunk: Some(2) };
+    let swept = ablation_sweep(&model, &img, None, &opts).unwrap();
+    let cfg = &model.vit.cfg;
+    let mut i = 0;
+    for l in 0..cfg.n_layers {
+        for h in 0..cfg.n_heads {
+            let spec = InterventionSpec {
+                hook: format!("blocks.{l}.attn.hook_z"),
+                select: Selection { head: Some(vec![h]), ..Default::default() },
+                action: ActionKind::Zero,
+                factor: None,
+                tensor: None,
+                coeff: None,
+            };
+            let logits = model.run(RunRequest { pixels: Some(img.shallow_clone()), interventions: vec![spec], ..Default::default() }).unwrap().output;
+            let v = metric.values(&logits).unwrap()[0].value;
+            assert!((v - swept.value[i]).abs() <= 1e-4);
+            i += 1;
+        }
+    }
+    // Resampling from the image itself changes nothing.
+    let same = AblationOptions { mode: AblationMode::Resample, ..opts.clone() };
+    let r = ablation_sweep(&model, &img, Some(&img), &same).unwrap();
+    assert!(r.value.iter().all(|v| (v - r.clean.value).abs() <= 1e-5));
+    let mean = AblationOptions { mode: AblationMode::Mean, ..opts };
+    let refs = Tensor::cat(&[&img, &other], 0);
+    assert_eq!(ablation_sweep(&model, &img, Some(&refs), &mean).unwrap().value.len(), i);
+}

@@ -1,6 +1,7 @@
 //! Node binding for prisma-core. No model logic lives here: argument conversion, one error
 //! conversion (`E_CODE: message`), and one AsyncTask per long operation so the JS thread stays free.
 
+mod analysis;
 mod convert;
 mod tasks;
 

@@ -2,6 +2,7 @@
 //! attribution patching, logit lens and direct logit attribution. Results are plain serde
 //! structs so the binding can hand them to TypeScript as JSON.
 
+pub mod ablation;
 pub mod attribution;
 pub mod dla;
 pub mod lens;

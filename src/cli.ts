@@ -1,0 +1,92 @@
+/**
+ * The `prisma` command line. Commands live one per file in src/commands/ and throw on failure;
+ * this module owns the only exit path: it prints one error line (plus a hint) to stderr, or
+ * `{"ok":false,"error":{...}}` to stdout with --json, and sets `process.exitCode`:
+ * 0 ok, 1 failure, 2 usage error.
+ */
+import { Command, CommanderError } from 'commander';
+
+import { registerInspect } from './commands/inspect.js';
+import { registerRun } from './commands/run.js';
+import { printJson, type CommandContext, type Io } from './context.js';
+import { PrismaError, errorJson, oneLine, toPrismaError } from './errors.js';
+import { red, useColor } from './ui/style.js';
+import { VERSION } from './version.js';
+
+export const EXIT_OK = 0;
+export const EXIT_FAILURE = 1;
+export const EXIT_USAGE = 2;
+
+const COMMANDS = ['inspect', 'run'] as const;
+
+export function buildProgram(ctx: CommandContext): Command {
+  const program = new Command('prisma')
+    .description('mechanistic interpretability for vision transformers')
+    .version(VERSION, '-V, --version')
+    .showSuggestionAfterError(true)
+    .allowExcessArguments(false);
+  registerInspect(program, ctx);
+  registerRun(program, ctx);
+  for (const cmd of [program, ...program.commands]) {
+    cmd.exitOverride().configureOutput({
+      writeOut: (s) => ctx.io.stdout.write(s),
+      writeErr: (s) => ctx.io.stderr.write(s),
+      // Usage errors are reported by `report` below, in the same one-line format as other errors.
+      outputError: () => {},
+    });
+  }
+  return program;
+}
+
+function helpHint(argv: readonly string[]): string {
+  const sub = argv.find((a) => (COMMANDS as readonly string[]).includes(a));
+  return `run \`prisma ${sub ? `${sub} ` : ''}--help\``;
+}
+
+/** Commander's usage errors as PrismaError E_USAGE, with a hint naming the right --help. */
+function fromCommanderError(err: CommanderError, argv: readonly string[]): PrismaError {
+  const message = oneLine(err.message.replace(/^error:\s*/, ''));
+  return new PrismaError('E_USAGE', message, { hint: helpHint(argv) });
+}
+
+function report(err: PrismaError, ctx: CommandContext): void {
+  if (ctx.json) {
+    printJson(ctx, { ok: false, error: errorJson(err) });
+    return;
+  }
+  const color = useColor(ctx.io.stderr, ctx.io.env);
+  let text = `${red('prisma:', color)} ${oneLine(err.message)}\n`;
+  if (err.hint) text += `hint: ${oneLine(err.hint)}\n`;
+  ctx.io.stderr.write(text);
+}
+
+export function exitCodeFor(err: PrismaError): number {
+  return err.code === 'E_USAGE' ? EXIT_USAGE : EXIT_FAILURE;
+}
+
+/** Run the CLI on `argv` (arguments after the script name); resolves to the exit code. */
+export async function runCli(argv: readonly string[], io: Io): Promise<number> {
+  const ctx: CommandContext = { io, json: argv.includes('--json') };
+  const program = buildProgram(ctx);
+  try {
+    await program.parseAsync([...argv], { from: 'user' });
+    return EXIT_OK;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // --help / --version: commander already printed; a bare `prisma` printed help to stderr.
+      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version') return EXIT_OK;
+      if (err.code === 'commander.help' || err.code === 'commander.executeSubCommandAsync') return EXIT_USAGE;
+      report(fromCommanderError(err, argv), ctx);
+      return EXIT_USAGE;
+    }
+    let pe = toPrismaError(err);
+    if (pe.code === 'E_USAGE' && pe.hint === undefined) pe = new PrismaError('E_USAGE', pe.message, { hint: helpHint(argv), cause: pe });
+    report(pe, ctx);
+    return exitCodeFor(pe);
+  }
+}
+
+/** Entry point used by bin/prisma.js. */
+export async function main(argv: readonly string[] = process.argv.slice(2)): Promise<void> {
+  process.exitCode = await runCli(argv, { stdout: process.stdout, stderr: process.stderr, env: process.env });
+}

@@ -1,0 +1,109 @@
+/** `prisma inspect MODEL_DIR`: architecture, config summary, parameter count and every hook with its shape. */
+import type { Command } from 'commander';
+
+import { printJson, type CommandContext } from '../context.js';
+import { errorJson, toPrismaError, type ErrorJson } from '../errors.js';
+import { loadModel, type HookShape, type ModelInfo, type PreprocessSpec } from '../index.js';
+import { formatShape } from '../tensor.js';
+import { bold, useColor } from '../ui/style.js';
+import { deviceOption, dtypeOption, jsonOption } from './common.js';
+
+export interface InspectOptions {
+  device: string;
+  dtype: string;
+  json?: boolean;
+}
+
+export interface InspectReport {
+  ok: true;
+  schemaVersion: 1;
+  model: Omit<ModelInfo, 'configJson' | 'unexpectedTensors'> & { unexpectedTensors?: string[] };
+  /** The image preprocessing, or why preprocessor_config.json cannot be used (tensor inputs still work). */
+  preprocess: PreprocessSpec | { error: ErrorJson };
+  hooks: HookShape[];
+}
+
+export async function inspect(modelDir: string, options: InspectOptions): Promise<InspectReport> {
+  const model = await loadModel(modelDir, { device: options.device, dtype: options.dtype });
+  const { configJson: _config, ...info } = model.info;
+  return {
+    ok: true,
+    schemaVersion: 1,
+    model: info,
+    preprocess: await model.preprocessSpec().catch((err: unknown) => ({ error: errorJson(toPrismaError(err)) })),
+    hooks: model.hookShapes(1),
+  };
+}
+
+function thousands(n: number): string {
+  return n.toLocaleString('en-US');
+}
+
+function compact(n: number): string {
+  if (n >= 1e9) return `${(n / 1e9).toFixed(2)}B`;
+  if (n >= 1e6) return `${(n / 1e6).toFixed(2)}M`;
+  if (n >= 1e3) return `${(n / 1e3).toFixed(1)}K`;
+  return String(n);
+}
+
+function describePreprocess(p: InspectReport['preprocess']): string {
+  if ('error' in p) return `unusable: ${p.error.message}`;
+  const parts: string[] = [];
+  if (p.resize) {
+    parts.push(
+      p.resize.mode === 'exact'
+        ? `resize ${p.resize.height}x${p.resize.width} ${p.resample} (sharp ${p.kernel})`
+        : `resize shortest edge ${p.resize.shortestEdge} ${p.resample} (sharp ${p.kernel})`,
+    );
+  }
+  if (p.centerCrop) parts.push(`crop ${p.centerCrop.height}x${p.centerCrop.width}`);
+  if (p.rescaleFactor !== null) parts.push(`x${Number(p.rescaleFactor.toPrecision(6))}`);
+  if (p.normalize) parts.push(`mean [${p.normalize.mean.join(', ')}] std [${p.normalize.std.join(', ')}]`);
+  const from = p.source === 'default' ? 'defaults, no preprocessor_config.json' : 'preprocessor_config.json';
+  return `${parts.join(', ')} (${from})`;
+}
+
+export function formatInspect(r: InspectReport, color: boolean): string {
+  const m = r.model;
+  const [h, w] = m.imageSize;
+  const labels = m.labels.length > 0 ? ` (${m.labels.slice(0, 8).join(', ')}${m.labels.length > 8 ? ', …' : ''})` : '';
+  const rows: [string, string][] = [
+    ['family', m.family],
+    ['architecture', m.architecture],
+    ['source format', m.sourceFormat],
+    ['image', `${h}x${w}, ${m.numChannels} channels, patch ${m.patchSize} -> ${m.nPatches} patches${m.hasClassToken ? ' + class token' : ''} = ${m.nPos} positions`],
+    ['layers', String(m.nLayers)],
+    ['heads', `${m.nHeads} (d_head ${m.dHead})`],
+    ['d_model', String(m.dModel)],
+    ['d_mlp', String(m.dMlp)],
+    ['activation', m.activation],
+    ['classes', m.nClasses > 0 ? `${m.nClasses}${labels}` : 'none (no classification head)'],
+    ['parameters', `${compact(m.nParams)} (${thousands(m.nParams)})`],
+    ['device', `${m.device}, ${m.dtype}`],
+    ['preprocess', describePreprocess(r.preprocess)],
+  ];
+  if (m.unexpectedTensors && m.unexpectedTensors.length > 0) {
+    rows.push(['unused weights', `${m.unexpectedTensors.length} (${m.unexpectedTensors.slice(0, 3).join(', ')}${m.unexpectedTensors.length > 3 ? ', …' : ''})`]);
+  }
+  const kw = Math.max(...rows.map(([k]) => k.length));
+  const lines = [bold(m.modelDir, color), ...rows.map(([k, v]) => `  ${k.padEnd(kw)}  ${v}`), ''];
+  lines.push(bold(`hooks (${r.hooks.length}, shapes for 1 image)`, color));
+  const nw = Math.max(...r.hooks.map((x) => x.name.length));
+  for (const hook of r.hooks) lines.push(`  ${hook.name.padEnd(nw)}  ${formatShape(hook.shape)}`);
+  return `${lines.join('\n')}\n`;
+}
+
+export function registerInspect(program: Command, ctx: CommandContext): void {
+  program
+    .command('inspect')
+    .description('show a model\'s architecture, config, parameter count and hook points with shapes')
+    .argument('<MODEL_DIR>', 'Hugging Face model folder (config.json + model.safetensors)')
+    .addOption(deviceOption())
+    .addOption(dtypeOption())
+    .addOption(jsonOption())
+    .action(async (modelDir: string, options: InspectOptions) => {
+      const report = await inspect(modelDir, options);
+      if (options.json) printJson(ctx, report);
+      else ctx.io.stdout.write(formatInspect(report, useColor(ctx.io.stdout, ctx.io.env)));
+    });
+}

@@ -1,0 +1,253 @@
+/**
+ * vit-prisma library API.
+ *
+ *   const model = await loadModel('models/vit-base', { device: 'cpu', dtype: 'f32' });
+ *   const { output, cache } = await model.run(['cat.png'], { cache: ['blocks.*.hook_resid_post'] });
+ *   topK(output, 5, model.info.labels);
+ */
+import { PrismaError, usageError } from './errors.js';
+import { loadInputs, readPreprocessSpec, type LoadInputsOptions, type PreprocessSpec } from './image/preprocess.js';
+import { serializeInterventions, type Intervention, type TensorLike } from './interventions.js';
+import {
+  NativeModelHandle,
+  cudaAvailable,
+  libtorchVersion,
+  readTensorFile,
+  saveSafetensors,
+  type HookShape,
+  type ModelInfo,
+  type NativeRunOptions,
+  type TensorData,
+} from './native.js';
+import { normalizeDevice, normalizeDtype } from './options.js';
+import { checkTensor, formatShape, numel, type PixelBatch, type Tensor, type TensorInput } from './tensor.js';
+
+export { PrismaError, usageError, isPrismaError, type ErrorJson } from './errors.js';
+export {
+  loadInputs,
+  preprocessImage,
+  parsePreprocessorConfig,
+  defaultPreprocessSpec,
+  readPreprocessSpec,
+  expandInputs,
+  type PreprocessSpec,
+  type LoadInputsOptions,
+  type InputTarget,
+  type Resample,
+  type SharpKernel,
+} from './image/preprocess.js';
+export { serializeInterventions, type Intervention, type Select, type TensorLike, type TensorRef } from './interventions.js';
+export type { HookShape, ModelInfo, TensorData } from './native.js';
+export type { Tensor, TensorInput, PixelBatch } from './tensor.js';
+export type { Dtype } from './options.js';
+export { VERSION } from './version.js';
+export { cudaAvailable, libtorchVersion };
+
+export interface LoadOptions {
+  /** 'cpu' (default), 'cuda', 'cuda:N', 'mps' or 'auto'. */
+  device?: string;
+  /** 'f32' (default), 'f16', 'bf16' (or float32 / float16 / bfloat16). */
+  dtype?: string;
+}
+
+export interface RunOptions {
+  /** Hook names or glob patterns to record ('blocks.*.hook_resid_post', '*'). */
+  cache?: string[];
+  /** Run blocks [0, stopAtLayer) only; the output is then blocks.{stopAtLayer}.hook_resid_pre. */
+  stopAtLayer?: number;
+  /** Start at this block from `startResid` (that block's hook_resid_pre); inputs are then ignored. */
+  startAtLayer?: number;
+  startResid?: TensorLike;
+  interventions?: Intervention[];
+  /** Named tensors referenced by interventions. */
+  tensors?: TensorLike[] | Record<string, TensorLike>;
+  /** Tensor to use from `.safetensors` inputs holding several (default `pixel_values`). */
+  inputKey?: string;
+}
+
+export interface RunResult {
+  /** 'hook_logits' with a head, else 'ln_final.hook_normalized', or the residual when stopping early. */
+  output: Tensor;
+  /** Recorded hooks, in forward order, keyed by hook name. */
+  cache: Map<string, Tensor>;
+  /** One label per batch entry (image path, or `file[i]`). */
+  inputs: string[];
+}
+
+export class Model {
+  readonly info: ModelInfo;
+  private spec: Promise<PreprocessSpec> | undefined;
+
+  private constructor(private readonly handle: NativeModelHandle) {
+    this.info = handle.info();
+  }
+
+  /** Load a Hugging Face model folder (config.json + model.safetensors). */
+  static async load(dir: string, options: LoadOptions = {}): Promise<Model> {
+    const nativeOptions: { device?: string; dtype?: string } = {};
+    if (options.device !== undefined) {
+      const device = normalizeDevice(options.device);
+      nativeOptions.device = device === 'auto' ? (cudaAvailable() ? 'cuda:0' : 'cpu') : device;
+    }
+    if (options.dtype !== undefined) nativeOptions.dtype = normalizeDtype(options.dtype);
+    return new Model(await NativeModelHandle.load(dir, nativeOptions));
+  }
+
+  /** Every hook point in forward order, with its shape for `batch` inputs. */
+  hookShapes(batch = 1): HookShape[] {
+    return this.handle.hookShapes(batch);
+  }
+
+  hookNames(): string[] {
+    return this.hookShapes(1).map((h) => h.name);
+  }
+
+  /** Resolve hook names / glob patterns; E_UNKNOWN_HOOK when a pattern matches nothing. */
+  matchHooks(patterns: string[]): string[] {
+    return this.handle.matchHooks(patterns);
+  }
+
+  /** The preprocessing used for images (preprocessor_config.json, or the defaults). */
+  preprocessSpec(): Promise<PreprocessSpec> {
+    this.spec ??= readPreprocessSpec(this.info.modelDir, this.info.imageSize);
+    return this.spec;
+  }
+
+  /** Images, folders and tensor files -> one `[B, C, H, W]` batch for this model. */
+  loadInputs(paths: readonly string[], options: Omit<LoadInputsOptions, 'preprocess'> = {}): Promise<PixelBatch> {
+    return loadInputs(paths, this, { ...options, preprocess: () => this.preprocessSpec() });
+  }
+
+  /** Validate `stopAtLayer` / `startAtLayer` against the model (E_LAYER_RANGE). */
+  checkLayer(value: number, what: string): void {
+    const n = this.info.nLayers;
+    if (!Number.isInteger(value) || value < 0 || value > n) {
+      throw new PrismaError('E_LAYER_RANGE', `${what} ${value} is out of range: the model has ${n} layers (use 0..${n})`, {
+        hint: 'run `prisma inspect MODEL_DIR` to see the number of layers',
+      });
+    }
+  }
+
+  async run(inputs: readonly string[] | PixelBatch, options: RunOptions = {}): Promise<RunResult> {
+    const native: NativeRunOptions = {};
+    if (options.cache !== undefined && options.cache.length > 0) native.cache = [...options.cache];
+    if (options.stopAtLayer !== undefined) {
+      this.checkLayer(options.stopAtLayer, 'stop-at-layer');
+      native.stopAtLayer = options.stopAtLayer;
+    }
+    const resuming = options.startAtLayer !== undefined;
+    if (resuming) {
+      this.checkLayer(options.startAtLayer!, 'start-at-layer');
+      if (!options.startResid) throw usageError('startAtLayer needs startResid (that block\'s hook_resid_pre)');
+      const resid: TensorInput = { name: options.startResid.name ?? 'start_resid', shape: [...options.startResid.shape], data: options.startResid.data };
+      checkTensor(resid);
+      native.startAtLayer = options.startAtLayer!;
+      native.startResid = resid;
+    } else if (options.startResid) {
+      throw usageError('startResid is only used with startAtLayer');
+    }
+    if ((options.interventions && options.interventions.length > 0) || options.tensors) {
+      const { json, tensors } = serializeInterventions(options.interventions ?? [], options.tensors ?? []);
+      native.interventions = json;
+      if (tensors.length > 0) native.tensors = tensors;
+    }
+
+    let batch: PixelBatch;
+    if (isPixelBatch(inputs)) {
+      batch = inputs;
+      this.checkBatch(batch);
+    } else if (resuming && inputs.length === 0) {
+      const [h, w] = this.info.imageSize;
+      batch = { data: new Float32Array(0), shape: [0, this.info.numChannels, h!, w!], labels: [] };
+    } else {
+      if (native.cache) this.matchHooks(native.cache); // unknown hooks fail before images are decoded
+      batch = await this.loadInputs(inputs, options.inputKey === undefined ? {} : { inputKey: options.inputKey });
+    }
+
+    const pixels = resuming ? new Float32Array(0) : batch.data;
+    const out = await this.handle.run(pixels, [...batch.shape], native);
+    const labels = resuming && batch.labels.length === 0
+      ? Array.from({ length: options.startResid!.shape[0] ?? 0 }, (_, i) => `resid[${i}]`)
+      : batch.labels;
+    return { output: out.output, cache: new Map(out.cache.map((t) => [t.name, t])), inputs: labels };
+  }
+
+  private checkBatch(batch: PixelBatch): void {
+    const [, c, h, w] = batch.shape;
+    const [mh, mw] = this.info.imageSize;
+    if (batch.shape.length !== 4 || c !== this.info.numChannels || h !== mh || w !== mw) {
+      throw new PrismaError('E_SHAPE', `pixel batch has shape ${formatShape(batch.shape)}, the model needs [B, ${this.info.numChannels}, ${mh}, ${mw}]`);
+    }
+    checkTensor({ name: 'pixels', shape: batch.shape, data: batch.data });
+  }
+}
+
+function isPixelBatch(x: readonly string[] | PixelBatch): x is PixelBatch {
+  return !Array.isArray(x);
+}
+
+/** Load a model folder; see `Model.load`. */
+export function loadModel(dir: string, options: LoadOptions = {}): Promise<Model> {
+  return Model.load(dir, options);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+export interface Prediction {
+  index: number;
+  label: string;
+  logit: number;
+  prob: number;
+}
+
+/** Softmax of one row, computed in float64. */
+export function softmax(row: ArrayLike<number>): Float64Array {
+  let max = -Infinity;
+  for (let i = 0; i < row.length; i++) max = Math.max(max, row[i]!);
+  const out = new Float64Array(row.length);
+  let sum = 0;
+  for (let i = 0; i < row.length; i++) {
+    out[i] = Math.exp(row[i]! - max);
+    sum += out[i]!;
+  }
+  for (let i = 0; i < row.length; i++) out[i]! /= sum;
+  return out;
+}
+
+/**
+ * Top-k classes for each batch row of `[B, n_classes]` logits (a `[n_classes]` tensor is one row).
+ * Ties keep the lower index first. `labels[i]` names class i (falls back to the index).
+ */
+export function topK(logits: Pick<Tensor, 'shape' | 'data'>, k: number, labels: readonly string[] = []): Prediction[][] {
+  const shape = logits.shape.length === 1 ? [1, logits.shape[0]!] : logits.shape;
+  if (shape.length !== 2 || numel(shape) !== logits.data.length) {
+    throw new PrismaError('E_SHAPE', `topK needs [batch, classes] logits, got ${formatShape(logits.shape)}`);
+  }
+  const [b, n] = shape as [number, number];
+  const kk = Math.max(0, Math.min(Math.floor(k), n));
+  const out: Prediction[][] = [];
+  for (let r = 0; r < b; r++) {
+    const row = logits.data.subarray(r * n, (r + 1) * n);
+    const probs = softmax(row);
+    const order = Array.from({ length: n }, (_, i) => i).sort((x, y) => row[y]! - row[x]! || x - y);
+    out.push(order.slice(0, kk).map((index) => ({ index, label: labels[index] ?? String(index), logit: row[index]!, prob: probs[index]! })));
+  }
+  return out;
+}
+
+/** Read the tensors of a `.npy` / `.safetensors` file as float32. */
+export function readTensors(path: string): Tensor[] {
+  return readTensorFile(path);
+}
+
+/** Write float32 tensors to a `.safetensors` file atomically (temp file + rename). */
+export async function saveTensors(
+  path: string,
+  tensors: readonly (TensorInput | TensorData)[],
+  metadata: Record<string, string> = {},
+): Promise<void> {
+  const inputs = tensors.map((t) => ({ name: t.name, shape: [...t.shape], data: t.data }));
+  for (const t of inputs) checkTensor(t);
+  await saveSafetensors(path, inputs, metadata);
+}

@@ -1,0 +1,60 @@
+/** Plain tensor values exchanged with the addon: float32 data, row-major, batch axis first. */
+import { PrismaError } from './errors.js';
+import type { TensorData, TensorInput } from './native.js';
+
+export type Tensor = TensorData;
+export type { TensorInput };
+
+/** Pixels ready for the model: `[B, C, H, W]` float32, with one label per batch entry. */
+export interface PixelBatch {
+  data: Float32Array;
+  shape: [number, number, number, number];
+  /** One per batch entry: the image path, or `file[i]` for rows of a tensor file. */
+  labels: string[];
+}
+
+export function numel(shape: readonly number[]): number {
+  return shape.reduce((a, b) => a * b, 1);
+}
+
+export function formatShape(shape: readonly number[]): string {
+  return `[${shape.join(', ')}]`;
+}
+
+export function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((v, i) => v === b[i]);
+}
+
+/** Throw E_SHAPE unless `data.length` matches `shape`. */
+export function checkTensor(t: { name: string; shape: readonly number[]; data: Float32Array }): void {
+  if (!t.shape.every((d) => Number.isInteger(d) && d >= 0)) {
+    throw new PrismaError('E_SHAPE', `tensor '${t.name}' has an invalid shape ${formatShape(t.shape)}`);
+  }
+  if (numel(t.shape) !== t.data.length) {
+    throw new PrismaError(
+      'E_SHAPE',
+      `tensor '${t.name}' has ${t.data.length} values but shape ${formatShape(t.shape)} needs ${numel(t.shape)}`,
+    );
+  }
+}
+
+/** Concatenate `[Bi, ...rest]` batches along the first axis (rest must agree). */
+export function concatBatches(parts: PixelBatch[]): PixelBatch {
+  if (parts.length === 0) throw new PrismaError('E_INPUT', 'no inputs');
+  if (parts.length === 1) return parts[0]!;
+  const [, c, h, w] = parts[0]!.shape;
+  let b = 0;
+  for (const p of parts) {
+    if (p.shape[1] !== c || p.shape[2] !== h || p.shape[3] !== w) {
+      throw new PrismaError('E_SHAPE', `cannot batch ${formatShape(p.shape)} with ${formatShape(parts[0]!.shape)}`);
+    }
+    b += p.shape[0];
+  }
+  const data = new Float32Array(b * c * h * w);
+  let offset = 0;
+  for (const p of parts) {
+    data.set(p.data, offset);
+    offset += p.data.length;
+  }
+  return { data, shape: [b, c, h, w], labels: parts.flatMap((p) => p.labels) };
+}

@@ -1,0 +1,220 @@
+// The built CLI, spawned (`node bin/prisma.js`): needs native/prisma.node and dist/ (npm run setup).
+import { existsSync, mkdtempSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { beforeAll, describe, expect, it } from 'vitest';
+
+import { FIXTURES, prisma, requireBuilt, stderrLines, type CliResult } from '../helpers/cli.js';
+import { absDiff, readSafetensors } from '../helpers/safetensors.js';
+
+const MODELS = ['vit-tiny-cls', 'vit-tiny-base', 'vit-odd'] as const;
+const model = (name: string) => join(FIXTURES, 'models', name);
+const reference = (name: string) => join(FIXTURES, 'reference', `${name}.safetensors`);
+const tmp = () => mkdtempSync(join(tmpdir(), 'prisma-cli-'));
+
+/** Tolerance for activations computed from the reference pixel tensor (fp32 CPU vs HF fp32). */
+const ATOL = 1e-4;
+
+interface Summary {
+  ok: boolean;
+  schemaVersion: number;
+  model: string;
+  inputs: string[];
+  output: { name: string; shape: number[] };
+  cached: string[];
+  predictions?: { input: string; topK: { index: number; label: string; logit: number; prob: number }[] }[];
+  written?: { path: string; tensors: { name: string; shape: number[] }[] };
+}
+
+function ok(r: CliResult): Summary {
+  expect(r.stderr).toBe('');
+  expect(r.code).toBe(0);
+  return JSON.parse(r.stdout) as Summary;
+}
+
+beforeAll(() => requireBuilt());
+
+describe('prisma inspect', () => {
+  it.each(MODELS)('%s: lists every reference hook with its shape for one image', (name) => {
+    const r = prisma(['inspect', model(name)]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toBe('');
+    expect(r.stdout).toMatch(/family\s+vit/);
+    expect(r.stdout).toMatch(/parameters\s+\S+ \([\d,]+\)/);
+    const ref = readSafetensors(reference(name)).tensors;
+    for (const [hook, t] of ref) {
+      if (hook === 'pixel_values') continue;
+      const shape = `[${[1, ...t.shape.slice(1)].join(', ')}]`;
+      expect(r.stdout).toMatch(new RegExp(`^  ${hook.replace(/\./g, '\\.')}\\s+${shape.replace(/[[\]]/g, '\\$&')}$`, 'm'));
+    }
+  });
+
+  it('--json gives the config summary and hook shapes', () => {
+    const r = prisma(['inspect', model('vit-odd'), '--json']);
+    expect(r.code).toBe(0);
+    const doc = JSON.parse(r.stdout) as {
+      ok: boolean;
+      schemaVersion: number;
+      model: Record<string, unknown>;
+      hooks: { name: string; shape: number[] }[];
+    };
+    expect(doc.ok).toBe(true);
+    expect(doc.schemaVersion).toBe(1);
+    expect(doc.model).toMatchObject({
+      family: 'vit',
+      architecture: 'ViTForImageClassification',
+      sourceFormat: 'hf',
+      imageSize: [30, 30],
+      patchSize: 6,
+      nLayers: 3,
+      nHeads: 3,
+      dModel: 36,
+      dMlp: 52,
+      nClasses: 7,
+      activation: 'gelu_tanh',
+    });
+    expect(doc.model['nParams']).toBeGreaterThan(0);
+    expect(doc.model).not.toHaveProperty('configJson');
+    const ref = readSafetensors(reference('vit-odd')).tensors;
+    const fromInspect = new Map(doc.hooks.map((h) => [h.name, h.shape]));
+    for (const [hook, t] of ref) if (hook !== 'pixel_values') expect(fromInspect.get(hook), hook).toEqual([1, ...t.shape.slice(1)]);
+  });
+});
+
+describe('prisma run', () => {
+  it.each(MODELS)('%s: cached activations from the reference pixels match the reference within 1e-4', (name) => {
+    const out = join(tmp(), 'acts.safetensors');
+    const summary = ok(prisma(['run', model(name), reference(name), '--cache', '*', '--out', out]));
+    const ref = readSafetensors(reference(name));
+    const batch = ref.tensors.get('pixel_values')!.shape[0]!;
+
+    expect(summary).toMatchObject({ ok: true, schemaVersion: 1, model: model(name) });
+    expect(summary.inputs).toEqual(Array.from({ length: batch }, (_, i) => `${reference(name)}[${i}]`));
+    expect(summary.written?.path).toBe(out);
+    const hasHead = ref.tensors.has('hook_logits');
+    if (hasHead) {
+      expect(summary.output.name).toBe('hook_logits');
+      expect(summary.predictions).toHaveLength(batch);
+      for (const p of summary.predictions!) {
+        expect(p.topK).toHaveLength(5);
+        expect(p.topK[0]!.prob).toBeGreaterThan(0);
+        expect(p.topK[0]!.logit).toBeGreaterThanOrEqual(p.topK[1]!.logit);
+      }
+    } else {
+      expect(summary.output.name).toBe('ln_final.hook_normalized');
+      expect(summary.predictions).toBeUndefined();
+    }
+
+    const written = readSafetensors(out);
+    expect(written.metadata['model']).toBe(model(name));
+    expect(JSON.parse(written.metadata['inputs']!)).toEqual(summary.inputs);
+    expect(new Set(summary.written!.tensors.map((t) => t.name))).toEqual(new Set(written.tensors.keys()));
+    const expected = [...ref.tensors.keys()].filter((k) => k !== 'pixel_values');
+    expect([...written.tensors.keys()].sort()).toEqual(expected.sort());
+    for (const key of expected) {
+      const got = written.tensors.get(key)!;
+      const want = ref.tensors.get(key)!;
+      expect(got.shape, key).toEqual(want.shape);
+      expect(got.dtype, key).toBe('F32');
+      const d = absDiff(got.data, want.data);
+      expect(d.max, `${name} ${key}: max abs diff ${d.max}`).toBeLessThanOrEqual(ATOL);
+    }
+  });
+
+  it('--input-key selects the tensor; a missing key is an error', () => {
+    const name = 'vit-tiny-cls';
+    const s = ok(prisma(['run', model(name), reference(name), '--input-key', 'pixel_values', '--top-k', '2']));
+    expect(s.predictions![0]!.topK).toHaveLength(2);
+    const r = prisma(['run', model(name), reference(name), '--input-key', 'nope']);
+    expect(r.code).toBe(1);
+    expect(stderrLines(r)[0]).toMatch(/^prisma: .*has no tensor 'nope'/);
+  });
+
+  it('images: predictions per image, close to the reference logits', () => {
+    const name = 'vit-tiny-cls';
+    const s = ok(prisma(['run', model(name), join(FIXTURES, 'images'), '--top-k', '5']));
+    expect(s.inputs.map((p) => p.split('/').pop())).toEqual(['astronaut.png', 'chelsea.jpg', 'coffee.png']);
+    expect(s.cached).toEqual([]);
+    expect(s.written).toBeUndefined();
+    const logits = readSafetensors(reference(name)).tensors.get('hook_logits')!;
+    const n = logits.shape[1]!;
+    s.predictions!.forEach((p, i) => {
+      for (const t of p.topK) {
+        // sharp vs PIL resampling moves these logits by up to 0.049 (docs/preprocessing.md); 2x headroom
+        expect(Math.abs(t.logit - logits.data[i * n + t.index]!)).toBeLessThan(0.1);
+      }
+      expect(p.topK.reduce((acc, t) => acc + t.prob, 0)).toBeCloseTo(1, 5);
+    });
+  });
+
+  it('--stop-at-layer returns that block\'s resid_pre and no predictions', () => {
+    const name = 'vit-odd';
+    const out = join(tmp(), 'stop.safetensors');
+    const s = ok(prisma(['run', model(name), reference(name), '--stop-at-layer', '1', '--out', out]));
+    expect(s.output.name).toBe('blocks.1.hook_resid_pre');
+    expect(s.predictions).toBeUndefined();
+    const got = readSafetensors(out).tensors.get('blocks.1.hook_resid_pre')!;
+    const want = readSafetensors(reference(name)).tensors.get('blocks.1.hook_resid_pre')!;
+    expect(absDiff(got.data, want.data).max).toBeLessThanOrEqual(ATOL);
+  });
+
+  it('writes nothing without --out', () => {
+    const cwd = tmp();
+    ok(prisma(['run', model('vit-tiny-cls'), reference('vit-tiny-cls'), '--cache', '*'], {}, cwd));
+    expect(readdirSync(cwd)).toEqual([]);
+  });
+});
+
+describe('bad inputs: exit != 0, one stderr line (+ hint), no output file', () => {
+  const cls = model('vit-tiny-cls');
+  const image = join(FIXTURES, 'images', 'coffee.png');
+  const cases: [string, string[], string][] = [
+    ['not an image', ['run', cls, join(FIXTURES, 'bad', 'not-an-image.jpg')], 'E_IMAGE_DECODE'],
+    ['truncated png', ['run', cls, join(FIXTURES, 'bad', 'truncated.png')], 'E_IMAGE_DECODE'],
+    ['folder with a bad image', ['run', cls, join(FIXTURES, 'bad')], 'E_IMAGE_DECODE'],
+    ['missing input', ['run', cls, join(FIXTURES, 'images', 'nope.png')], 'E_INPUT'],
+    ['model without config', ['run', join(FIXTURES, 'bad', 'no-config'), image], 'E_MODEL_DIR'],
+    ['truncated weights', ['run', join(FIXTURES, 'bad', 'truncated-model'), image], 'E_WEIGHTS_FORMAT'],
+    ['text model', ['run', join(FIXTURES, 'bad', 'text-model'), image], 'E_UNSUPPORTED_MODEL'],
+    ['missing model dir', ['run', join(FIXTURES, 'models', 'nope'), image], 'E_MODEL_DIR'],
+    ['unknown hook', ['run', cls, image, '--cache', 'blocks.*.hook_nothing'], 'E_UNKNOWN_HOOK'],
+    ['hook in a missing layer', ['run', cls, image, '--cache', 'blocks.9.hook_resid_post'], 'E_'],
+    ['bad layer index', ['run', cls, image, '--stop-at-layer', '7'], 'E_LAYER_RANGE'],
+    ['wrong tensor shape', ['run', model('vit-odd'), reference('vit-tiny-cls')], 'E_SHAPE'],
+    ['tensor file without pixel_values', ['run', cls, join(FIXTURES, 'reference', 'interventions.safetensors')], 'E_TENSOR_FILE'],
+    ['unavailable device', ['run', cls, image, '--device', 'cuda:7'], 'E_DEVICE'],
+  ];
+
+  it.each(cases)('%s', (_what, args, code) => {
+    const dir = tmp();
+    const out = join(dir, 'out.safetensors');
+    const r = prisma([...args, '--out', out]);
+    expect(r.code).not.toBe(0);
+    expect(r.stdout).toBe('');
+    const lines = stderrLines(r);
+    expect(lines.length === 1 || (lines.length === 2 && lines[1]!.startsWith('hint: ')), r.stderr).toBe(true);
+    expect(lines[0]).toMatch(/^prisma: \S/);
+    expect(lines[0]).not.toMatch(/\u001b\[/);
+    expect(existsSync(out)).toBe(false);
+    expect(readdirSync(dir)).toEqual([]);
+
+    const j = prisma([...args, '--out', out, '--json']);
+    expect(j.code).toBe(r.code);
+    expect(j.stderr).toBe('');
+    const doc = JSON.parse(j.stdout) as { ok: boolean; error: { code: string; message: string } };
+    expect(doc.ok).toBe(false);
+    expect(doc.error.code.startsWith(code)).toBe(true);
+    expect(doc.error.message).toBe(lines[0]!.replace(/^prisma: /, ''));
+  });
+
+  it.each([
+    ['no-config', 'E_MODEL_DIR'],
+    ['truncated-model', 'E_WEIGHTS_FORMAT'],
+    ['text-model', 'E_UNSUPPORTED_MODEL'],
+  ])('inspect %s -> %s', (dir, code) => {
+    const r = prisma(['inspect', join(FIXTURES, 'bad', dir), '--json']);
+    expect(r.code).toBe(1);
+    expect((JSON.parse(r.stdout) as { error: { code: string } }).error.code).toBe(code);
+  });
+});

@@ -1,0 +1,86 @@
+// The CLI in process, for paths that fail before the addon is needed (usage errors, --help).
+import { describe, expect, it } from 'vitest';
+
+import { EXIT_OK, EXIT_USAGE, runCli } from '../../src/cli.js';
+import { formatJson } from '../../src/context.js';
+import { memoryIo } from '../helpers/io.js';
+
+const lines = (s: string) => s.split('\n').filter((l) => l.length > 0);
+
+describe('prisma CLI usage errors', () => {
+  it('--help prints to stdout and exits 0', async () => {
+    const io = memoryIo();
+    expect(await runCli(['--help'], io)).toBe(EXIT_OK);
+    expect(io.out()).toMatch(/Usage: prisma/);
+    expect(io.out()).toMatch(/inspect/);
+    expect(io.out()).toMatch(/run/);
+    expect(io.err()).toBe('');
+  });
+
+  it('--version prints the package version', async () => {
+    const io = memoryIo();
+    expect(await runCli(['--version'], io)).toBe(EXIT_OK);
+    expect(io.out().trim()).toMatch(/^\d+\.\d+\.\d+/);
+  });
+
+  it.each([
+    [['run'], /missing required argument 'MODEL_DIR'/],
+    [['run', 'model'], /missing required argument 'INPUT'/],
+    [['inspect', 'm', '--bogus'], /unknown option '--bogus'/],
+    [['run', 'm', 'a.png', '--top-k', 'abc'], /--top-k must be a non-negative integer/],
+    [['run', 'm', 'a.png', '--top-k', '0'], /--top-k must be at least 1/],
+    [['run', 'm', 'a.png', '--stop-at-layer', '-1'], /unknown option '-1'|--stop-at-layer/],
+    [['run', 'm', 'a.png', '--dtype', 'int8'], /unknown dtype 'int8'/],
+    [['run', 'm', 'a.png', '--device', 'tpu'], /unknown device 'tpu'/],
+    [['run', 'm', 'a.png', '--out', 'acts.npz'], /--out must name a .safetensors file/],
+    [['frobnicate'], /unknown command 'frobnicate'/],
+    [['inspect', 'a', 'b'], /too many arguments/],
+  ])('%j -> exit 2 with one error line and a hint', async (argv, pattern) => {
+    const io = memoryIo();
+    expect(await runCli(argv, io)).toBe(EXIT_USAGE);
+    const err = lines(io.err());
+    expect(err).toHaveLength(2);
+    expect(err[0]).toMatch(/^prisma: /);
+    expect(err[0]).toMatch(pattern);
+    expect(err[1]).toMatch(/^hint: run `prisma .*--help`$/);
+    expect(io.out()).toBe('');
+  });
+
+  it('--json reports usage errors as JSON on stdout', async () => {
+    const io = memoryIo();
+    expect(await runCli(['run', 'm', 'a.png', '--top-k', 'x', '--json'], io)).toBe(EXIT_USAGE);
+    expect(io.err()).toBe('');
+    const doc = JSON.parse(io.out()) as { ok: boolean; error: { code: string; message: string; hint?: string } };
+    expect(doc.ok).toBe(false);
+    expect(doc.error.code).toBe('E_USAGE');
+    expect(doc.error.message).toMatch(/--top-k/);
+    expect(doc.error.hint).toMatch(/prisma run --help/);
+  });
+
+  it('bare `prisma` shows help on stderr and exits 2', async () => {
+    const io = memoryIo();
+    expect(await runCli([], io)).toBe(EXIT_USAGE);
+    expect(io.err()).toMatch(/Usage: prisma/);
+  });
+
+  it('colours the prefix only on a TTY without NO_COLOR', async () => {
+    const tty = memoryIo({}, true);
+    await runCli(['frob'], tty);
+    expect(tty.err()).toContain('\u001b[31mprisma:');
+    const noColor = memoryIo({ NO_COLOR: '1' }, true);
+    await runCli(['frob'], noColor);
+    expect(noColor.err()).not.toContain('\u001b[');
+    const pipe = memoryIo({}, false);
+    await runCli(['frob'], pipe);
+    expect(pipe.err()).not.toContain('\u001b[');
+  });
+});
+
+describe('formatJson', () => {
+  it('is valid JSON with shapes on one line', () => {
+    const v = { ok: true, shape: [1, 17, 32], nested: [{ name: 'a', shape: [2] }], empty: [], nothing: undefined };
+    const text = formatJson(v);
+    expect(JSON.parse(text)).toEqual({ ok: true, shape: [1, 17, 32], nested: [{ name: 'a', shape: [2] }], empty: [] });
+    expect(text).toContain('"shape": [1,17,32]');
+  });
+});
