@@ -132,6 +132,8 @@ const torch = findLibtorch();
     if (built) copyFileSync(join(root, 'native', built), addon);
     writeFileSync(stampFile, stamp);
   }
+  // The Rust test runner (scripts/cargo-test.mjs) needs the same libtorch environment.
+  writeFileSync(join(root, 'native', '.build-env.json'), JSON.stringify({ ...torch.env, CARGO_TARGET_DIR: process.env.CARGO_TARGET_DIR ?? join(cacheDir, 'target') }, null, 2));
 }
 
 // 4. TypeScript -------------------------------------------------------------------------------
