@@ -9,6 +9,7 @@ pub mod interventions;
 pub mod model;
 pub mod models;
 pub mod tensor_file;
+pub mod training;
 pub mod weights;
 
 pub use error::{PrismaError, Result};

@@ -1,2 +1,3 @@
 pub mod hf;
+pub mod hf_save;
 pub mod store;
