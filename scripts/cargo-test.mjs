@@ -18,6 +18,10 @@ try {
 const env = { ...process.env, ...buildEnv };
 // Test binaries carry no rpath to libtorch (only the addon does).
 env.LD_LIBRARY_PATH = [buildEnv.PRISMA_LIBTORCH_LIB, process.env.LD_LIBRARY_PATH].filter(Boolean).join(':');
-process.stderr.write('[cargo-test] cargo test --release -p prisma-core\n');
-const r = spawnSync('cargo', ['test', '--release', '-p', 'prisma-core', ...process.argv.slice(2)], { cwd: root, env, stdio: 'inherit' });
+// @napi-rs/cli builds with an explicit `--target <host triple>`; passing the same one lets the
+// tests reuse the addon build's compiled libtorch bindings instead of building them again.
+const host = /host: (\S+)/.exec(spawnSync('rustc', ['-vV'], { encoding: 'utf8' }).stdout ?? '')?.[1];
+const args = ['test', '--release', '-p', 'prisma-core', ...(host ? ['--target', host] : []), ...process.argv.slice(2)];
+process.stderr.write(`[cargo-test] cargo ${args.join(' ')}\n`);
+const r = spawnSync('cargo', args, { cwd: root, env, stdio: 'inherit' });
 process.exit(r.status ?? 1);
