@@ -77,11 +77,119 @@ export interface NativeLoadOptions {
   dtype?: string;
 }
 
+// Analysis results (docs/native-api.md, "Analysis methods"): the addon returns JSON strings.
+
+export type LensSite = 'resid_pre' | 'resid_mid' | 'resid_post';
+export type PatchWhat =
+  | 'resid_pre' | 'resid_mid' | 'resid_post' | 'attn_out' | 'mlp_out'
+  | 'head_z' | 'head_q' | 'head_k' | 'head_v' | 'head_pattern';
+export type PatchBy = 'layer_pos' | 'layer_head' | 'layer_pos_head';
+export type AblationMode = 'zero' | 'mean' | 'resample';
+
+export interface NativeLensOptions {
+  target?: number;
+  sites?: LensSite[];
+  topK?: number;
+}
+export interface NativePatchOptions {
+  what: PatchWhat;
+  by: PatchBy;
+  target: number;
+  baseline?: number;
+  chunk?: number;
+  layers?: number[];
+}
+export interface NativeDlaOptions {
+  target: number;
+  baseline?: number;
+  perPosition?: boolean;
+}
+export interface NativeAblateOptions {
+  mode: AblationMode;
+  what?: PatchWhat;
+  by?: PatchBy;
+  target: number;
+  baseline?: number;
+  resampleIndex?: number;
+  chunk?: number;
+}
+
+export interface Ranked {
+  index: number;
+  logit: number;
+  prob: number;
+}
+export interface LensLayer {
+  layer: number;
+  site: LensSite;
+  hook: string;
+  topK: Ranked[];
+  targetLogit: number;
+  targetProb: number;
+  /** 0 = top. */
+  targetRank: number;
+  /** Per token, class token first. */
+  posTargetLogit: number[];
+  posTargetProb: number[];
+  posTargetRank: number[];
+  posTop1: number[];
+}
+export interface LensImage {
+  target: number;
+  logitsTopK: Ranked[];
+  /** Layer-major, sites in the order asked. */
+  layers: LensLayer[];
+}
+export interface MetricValue {
+  value: number;
+  prob: number;
+}
+export interface PatchResult {
+  what: PatchWhat;
+  by: PatchBy;
+  axes: string[];
+  dims: number[];
+  layers: number[];
+  clean: MetricValue;
+  corrupt: MetricValue;
+  /** Row-major over `dims`: the metric after patching. */
+  value: number[];
+  /** [] for attribution. */
+  prob: number[];
+  /** corrupt = 0, clean = 1. */
+  normalised: number[];
+  batchedForwards: number;
+  patchedRuns: number;
+}
+export interface DlaComponent {
+  name: string;
+  kind: 'embed' | 'pos_embed' | 'head' | 'attn_bias' | 'mlp';
+  layer: number | null;
+  head: number | null;
+  value: number;
+}
+export interface DlaResult {
+  target: number;
+  baseline: number | null;
+  components: DlaComponent[];
+  /** [L, H] row-major. */
+  heads: number[];
+  /** [L, H, pos] row-major, or null. */
+  headPositions: number[] | null;
+  constant: number;
+  sumOfComponents: number;
+  logit: number;
+}
+
 interface RawNativeModel {
   info(): ModelInfo;
   hookShapes(batch: number): HookShape[];
   matchHooks(patterns: string[]): string[];
   run(pixels: Float32Array, shape: number[], options?: NativeRunOptions): Promise<NativeRunOutput>;
+  logitLens(pixels: Float32Array, shape: number[], optionsJson: string, targets?: number[]): Promise<string>;
+  patch(clean: Float32Array, corrupt: Float32Array, shape: number[], optionsJson: string, attribution?: boolean): Promise<string>;
+  dla(pixels: Float32Array, shape: number[], optionsJson: string): Promise<string>;
+  ablate(pixels: Float32Array, shape: number[], optionsJson: string, references?: Float32Array, referenceShape?: number[]): Promise<string>;
 }
 
 interface RawBinding {
@@ -190,6 +298,46 @@ export class NativeModelHandle {
   run(pixels: Float32Array, shape: number[], options: NativeRunOptions = {}): Promise<NativeRunOutput> {
     return guardAsync(() => this.raw.run(pixels, shape, options));
   }
+
+  /** Logit lens over a batch; `targets[b]` < 0 means that image's own top-1 class. */
+  async logitLens(pixels: Float32Array, shape: number[], options: NativeLensOptions, targets?: number[]): Promise<LensImage[]> {
+    const json = JSON.stringify(options);
+    return parseResult<LensImage[]>(await guardAsync(() => this.raw.logitLens(pixels, shape, json, targets)), 'logitLens');
+  }
+
+  /** Activation patching of one clean image into one corrupted image (`shape` = [1, C, H, W]). */
+  async patch(clean: Float32Array, corrupt: Float32Array, shape: number[], options: NativePatchOptions, attribution = false): Promise<PatchResult> {
+    const json = JSON.stringify(options);
+    return parseResult<PatchResult>(await guardAsync(() => this.raw.patch(clean, corrupt, shape, json, attribution)), 'patch');
+  }
+
+  /** Direct logit attribution for one image. */
+  async dla(pixels: Float32Array, shape: number[], options: NativeDlaOptions): Promise<DlaResult> {
+    const json = JSON.stringify(options);
+    return parseResult<DlaResult>(await guardAsync(() => this.raw.dla(pixels, shape, json)), 'dla');
+  }
+
+  /** Ablation sweep for one image; `references` ([N, C, H, W]) for mean and resample. */
+  async ablate(
+    pixels: Float32Array,
+    shape: number[],
+    options: NativeAblateOptions,
+    references?: { data: Float32Array; shape: number[] },
+  ): Promise<PatchResult> {
+    const json = JSON.stringify(options);
+    const text = await guardAsync(() =>
+      references ? this.raw.ablate(pixels, shape, json, references.data, references.shape) : this.raw.ablate(pixels, shape, json),
+    );
+    return parseResult<PatchResult>(text, 'ablate');
+  }
+}
+
+function parseResult<T>(text: string, what: string): T {
+  try {
+    return JSON.parse(text) as T;
+  } catch (err) {
+    throw new PrismaError('E_INTERNAL', `the addon's ${what} result is not valid JSON: ${(err as Error).message}`);
+  }
 }
 
 export function readTensorFile(path: string): TensorData[] {
@@ -214,4 +362,9 @@ export function cudaAvailable(): boolean {
 export function libtorchVersion(): string {
   const b = load();
   return guard(() => b.libtorchVersion());
+}
+
+/** The loaded binding object, for wrappers kept in their own modules (src/training/trainer.ts). */
+export function rawBinding(): unknown {
+  return load();
 }

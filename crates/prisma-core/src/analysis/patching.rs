@@ -11,7 +11,7 @@ use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookPoint, HookSelection, Site};
 use crate::interventions::Intervention;
 use crate::model::Model;
-use crate::models::vit::ForwardStart;
+use crate::models::vit::{BlockEntry, ForwardPlan, ForwardStart};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -154,10 +154,12 @@ pub fn sweep(model: &Model, base: &Tensor, source: &dyn PatchSource, opts: &Patc
     if base.size()[0] != 1 {
         return Err(PrismaError::Shape("patching takes exactly one base image".into()));
     }
-    // Residual streams at the start of every block of the base run.
+    // What the base run must keep so patched runs can start where the patch takes effect.
     let mut record = HookSelection::none();
     for l in 0..cfg.n_layers {
-        record.insert(HookPoint::block(l, Site::ResidPre));
+        for s in [Site::ResidPre, Site::Q, Site::K, Site::V, Site::Z, Site::AttnOut, Site::ResidMid, Site::MlpOut, Site::ResidPost] {
+            record.insert(HookPoint::block(l, s));
+        }
     }
     let base_cache = tch::no_grad(|| -> Result<Vec<(HookPoint, Tensor)>> {
         let mut ctx = HookCtx::new(&record, &[]);
@@ -193,7 +195,7 @@ pub fn sweep(model: &Model, base: &Tensor, source: &dyn PatchSource, opts: &Patc
     let empty = HookSelection::none();
     for &layer in &layers {
         let point = HookPoint::block(layer, site);
-        let start = base_resid.values(HookPoint::block(layer, Site::ResidPre))?;
+        let base = |s: Site| base_resid.values(HookPoint::block(layer, s));
         let patch_values = source.values(point)?.f_to_kind(model.info.kind)?.f_to_device(model.info.device)?;
         let shape = model.vit.hook_shape(point, 1);
         for group in items.chunks(chunk) {
@@ -230,11 +232,58 @@ pub fn sweep(model: &Model, base: &Tensor, source: &dyn PatchSource, opts: &Patc
                 .f_to_kind(Kind::Bool)?
                 .f_reshape(mask_shape.as_slice())?
                 .f_to_device(model.info.device)?;
-            let intervention = [Intervention::masked_set(point, patch_values.shallow_clone(), mask)];
-            let resid = start.f_expand([n, n_pos, cfg.d_model].as_slice(), false)?;
+            // The activation at the patched site for every run of the group.
+            let patched = |base_value: &Tensor| -> Result<Tensor> {
+                let mut full = shape.clone();
+                full[0] = n;
+                Ok(patch_values.f_broadcast_to(full.as_slice())?.f_where_self(&mask, &base_value.f_expand(full.as_slice(), false)?)?)
+            };
+            let expand = |t: &Tensor| -> Result<Tensor> {
+                let mut full = t.size();
+                full[0] = n;
+                Ok(t.f_expand(full.as_slice(), false)?)
+            };
+            let positions: Vec<i64> = group.iter().map(|(p, _)| p.unwrap_or(0)).collect();
+            let last = layer + 1 == cfg.n_layers;
             let logits = tch::no_grad(|| -> Result<Tensor> {
-                let mut ctx = HookCtx::new(&empty, &intervention);
-                Ok(model.vit.forward(ForwardStart::Resid { layer, resid: &resid }, None, &mut ctx)?.1)
+                let mut ctx = HookCtx::new(&empty, &[]);
+                let plan = ForwardPlan { last_block_class_token_only: true };
+                let start = match site {
+                    Site::ResidPre if opts.by == PatchBy::LayerPos => {
+                        ForwardStart::Inside { layer, entry: resid_pre_entry(model, layer, &patched(&base(Site::ResidPre)?)?, &positions, &base_resid)? }
+                    }
+                    Site::ResidPost | Site::MlpOut => {
+                        let resid_post = if site == Site::ResidPost {
+                            patched(&base(Site::ResidPost)?)?
+                        } else {
+                            expand(&base(Site::ResidMid)?)?.f_add(&patched(&base(Site::MlpOut)?)?)?
+                        };
+                        let out = model.vit.forward_planned(ForwardStart::Resid { layer: layer + 1, resid: &resid_post }, None, plan, &mut ctx)?;
+                        return Ok(out.1);
+                    }
+                    Site::ResidMid => ForwardStart::Inside { layer, entry: BlockEntry::ResidMid(patched(&base(Site::ResidMid)?)?) },
+                    Site::AttnOut => ForwardStart::Inside {
+                        layer,
+                        entry: BlockEntry::ResidMid(expand(&base(Site::ResidPre)?)?.f_add(&patched(&base(Site::AttnOut)?)?)?),
+                    },
+                    Site::Z => ForwardStart::Inside { layer, entry: BlockEntry::Z { resid_pre: expand(&base(Site::ResidPre)?)?, z: patched(&base(Site::Z)?)? } },
+                    Site::Q | Site::K | Site::V => {
+                        let pick = |s: Site| -> Result<Tensor> { if s == site { patched(&base(s)?) } else { expand(&base(s)?) } };
+                        ForwardStart::Inside {
+                            layer,
+                            entry: BlockEntry::Qkv { resid_pre: expand(&base(Site::ResidPre)?)?, q: pick(Site::Q)?, k: pick(Site::K)?, v: pick(Site::V)? },
+                        }
+                    }
+                    _ => {
+                        // Generic path: recompute the block from its input with a masked intervention.
+                        let intervention = [Intervention::masked_set(point, patch_values.shallow_clone(), mask.shallow_clone())];
+                        let mut ctx = HookCtx::new(&empty, &intervention);
+                        let resid = expand(&base(Site::ResidPre)?)?;
+                        let plan = ForwardPlan { last_block_class_token_only: !last };
+                        return Ok(model.vit.forward_planned(ForwardStart::Resid { layer, resid: &resid }, None, plan, &mut ctx)?.1);
+                    }
+                };
+                Ok(model.vit.forward_planned(start, None, plan, &mut ctx)?.1)
             })?;
             batched_forwards += 1;
             for m in opts.metric.values(&logits)? {
@@ -284,4 +333,29 @@ pub fn activation_patching(model: &Model, clean: &Tensor, corrupt: &Tensor, opts
     let (clean_metric, clean_cache) = reference_run(model, clean, &points, &opts.metric)?;
     let (corrupt_metric, _) = reference_run(model, corrupt, &[], &opts.metric)?;
     sweep(model, corrupt, &CachedSource(clean_cache), opts, (clean_metric, corrupt_metric))
+}
+
+/// Entering block `layer` after patching one position per run in its input: every other position's
+/// q, k and v are the base run's, so only the patched rows go through ln1 and the projections.
+fn resid_pre_entry(model: &Model, layer: usize, resid: &Tensor, positions: &[i64], base: &CachedSource) -> Result<BlockEntry> {
+    let cfg = &model.vit.cfg;
+    let w = &model.vit.weights.blocks[layer];
+    let n = positions.len() as i64;
+    let device = model.info.device;
+    let rows_idx = Tensor::from_slice(&(0..n).collect::<Vec<i64>>()).f_to_device(device)?;
+    let pos_idx = Tensor::from_slice(positions).f_to_device(device)?;
+    let rows = resid.f_index(&[Some(&rows_idx), Some(&pos_idx)])?; // [n, d]
+    let x = rows.f_layer_norm([cfg.d_model].as_slice(), Some(&w.ln1.weight), Some(&w.ln1.bias), cfg.layer_norm_eps, true)?;
+    let qkv = x.f_linear(&w.w_qkv, w.b_qkv.as_ref())?.f_split(cfg.d_model, -1)?;
+    let mut out = Vec::with_capacity(3);
+    for (part, site) in qkv.iter().zip([Site::Q, Site::K, Site::V]) {
+        let full = base.values(HookPoint::block(layer, site))?;
+        let mut size = full.size();
+        size[0] = n;
+        let mut t = full.f_expand(size.as_slice(), false)?.f_contiguous()?;
+        let _ = t.f_index_put_(&[Some(&rows_idx), Some(&pos_idx)], &part.f_reshape([n, cfg.n_heads, cfg.d_head].as_slice())?, false)?;
+        out.push(t);
+    }
+    let [q, k, v]: [Tensor; 3] = out.try_into().map_err(|_| PrismaError::Internal("qkv".into()))?;
+    Ok(BlockEntry::Qkv { resid_pre: resid.shallow_clone(), q, k, v })
 }

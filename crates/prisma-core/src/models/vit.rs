@@ -121,6 +121,29 @@ pub enum ForwardStart<'a> {
     Pixels(&'a Tensor),
     /// Start at block `layer` from its `hook_resid_pre` value.
     Resid { layer: usize, resid: &'a Tensor },
+    /// Start inside block `layer` with some of its values already known (see `BlockEntry`).
+    Inside { layer: usize, entry: BlockEntry },
+}
+
+/// A block entered part-way, with the values before that point already computed (e.g. taken from a
+/// cached run). Patching sweeps use this to skip work that a patch cannot change. Hooks before the
+/// entry point are not visited.
+pub enum BlockEntry {
+    /// `hook_resid_pre` plus the (already hooked) q, k and v.
+    Qkv { resid_pre: Tensor, q: Tensor, k: Tensor, v: Tensor },
+    /// `hook_resid_pre` plus the (already hooked) z.
+    Z { resid_pre: Tensor, z: Tensor },
+    /// `hook_resid_mid`: only the MLP half of the block remains.
+    ResidMid(Tensor),
+}
+
+/// Options that change how much of the last block is computed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ForwardPlan {
+    /// Compute the last block only for the class token's query (its keys/values still use every
+    /// token). Valid when only the logits are wanted from a class-token model and nothing reads or
+    /// edits hooks of the last block or ln_final.
+    pub last_block_class_token_only: bool,
 }
 
 pub struct HookedViT {
@@ -170,14 +193,31 @@ impl HookedViT {
     /// Runs from `start` to the logits, or only up to block `stop_at_layer` (exclusive), in which case
     /// the result is that block's `hook_resid_pre`. Returns the output's hook name and value.
     pub fn forward(&self, start: ForwardStart, stop_at_layer: Option<usize>, ctx: &mut HookCtx) -> Result<(HookPoint, Tensor)> {
+        self.forward_planned(start, stop_at_layer, ForwardPlan::default(), ctx)
+    }
+
+    pub fn forward_planned(&self, start: ForwardStart, stop_at_layer: Option<usize>, plan: ForwardPlan, ctx: &mut HookCtx) -> Result<(HookPoint, Tensor)> {
         let n_layers = self.cfg.n_layers;
+        let last_layer = stop_at_layer.unwrap_or(n_layers).min(n_layers);
+        let cls_only = |layer: usize| {
+            plan.last_block_class_token_only
+                && stop_at_layer.is_none()
+                && layer + 1 == n_layers
+                && self.cfg.pooling == Pooling::ClassToken
+                && self.cfg.has_class_token
+        };
         let (first_layer, mut resid) = match start {
             ForwardStart::Pixels(pixels) => (0, self.embed(pixels, ctx)?),
             ForwardStart::Resid { layer, resid } => (layer, resid.shallow_clone()),
+            ForwardStart::Inside { layer, entry } => {
+                if layer >= n_layers {
+                    return Err(PrismaError::LayerRange(format!("cannot enter block {layer} of {n_layers}")));
+                }
+                (layer + 1, self.block_from(layer, entry, cls_only(layer), ctx)?)
+            }
         };
-        let last_layer = stop_at_layer.unwrap_or(n_layers).min(n_layers);
         for layer in first_layer..last_layer {
-            resid = self.block(layer, resid, ctx)?;
+            resid = self.block_from(layer, BlockEntry::Qkv { resid_pre: resid, q: Tensor::new(), k: Tensor::new(), v: Tensor::new() }, cls_only(layer), ctx)?;
         }
         if let Some(stop) = stop_at_layer {
             let name = if stop < n_layers {
@@ -248,35 +288,65 @@ impl HookedViT {
         Ok(resid)
     }
 
-    fn block(&self, layer: usize, resid: Tensor, ctx: &mut HookCtx) -> Result<Tensor> {
+    /// Runs block `layer` from `entry`. A `Qkv` entry with undefined q/k/v means "from resid_pre".
+    /// With `cls_only`, queries (and everything after attention) are computed for token 0 only.
+    fn block_from(&self, layer: usize, entry: BlockEntry, cls_only: bool, ctx: &mut HookCtx) -> Result<Tensor> {
         let c = &self.cfg;
         let w = &self.weights.blocks[layer];
         let at = |site| HookPoint::block(layer, site);
-        let resid = ctx.hook(at(Site::ResidPre), resid)?;
-        let x = self.layer_norm(&resid, &w.ln1, at(Site::Ln1Scale), at(Site::Ln1Normalized), ctx)?;
-
-        let size = x.size();
-        let (batch, pos) = (size[0], size[1]);
-        let heads = [batch, pos, c.n_heads, c.d_head];
-        let qkv = x.f_linear(&w.w_qkv, w.b_qkv.as_ref())?.f_split(c.d_model, -1)?;
-        let [q, k, v]: [Tensor; 3] = qkv
-            .try_into()
-            .map_err(|_| PrismaError::Internal("qkv split did not give three parts".into()))?;
-        let q = ctx.hook(at(Site::Q), q.f_reshape(heads.as_slice())?)?;
-        let k = ctx.hook(at(Site::K), k.f_reshape(heads.as_slice())?)?;
-        let v = ctx.hook(at(Site::V), v.f_reshape(heads.as_slice())?)?;
-        // [B, H, pos, dh]
-        let (qh, kh, vh) = (q.f_transpose(1, 2)?, k.f_transpose(1, 2)?, v.f_transpose(1, 2)?);
-        let z = if ctx.active(at(Site::AttnScores)) || ctx.active(at(Site::Pattern)) {
-            let scale = 1.0 / (c.d_head as f64).sqrt();
-            let scores = qh.f_matmul(&kh.f_transpose(-1, -2)?)?.f_mul_scalar(scale)?;
-            let scores = ctx.hook(at(Site::AttnScores), scores)?;
-            let pattern = ctx.hook(at(Site::Pattern), scores.f_softmax(-1, None::<Kind>)?)?;
-            pattern.f_matmul(&vh)?
-        } else {
-            Tensor::f_scaled_dot_product_attention(&qh, &kh, &vh, None::<Tensor>, 0.0, false, None, false)?
+        let resid_mid = match entry {
+            BlockEntry::ResidMid(resid_mid) if cls_only => resid_mid.f_narrow(1, 0, 1)?,
+            BlockEntry::ResidMid(resid_mid) => resid_mid,
+            BlockEntry::Z { resid_pre, z } => self.attention_output(layer, &resid_pre, z, cls_only, ctx)?,
+            BlockEntry::Qkv { resid_pre, q, k, v } => {
+                let (resid_pre, q, k, v) = if q.defined() {
+                    (resid_pre, q, k, v)
+                } else {
+                    let resid_pre = ctx.hook(at(Site::ResidPre), resid_pre)?;
+                    let x = self.layer_norm(&resid_pre, &w.ln1, at(Site::Ln1Scale), at(Site::Ln1Normalized), ctx)?;
+                    let size = x.size();
+                    let heads = [size[0], size[1], c.n_heads, c.d_head];
+                    let qkv = x.f_linear(&w.w_qkv, w.b_qkv.as_ref())?.f_split(c.d_model, -1)?;
+                    let [q, k, v]: [Tensor; 3] = qkv
+                        .try_into()
+                        .map_err(|_| PrismaError::Internal("qkv split did not give three parts".into()))?;
+                    let q = ctx.hook(at(Site::Q), q.f_reshape(heads.as_slice())?)?;
+                    let k = ctx.hook(at(Site::K), k.f_reshape(heads.as_slice())?)?;
+                    let v = ctx.hook(at(Site::V), v.f_reshape(heads.as_slice())?)?;
+                    (resid_pre, q, k, v)
+                };
+                let q = if cls_only { q.f_narrow(1, 0, 1)? } else { q };
+                // [B, H, pos, dh]
+                let (qh, kh, vh) = (q.f_transpose(1, 2)?, k.f_transpose(1, 2)?, v.f_transpose(1, 2)?);
+                let z = if ctx.active(at(Site::AttnScores)) || ctx.active(at(Site::Pattern)) {
+                    let scale = 1.0 / (c.d_head as f64).sqrt();
+                    let scores = qh.f_matmul(&kh.f_transpose(-1, -2)?)?.f_mul_scalar(scale)?;
+                    let scores = ctx.hook(at(Site::AttnScores), scores)?;
+                    let pattern = ctx.hook(at(Site::Pattern), scores.f_softmax(-1, None::<Kind>)?)?;
+                    pattern.f_matmul(&vh)?
+                } else {
+                    Tensor::f_scaled_dot_product_attention(&qh, &kh, &vh, None::<Tensor>, 0.0, false, None, false)?
+                };
+                let z = ctx.hook(at(Site::Z), z.f_transpose(1, 2)?)?;
+                self.attention_output(layer, &resid_pre, z, cls_only, ctx)?
+            }
         };
-        let z = ctx.hook(at(Site::Z), z.f_transpose(1, 2)?)?;
+        let x = self.layer_norm(&resid_mid, &w.ln2, at(Site::Ln2Scale), at(Site::Ln2Normalized), ctx)?;
+        let pre = ctx.hook(at(Site::MlpPre), x.f_linear(&w.w_in, Some(&w.b_in))?)?;
+        let post = ctx.hook(at(Site::MlpPost), c.activation.apply(&pre)?)?;
+        let mlp_out = ctx.hook(at(Site::MlpOut), post.f_linear(&w.w_out, Some(&w.b_out))?)?;
+        ctx.hook(at(Site::ResidPost), resid_mid.f_add(&mlp_out)?)
+    }
+
+    /// From z to `hook_resid_mid`: per-head results when watched, else one fused projection.
+    fn attention_output(&self, layer: usize, resid_pre: &Tensor, z: Tensor, cls_only: bool, ctx: &mut HookCtx) -> Result<Tensor> {
+        let c = &self.cfg;
+        let w = &self.weights.blocks[layer];
+        let at = |site| HookPoint::block(layer, site);
+        // Only the class token's row matters downstream; z at other positions feeds other rows.
+        let z = if cls_only && z.size()[1] != 1 { z.f_narrow(1, 0, 1)? } else { z };
+        let size = z.size();
+        let (batch, pos) = (size[0], size[1]);
         let attn_out = if ctx.active(at(Site::Result)) {
             let result = Tensor::f_einsum("bphd,hdm->bphm", &[&z, &w.w_o_heads], None::<&[i64]>)?;
             let result = ctx.hook(at(Site::Result), result)?;
@@ -285,13 +355,8 @@ impl HookedViT {
             z.f_reshape([batch, pos, c.d_model].as_slice())?.f_linear(&w.w_o, Some(&w.b_o))?
         };
         let attn_out = ctx.hook(at(Site::AttnOut), attn_out)?;
-        let resid = ctx.hook(at(Site::ResidMid), resid.f_add(&attn_out)?)?;
-
-        let x = self.layer_norm(&resid, &w.ln2, at(Site::Ln2Scale), at(Site::Ln2Normalized), ctx)?;
-        let pre = ctx.hook(at(Site::MlpPre), x.f_linear(&w.w_in, Some(&w.b_in))?)?;
-        let post = ctx.hook(at(Site::MlpPost), c.activation.apply(&pre)?)?;
-        let mlp_out = ctx.hook(at(Site::MlpOut), post.f_linear(&w.w_out, Some(&w.b_out))?)?;
-        ctx.hook(at(Site::ResidPost), resid.f_add(&mlp_out)?)
+        let resid_pre = if cls_only { resid_pre.f_narrow(1, 0, 1)? } else { resid_pre.shallow_clone() };
+        ctx.hook(at(Site::ResidMid), resid_pre.f_add(&attn_out)?)
     }
 
     /// TransformerLens-style layer norm: `scale` = sqrt(var + eps) of the centred input is a hook
