@@ -2,12 +2,20 @@
  * The `prisma` command line. Commands live one per file in src/commands/ and throw on failure;
  * this module owns the only exit path: it prints one error line (plus a hint) to stderr, or
  * `{"ok":false,"error":{...}}` to stdout with --json, and sets `process.exitCode`:
- * 0 ok, 1 failure, 2 usage error.
+ * 0 ok, 1 failure, 2 usage error (E_USAGE, E_ARGUMENT), 3 partial batch (a multi-input command
+ * finished, but some inputs failed; the report lists them under `errors`).
  */
 import { Command, CommanderError } from 'commander';
 
+import { registerAblate } from './commands/ablate.js';
+import { registerDataset } from './commands/dataset.js';
+import { registerDla } from './commands/dla.js';
+import { registerHeads } from './commands/heads.js';
 import { registerInspect } from './commands/inspect.js';
+import { registerLogitLens } from './commands/logit-lens.js';
+import { registerPatch } from './commands/patch.js';
 import { registerRun } from './commands/run.js';
+import { registerTrain } from './commands/train.js';
 import { printJson, type CommandContext, type Io } from './context.js';
 import { PrismaError, errorJson, oneLine, toPrismaError } from './errors.js';
 import { red, useColor } from './ui/style.js';
@@ -16,8 +24,9 @@ import { VERSION } from './version.js';
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;
 export const EXIT_USAGE = 2;
+export const EXIT_PARTIAL = 3;
 
-const COMMANDS = ['inspect', 'run'] as const;
+const COMMANDS = ['inspect', 'run', 'logit-lens', 'patch', 'heads', 'dla', 'ablate', 'dataset', 'train'] as const;
 
 export function buildProgram(ctx: CommandContext): Command {
   const program = new Command('prisma')
@@ -27,6 +36,13 @@ export function buildProgram(ctx: CommandContext): Command {
     .allowExcessArguments(false);
   registerInspect(program, ctx);
   registerRun(program, ctx);
+  registerLogitLens(program, ctx);
+  registerPatch(program, ctx);
+  registerHeads(program, ctx);
+  registerDla(program, ctx);
+  registerAblate(program, ctx);
+  registerDataset(program, ctx);
+  registerTrain(program, ctx);
   for (const cmd of [program, ...program.commands]) {
     cmd.exitOverride().configureOutput({
       writeOut: (s) => ctx.io.stdout.write(s),
@@ -61,7 +77,7 @@ function report(err: PrismaError, ctx: CommandContext): void {
 }
 
 export function exitCodeFor(err: PrismaError): number {
-  return err.code === 'E_USAGE' ? EXIT_USAGE : EXIT_FAILURE;
+  return err.code === 'E_USAGE' || err.code === 'E_ARGUMENT' ? EXIT_USAGE : EXIT_FAILURE;
 }
 
 /** Run the CLI on `argv` (arguments after the script name); resolves to the exit code. */
@@ -70,7 +86,7 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
   const program = buildProgram(ctx);
   try {
     await program.parseAsync([...argv], { from: 'user' });
-    return EXIT_OK;
+    return ctx.partial ? EXIT_PARTIAL : EXIT_OK;
   } catch (err) {
     if (err instanceof CommanderError) {
       // --help / --version: commander already printed; a bare `prisma` printed help to stderr.
@@ -80,7 +96,7 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
       return EXIT_USAGE;
     }
     let pe = toPrismaError(err);
-    if (pe.code === 'E_USAGE' && pe.hint === undefined) pe = new PrismaError('E_USAGE', pe.message, { hint: helpHint(argv), cause: pe });
+    if ((pe.code === 'E_USAGE' || pe.code === 'E_ARGUMENT') && pe.hint === undefined) pe = new PrismaError(pe.code, pe.message, { hint: helpHint(argv), cause: pe });
     report(pe, ctx);
     return exitCodeFor(pe);
   }
@@ -88,5 +104,5 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
 
 /** Entry point used by bin/prisma.js. */
 export async function main(argv: readonly string[] = process.argv.slice(2)): Promise<void> {
-  process.exitCode = await runCli(argv, { stdout: process.stdout, stderr: process.stderr, env: process.env });
+  process.exitCode = await runCli(argv, { stdout: process.stdout, stderr: process.stderr, env: process.env, stdin: process.stdin });
 }

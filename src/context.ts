@@ -5,12 +5,16 @@ export interface Io {
   stdout: StreamLike;
   stderr: StreamLike;
   env: NodeJS.ProcessEnv;
+  /** Read for the input `-` (a list of paths, one per line); default process.stdin. */
+  stdin?: AsyncIterable<string | Uint8Array>;
 }
 
 export interface CommandContext {
   io: Io;
   /** True when --json was given: errors go to stdout as JSON, no progress or colour. */
   json: boolean;
+  /** Set by batch commands when some inputs failed (the CLI then exits with 3). */
+  partial?: boolean;
 }
 
 /** Write a JSON document (one per command) to stdout. */

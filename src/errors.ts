@@ -8,7 +8,7 @@
 export const NATIVE_CODES = [
   'E_MODEL_DIR', 'E_CONFIG', 'E_UNSUPPORTED_MODEL', 'E_WEIGHTS_MISSING', 'E_WEIGHTS_SHAPE',
   'E_WEIGHTS_FORMAT', 'E_UNKNOWN_HOOK', 'E_LAYER_RANGE', 'E_SHAPE', 'E_INTERVENTION',
-  'E_TENSOR_FILE', 'E_DEVICE', 'E_DTYPE', 'E_IO', 'E_INTERNAL',
+  'E_TENSOR_FILE', 'E_DEVICE', 'E_DTYPE', 'E_IO', 'E_ARGUMENT', 'E_INTERNAL',
 ] as const;
 
 /** Codes produced by the TypeScript layer. */

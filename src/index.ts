@@ -41,6 +41,8 @@ export type { HookShape, ModelInfo, TensorData } from './native.js';
 export type { Tensor, TensorInput, PixelBatch } from './tensor.js';
 export type { Dtype } from './options.js';
 export { VERSION } from './version.js';
+export * from './analysis/index.js';
+export type { LensSite, PatchWhat, PatchBy, MetricValue, DlaComponent, LensImage, PatchResult, DlaResult } from './native.js';
 export { cudaAvailable, libtorchVersion };
 
 export interface LoadOptions {
@@ -91,6 +93,14 @@ export class Model {
     }
     if (options.dtype !== undefined) nativeOptions.dtype = normalizeDtype(options.dtype);
     return new Model(await NativeModelHandle.load(dir, nativeOptions));
+  }
+
+  /**
+   * The addon's analysis entry points (logit lens, patching, DLA, ablation sweeps) on preprocessed
+   * pixels; the typed functions in `src/analysis/` are the intended API.
+   */
+  get native(): NativeModelHandle {
+    return this.handle;
   }
 
   /** Every hook point in forward order, with its shape for `batch` inputs. */

@@ -1,0 +1,157 @@
+/** Helpers shared by the analysis functions: classes, layers, inputs, statistics. */
+import { PrismaError } from '../errors.js';
+import type { Model } from '../index.js';
+import type { ModelInfo } from '../native.js';
+import type { PixelBatch } from '../tensor.js';
+
+/** A class by index or by its id2label name. */
+export type ClassRef = number | string;
+
+export interface ClassInfo {
+  index: number;
+  label: string;
+}
+
+export function labelOf(info: Pick<ModelInfo, 'labels'>, index: number): string {
+  return info.labels[index] ?? String(index);
+}
+
+export function classInfo(info: Pick<ModelInfo, 'labels'>, index: number): ClassInfo {
+  return { index, label: labelOf(info, index) };
+}
+
+/**
+ * Resolve `--target` / `--baseline`: a class index (0..nClasses-1) or a label from id2label
+ * (exact match first, then case-insensitive). E_ARGUMENT otherwise.
+ */
+export function resolveClass(ref: ClassRef, info: Pick<ModelInfo, 'labels' | 'nClasses'>, flag = 'target'): number {
+  const n = info.nClasses;
+  const range = n > 0 ? `0..${n - 1}` : 'none: the model has no classification head';
+  if (typeof ref === 'number' || /^\s*\d+\s*$/.test(ref)) {
+    const index = typeof ref === 'number' ? ref : Number.parseInt(ref, 10);
+    if (Number.isInteger(index) && index >= 0 && index < n) return index;
+    if (typeof ref === 'string') {
+      const asLabel = info.labels.indexOf(ref);
+      if (asLabel >= 0) return asLabel;
+    }
+    throw new PrismaError('E_ARGUMENT', `--${flag} ${ref} is out of range: class indices are ${range}`);
+  }
+  let index = info.labels.indexOf(ref);
+  if (index < 0) {
+    const lower = ref.toLowerCase();
+    const matches = info.labels.map((l, i) => [l.toLowerCase(), i] as const).filter(([l]) => l === lower);
+    if (matches.length === 1) index = matches[0]![1];
+  }
+  if (index < 0) {
+    const some = info.labels.slice(0, 6).join(', ');
+    throw new PrismaError('E_ARGUMENT', `unknown --${flag} '${ref}': not a class index (${range}) or a label of this model`, {
+      hint: info.labels.length > 0 ? `labels: ${some}${info.labels.length > 6 ? ', …' : ''} (see \`prisma inspect MODEL_DIR --json\`)` : 'the model has no labels',
+    });
+  }
+  return index;
+}
+
+/** Throw a clear error when `what` needs a classification head and the model has none. */
+export function requireHead(model: Pick<Model, 'info'>, what: string): void {
+  if (model.info.nClasses > 0) return;
+  throw new PrismaError(
+    'E_UNSUPPORTED_MODEL',
+    `${what} needs a classification head, and ${model.info.modelDir} has none (${model.info.architecture})`,
+    { hint: 'use a model with a head, e.g. ViTForImageClassification (`prisma inspect MODEL_DIR` shows its classes)' },
+  );
+}
+
+/** Check layer indices against the model (E_LAYER_RANGE). */
+export function checkLayers(layers: readonly number[], nLayers: number): number[] {
+  for (const l of layers) {
+    if (!Number.isInteger(l) || l < 0 || l >= nLayers) {
+      throw new PrismaError('E_LAYER_RANGE', `layer ${l} is out of range: the model has ${nLayers} layers (0..${nLayers - 1})`, {
+        hint: 'run `prisma inspect MODEL_DIR` to see the number of layers',
+      });
+    }
+  }
+  return [...new Set(layers)].sort((a, b) => a - b);
+}
+
+/** One row of a pixel batch as its own batch. */
+export function batchRow(batch: PixelBatch, i: number): PixelBatch {
+  const [, c, h, w] = batch.shape;
+  const size = c * h * w;
+  return { data: batch.data.subarray(i * size, (i + 1) * size), shape: [1, c, h, w], labels: [batch.labels[i] ?? `[${i}]`] };
+}
+
+/** Accept paths or a batch; paths are loaded and preprocessed for `model`. */
+export async function toBatch(model: Model, inputs: readonly string[] | PixelBatch): Promise<PixelBatch> {
+  return Array.isArray(inputs) ? model.loadInputs(inputs as readonly string[]) : (inputs as PixelBatch);
+}
+
+/** Exactly one image (E_INPUT otherwise). */
+export async function oneImage(model: Model, input: string | PixelBatch, what: string): Promise<PixelBatch> {
+  const batch = typeof input === 'string' ? await model.loadInputs([input]) : input;
+  if (batch.shape[0] !== 1) {
+    throw new PrismaError('E_INPUT', `${what} takes one image, got ${batch.shape[0]} (${batch.labels.slice(0, 3).join(', ')})`);
+  }
+  return batch;
+}
+
+/** Logits of the model for each image: [B, nClasses] rows. */
+export async function modelLogits(model: Model, batch: PixelBatch): Promise<Float32Array[]> {
+  const out = await model.run(batch);
+  const n = model.info.nClasses;
+  return Array.from({ length: batch.shape[0] }, (_, b) => out.output.data.slice(b * n, (b + 1) * n));
+}
+
+export function argmax(row: ArrayLike<number>): number {
+  let best = 0;
+  for (let i = 1; i < row.length; i++) if (row[i]! > row[best]!) best = i;
+  return best;
+}
+
+/** Pearson correlation; null when either side is constant or lengths differ. */
+export function pearson(a: ArrayLike<number>, b: ArrayLike<number>): number | null {
+  const n = a.length;
+  if (n !== b.length || n < 2) return null;
+  let ma = 0;
+  let mb = 0;
+  for (let i = 0; i < n; i++) {
+    ma += a[i]!;
+    mb += b[i]!;
+  }
+  ma /= n;
+  mb /= n;
+  let sab = 0;
+  let saa = 0;
+  let sbb = 0;
+  for (let i = 0; i < n; i++) {
+    const da = a[i]! - ma;
+    const db = b[i]! - mb;
+    sab += da * db;
+    saa += da * da;
+    sbb += db * db;
+  }
+  if (saa <= 0 || sbb <= 0) return null;
+  const r = sab / Math.sqrt(saa * sbb);
+  return Number.isFinite(r) ? r : null;
+}
+
+/** Deterministic PRNG (mulberry32) for seeded choices, e.g. the resampling reference. */
+export function seededRandom(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** [patch rows, patch cols] of the model's grid. */
+export function patchGrid(info: Pick<ModelInfo, 'imageSize' | 'patchSize'>): [number, number] {
+  return [Math.floor(info.imageSize[0]! / info.patchSize), Math.floor(info.imageSize[1]! / info.patchSize)];
+}
+
+/** Token index of the first patch (1 with a class token). */
+export function firstPatchToken(info: Pick<ModelInfo, 'hasClassToken'>): number {
+  return info.hasClassToken ? 1 : 0;
+}

@@ -1,0 +1,34 @@
+/** Analysis functions on a loaded model; each returns a typed result (the CLI writes them as reports). */
+export { logitLens, parseLensSite, LENS_SITES, type LogitLensOptions, type LogitLensResult, type LensLayerResult, type RankedClass } from './lens.js';
+export {
+  patch,
+  parsePatchWhat,
+  parsePatchBy,
+  parsePatchMethod,
+  checkWhatBy,
+  PATCH_WHATS,
+  PATCH_BYS,
+  HEAD_WHATS,
+  type PatchOptions,
+  type PatchAnalysis,
+  type PatchMatrix,
+  type PatchMethod,
+  type PatchSide,
+} from './patch.js';
+export { dla, type DlaOptions, type DlaAnalysis } from './dla.js';
+export {
+  ablate,
+  ablateSweep,
+  resolveAblations,
+  parseAblationMode,
+  ABLATION_MODES,
+  type AblateOptions,
+  type AblateCommon,
+  type AblateAnalysis,
+  type AblateSweepAnalysis,
+  type AblationMode,
+  type ResampleChoice,
+} from './ablate.js';
+export { parseAblateSpec, formatAblateSpec, type AblateSpec } from './ablate-spec.js';
+export { heads, headStats, entropy, parseHeadsQuery, type HeadsOptions, type HeadsQuery, type HeadStats, type HeadsAnalysis, type HeadsResult } from './heads.js';
+export { resolveClass, checkLayers, pearson, seededRandom, patchGrid, type ClassRef, type ClassInfo } from './common.js';

@@ -1,0 +1,179 @@
+/**
+ * Activation patching: run the corrupted image with one component at a time (per layer and
+ * position / head) taken from the clean run, and measure the target logit (difference). Exact
+ * patching runs every patch (batched in the addon); attribution patching estimates all of them
+ * from one gradient. Normalised values: corrupt = 0, clean = 1.
+ */
+import { PrismaError } from '../errors.js';
+import type { Model } from '../index.js';
+import type { MetricValue, PatchBy, PatchResult, PatchWhat } from '../native.js';
+import { concatBatches, type PixelBatch } from '../tensor.js';
+import { argmax, checkLayers, classInfo, modelLogits, oneImage, pearson, requireHead, resolveClass, type ClassInfo, type ClassRef } from './common.js';
+
+export const PATCH_WHATS: readonly PatchWhat[] = [
+  'resid_pre', 'resid_mid', 'resid_post', 'attn_out', 'mlp_out', 'head_z', 'head_q', 'head_k', 'head_v', 'head_pattern',
+];
+export const HEAD_WHATS: readonly PatchWhat[] = ['head_z', 'head_q', 'head_k', 'head_v', 'head_pattern'];
+export const PATCH_BYS: readonly PatchBy[] = ['layer_pos', 'layer_head', 'layer_pos_head'];
+export type PatchMethod = 'exact' | 'attribution' | 'both';
+
+export function parsePatchWhat(value: string): PatchWhat {
+  const v = value.trim().toLowerCase();
+  if ((PATCH_WHATS as readonly string[]).includes(v)) return v as PatchWhat;
+  throw new PrismaError('E_USAGE', `unknown --what '${value}'`, { hint: `use one of ${PATCH_WHATS.join(', ')}` });
+}
+
+/** 'layer,pos' | 'layer,head' | 'layer,pos,head' (or with underscores). */
+export function parsePatchBy(value: string): PatchBy {
+  const v = value.trim().toLowerCase().replace(/[\s,]+/g, '_');
+  if ((PATCH_BYS as readonly string[]).includes(v)) return v as PatchBy;
+  throw new PrismaError('E_USAGE', `unknown --by '${value}'`, { hint: 'use layer,pos or layer,head or layer,pos,head' });
+}
+
+export function parsePatchMethod(value: string): PatchMethod {
+  const v = value.trim().toLowerCase();
+  if (v === 'exact' || v === 'attribution' || v === 'both') return v;
+  throw new PrismaError('E_USAGE', `unknown --method '${value}'`, { hint: 'use exact, attribution or both' });
+}
+
+/** E_ARGUMENT when `by` splits by head and `what` has no head axis. */
+export function checkWhatBy(what: PatchWhat, by: PatchBy): void {
+  if (by !== 'layer_pos' && !HEAD_WHATS.includes(what)) {
+    throw new PrismaError('E_ARGUMENT', `--what ${what} has no head axis, so it cannot be patched --by ${by.replace(/_/g, ',')}`, {
+      hint: `use --by layer,pos, or a per-head site (${HEAD_WHATS.join(', ')})`,
+    });
+  }
+}
+
+export interface PatchOptions {
+  what: PatchWhat;
+  by: PatchBy;
+  /** Default 'exact'. */
+  method?: PatchMethod;
+  /** Default: the clean image's top-1. */
+  target?: ClassRef;
+  /** Contrast class; default: the corrupt image's top-1 when it differs from the target; null = none. */
+  baseline?: ClassRef | null;
+  /** Default: every layer. */
+  layers?: number[];
+  /** Patched runs per batched forward (default: sized by the addon). */
+  chunk?: number;
+}
+
+export interface PatchMatrix {
+  method: 'exact' | 'attribution';
+  /** e.g. ['layer', 'pos'] */
+  axes: string[];
+  dims: number[];
+  layers: number[];
+  /** Row-major over dims: the metric after patching (estimated for attribution). */
+  value: number[];
+  /** Target probability after patching ([] for attribution). */
+  prob: number[];
+  /** corrupt = 0, clean = 1. */
+  normalised: number[];
+  batchedForwards: number;
+  patchedRuns: number;
+}
+
+export interface PatchSide {
+  input: string;
+  metric: MetricValue;
+  top1: ClassInfo;
+}
+
+export interface PatchAnalysis {
+  what: PatchWhat;
+  by: PatchBy;
+  method: PatchMethod;
+  target: ClassInfo;
+  targetSource: 'given' | 'clean-top1';
+  baseline: ClassInfo | null;
+  baselineSource: 'given' | 'corrupt-top1' | 'none';
+  /** 'logit' (target logit) or 'logit_diff' (target - baseline). */
+  metric: 'logit' | 'logit_diff';
+  layers: number[];
+  clean: PatchSide;
+  corrupt: PatchSide;
+  exact?: PatchMatrix;
+  attribution?: PatchMatrix;
+  /** With method 'both': Pearson correlation of exact and attribution normalised values (null when undefined). */
+  correlation?: number | null;
+}
+
+function matrix(method: PatchMatrix['method'], r: PatchResult): PatchMatrix {
+  return {
+    method,
+    axes: r.axes,
+    dims: r.dims,
+    layers: r.layers,
+    value: r.value,
+    prob: r.prob,
+    normalised: r.normalised,
+    batchedForwards: r.batchedForwards,
+    patchedRuns: r.patchedRuns,
+  };
+}
+
+export async function patch(model: Model, clean: string | PixelBatch, corrupt: string | PixelBatch, options: PatchOptions): Promise<PatchAnalysis> {
+  requireHead(model, 'activation patching');
+  const info = model.info;
+  checkWhatBy(options.what, options.by);
+  const method = options.method ?? 'exact';
+  const layers = options.layers === undefined ? Array.from({ length: info.nLayers }, (_, i) => i) : checkLayers(options.layers, info.nLayers);
+  if (layers.length === 0) throw new PrismaError('E_USAGE', '--layers names no layer');
+  const givenTarget = options.target === undefined ? undefined : resolveClass(options.target, info, 'target');
+  const givenBaseline = options.baseline === undefined || options.baseline === null ? options.baseline : resolveClass(options.baseline, info, 'baseline');
+
+  const cleanBatch = await oneImage(model, clean, 'patching (--clean)');
+  const corruptBatch = await oneImage(model, corrupt, 'patching (--corrupt)');
+  const [cleanLogits, corruptLogits] = await modelLogits(model, concatBatches([cleanBatch, corruptBatch]));
+  const cleanTop = argmax(cleanLogits!);
+  const corruptTop = argmax(corruptLogits!);
+  const target = givenTarget ?? cleanTop;
+  let baseline: number | null;
+  let baselineSource: PatchAnalysis['baselineSource'];
+  if (givenBaseline !== undefined) {
+    baseline = givenBaseline;
+    baselineSource = givenBaseline === null ? 'none' : 'given';
+  } else if (corruptTop !== target) {
+    baseline = corruptTop;
+    baselineSource = 'corrupt-top1';
+  } else {
+    baseline = null;
+    baselineSource = 'none';
+  }
+  if (baseline !== null && baseline === target) {
+    throw new PrismaError('E_ARGUMENT', `--baseline is the target class (${classInfo(info, target).label}); the logit difference would be 0`);
+  }
+
+  const nativeOptions = {
+    what: options.what,
+    by: options.by,
+    target,
+    layers,
+    ...(baseline === null ? {} : { baseline }),
+    ...(options.chunk === undefined ? {} : { chunk: options.chunk }),
+  };
+  const shape = [...cleanBatch.shape];
+  const exact = method === 'attribution' ? undefined : await model.native.patch(cleanBatch.data, corruptBatch.data, shape, nativeOptions, false);
+  const attribution = method === 'exact' ? undefined : await model.native.patch(cleanBatch.data, corruptBatch.data, shape, nativeOptions, true);
+  const ref = (exact ?? attribution)!;
+  const result: PatchAnalysis = {
+    what: options.what,
+    by: options.by,
+    method,
+    target: classInfo(info, target),
+    targetSource: givenTarget === undefined ? 'clean-top1' : 'given',
+    baseline: baseline === null ? null : classInfo(info, baseline),
+    baselineSource,
+    metric: baseline === null ? 'logit' : 'logit_diff',
+    layers,
+    clean: { input: cleanBatch.labels[0]!, metric: ref.clean, top1: classInfo(info, cleanTop) },
+    corrupt: { input: corruptBatch.labels[0]!, metric: ref.corrupt, top1: classInfo(info, corruptTop) },
+  };
+  if (exact) result.exact = matrix('exact', exact);
+  if (attribution) result.attribution = matrix('attribution', attribution);
+  if (exact && attribution) result.correlation = pearson(exact.normalised, attribution.normalised);
+  return result;
+}

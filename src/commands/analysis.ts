@@ -1,0 +1,221 @@
+/**
+ * What the analysis commands (logit-lens, patch, heads, dla, ablate) share: input lists (files,
+ * folders, `-` for paths on stdin), --out / --resume / --target / --baseline / --layers, the report
+ * envelope, schema validation and writing, and how partial batches end.
+ */
+import { mkdirSync, statSync } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+
+import { InvalidArgumentError, Option } from 'commander';
+
+import { printJson, type CommandContext, type Io } from '../context.js';
+import { isPrismaError, PrismaError, usageError } from '../errors.js';
+import { expandInputs } from '../image/preprocess.js';
+import type { Model } from '../index.js';
+import type { BatchOutcome, InputError } from '../report/batch.js';
+import type { Figure } from '../report/figures.js';
+import { validateReport, type ReportCommand } from '../report/schema.js';
+import { writeJsonAtomic } from '../report/write.js';
+import { dim, useColor } from '../ui/style.js';
+import { VERSION } from '../version.js';
+import { argParser } from './common.js';
+
+export interface ReportModel {
+  dir: string;
+  architecture: string;
+  nLayers: number;
+  nHeads: number;
+  imageSize: number[];
+  patchSize: number;
+  nClasses: number;
+}
+
+/** Fields every analysis report has. */
+export interface ReportBase {
+  schemaVersion: 1;
+  ok: true;
+  command: ReportCommand;
+  generator: string;
+  model: ReportModel;
+  inputs: string[];
+  errors: InputError[];
+  /** Inputs taken from an earlier run (--resume) / computed by this run. */
+  resumed: number;
+  computed: number;
+  /** Figures written under --out (paths relative to it); [] without --out. */
+  figures: Figure[];
+}
+
+export function reportModel(model: Model, dir: string): ReportModel {
+  const i = model.info;
+  return { dir, architecture: i.architecture, nLayers: i.nLayers, nHeads: i.nHeads, imageSize: i.imageSize, patchSize: i.patchSize, nClasses: i.nClasses };
+}
+
+export function reportBase(command: ReportCommand, model: Model, modelDir: string): Omit<ReportBase, 'inputs' | 'errors' | 'resumed' | 'computed' | 'figures'> {
+  return { schemaVersion: 1, ok: true, command, generator: `vit-prisma ${VERSION}`, model: reportModel(model, modelDir) };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inputs
+
+async function readStdinLines(io: Io): Promise<string[]> {
+  const stream = io.stdin ?? process.stdin;
+  let text = '';
+  const decoder = new TextDecoder();
+  for await (const chunk of stream) text += typeof chunk === 'string' ? chunk : decoder.decode(chunk, { stream: true });
+  text += decoder.decode();
+  return text
+    .split(/\r?\n/)
+    .map((l) => l.trim())
+    .filter((l) => l.length > 0);
+}
+
+/**
+ * Input arguments -> input files: folders expand to their images (sorted), `-` reads one path per
+ * line from stdin. Files that do not exist are kept, so they fail (and are recorded) one by one.
+ */
+export async function collectInputs(args: readonly string[], io: Io): Promise<string[]> {
+  const out: string[] = [];
+  let stdinUsed = false;
+  for (const arg of args) {
+    let paths = [arg];
+    if (arg === '-') {
+      if (stdinUsed) throw usageError("'-' (paths on stdin) may be given once");
+      stdinUsed = true;
+      paths = await readStdinLines(io);
+      if (paths.length === 0) throw new PrismaError('E_INPUT', "no paths on stdin (input '-')");
+    }
+    for (const p of paths) {
+      const st = await stat(p).catch(() => undefined);
+      if (st?.isDirectory()) out.push(...(await expandInputs([p])));
+      else out.push(p);
+    }
+  }
+  if (out.length === 0) throw new PrismaError('E_INPUT', 'no inputs given');
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+export function outOption(): Option {
+  return new Option('--out <dir>', 'write report.json and figures (PNG) to this folder (created if needed)');
+}
+
+export function resumeOption(): Option {
+  return new Option('--resume', 'with --out: skip inputs an earlier (interrupted) run already finished');
+}
+
+export function targetOption(): Option {
+  return new Option('--target <class>', "class index or label (default: each image's own top-1)");
+}
+
+export function baselineOption(what = 'none'): Option {
+  return new Option('--baseline <class>', `contrast class, index or label: the metric becomes logit[target] - logit[baseline] (default: ${what})`);
+}
+
+/** A parser for a repeatable flag whose values may also be comma-separated: collects into a list. */
+export function collect<T>(parse: (value: string) => T): (value: string, previous: T[] | undefined) => T[] {
+  return (value, previous) => {
+    try {
+      const parts = value.split(',').map((v) => v.trim()).filter((v) => v.length > 0);
+      return [...(previous ?? []), ...parts.map(parse)];
+    } catch (err) {
+      throw new InvalidArgumentError(isPrismaError(err) ? err.message : String(err));
+    }
+  };
+}
+
+/** '0,3,5' and ranges '0-3' -> sorted unique layer indices. */
+export function parseLayerList(value: string): number[] {
+  const out: number[] = [];
+  for (const part of value.split(',')) {
+    const p = part.trim();
+    if (p.length === 0) continue;
+    const range = /^(\d+)\s*-\s*(\d+)$/.exec(p);
+    if (range) {
+      const a = Number.parseInt(range[1]!, 10);
+      const b = Number.parseInt(range[2]!, 10);
+      if (b < a) throw usageError(`--layers range ${p} runs backwards`);
+      for (let l = a; l <= b; l++) out.push(l);
+    } else if (/^\d+$/.test(p)) {
+      out.push(Number.parseInt(p, 10));
+    } else {
+      throw usageError(`--layers must list layer indices like 0,3,5 or 0-3, got '${value}'`);
+    }
+  }
+  if (out.length === 0) throw usageError('--layers names no layer');
+  return [...new Set(out)].sort((a, b) => a - b);
+}
+
+export function layersOption(): Option {
+  return new Option('--layers <list>', 'only these layers, e.g. 0,3,5 or 0-3 (default: all)').argParser(argParser(parseLayerList));
+}
+
+/** Check --out / --resume before loading anything; creates the folder. */
+export function prepareOut(out: string | undefined, resume: boolean | undefined): string | undefined {
+  if (resume && out === undefined) throw usageError('--resume needs --out DIR (the folder of the run to resume)');
+  if (out === undefined) return undefined;
+  const dir = resolve(out);
+  const st = (() => {
+    try {
+      return statSync(dir);
+    } catch {
+      return undefined;
+    }
+  })();
+  if (st && !st.isDirectory()) throw new PrismaError('E_IO', `--out ${out} exists and is not a folder`);
+  try {
+    mkdirSync(dir, { recursive: true });
+  } catch (err) {
+    throw new PrismaError('E_IO', `cannot create ${out}: ${(err as Error).message}`);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Finishing
+
+/** Validate against the schema, write report.json (with --out), print JSON or the summary. */
+export async function finishReport<T extends ReportBase>(
+  report: T,
+  options: { out?: string; json?: boolean },
+  ctx: CommandContext,
+  summary: (r: T, color: boolean) => string,
+): Promise<void> {
+  validateReport(report.command, report);
+  if (options.out !== undefined) await writeJsonAtomic(join(options.out, 'report.json'), report);
+  if (options.json) printJson(ctx, report);
+  else ctx.io.stdout.write(summary(report, useColor(ctx.io.stdout, ctx.io.env)));
+  if (report.errors.length > 0 && !options.json) {
+    const color = useColor(ctx.io.stderr, ctx.io.env);
+    for (const e of report.errors) ctx.io.stderr.write(`${dim('failed:', color)} ${e.input}: ${e.code}: ${e.message}\n`);
+  }
+}
+
+/**
+ * Finish a multi-input run: like `finishReport`, but when every input failed the report is still
+ * written (with --out) and the first error is thrown (exit 1); when some failed, the exit code is 3.
+ */
+export async function finishBatch<T extends ReportBase>(
+  report: T,
+  options: { out?: string; json?: boolean },
+  ctx: CommandContext,
+  summary: (r: T, color: boolean) => string,
+): Promise<void> {
+  if (report.errors.length > 0 && report.resumed + report.computed === 0) {
+    validateReport(report.command, report);
+    if (options.out !== undefined) await writeJsonAtomic(join(options.out, 'report.json'), report);
+    const first = report.errors[0]!;
+    const more = report.errors.length > 1 ? ` (all ${report.errors.length} inputs failed)` : '';
+    throw new PrismaError(first.code, `${first.message}${more}`);
+  }
+  await finishReport(report, options, ctx, summary);
+  if (report.errors.length > 0) ctx.partial = true;
+}
+
+/** Figures of all items, in input order. */
+export function allFigures(outcome: Pick<BatchOutcome<unknown>, 'items'>): Figure[] {
+  return outcome.items.flatMap((i) => i.figures);
+}

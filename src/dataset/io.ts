@@ -1,0 +1,64 @@
+/** File helpers shared by the dataset writers: atomic writes and a small ordered task pool. */
+import { randomBytes } from 'node:crypto';
+import { mkdir, rename, unlink, writeFile } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+
+import { formatJson } from '../context.js';
+import { PrismaError } from '../errors.js';
+
+/** Write `data` to `path` via a temporary file in the same folder and a rename. */
+export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
+  const dir = dirname(path);
+  const tmp = join(dir, `.prisma-tmp-${basename(path)}.${process.pid}.${randomBytes(4).toString('hex')}`);
+  try {
+    await mkdir(dir, { recursive: true });
+    await writeFile(tmp, data);
+    await rename(tmp, path);
+  } catch (err) {
+    await unlink(tmp).catch(() => {});
+    throw new PrismaError('E_IO', `cannot write ${path}: ${(err as Error).message ?? String(err)}`, { cause: err });
+  }
+}
+
+/** JSON (2-space indent, arrays of scalars on one line) plus a final newline. */
+export function writeJsonAtomic(path: string, value: unknown): Promise<void> {
+  return writeFileAtomic(path, `${formatJson(value)}\n`);
+}
+
+/** One compact JSON document per line. */
+export function jsonLines(values: readonly unknown[]): string {
+  return values.map((v) => `${JSON.stringify(v)}\n`).join('');
+}
+
+export async function ensureDir(path: string): Promise<void> {
+  try {
+    await mkdir(path, { recursive: true });
+  } catch (err) {
+    throw new PrismaError('E_IO', `cannot create folder ${path}: ${(err as Error).message ?? String(err)}`, { cause: err });
+  }
+}
+
+/** `000042` style file stems. */
+export function stem(index: number): string {
+  return String(index).padStart(6, '0');
+}
+
+/**
+ * Run `task(i)` for i in [0, n) with at most `limit` in flight; results come back in index order.
+ * Work is independent per index, so the outputs do not depend on scheduling.
+ */
+export async function mapPool<T>(n: number, limit: number, task: (i: number) => Promise<T>, onDone?: (done: number) => void): Promise<T[]> {
+  const out = new Array<T>(n);
+  let next = 0;
+  let done = 0;
+  const worker = async (): Promise<void> => {
+    while (next < n) {
+      const i = next++;
+      out[i] = await task(i);
+      done++;
+      onDone?.(done);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, n) }, worker));
+  return out;
+}

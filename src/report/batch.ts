@@ -1,0 +1,194 @@
+/**
+ * Multi-input runs: inputs are processed one at a time; a failing input (unreadable image, bad
+ * tensor) is recorded and the run goes on. With an output folder, each finished input is written
+ * to `DIR/items/<id>.json` atomically (after its figures), so `--resume` can skip inputs a killed
+ * run already finished; the report is assembled from the items at the end.
+ */
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { basename, extname, join, resolve } from 'node:path';
+
+import type { CommandContext } from '../context.js';
+import { PrismaError, toPrismaError } from '../errors.js';
+import { inputKind } from '../image/preprocess.js';
+import type { Model } from '../index.js';
+import type { PixelBatch } from '../tensor.js';
+import { startProgress } from '../ui/progress.js';
+import { FigureWriter, sanitizeName, type Figure } from './figures.js';
+import type { DisplaySource } from './overlay.js';
+import { removeStaleTemps, writeJsonAtomic } from './write.js';
+
+export interface BatchItem {
+  /** The input's label (the path, or `file[i]` for a row of a tensor file). */
+  input: string;
+  file: string;
+  /** File name (without .json) of its record under items/. */
+  id: string;
+  /** Short name for its figures. */
+  name: string;
+  /** This input alone, [1, C, H, W]. */
+  batch: PixelBatch;
+  display: DisplaySource;
+}
+
+export interface InputError {
+  input: string;
+  code: string;
+  message: string;
+}
+
+export interface ItemRecord<R> {
+  input: string;
+  name: string;
+  result: R;
+  figures: Figure[];
+  /** True when taken from an earlier run (--resume). */
+  resumed: boolean;
+}
+
+export interface BatchOutcome<R> {
+  items: ItemRecord<R>[];
+  errors: InputError[];
+  resumed: number;
+  computed: number;
+}
+
+export interface BatchSpec<R> {
+  command: string;
+  model: Model;
+  /** Input files, folders already expanded. */
+  files: string[];
+  outDir?: string;
+  resume?: boolean;
+  /** Everything that changes the results (options); items from a run with another key are not reused. */
+  key: unknown;
+  ctx: CommandContext;
+  inputKey?: string;
+  process(item: BatchItem, figures: FigureWriter | undefined): Promise<{ result: R; figures: Figure[] }>;
+}
+
+interface StoredItem<R> {
+  schemaVersion: 1;
+  command: string;
+  key: string;
+  input: string;
+  name: string;
+  result: R;
+  figures: Figure[];
+}
+
+const hash = (text: string, n: number) => createHash('sha256').update(text).digest('hex').slice(0, n);
+
+export const ITEMS_DIR = 'items';
+
+/** File-system-safe, collision-free record id for an input label. */
+export function itemId(label: string): string {
+  const abs = resolve(label.replace(/\[\d+\]$/, ''));
+  const row = /\[(\d+)\]$/.exec(label)?.[1];
+  return `${sanitizeName(basename(label), 48)}-${hash(row === undefined ? abs : `${abs}[${row}]`, 8)}`;
+}
+
+/** Figure names: the file's stem, made unique among `files` by a short hash when stems repeat. */
+export function figureNames(files: readonly string[]): Map<string, string> {
+  const stem = (f: string) => sanitizeName(basename(f, extname(f)), 40);
+  const count = new Map<string, number>();
+  for (const f of files) count.set(stem(f), (count.get(stem(f)) ?? 0) + 1);
+  return new Map(files.map((f) => [f, (count.get(stem(f)) ?? 0) > 1 ? `${stem(f)}-${hash(resolve(f), 6)}` : stem(f)]));
+}
+
+export function runKey(command: string, model: Model, key: unknown): string {
+  return hash(JSON.stringify({ command, model: resolve(model.info.modelDir), key }), 16);
+}
+
+async function readStored<R>(path: string, command: string, key: string): Promise<StoredItem<R> | undefined> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch {
+    return undefined;
+  }
+  let doc: StoredItem<R>;
+  try {
+    doc = JSON.parse(text) as StoredItem<R>;
+  } catch {
+    return undefined; // unreadable: compute it again
+  }
+  if (doc.command !== command || doc.key !== key) {
+    throw new PrismaError('E_USAGE', `--resume: ${path} was written by a different run (another command, model or options)`, {
+      hint: 'rerun with the same options, or write to a new --out folder',
+    });
+  }
+  return doc;
+}
+
+export async function runBatch<R>(spec: BatchSpec<R>): Promise<BatchOutcome<R>> {
+  const { model, command } = spec;
+  const key = runKey(command, model, spec.key);
+  const writer = spec.outDir === undefined ? undefined : new FigureWriter(spec.outDir);
+  const itemsDir = spec.outDir === undefined ? undefined : join(spec.outDir, ITEMS_DIR);
+  if (itemsDir) await removeStaleTemps(itemsDir);
+  const names = figureNames(spec.files);
+  const spec0 = await model.preprocessSpec().catch(() => undefined);
+  const out: BatchOutcome<R> = { items: [], errors: [], resumed: 0, computed: 0 };
+  const progress = startProgress(spec.ctx, spec.files.length, command);
+
+  const fail = (input: string, err: unknown) => {
+    const pe = toPrismaError(err);
+    out.errors.push({ input, code: pe.code, message: pe.message });
+  };
+  const tryResume = async (label: string): Promise<boolean> => {
+    if (!spec.resume || !itemsDir) return false;
+    const stored = await readStored<R>(join(itemsDir, `${itemId(label)}.json`), command, key);
+    if (!stored) return false;
+    out.items.push({ input: stored.input, name: stored.name, result: stored.result, figures: stored.figures, resumed: true });
+    out.resumed += 1;
+    return true;
+  };
+
+  try {
+    for (const [n, file] of spec.files.entries()) {
+      progress.update(n, basename(file));
+      const isImage = inputKind(file) === 'image';
+      if (isImage && (await tryResume(file))) continue;
+      let batch: PixelBatch;
+      try {
+        batch = await model.loadInputs([file], spec.inputKey === undefined ? {} : { inputKey: spec.inputKey });
+      } catch (err) {
+        fail(file, err);
+        continue;
+      }
+      const rows = batch.shape[0];
+      const [, c, h, w] = batch.shape;
+      for (let i = 0; i < rows; i++) {
+        const label = batch.labels[i] ?? file;
+        if (!isImage && (await tryResume(label))) continue;
+        const base = names.get(file) ?? 'input';
+        const item: BatchItem = {
+          input: label,
+          file,
+          id: itemId(label),
+          name: rows > 1 ? `${base}-${i}` : base,
+          batch: { data: batch.data.subarray(i * c * h * w, (i + 1) * c * h * w), shape: [1, c, h, w], labels: [label] },
+          display: { ...(isImage ? { path: file } : {}), pixels: batch.data.subarray(i * c * h * w, (i + 1) * c * h * w), imageSize: [h, w], ...(spec0 ? { spec: spec0 } : {}) },
+        };
+        let done: { result: R; figures: Figure[] };
+        try {
+          done = await spec.process(item, writer);
+        } catch (err) {
+          fail(label, err);
+          continue;
+        }
+        if (itemsDir) {
+          const stored: StoredItem<R> = { schemaVersion: 1, command, key, input: label, name: item.name, result: done.result, figures: done.figures };
+          await writeJsonAtomic(join(itemsDir, `${item.id}.json`), stored);
+        }
+        out.items.push({ input: label, name: item.name, result: done.result, figures: done.figures, resumed: false });
+        out.computed += 1;
+      }
+    }
+  } finally {
+    progress.update(spec.files.length);
+    progress.stop();
+  }
+  return out;
+}

@@ -1,0 +1,85 @@
+// `prisma train`: learns clevr-lite above chance, writes a folder every command loads, and a run
+// killed midway continues with --resume from its last checkpoint to exactly the weights an
+// uninterrupted run produces.
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { beforeAll, describe, expect, it } from 'vitest';
+
+import { readTensorFile } from '../../src/native.js';
+import { BIN, prisma, requireBuilt } from '../helpers/cli.js';
+
+const work = mkdtempSync(join(tmpdir(), 'prisma-train-'));
+const data = join(work, 'clevr');
+const common = ['--data', data, '--question', 'count', '--patch-size', '8', '--d-model', '32', '--layers', '2', '--heads', '2', '--steps', '120', '--batch-size', '32', '--checkpoint-every', '10', '--seed', '3', '--lr', '0.003'];
+
+function weights(dir: string): Map<string, Float32Array> {
+  return new Map(readTensorFile(join(dir, 'model.safetensors')).map((t) => [t.name, t.data]));
+}
+
+beforeAll(() => {
+  requireBuilt();
+  const r = prisma(['dataset', 'clevr-lite', '--n', '600', '--out', data, '--seed', '11', '--size', '32']);
+  expect(r.code, r.stderr).toBe(0);
+}, 120_000);
+
+describe('prisma train', () => {
+  it('trains, records the held-out result and writes a loadable model', () => {
+    const out = join(work, 'straight');
+    const r = prisma(['train', ...common, '--out', out, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const summary = JSON.parse(r.stdout) as { finished: boolean; evaluation: { accuracy: number }; chance: number; steps: number };
+    expect(summary.finished).toBe(true);
+    expect(summary.steps).toBe(120);
+    const card = readFileSync(join(out, 'MODEL_CARD.md'), 'utf8');
+    expect(card).toContain('prisma train --data');
+    expect(existsSync(join(out, 'checkpoint.safetensors'))).toBe(false);
+    const inspect = prisma(['inspect', out, '--json']);
+    expect(inspect.code, inspect.stderr).toBe(0);
+    const info = JSON.parse(inspect.stdout) as { model: { labels: string[]; nLayers: number } };
+    expect(info.model.labels).toEqual(['1', '2', '3', '4']);
+    expect(info.model.nLayers).toBe(2);
+  }, 180_000);
+
+  it('continues a killed run from its last checkpoint to the same weights', async () => {
+    const out = join(work, 'killed');
+    const child = spawn(process.execPath, [BIN, 'train', ...common, '--out', out], { stdio: 'ignore' });
+    // Kill it hard as soon as a checkpoint exists (well before the 120 steps are done).
+    await new Promise<void>((resolve, reject) => {
+      const started = Date.now();
+      const poll = setInterval(() => {
+        if (existsSync(join(out, 'training-state.json'))) {
+          clearInterval(poll);
+          child.kill('SIGKILL');
+          resolve();
+        } else if (Date.now() - started > 60_000) {
+          clearInterval(poll);
+          child.kill('SIGKILL');
+          reject(new Error('no checkpoint within 60 s'));
+        }
+      }, 5);
+    });
+    await new Promise((r) => child.once('exit', r));
+    expect(existsSync(join(out, 'model.safetensors'))).toBe(false);
+    const state = JSON.parse(readFileSync(join(out, 'training-state.json'), 'utf8')) as { step: number };
+    expect(state.step).toBeGreaterThan(0);
+    expect(state.step).toBeLessThan(120);
+
+    const refused = prisma(['train', ...common, '--out', out]);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toContain('--resume');
+
+    const resumed = prisma(['train', ...common, '--out', out, '--resume', '--json']);
+    expect(resumed.code, resumed.stderr).toBe(0);
+    const summary = JSON.parse(resumed.stdout) as { resumedFromStep: number; steps: number };
+    expect(summary.resumedFromStep).toBeGreaterThanOrEqual(state.step);
+    expect(summary.steps).toBe(120);
+
+    const a = weights(join(work, 'straight'));
+    const b = weights(out);
+    expect([...b.keys()].sort()).toEqual([...a.keys()].sort());
+    for (const [name, values] of a) expect(b.get(name), name).toEqual(values);
+  }, 240_000);
+});
