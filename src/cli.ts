@@ -9,6 +9,7 @@ import { Command, CommanderError } from 'commander';
 
 import { registerAblate } from './commands/ablate.js';
 import { registerDataset } from './commands/dataset.js';
+import { registerDemo } from './commands/demo.js';
 import { registerDla } from './commands/dla.js';
 import { registerHeads } from './commands/heads.js';
 import { registerInspect } from './commands/inspect.js';
@@ -26,7 +27,7 @@ export const EXIT_FAILURE = 1;
 export const EXIT_USAGE = 2;
 export const EXIT_PARTIAL = 3;
 
-const COMMANDS = ['inspect', 'run', 'logit-lens', 'patch', 'heads', 'dla', 'ablate', 'dataset', 'train'] as const;
+const COMMANDS = ['inspect', 'run', 'logit-lens', 'patch', 'heads', 'dla', 'ablate', 'dataset', 'train', 'demo'] as const;
 
 export function buildProgram(ctx: CommandContext): Command {
   const program = new Command('prisma')
@@ -43,6 +44,7 @@ export function buildProgram(ctx: CommandContext): Command {
   registerAblate(program, ctx);
   registerDataset(program, ctx);
   registerTrain(program, ctx);
+  registerDemo(program, ctx);
   for (const cmd of [program, ...program.commands]) {
     cmd.exitOverride().configureOutput({
       writeOut: (s) => ctx.io.stdout.write(s),

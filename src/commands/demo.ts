@@ -1,0 +1,149 @@
+/**
+ * `prisma demo [--out DIR]`: the README's main command. On the shipped toy models (a ViT trained on
+ * clevr-lite to name the colour of the largest object, and one trained on Fashion-MNIST) it runs
+ * activation patching, attribution patching, the logit lens, attention heads and DLA, and writes a
+ * report folder with index.html, every figure, and a summary whose sentences come from the numbers.
+ */
+import { mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { dirname, join, relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { type Command, Option } from 'commander';
+
+import { printJson, type CommandContext } from '../context.js';
+import { PrismaError } from '../errors.js';
+import { loadModel } from '../index.js';
+import { pickPair } from '../demo/pick.js';
+import { dlaStory, lensStory, patchingStory } from '../demo/story.js';
+import { writeFileAtomic as writeAtomic } from '../report/write.js';
+import { dlaCommand } from './dla.js';
+import { headsCommand } from './heads.js';
+import { logitLensCommand } from './logit-lens.js';
+import { patchCommand } from './patch.js';
+import type { ReportBase } from './analysis.js';
+import { jsonOption } from './common.js';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const DEMO_MODELS = { clevr: join(ROOT, 'models', 'clevr-vit'), fashion: join(ROOT, 'models', 'fashion-mnist-vit') };
+const FASHION_IMAGES = join(ROOT, 'fixtures', 'fashion-mnist');
+const DEMO_SEED = 2026;
+
+export interface DemoOptions {
+  out: string;
+  json?: boolean;
+}
+
+export interface DemoSummary {
+  ok: true;
+  schemaVersion: 1;
+  out: string;
+  index: string;
+  sections: { title: string; lines: string[]; report: string; figures: string[] }[];
+}
+
+const escape = (s: string) => s.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]!);
+
+function indexHtml(summary: Omit<DemoSummary, 'index'>, pair: { clean: string; corrupt: string }): string {
+  const sections = summary.sections
+    .map(
+      (s) => `<section><h2>${escape(s.title)}</h2>${s.lines.map((l) => `<p>${escape(l)}</p>`).join('')}
+<p class="meta">report: <a href="${escape(s.report)}">${escape(s.report)}</a></p>
+<div class="figs">${s.figures
+        .map((f) => (f.endsWith('.html') ? `<p><a href="${escape(f)}">${escape(f)}</a> (interactive)</p>` : `<figure><a href="${escape(f)}"><img src="${escape(f)}" alt="${escape(f)}"></a><figcaption>${escape(f)}</figcaption></figure>`))
+        .join('')}</div></section>`,
+    )
+    .join('\n');
+  return `<!doctype html><html><head><meta charset="utf-8"><title>vit-prisma demo</title>
+<style>body{font:15px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+img{max-width:100%;border:1px solid #ddd}figure{display:inline-block;margin:.5em;max-width:48%;vertical-align:top}
+figcaption,.meta{font-size:12px;color:#666}.pair img{width:192px;image-rendering:pixelated}</style></head><body>
+<h1>vit-prisma demo</h1>
+<p>Two small ViTs trained by <code>prisma train</code> and shipped in <code>models/</code> (see their MODEL_CARD.md).</p>
+<div class="pair"><figure><img src="${escape(pair.clean)}"><figcaption>clean</figcaption></figure><figure><img src="${escape(pair.corrupt)}"><figcaption>corrupted (largest object recoloured)</figcaption></figure></div>
+${sections}
+</body></html>
+`;
+}
+
+export async function demo(options: DemoOptions, ctx: CommandContext): Promise<DemoSummary> {
+  for (const dir of Object.values(DEMO_MODELS)) {
+    try {
+      readFileSync(join(dir, 'config.json'));
+    } catch {
+      throw new PrismaError('E_MODEL_DIR', `the demo model ${relative(ROOT, dir)} is missing`, { hint: 'it ships with the repository; restore it with git checkout' });
+    }
+  }
+  const out = resolve(options.out);
+  rmSync(out, { recursive: true, force: true });
+  mkdirSync(join(out, 'inputs'), { recursive: true });
+  // Sub-commands run quietly: their reports go to files, the summary to our stdout.
+  const quiet: CommandContext = { io: { stdout: { write: () => true }, stderr: ctx.io.stderr, env: ctx.io.env }, json: true };
+  const log = (msg: string) => {
+    if (!ctx.json) ctx.io.stderr.write(`demo: ${msg}\n`);
+  };
+  const base = { device: 'cpu', dtype: 'float32' };
+
+  const clevr = await loadModel(DEMO_MODELS.clevr);
+  log('choosing a clevr-lite scene the model answers correctly, before and after recolouring its largest object');
+  const pair = await pickPair(clevr, join(out, 'inputs'), DEMO_SEED);
+
+  log('activation patching (resid_pre, every layer x position; exact and attribution)');
+  const resid = await patchCommand(DEMO_MODELS.clevr, { ...base, clean: pair.clean, corrupt: pair.corrupt, what: 'resid_pre', by: 'layer_pos', method: 'both', out: join(out, 'patch-resid') }, quiet);
+  log('activation patching (each head output, layer x head)');
+  const heads = await patchCommand(DEMO_MODELS.clevr, { ...base, clean: pair.clean, corrupt: pair.corrupt, what: 'head_z', by: 'layer_head', method: 'exact', out: join(out, 'patch-heads') }, quiet);
+  log('logit lens (clevr-lite)');
+  const lensClevr = await logitLensCommand(DEMO_MODELS.clevr, [pair.clean], { ...base, site: ['resid_post'], topK: 3, out: join(out, 'lens-clevr') }, quiet);
+  log('attention heads (clevr-lite, from the class token)');
+  const att = await headsCommand(DEMO_MODELS.clevr, [pair.clean], { ...base, out: join(out, 'heads') }, quiet);
+  log('direct logit attribution (clevr-lite)');
+  const dla = await dlaCommand(DEMO_MODELS.clevr, [pair.clean], { ...base, baseline: pair.to, perPosition: true, out: join(out, 'dla') }, quiet);
+
+  log('logit lens (Fashion-MNIST test images)');
+  const fashionRecords = readFileSync(join(FASHION_IMAGES, 'labels.jsonl'), 'utf8')
+    .split('\n')
+    .filter((l) => l.trim())
+    .map((l) => JSON.parse(l) as { image: string; label: number });
+  const lensFashion = await logitLensCommand(DEMO_MODELS.fashion, fashionRecords.map((r) => join(FASHION_IMAGES, r.image)), { ...base, site: ['resid_post'], topK: 3, out: join(out, 'lens-fashion') }, quiet);
+
+  const section = (title: string, dir: string, lines: string[], report: ReportBase) => ({
+    title,
+    lines,
+    report: `${dir}/report.json`,
+    figures: report.figures.map((f) => `${dir}/${f.path}`),
+  });
+  const dlaItem = dla.results[0];
+  const sections = [
+    section('Activation patching: where the answer lives', 'patch-resid', patchingStory(pair, resid.result, heads.result), resid),
+    section('Patching heads', 'patch-heads', [], heads),
+    section('Logit lens (clevr-lite)', 'lens-clevr', lensStory('clevr-lite', lensClevr.results), lensClevr),
+    section('Attention heads', 'heads', [], att),
+    section('Direct logit attribution', 'dla', dlaItem ? dlaStory(dlaItem) : [], dla),
+    section('Logit lens (Fashion-MNIST)', 'lens-fashion', lensStory('Fashion-MNIST', lensFashion.results, fashionRecords.map((r) => r.label)), lensFashion),
+  ];
+  const partial = { ok: true as const, schemaVersion: 1 as const, out, sections };
+  const index = join(out, 'index.html');
+  await writeAtomic(index, indexHtml(partial, { clean: 'inputs/clean.png', corrupt: 'inputs/corrupt.png' }));
+  const text = sections.map((s) => `## ${s.title}\n\n${s.lines.map((l) => `- ${l}`).join('\n')}\n`).join('\n');
+  await writeAtomic(join(out, 'summary.md'), `# vit-prisma demo\n\n${text}`);
+  return { ...partial, index };
+}
+
+export function registerDemo(program: Command, ctx: CommandContext): void {
+  program
+    .command('demo')
+    .description('run every technique on the shipped toy models and write a report folder with index.html')
+    .addOption(new Option('--out <dir>', 'report folder (replaced)').default('demo-report'))
+    .addOption(jsonOption())
+    .action(async (options: DemoOptions) => {
+      const summary = await demo(options, ctx);
+      if (ctx.json) {
+        printJson(ctx, summary);
+        return;
+      }
+      for (const s of summary.sections) {
+        if (s.lines.length === 0) continue;
+        ctx.io.stdout.write(`\n${s.title}\n${s.lines.map((l) => `  - ${l}`).join('\n')}\n`);
+      }
+      ctx.io.stdout.write(`\nreport: ${summary.index}\n`);
+    });
+}
