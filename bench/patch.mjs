@@ -1,0 +1,129 @@
+#!/usr/bin/env node
+// Activation-patching benchmark (issue: `bench/patch`). For a resid layer x pos sweep and a
+// layer x head sweep, on the vit-tiny-cls fixture and on a random-init ViT-B/16, times in one run:
+//   ours          batched engine (starts at the patched layer / site, class-token-only last block)
+//   ours naive    one full forward per patch through our own run API with an intervention
+//   python TL way one HF forward with PyTorch hooks per patch   (bench/python/patch_tl_way.py)
+//   python best   batched patches, skipping unchanged layers     (bench/python/patch_best.py)
+//   attribution   gradient estimate over all (layer, pos), reported in forward-equivalents
+// and checks every implementation's values against ours (max |diff| <= 1e-4).
+// Usage: node bench/patch.mjs [--skip-vitb] [--tl-sample K]   (after `npm run setup`; needs the
+// fixtures venv with transformers, see fixtures/README.md, and bench/python/make_random_vit.py).
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { homedir, tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const native = createRequire(import.meta.url)('../native/prisma.node');
+const args = process.argv.slice(2);
+const skipVitB = args.includes('--skip-vitb');
+const tlSample = Number(args[args.indexOf('--tl-sample') + 1]) || 48;
+const python = process.env.PRISMA_PYTHON ?? join(homedir(), '.cache/vit-prisma/torch-2.11.0/bin/python');
+const vitb = join(homedir(), '.cache/vit-prisma/bench/vit-b16');
+const work = join(tmpdir(), `prisma-bench-${process.pid}`);
+mkdirSync(work, { recursive: true });
+
+function py(script, extra) {
+  const out = join(work, `${script}-${Date.now()}.json`);
+  execFileSync(python, [join('bench/python', script), ...extra, '--out', out], { stdio: ['ignore', 'ignore', 'inherit'] });
+  return JSON.parse(readFileSync(out, 'utf8'));
+}
+const secs = (t) => (performance.now() - t) / 1000;
+function maxDiff(a, b) {
+  let m = 0;
+  let n = 0;
+  for (let i = 0; i < a.length; i++) {
+    if (b[i] === null || b[i] === undefined || a[i] === null) continue;
+    m = Math.max(m, Math.abs(a[i] - b[i]));
+    n++;
+  }
+  return { max: m, compared: n };
+}
+
+async function naive(model, clean, corrupt, shape, sweep, info, target, baseline, sample) {
+  // One full forward per patch, written only with the public run API.
+  const hook = (l) => (sweep === 'resid' ? `blocks.${l}.hook_resid_pre` : `blocks.${l}.attn.hook_z`);
+  const items = [];
+  for (let l = 0; l < info.nLayers; l++) for (let i = 0; i < (sweep === 'resid' ? info.nPos : info.nHeads); i++) items.push([l, i]);
+  const chosen = sample ? items.filter((_, k) => k % Math.ceil(items.length / sample) === 0) : items;
+  const cleanCache = await model.run(clean, shape, { cache: [sweep === 'resid' ? 'blocks.*.hook_resid_pre' : 'blocks.*.attn.hook_z'] });
+  const values = new Array(items.length).fill(null);
+  const t = performance.now();
+  for (const [l, i] of chosen) {
+    const src = cleanCache.cache.find((c) => c.name === hook(l));
+    const select = sweep === 'resid' ? { pos: [i] } : { head: [i] };
+    const out = await model.run(corrupt, shape, {
+      interventions: JSON.stringify([{ hook: hook(l), select, action: 'patch', tensor: 'src' }]),
+      tensors: [{ name: 'src', shape: src.shape, data: src.data }],
+    });
+    const logits = out.output.data;
+    values[l * (sweep === 'resid' ? info.nPos : info.nHeads) + i] = logits[target] - logits[baseline];
+  }
+  const measured = secs(t);
+  return { values, seconds: (measured * items.length) / chosen.length, sampled: chosen.length < items.length, measured: chosen.length };
+}
+
+const rows = [];
+const cases = [{ name: 'vit-tiny-cls', dir: 'fixtures/models/vit-tiny-cls', pixels: 'fixtures/reference/vit-tiny-cls.safetensors' }];
+if (!skipVitB && existsSync(join(vitb, 'model.safetensors'))) cases.push({ name: 'ViT-B/16 (random)', dir: vitb, pixels: join(work, 'vitb-pixels.safetensors'), random: true });
+
+for (const c of cases) {
+  if (c.random) py('patch_best.py', ['--model', c.dir, '--sweep', 'head', '--random-224', '0', '--save-pixels', c.pixels, '--max-layers', '1']);
+  const model = await native.NativeModel.load(c.dir);
+  const info = model.info();
+  const px = native.readTensorFile(c.pixels).find((t) => t.name === 'pixel_values');
+  const one = px.data.length / px.shape[0];
+  const shape = [1, ...px.shape.slice(1)];
+  const clean = px.data.slice(0, one);
+  const corrupt = px.data.slice(one, 2 * one);
+  // Plain forward time (batch 1), the unit of "forward-equivalents".
+  await model.run(clean, shape, {});
+  let t = performance.now();
+  const reps = info.dModel >= 512 ? 5 : 50;
+  for (let i = 0; i < reps; i++) await model.run(clean, shape, {});
+  const forward = secs(t) / reps;
+  for (const sweep of ['resid', 'head']) {
+    const what = sweep === 'resid' ? 'resid_pre' : 'head_z';
+    const by = sweep === 'resid' ? 'layer_pos' : 'layer_head';
+    const big = info.dModel >= 512;
+    const best = py('patch_best.py', ['--model', c.dir, '--sweep', sweep, '--pixels', c.pixels]);
+    const tlArgs = ['--model', c.dir, '--sweep', sweep, '--pixels', c.pixels, '--target', String(best.target), '--baseline', String(best.baseline)];
+    const tl = py('patch_tl_way.py', big && sweep === 'resid' ? [...tlArgs, '--sample', String(tlSample)] : tlArgs);
+    const opts = JSON.stringify({ what, by, target: best.target, baseline: best.baseline });
+    await model.patch(clean, corrupt, shape, opts, false); // warm-up
+    t = performance.now();
+    const ours = JSON.parse(await model.patch(clean, corrupt, shape, opts, false));
+    const oursSeconds = secs(t);
+    const nv = await naive(model, clean, corrupt, shape, sweep, info, best.target, best.baseline, big && sweep === 'resid' ? 24 : 0);
+    let attribution = null;
+    if (sweep === 'resid') {
+      t = performance.now();
+      const a = JSON.parse(await model.patch(clean, corrupt, shape, opts, true));
+      const s = secs(t);
+      attribution = { seconds: s, forwardEquivalents: s / forward, dims: a.dims };
+    }
+    const tlSeconds = tl.seconds_extrapolated ?? tl.seconds;
+    rows.push({
+      model: c.name,
+      sweep: `${sweep} (${ours.dims.join('x')})`,
+      oursS: +oursSeconds.toFixed(3),
+      oursNaiveS: +nv.seconds.toFixed(3) + (nv.sampled ? '*' : ''),
+      tlWayS: +tlSeconds.toFixed(3) + (tl.sampled ? '*' : ''),
+      bestPythonS: +best.seconds.toFixed(3),
+      vsTlWay: +(tlSeconds / oursSeconds).toFixed(2),
+      vsBestPython: +(best.seconds / oursSeconds).toFixed(2),
+      maxDiffBest: maxDiff(ours.value, best.values).max.toExponential(1),
+      maxDiffTl: maxDiff(ours.value, tl.values).max.toExponential(1),
+      maxDiffNaive: maxDiff(ours.value, nv.values).max.toExponential(1),
+      forwardS: +forward.toFixed(4),
+      floorS: +(forward * (sweep === 'resid' ? info.nPos : info.nHeads) * (info.nLayers + 1) / 2).toFixed(3),
+      attributionFwdEq: attribution ? +attribution.forwardEquivalents.toFixed(2) : '',
+    });
+    console.error(JSON.stringify(rows.at(-1)));
+  }
+}
+console.table(rows);
+console.log('* sampled and extrapolated. floorS = sum of partial forwards the sweep needs at batch-1 forward speed.');
+mkdirSync('bench/results', { recursive: true });
+writeFileSync(join('bench/results', 'patch-latest.json'), `${JSON.stringify({ date: new Date().toISOString(), rows }, null, 2)}\n`);

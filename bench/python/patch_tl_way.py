@@ -1,0 +1,98 @@
+"""Activation patching the TransformerLens way, on a Hugging Face ViT.
+
+One clean forward caches the clean activations (forward pre-hooks), one corrupted forward gives the
+corrupted metric; then, for every patch, one *full* forward of the corrupted image with a hook that
+overwrites the activation at that (layer, position) or (layer, head) with the clean value: what
+`transformer_lens.patching.get_act_patch_resid_pre` / `get_act_patch_attn_head_out_all_pos` do
+(hook added, run_with_hooks, hook removed, per patch).
+
+  resid: pre-hook on model.vit.encoder.layer[l] (its input = HF hidden_states[l] = resid_pre l),
+         [:, p, :] <- clean.
+  head:  pre-hook on model.vit.encoder.layer[l].attention.output.dense (its input = z, heads
+         concatenated), [:, :, h*dh:(h+1)*dh] <- clean, at every position.
+
+Usage: see README.md.  python patch_tl_way.py --model DIR --sweep resid|head (--pixels F | --random-224 S)
+       --out result.json [--target T --baseline U --max-layers N --sample K]
+"""
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import patch_common as pc  # noqa: E402
+
+
+def hook_module(model, sweep, layer):
+    blk = model.vit.encoder.layer[layer]
+    return blk if sweep == "resid" else blk.attention.output.dense
+
+
+def main():
+    args = pc.parse_args(__doc__.splitlines()[0])
+    pc.setup()
+    model = pc.load_model(args.model, args.attn)
+    clean, corrupt = pc.load_pixels(args, model)
+    n_layers_all = model.config.num_hidden_layers
+    n_rows, n_cols = pc.dims(model, args)
+    dh = model.config.hidden_size // model.config.num_attention_heads
+    if not args.no_warmup:
+        model(pixel_values=corrupt)  # untimed warm-up (allocator, kernels)
+
+    patches, sampled = pc.patch_list(n_rows, n_cols, args)
+
+    def run_once():
+        # -- reference runs: clean forward with caching hooks, corrupted forward for its metric
+        t = pc.Timer()
+        cache = {}
+        handles = []
+        for l in range(n_layers_all):
+            def save(mod, inputs, l=l):
+                cache[l] = inputs[0].detach().clone()
+            handles.append(hook_module(model, args.sweep, l).register_forward_pre_hook(save))
+        clean_logits = model(pixel_values=clean).logits
+        for h in handles:
+            h.remove()
+        corrupt_logits = model(pixel_values=corrupt).logits
+        seconds_cache = t.elapsed()
+        target, baseline = pc.resolve_metric(args, clean_logits, corrupt_logits)
+
+        # -- the sweep: one full forward per patch
+        values = []
+        t = pc.Timer()
+        for (l, c) in patches:
+            src = cache[l]
+            if args.sweep == "resid":
+                def hook(mod, inputs, src=src, p=c):
+                    x = inputs[0]
+                    x[:, p, :] = src[:, p, :]  # in place, as TransformerLens's patching hooks do
+                    return (x,) + tuple(inputs[1:])
+            else:
+                lo, hi = c * dh, (c + 1) * dh
+
+                def hook(mod, inputs, src=src, lo=lo, hi=hi):
+                    z = inputs[0]
+                    z[..., lo:hi] = src[..., lo:hi]
+                    return (z,) + tuple(inputs[1:])
+            handle = hook_module(model, args.sweep, l).register_forward_pre_hook(hook)
+            logits = model(pixel_values=corrupt).logits
+            handle.remove()
+            values.append(float(pc.metric(logits, target, baseline)[0]))
+        seconds, cpu_seconds = t.elapsed(), t.cpu()
+        return dict(values=values, seconds=seconds, cpu_seconds=cpu_seconds,
+                    seconds_cache=seconds_cache, target=target, baseline=baseline,
+                    clean_metric=float(pc.metric(clean_logits, target, baseline)[0]),
+                    corrupt_metric=float(pc.metric(corrupt_logits, target, baseline)[0]))
+
+    r = pc.repeat(args, run_once)
+    print(f"target {r['target']} baseline {r['baseline']} clean_metric {r['clean_metric']:.6f} "
+          f"corrupt_metric {r['corrupt_metric']:.6f}")
+    extra = {}
+    if n_rows < n_layers_all:  # every patch is one full forward: the per-patch cost is layer-independent
+        extra["seconds_extrapolated_all_layers"] = r["seconds"] / len(patches) * n_layers_all * n_cols
+    pc.write_result(args, "tl_way", model, n_rows=n_rows, n_cols=n_cols, patches=patches, sampled=sampled,
+                    forwards=len(patches), extra=extra, **r)
+
+
+if __name__ == "__main__":
+    main()
