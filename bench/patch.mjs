@@ -19,6 +19,9 @@ const native = createRequire(import.meta.url)('../native/prisma.node');
 const args = process.argv.slice(2);
 const skipVitB = args.includes('--skip-vitb');
 const tlSample = Number(args[args.indexOf('--tl-sample') + 1]) || 48;
+// Reuse Python results measured earlier on this machine (bench/python/run_all.sh writes them):
+// ViT-B's best-Python resid sweep alone takes ~5 minutes.
+const reuse = args.includes('--python-results') ? args[args.indexOf('--python-results') + 1] : null;
 const python = process.env.PRISMA_PYTHON ?? join(homedir(), '.cache/vit-prisma/torch-2.11.0/bin/python');
 const vitb = join(homedir(), '.cache/vit-prisma/bench/vit-b16');
 const work = join(tmpdir(), `prisma-bench-${process.pid}`);
@@ -65,8 +68,19 @@ async function naive(model, clean, corrupt, shape, sweep, info, target, baseline
 }
 
 const rows = [];
-const cases = [{ name: 'vit-tiny-cls', dir: 'fixtures/models/vit-tiny-cls', pixels: 'fixtures/reference/vit-tiny-cls.safetensors' }];
-if (!skipVitB && existsSync(join(vitb, 'model.safetensors'))) cases.push({ name: 'ViT-B/16 (random)', dir: vitb, pixels: join(work, 'vitb-pixels.safetensors'), random: true });
+const cases = [{ name: 'vit-tiny-cls', key: 'tiny', dir: 'fixtures/models/vit-tiny-cls', pixels: 'fixtures/reference/vit-tiny-cls.safetensors' }];
+if (!skipVitB && existsSync(join(vitb, 'model.safetensors'))) {
+  const pixels = reuse && existsSync(join(reuse, 'vitb-pixels.safetensors')) ? join(reuse, 'vitb-pixels.safetensors') : join(work, 'vitb-pixels.safetensors');
+  cases.push({ name: 'ViT-B/16 (random)', key: 'vitb', dir: vitb, pixels, random: !pixels.startsWith(reuse ?? '\0') });
+}
+/** Python result: reused from --python-results when present, else run now. */
+function pyResult(key, sweep, impl, runArgs) {
+  const names = impl === 'best' ? [`${key}-${sweep}-best.json`] : [`${key}-${sweep}-tl_way.json`, `${key}-${sweep}-tl_way-sample${tlSample}.json`];
+  for (const n of names) if (reuse && existsSync(join(reuse, n))) return JSON.parse(readFileSync(join(reuse, n), 'utf8'));
+  return py(impl === 'best' ? 'patch_best.py' : 'patch_tl_way.py', runArgs);
+}
+/** Total time of a Python run: the sweep (extrapolated when sampled) plus caching the clean/corrupt runs. */
+const pyTotal = (r) => (r.seconds_extrapolated ?? r.seconds) + (r.seconds_cache ?? 0);
 
 for (const c of cases) {
   if (c.random) py('patch_best.py', ['--model', c.dir, '--sweep', 'head', '--random-224', '0', '--save-pixels', c.pixels, '--max-layers', '1']);
@@ -87,14 +101,21 @@ for (const c of cases) {
     const what = sweep === 'resid' ? 'resid_pre' : 'head_z';
     const by = sweep === 'resid' ? 'layer_pos' : 'layer_head';
     const big = info.dModel >= 512;
-    const best = py('patch_best.py', ['--model', c.dir, '--sweep', sweep, '--pixels', c.pixels]);
-    const tlArgs = ['--model', c.dir, '--sweep', sweep, '--pixels', c.pixels, '--target', String(best.target), '--baseline', String(best.baseline)];
-    const tl = py('patch_tl_way.py', big && sweep === 'resid' ? [...tlArgs, '--sample', String(tlSample)] : tlArgs);
+    const best = pyResult(c.key, sweep, 'best', ['--model', c.dir, '--sweep', sweep, '--pixels', c.pixels, '--repeat', big ? '1' : '5']);
+    const tlArgs = ['--model', c.dir, '--sweep', sweep, '--pixels', c.pixels, '--target', String(best.target), '--baseline', String(best.baseline), '--repeat', big ? '1' : '5'];
+    const tl = pyResult(c.key, sweep, 'tl', big && sweep === 'resid' ? [...tlArgs, '--sample', String(tlSample)] : tlArgs);
     const opts = JSON.stringify({ what, by, target: best.target, baseline: best.baseline });
-    await model.patch(clean, corrupt, shape, opts, false); // warm-up
-    t = performance.now();
-    const ours = JSON.parse(await model.patch(clean, corrupt, shape, opts, false));
-    const oursSeconds = secs(t);
+    // Warm-up on the last layer only; then the median of several full sweeps (one for ViT-B).
+    await model.patch(clean, corrupt, shape, JSON.stringify({ what, by, target: best.target, baseline: best.baseline, layers: [info.nLayers - 1] }), false);
+    const times = [];
+    let ours;
+    for (let rep = 0; rep < (big ? 1 : 50); rep++) {
+      t = performance.now();
+      ours = JSON.parse(await model.patch(clean, corrupt, shape, opts, false));
+      times.push(secs(t));
+    }
+    times.sort((x, y) => x - y);
+    const oursSeconds = times[Math.floor(times.length / 2)];
     const nv = await naive(model, clean, corrupt, shape, sweep, info, best.target, best.baseline, big && sweep === 'resid' ? 24 : 0);
     let attribution = null;
     if (sweep === 'resid') {
@@ -103,16 +124,17 @@ for (const c of cases) {
       const s = secs(t);
       attribution = { seconds: s, forwardEquivalents: s / forward, dims: a.dims };
     }
-    const tlSeconds = tl.seconds_extrapolated ?? tl.seconds;
+    const tlSeconds = pyTotal(tl);
+    const bestSeconds = pyTotal(best);
     rows.push({
       model: c.name,
       sweep: `${sweep} (${ours.dims.join('x')})`,
       oursS: +oursSeconds.toFixed(3),
       oursNaiveS: +nv.seconds.toFixed(3) + (nv.sampled ? '*' : ''),
       tlWayS: +tlSeconds.toFixed(3) + (tl.sampled ? '*' : ''),
-      bestPythonS: +best.seconds.toFixed(3),
+      bestPythonS: +bestSeconds.toFixed(3),
       vsTlWay: +(tlSeconds / oursSeconds).toFixed(2),
-      vsBestPython: +(best.seconds / oursSeconds).toFixed(2),
+      vsBestPython: +(bestSeconds / oursSeconds).toFixed(2),
       maxDiffBest: maxDiff(ours.value, best.values).max.toExponential(1),
       maxDiffTl: maxDiff(ours.value, tl.values).max.toExponential(1),
       maxDiffNaive: maxDiff(ours.value, nv.values).max.toExponential(1),
@@ -124,6 +146,6 @@ for (const c of cases) {
   }
 }
 console.table(rows);
-console.log('* sampled and extrapolated. floorS = sum of partial forwards the sweep needs at batch-1 forward speed.');
+console.log('* sampled and extrapolated. All times include caching the clean/corrupt runs. floorS = sum of the partial forwards the sweep needs, at our batch-1 forward speed.');
 mkdirSync('bench/results', { recursive: true });
 writeFileSync(join('bench/results', 'patch-latest.json'), `${JSON.stringify({ date: new Date().toISOString(), rows }, null, 2)}\n`);

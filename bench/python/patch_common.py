@@ -178,6 +178,10 @@ def write_result(args, impl, model, *, target, baseline, clean_metric, corrupt_m
         res["seconds_extrapolated"] = seconds / len(patches) * n_grid
         res["sampled_patches"] = [[r, c] for r, c in patches]
         mode = f"sample {len(patches)} of {n_grid} (seed {args.sample_seed}), extrapolated"
+    else:  # same keys as a sampled run: nothing extrapolated
+        res["sampled"] = False
+        res["patches_measured"] = len(patches)
+        res["seconds_extrapolated"] = None
     res["mode"] = mode
     res["repeat"] = max(1, args.repeat)
     res.update(timing)  # seconds_min, seconds_runs, seconds_cache_min, seconds_cache_runs when --repeat > 1

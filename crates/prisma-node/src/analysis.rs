@@ -40,6 +40,7 @@ impl Task for AnalysisTask {
     fn compute(&mut self) -> Result<Self::Output> {
         guard(|| {
             let model = self.model.lock().map_err(|_| Error::from_reason("E_INTERNAL: model lock poisoned"))?;
+            model.use_threads();
             let t = |(shape, data): &Owned| from_f32(shape, data).map_err(to_js_error);
             let e = to_js_error;
             match &self.analysis {

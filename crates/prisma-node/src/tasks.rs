@@ -52,6 +52,7 @@ impl Task for RunTask {
     fn compute(&mut self) -> Result<Self::Output> {
         guard(|| {
             let model = self.model.lock().map_err(|_| Error::from_reason("E_INTERNAL: model lock poisoned"))?;
+            model.use_threads();
             let tensor = |(shape, data): &Owned| from_f32(shape, data).map_err(to_js_error);
             let mut tensors = HashMap::new();
             for (i, (name, shape, data)) in self.tensors.iter().enumerate() {

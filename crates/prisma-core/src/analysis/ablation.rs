@@ -3,7 +3,7 @@
 //! measure the metric. Same batched engine as patching, with a different source of values.
 
 use super::metric::MetricSpec;
-use super::patching::{reference_run, sweep, CachedSource, PatchBy, PatchOptions, PatchResult, PatchSource, PatchWhat, ZeroSource};
+use super::patching::{sweep, CachedSource, PatchBy, PatchOptions, PatchResult, PatchSource, PatchWhat, ZeroSource};
 use super::model_pixels;
 use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookPoint, HookSelection};
@@ -47,7 +47,6 @@ fn default_by() -> PatchBy {
 pub fn ablation_sweep(model: &Model, pixels: &Tensor, references: Option<&Tensor>, opts: &AblationOptions) -> Result<PatchResult> {
     let n_layers = model.vit.cfg.n_layers;
     let points: Vec<HookPoint> = (0..n_layers).map(|l| HookPoint::block(l, opts.what.site())).collect();
-    let (base_metric, _) = reference_run(model, pixels, &[], &opts.metric)?;
     let source: Box<dyn PatchSource> = match opts.mode {
         AblationMode::Zero => Box::new(ZeroSource),
         AblationMode::Mean | AblationMode::Resample => {
@@ -82,5 +81,5 @@ pub fn ablation_sweep(model: &Model, pixels: &Tensor, references: Option<&Tensor
     };
     let patch_opts = PatchOptions { what: opts.what, by: opts.by, metric: opts.metric, chunk: opts.chunk, layers: None };
     // "clean" is the unablated image; "corrupt" is unused for ablation and mirrors it.
-    sweep(model, pixels, source.as_ref(), &patch_opts, (base_metric.clone(), base_metric))
+    sweep(model, pixels, source.as_ref(), &patch_opts, None)
 }
