@@ -4,6 +4,7 @@
 mod analysis;
 mod convert;
 mod tasks;
+mod torch_thread;
 mod training;
 
 use convert::{guard, to_js_error, tensor_from_input, TensorData, TensorInput};

@@ -50,7 +50,7 @@ impl Task for RunTask {
     type JsValue = RunOutput;
 
     fn compute(&mut self) -> Result<Self::Output> {
-        guard(|| {
+        guard(|| crate::torch_thread::run(|| {
             let model = self.model.lock().map_err(|_| Error::from_reason("E_INTERNAL: model lock poisoned"))?;
             model.use_threads();
             let tensor = |(shape, data): &Owned| from_f32(shape, data).map_err(to_js_error);
@@ -80,7 +80,7 @@ impl Task for RunTask {
                 .map(|(p, t)| Ok((p.to_string(), to_f32_vec(t).map_err(to_js_error)?)))
                 .collect::<Result<Vec<_>>>()?;
             Ok(RunResult { output, cache })
-        })
+        }))
     }
 
     fn resolve(&mut self, _env: Env, out: Self::Output) -> Result<Self::JsValue> {
@@ -100,7 +100,7 @@ impl Task for SaveTask {
     type JsValue = ();
 
     fn compute(&mut self) -> Result<Self::Output> {
-        guard(|| {
+        guard(|| crate::torch_thread::run(|| {
             let tensors: Vec<(String, Vec<i64>, Vec<f32>)> = std::mem::take(&mut self.tensors)
                 .into_iter()
                 .enumerate()
@@ -108,7 +108,7 @@ impl Task for SaveTask {
                 .collect();
             prisma_core::tensor_file::save_safetensors(std::path::Path::new(&self.path), &tensors, self.metadata.take())
                 .map_err(to_js_error)
-        })
+        }))
     }
 
     fn resolve(&mut self, _env: Env, _out: Self::Output) -> Result<Self::JsValue> {

@@ -36,7 +36,7 @@ impl Task for TrainerTask {
     type JsValue = String;
 
     fn compute(&mut self) -> Result<Self::Output> {
-        guard(|| {
+        guard(|| crate::torch_thread::run(|| {
             let mut t = self.trainer.lock().map_err(|_| Error::from_reason("E_INTERNAL: trainer lock poisoned"))?;
             let e = to_js_error;
             match &self.op {
@@ -46,7 +46,7 @@ impl Task for TrainerTask {
                 TrainerOp::SaveCheckpoint(p) => t.save_checkpoint(p).map_err(e).map(|_| "null".into()),
                 TrainerOp::LoadCheckpoint(p) => t.load_checkpoint(p).map_err(e).map(|_| t.step.to_string()),
             }
-        })
+        }))
     }
 
     fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
