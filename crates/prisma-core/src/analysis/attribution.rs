@@ -29,11 +29,19 @@ pub fn attribution_patching(model: &Model, clean: &Tensor, corrupt: &Tensor, opt
 
     // Corrupted forward with a graph: only the input requires grad, so the backward computes
     // activation gradients and no weight gradients.
-    let pixels = model_pixels(model, corrupt)?.f_detach()?.f_set_requires_grad(true)?;
+    // The graph starts at block 0's input (embeddings computed without grad), so the backward
+    // stops there instead of differentiating the patch-embedding convolution.
+    let pixels = model_pixels(model, corrupt)?;
+    let none = HookSelection::none();
+    let embedded = tch::no_grad(|| -> Result<Tensor> {
+        let mut ctx = HookCtx::new(&none, &[]);
+        Ok(model.vit.forward(ForwardStart::Pixels(&pixels), Some(0), &mut ctx)?.1)
+    })?;
+    let resid0 = embedded.f_detach()?.f_set_requires_grad(true)?;
     let mut record = HookSelection::none();
     points.iter().for_each(|p| record.insert(*p));
     let mut ctx = HookCtx::new(&record, &[]);
-    let (_, logits) = model.vit.forward(ForwardStart::Pixels(&pixels), None, &mut ctx)?;
+    let (_, logits) = model.vit.forward(ForwardStart::Resid { layer: 0, resid: &resid0 }, None, &mut ctx)?;
     let corrupt_metric = opts.metric.values(&logits.f_detach()?)?.into_iter().next().ok_or_else(|| PrismaError::Internal("empty batch".into()))?;
     let metric = opts.metric.tensor(&logits)?.f_sum(None::<Kind>)?;
     let acts: Vec<Tensor> = ctx.recorded.iter().map(|(_, t)| t.shallow_clone()).collect();
