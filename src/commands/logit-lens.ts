@@ -6,8 +6,10 @@
 import { Option, type Command } from 'commander';
 
 import { logitLens, parseLensSite, type LogitLensResult } from '../analysis/lens.js';
-import { requireHead, resolveClass } from '../analysis/common.js';
+import { firstPatchToken, patchGrid, requireHead, resolveClass } from '../analysis/common.js';
 import type { CommandContext } from '../context.js';
+import { findPatchLabels, loadPatchLabels, type PatchLabelsEntry } from '../dataset/patch-labels.js';
+import { PrismaError } from '../errors.js';
 import { loadModel, type Model } from '../index.js';
 import type { LensSite } from '../native.js';
 import { parsePositiveInt } from '../options.js';
@@ -34,6 +36,7 @@ import { argParser, deviceOption, dtypeOption, jsonOption } from './common.js';
 
 export interface LogitLensCommandOptions {
   site: LensSite[];
+  patchLabels?: string;
   target?: string;
   topK: number;
   out?: string;
@@ -45,8 +48,10 @@ export interface LogitLensCommandOptions {
 
 export interface LogitLensReport extends ReportBase {
   command: 'logit-lens';
-  options: { sites: LensSite[]; target: string | null; topK: number };
-  results: (Omit<LogitLensResult, 'input'> & { input: string; name: string; figures: string[] })[];
+  options: { sites: LensSite[]; target: string | null; topK: number; patchLabels?: string | null };
+  results: (Omit<LogitLensResult, 'input'> & { input: string; name: string; figures: string[]; patchLabels?: PatchScore[] | null })[];
+  /** With --patch-labels: per layer, over every labelled patch of every image. */
+  patchLabelAccuracy?: PatchScore[] | null;
 }
 
 const SITE_OFFSET: Record<LensSite, number> = { resid_pre: 0, resid_mid: 0.5, resid_post: 1 };
@@ -119,6 +124,40 @@ function summary(r: LogitLensReport, color: boolean): string {
   return `${lines.join('\n')}\n`;
 }
 
+export interface PatchScore {
+  layer: number;
+  site: LensSite;
+  correct: number;
+  labelled: number;
+  accuracy: number | null;
+}
+
+/**
+ * Per-patch lens accuracy: at each layer, a labelled patch counts as correct when the lens's top-1
+ * class at that patch's token is the patch's label (compared with the model's id2label by name).
+ */
+export function scorePatches(r: LogitLensResult, entry: PatchLabelsEntry, labels: readonly string[], firstPatchToken: number): PatchScore[] {
+  return r.layers.map((l) => {
+    let correct = 0;
+    let labelled = 0;
+    entry.labels.forEach((label, p) => {
+      if (label === null) return;
+      labelled++;
+      if (labels[l.posTop1[firstPatchToken + p]!] === label) correct++;
+    });
+    return { layer: l.layer, site: l.site, correct, labelled, accuracy: labelled ? correct / labelled : null };
+  });
+}
+
+function sumScores(all: PatchScore[][]): PatchScore[] | null {
+  if (all.length === 0) return null;
+  return all[0]!.map((s, i) => {
+    const correct = all.reduce((a, x) => a + x[i]!.correct, 0);
+    const labelled = all.reduce((a, x) => a + x[i]!.labelled, 0);
+    return { layer: s.layer, site: s.site, correct, labelled, accuracy: labelled ? correct / labelled : null };
+  });
+}
+
 export async function logitLensCommand(modelDir: string, inputArgs: string[], options: LogitLensCommandOptions, ctx: CommandContext): Promise<LogitLensReport> {
   const out = prepareOut(options.out, options.resume);
   const sites: LensSite[] = options.site.length > 0 ? [...new Set(options.site)] : ['resid_post'];
@@ -127,25 +166,45 @@ export async function logitLensCommand(modelDir: string, inputArgs: string[], op
   if (options.target !== undefined) resolveClass(options.target, model.info, 'target');
   const files = await collectInputs(inputArgs, ctx.io);
   const topK = options.topK;
+  const patchFile = options.patchLabels === undefined ? undefined : await loadPatchLabels(options.patchLabels);
+  if (patchFile) {
+    const [gh, gw] = patchGrid(model.info);
+    const bad = patchFile.images.find((e) => e.grid[0] !== gh || e.grid[1] !== gw);
+    if (bad) {
+      throw new PrismaError('E_SHAPE', `patch labels for ${bad.image} use a ${bad.grid.join('x')} grid; this model's is ${gh}x${gw}`, {
+        hint: `make them with \`prisma dataset patch-labels --model ${modelDir}\``,
+      });
+    }
+    if (!patchFile.classes.some((c) => model.info.labels.includes(c))) {
+      throw new PrismaError('E_ARGUMENT', `none of the patch labels (${patchFile.classes.slice(0, 3).join(', ')}...) is a class of this model`, {
+        hint: "patch labels are compared with the model's id2label names",
+      });
+    }
+  }
   const outcome = await runBatch({
     command: 'logit-lens',
     model,
     files,
     ...(out === undefined ? {} : { outDir: out }),
     resume: options.resume ?? false,
-    key: { sites, target: options.target ?? null, topK },
+    key: { sites, target: options.target ?? null, topK, ...(options.patchLabels === undefined ? {} : { patchLabels: options.patchLabels }) },
     ctx,
     process: async (item, w) => {
       const [r] = await logitLens(model, item.batch, { sites, topK, ...(options.target === undefined ? {} : { target: options.target }) });
-      return { result: r!, figures: w ? await lensFigures(model, item, r!, sites, w) : [] };
+      const entry = patchFile ? findPatchLabels(patchFile, item.input) : undefined;
+      const patchLabels = entry ? scorePatches(r!, entry, model.info.labels, firstPatchToken(model.info)) : patchFile ? null : undefined;
+      return { result: { ...r!, ...(patchLabels === undefined ? {} : { patchLabels }) }, figures: w ? await lensFigures(model, item, r!, sites, w) : [] };
     },
   });
   const report: LogitLensReport = {
     ...reportBase('logit-lens', model, modelDir),
     command: 'logit-lens',
     inputs: files,
-    options: { sites, target: options.target ?? null, topK },
+    options: { sites, target: options.target ?? null, topK, ...(patchFile ? { patchLabels: options.patchLabels ?? null } : {}) },
     results: outcome.items.map((i) => ({ ...i.result, input: i.input, name: i.name, figures: i.figures.map((f) => f.path) })),
+    ...(patchFile
+      ? { patchLabelAccuracy: sumScores(outcome.items.map((i) => (i.result as { patchLabels?: PatchScore[] | null }).patchLabels).filter((x): x is PatchScore[] => Array.isArray(x))) }
+      : {}),
     errors: outcome.errors,
     resumed: outcome.resumed,
     computed: outcome.computed,
@@ -167,6 +226,7 @@ export function registerLogitLens(program: Command, ctx: CommandContext): void {
         .argParser(collect(parseLensSite)),
     )
     .addOption(targetOption())
+    .addOption(new Option('--patch-labels <file>', 'score per-patch lens accuracy layer by layer against `prisma dataset patch-labels` output'))
     .addOption(new Option('--top-k <k>', 'classes listed per layer').default(5).argParser(argParser((v) => parsePositiveInt(v, '--top-k'))))
     .addOption(outOption())
     .addOption(resumeOption())
