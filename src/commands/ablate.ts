@@ -21,7 +21,7 @@ import { fmt } from '../report/svg.js';
 import type { PixelBatch } from '../tensor.js';
 import { bold } from '../ui/style.js';
 import {
-  allFigures,
+  batchReportFields,
   baselineOption,
   collectInputs,
   finishBatch,
@@ -177,11 +177,7 @@ export async function ablateCommand(modelDir: string, inputArgs: string[], optio
       target: options.target ?? null,
       baseline: options.baseline ?? null,
     },
-    results: outcome.items.map((i) => ({ ...i.result, input: i.input, name: i.name, figures: i.figures.map((f) => f.path) })),
-    errors: outcome.errors,
-    resumed: outcome.resumed,
-    computed: outcome.computed,
-    figures: allFigures(outcome),
+    ...batchReportFields(outcome),
   };
   await finishBatch(report, options, ctx, summary);
   return report;

@@ -215,7 +215,22 @@ export async function finishBatch<T extends ReportBase>(
   if (report.errors.length > 0) ctx.partial = true;
 }
 
-/** Figures of all items, in input order. */
-export function allFigures(outcome: Pick<BatchOutcome<unknown>, 'items'>): Figure[] {
-  return outcome.items.flatMap((i) => i.figures);
+/**
+ * The fields every batch report takes from its outcome: one result per input (with the paths of its
+ * figures), the per-input errors, the resumed/computed counts and all figures in input order.
+ */
+export function batchReportFields<R>(outcome: BatchOutcome<R>): {
+  results: (R & { input: string; name: string; figures: string[] })[];
+  errors: InputError[];
+  resumed: number;
+  computed: number;
+  figures: Figure[];
+} {
+  return {
+    results: outcome.items.map((i) => ({ ...i.result, input: i.input, name: i.name, figures: i.figures.map((f) => f.path) })),
+    errors: outcome.errors,
+    resumed: outcome.resumed,
+    computed: outcome.computed,
+    figures: outcome.items.flatMap((i) => i.figures),
+  };
 }

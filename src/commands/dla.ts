@@ -17,7 +17,7 @@ import { displayImage, overlaySvg } from '../report/overlay.js';
 import { fmt } from '../report/svg.js';
 import { bold } from '../ui/style.js';
 import {
-  allFigures,
+  batchReportFields,
   baselineOption,
   collectInputs,
   finishBatch,
@@ -192,11 +192,7 @@ export async function dlaCommand(modelDir: string, inputArgs: string[], options:
     command: 'dla',
     inputs: files,
     options: { target: options.target ?? null, baseline: options.baseline ?? null, perPosition },
-    results: outcome.items.map((i) => ({ ...i.result, input: i.input, name: i.name, figures: i.figures.map((f) => f.path) })),
-    errors: outcome.errors,
-    resumed: outcome.resumed,
-    computed: outcome.computed,
-    figures: allFigures(outcome),
+    ...batchReportFields(outcome),
   };
   await finishBatch(report, options, ctx, summary);
   return report;

@@ -18,7 +18,7 @@ import { displayImage, overlaySvg } from '../report/overlay.js';
 import { fmt } from '../report/svg.js';
 import { bold } from '../ui/style.js';
 import {
-  allFigures,
+  batchReportFields,
   collectInputs,
   finishBatch,
   layersOption,
@@ -170,11 +170,7 @@ export async function headsCommand(modelDir: string, inputArgs: string[], option
     command: 'heads',
     inputs: files,
     options: { query, layers: options.layers ?? null },
-    results: outcome.items.map((i) => ({ ...i.result, input: i.input, name: i.name, figures: i.figures.map((f) => f.path) })),
-    errors: outcome.errors,
-    resumed: outcome.resumed,
-    computed: outcome.computed,
-    figures: allFigures(outcome),
+    ...batchReportFields(outcome),
   };
   await finishBatch(report, options, ctx, summary);
   return report;

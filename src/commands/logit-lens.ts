@@ -21,7 +21,7 @@ import { displayImage, overlaySvg } from '../report/overlay.js';
 import { fmt } from '../report/svg.js';
 import { bold } from '../ui/style.js';
 import {
-  allFigures,
+  batchReportFields,
   collect,
   collectInputs,
   finishBatch,
@@ -201,14 +201,10 @@ export async function logitLensCommand(modelDir: string, inputArgs: string[], op
     command: 'logit-lens',
     inputs: files,
     options: { sites, target: options.target ?? null, topK, ...(patchFile ? { patchLabels: options.patchLabels ?? null } : {}) },
-    results: outcome.items.map((i) => ({ ...i.result, input: i.input, name: i.name, figures: i.figures.map((f) => f.path) })),
+    ...batchReportFields(outcome),
     ...(patchFile
-      ? { patchLabelAccuracy: sumScores(outcome.items.map((i) => (i.result as { patchLabels?: PatchScore[] | null }).patchLabels).filter((x): x is PatchScore[] => Array.isArray(x))) }
+      ? { patchLabelAccuracy: sumScores(outcome.items.map((i) => i.result.patchLabels).filter((x): x is PatchScore[] => Array.isArray(x))) }
       : {}),
-    errors: outcome.errors,
-    resumed: outcome.resumed,
-    computed: outcome.computed,
-    figures: allFigures(outcome),
   };
   await finishBatch(report, options, ctx, summary);
   return report;
