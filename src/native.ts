@@ -254,7 +254,8 @@ export function fromNativeError(err: unknown): PrismaError {
   return new PrismaError(code, message, options);
 }
 
-function guard<T>(fn: () => T): T {
+/** Runs a native call, turning its errors into PrismaError (for wrappers in other modules too). */
+export function guard<T>(fn: () => T): T {
   try {
     return fn();
   } catch (err) {
@@ -262,7 +263,7 @@ function guard<T>(fn: () => T): T {
   }
 }
 
-async function guardAsync<T>(fn: () => Promise<T>): Promise<T> {
+export async function guardAsync<T>(fn: () => Promise<T>): Promise<T> {
   try {
     return await fn();
   } catch (err) {

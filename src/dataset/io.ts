@@ -1,29 +1,10 @@
 /** File helpers shared by the dataset writers: atomic writes and a small ordered task pool. */
-import { randomBytes } from 'node:crypto';
-import { mkdir, rename, unlink, writeFile } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { mkdir } from 'node:fs/promises';
 
-import { formatJson } from '../context.js';
 import { PrismaError } from '../errors.js';
 
-/** Write `data` to `path` via a temporary file in the same folder and a rename. */
-export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
-  const dir = dirname(path);
-  const tmp = join(dir, `.prisma-tmp-${basename(path)}.${process.pid}.${randomBytes(4).toString('hex')}`);
-  try {
-    await mkdir(dir, { recursive: true });
-    await writeFile(tmp, data);
-    await rename(tmp, path);
-  } catch (err) {
-    await unlink(tmp).catch(() => {});
-    throw new PrismaError('E_IO', `cannot write ${path}: ${(err as Error).message ?? String(err)}`, { cause: err });
-  }
-}
-
-/** JSON (2-space indent, arrays of scalars on one line) plus a final newline. */
-export function writeJsonAtomic(path: string, value: unknown): Promise<void> {
-  return writeFileAtomic(path, `${formatJson(value)}\n`);
-}
+// Atomic writes are the report writer's; dataset code imports them from here.
+export { writeFileAtomic, writeJsonAtomic } from '../report/write.js';
 
 /** One compact JSON document per line. */
 export function jsonLines(values: readonly unknown[]): string {

@@ -4,11 +4,12 @@
  * folder (config.json, model.safetensors, preprocessor_config.json) plus training.json and a
  * MODEL_CARD.md that records the exact command, data, timing and held-out accuracy.
  */
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 
 import { PrismaError } from '../errors.js';
+import { writeFileAtomic } from '../report/write.js';
 import { Trainer, type EvalReport, type LabelledImages, type StepReport, type TrainConfig } from './trainer.js';
 
 export interface TrainingData {
@@ -48,12 +49,6 @@ export interface TrainSummary {
 const CHECKPOINT = 'checkpoint.safetensors';
 const STATE = 'training-state.json';
 
-function writeAtomic(path: string, text: string): void {
-  const tmp = `${path}.tmp-${process.pid}`;
-  writeFileSync(tmp, text);
-  renameSync(tmp, path);
-}
-
 export async function train(run: TrainRun): Promise<TrainSummary> {
   const { outDir, config, data } = run;
   mkdirSync(outDir, { recursive: true });
@@ -77,6 +72,11 @@ export async function train(run: TrainRun): Promise<TrainSummary> {
   }
   const started = performance.now();
   const seconds = () => elapsedBefore + (performance.now() - started) / 1000;
+  // The checkpoint and the state file that --resume reads (its step and the time spent so far).
+  const saveProgress = async () => {
+    await trainer.saveCheckpoint(checkpoint);
+    await writeFileAtomic(statePath, JSON.stringify({ step: trainer.step, seconds: seconds() }));
+  };
   const burst = 10;
   let stepsThisRun = 0;
   let sinceCheckpoint = 0;
@@ -89,8 +89,7 @@ export async function train(run: TrainRun): Promise<TrainSummary> {
     sinceCheckpoint += n;
     run.onProgress?.(report, config.totalSteps);
     if (sinceCheckpoint >= run.checkpointEvery && trainer.step < config.totalSteps) {
-      await trainer.saveCheckpoint(checkpoint);
-      writeAtomic(statePath, JSON.stringify({ step: trainer.step, seconds: seconds() }));
+      await saveProgress();
       sinceCheckpoint = 0;
     }
   }
@@ -106,12 +105,11 @@ export async function train(run: TrainRun): Promise<TrainSummary> {
     finished,
   };
   if (!finished) {
-    await trainer.saveCheckpoint(checkpoint);
-    writeAtomic(statePath, JSON.stringify({ step: trainer.step, seconds: seconds() }));
+    await saveProgress();
     return summary;
   }
   await trainer.saveModel(outDir);
-  writeAtomic(join(outDir, 'preprocessor_config.json'), `${JSON.stringify(preprocessorConfig(config, data), null, 2)}\n`);
+  await writeFileAtomic(join(outDir, 'preprocessor_config.json'), `${JSON.stringify(preprocessorConfig(config, data), null, 2)}\n`);
   const record = {
     command: run.command,
     config,
@@ -122,8 +120,8 @@ export async function train(run: TrainRun): Promise<TrainSummary> {
     threads: cpus().length,
     heldOut: { accuracy: evaluation.accuracy, loss: evaluation.loss, n: evaluation.n, chance: summary.chance },
   };
-  writeAtomic(join(outDir, 'training.json'), `${JSON.stringify(record, null, 2)}\n`);
-  writeAtomic(join(outDir, 'MODEL_CARD.md'), modelCard(record, data.classes));
+  await writeFileAtomic(join(outDir, 'training.json'), `${JSON.stringify(record, null, 2)}\n`);
+  await writeFileAtomic(join(outDir, 'MODEL_CARD.md'), modelCard(record, data.classes));
   rmSync(checkpoint, { force: true });
   rmSync(statePath, { force: true });
   return summary;

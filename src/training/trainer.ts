@@ -3,7 +3,7 @@
  * module only converts arguments, results and errors.
  */
 import { PrismaError } from '../errors.js';
-import { fromNativeError, rawBinding } from '../native.js';
+import { guard, guardAsync, rawBinding } from '../native.js';
 
 /** Mirrors prisma-core's TrainConfig (camelCase JSON). */
 export interface TrainConfig {
@@ -68,14 +68,6 @@ interface TrainerBinding {
   };
 }
 
-async function call<T>(fn: () => Promise<T>): Promise<T> {
-  try {
-    return await fn();
-  } catch (err) {
-    throw fromNativeError(err);
-  }
-}
-
 export class Trainer {
   private constructor(private readonly raw: RawTrainer) {}
 
@@ -84,8 +76,8 @@ export class Trainer {
     if (typeof binding.NativeTrainer?.create !== 'function') {
       throw new PrismaError('E_NATIVE_LOAD', 'this build of the native addon has no trainer', { hint: 'run `npm run setup`' });
     }
-    try {
-      const raw = binding.NativeTrainer.create(
+    const raw = guard(() =>
+      binding.NativeTrainer.create(
         JSON.stringify(config),
         train.pixels,
         train.shape,
@@ -93,11 +85,9 @@ export class Trainer {
         evaluation.pixels,
         evaluation.shape,
         evaluation.labels,
-      );
-      return new Trainer(raw);
-    } catch (err) {
-      throw fromNativeError(err);
-    }
+      ),
+    );
+    return new Trainer(raw);
   }
 
   get step(): number {
@@ -105,23 +95,23 @@ export class Trainer {
   }
 
   async trainSteps(n: number): Promise<StepReport> {
-    return JSON.parse(await call(() => this.raw.trainSteps(n))) as StepReport;
+    return JSON.parse(await guardAsync(() => this.raw.trainSteps(n))) as StepReport;
   }
 
   async evaluate(): Promise<EvalReport> {
-    return JSON.parse(await call(() => this.raw.evaluate())) as EvalReport;
+    return JSON.parse(await guardAsync(() => this.raw.evaluate())) as EvalReport;
   }
 
   async saveModel(dir: string): Promise<void> {
-    await call(() => this.raw.saveModel(dir));
+    await guardAsync(() => this.raw.saveModel(dir));
   }
 
   async saveCheckpoint(path: string): Promise<void> {
-    await call(() => this.raw.saveCheckpoint(path));
+    await guardAsync(() => this.raw.saveCheckpoint(path));
   }
 
   /** Restores weights, optimiser state and step; returns the step. */
   async loadCheckpoint(path: string): Promise<number> {
-    return Number(await call(() => this.raw.loadCheckpoint(path)));
+    return Number(await guardAsync(() => this.raw.loadCheckpoint(path)));
   }
 }
