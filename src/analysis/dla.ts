@@ -6,7 +6,7 @@
  */
 import { PrismaError } from '../errors.js';
 import type { Model } from '../index.js';
-import type { DlaComponent } from '../native.js';
+import type { DlaResult } from '../native.js';
 import type { PixelBatch } from '../tensor.js';
 import { argmax, classInfo, modelLogits, oneImage, requireHead, resolveClass, type ClassInfo, type ClassRef } from './common.js';
 
@@ -19,21 +19,13 @@ export interface DlaOptions {
   perPosition?: boolean;
 }
 
-export interface DlaAnalysis {
+/** The addon's result (its `logit` is the logit difference it computed), with classes resolved. */
+export interface DlaAnalysis extends Omit<DlaResult, 'target' | 'baseline'> {
   input: string;
   target: ClassInfo;
   targetSource: 'given' | 'top1';
   baseline: ClassInfo | null;
   metric: 'logit' | 'logit_diff';
-  components: DlaComponent[];
-  /** [nLayers, nHeads] row-major. */
-  heads: number[];
-  /** [nLayers, nHeads, nPos] row-major with perPosition, else null. */
-  headPositions: number[] | null;
-  constant: number;
-  sumOfComponents: number;
-  /** The addon's logit (difference) for this image. */
-  logit: number;
   /** The same quantity from an ordinary forward (`model.run`), as an independent check. */
   modelLogit: number;
   /** |sumOfComponents + constant - logit| and |... - modelLogit|. */

@@ -21,7 +21,7 @@ import { basename, extname, join, resolve } from 'node:path';
 import sharp from 'sharp';
 
 import { PrismaError, usageError } from '../errors.js';
-import { IMAGE_EXTENSIONS, defaultPreprocessSpec, readPreprocessSpec, shortestEdgeSize, type PreprocessSpec } from '../image/preprocess.js';
+import { IMAGE_EXTENSIONS, defaultPreprocessSpec, preprocessGeometry, readPreprocessSpec, type Geometry, type PreprocessSpec } from '../image/preprocess.js';
 import { decodeIndexPng, type IndexImage } from './index-png.js';
 import { writeJsonAtomic } from './io.js';
 
@@ -123,47 +123,7 @@ export function parseVocXml(text: string, source = 'annotation'): VocAnnotation 
 // ---------------------------------------------------------------------------------------------
 // Geometry
 
-/** How source pixel coordinates map into the preprocessed image: x' = x * sx / srcW - left. */
-export interface Geometry {
-  srcWidth: number;
-  srcHeight: number;
-  /** Size after resizing (before the crop). */
-  resizedWidth: number;
-  resizedHeight: number;
-  /** Crop offset in resized pixels (negative when the crop pads). */
-  left: number;
-  top: number;
-  /** Final (model input) size. */
-  width: number;
-  height: number;
-}
-
-/** The resize + centre-crop geometry of `spec` for a `width` x `height` source image (as preprocessImage does it). */
-export function preprocessGeometry(spec: Pick<PreprocessSpec, 'resize' | 'centerCrop'>, width: number, height: number): Geometry {
-  let rw = width;
-  let rh = height;
-  if (spec.resize) {
-    if (spec.resize.mode === 'exact') {
-      rw = spec.resize.width;
-      rh = spec.resize.height;
-    } else {
-      const s = shortestEdgeSize(width, height, spec.resize.shortestEdge);
-      rw = s.width;
-      rh = s.height;
-    }
-  }
-  let left = 0;
-  let top = 0;
-  let fw = rw;
-  let fh = rh;
-  if (spec.centerCrop) {
-    fw = spec.centerCrop.width;
-    fh = spec.centerCrop.height;
-    left = Math.floor((rw - fw) / 2);
-    top = Math.floor((rh - fh) / 2);
-  }
-  return { srcWidth: width, srcHeight: height, resizedWidth: rw, resizedHeight: rh, left, top, width: fw, height: fh };
-}
+export { preprocessGeometry, type Geometry } from '../image/preprocess.js';
 
 export function mapX(g: Geometry, x: number): number {
   return (x * g.resizedWidth) / g.srcWidth - g.left;

@@ -236,6 +236,48 @@ export function shortestEdgeSize(width: number, height: number, shortestEdge: nu
 }
 
 /** HF `center_crop` on interleaved RGB uint8: top/left = floor((in - out) / 2), zero padding when smaller. */
+/** How source pixel coordinates map into the preprocessed image: x' = x * sx / srcW - left. */
+export interface Geometry {
+  srcWidth: number;
+  srcHeight: number;
+  /** Size after resizing (before the crop). */
+  resizedWidth: number;
+  resizedHeight: number;
+  /** Crop offset in resized pixels (negative when the crop pads). */
+  left: number;
+  top: number;
+  /** Final (model input) size. */
+  width: number;
+  height: number;
+}
+
+/** The resize + centre-crop geometry of `spec` for a `width` x `height` source image (as preprocessImage does it). */
+export function preprocessGeometry(spec: Pick<PreprocessSpec, 'resize' | 'centerCrop'>, width: number, height: number): Geometry {
+  let rw = width;
+  let rh = height;
+  if (spec.resize) {
+    if (spec.resize.mode === 'exact') {
+      rw = spec.resize.width;
+      rh = spec.resize.height;
+    } else {
+      const s = shortestEdgeSize(width, height, spec.resize.shortestEdge);
+      rw = s.width;
+      rh = s.height;
+    }
+  }
+  let left = 0;
+  let top = 0;
+  let fw = rw;
+  let fh = rh;
+  if (spec.centerCrop) {
+    fw = spec.centerCrop.width;
+    fh = spec.centerCrop.height;
+    left = Math.floor((rw - fw) / 2);
+    top = Math.floor((rh - fh) / 2);
+  }
+  return { srcWidth: width, srcHeight: height, resizedWidth: rw, resizedHeight: rh, left, top, width: fw, height: fh };
+}
+
 export function centerCropRgb(src: Uint8Array, width: number, height: number, crop: Size2): Uint8Array {
   const out = new Uint8Array(crop.width * crop.height * 3);
   const top = Math.floor((height - crop.height) / 2);

@@ -5,7 +5,7 @@
  */
 import sharp from 'sharp';
 
-import { shortestEdgeSize, type PreprocessSpec } from '../image/preprocess.js';
+import { preprocessGeometry, type PreprocessSpec } from '../image/preprocess.js';
 import { colorOf, drawColorbar, type ColorScale } from './colormap.js';
 import { Svg, textWidth } from './svg.js';
 
@@ -30,24 +30,8 @@ async function fromFile(path: string, spec: PreprocessSpec, width: number, heigh
   const oriented = await sharp(path, { autoOrient: true }).removeAlpha().toColourspace('srgb').png().toBuffer({ resolveWithObject: true });
   const ow = oriented.info.width;
   const oh = oriented.info.height;
-  let rw = ow;
-  let rh = oh;
-  if (spec.resize) {
-    const t = spec.resize.mode === 'exact' ? { width: spec.resize.width, height: spec.resize.height } : shortestEdgeSize(ow, oh, spec.resize.shortestEdge);
-    rw = t.width;
-    rh = t.height;
-  }
-  let left = 0;
-  let top = 0;
-  let cw = rw;
-  let ch = rh;
-  if (spec.centerCrop) {
-    cw = spec.centerCrop.width;
-    ch = spec.centerCrop.height;
-    left = Math.floor((rw - cw) / 2);
-    top = Math.floor((rh - ch) / 2);
-    if (left < 0 || top < 0) return undefined; // zero padding: show the pixels instead
-  }
+  const { resizedWidth: rw, resizedHeight: rh, left, top, width: cw, height: ch } = preprocessGeometry(spec, ow, oh);
+  if (left < 0 || top < 0) return undefined; // the crop pads with zeros: show the pixels instead
   const sx = ow / rw;
   const sy = oh / rh;
   const region = {
