@@ -1,50 +1,12 @@
 // The analysis commands, spawned: exit codes, --json reports that validate against
 // schemas/<command>.schema.json, report.json, and every figure a valid, non-blank PNG (or HTML).
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { beforeAll, describe, expect, it } from 'vitest';
 
-import { FIXTURES, prisma, requireBuilt, stderrLines, type CliResult } from '../helpers/cli.js';
-import { checkFigures, prismaWithInput, validateSchema, type FigureEntry } from '../helpers/report.js';
-
-const model = (name: string) => join(FIXTURES, 'models', name);
-const image = (name: string) => join(FIXTURES, 'images', name);
-const IMAGES = join(FIXTURES, 'images');
-const CLS = model('vit-tiny-cls');
-const ODD = model('vit-odd');
-const tmp = () => mkdtempSync(join(tmpdir(), 'prisma-analysis-'));
-
-interface Report {
-  schemaVersion: number;
-  ok: boolean;
-  command: string;
-  inputs: string[];
-  errors: { input: string; code: string; message: string }[];
-  resumed: number;
-  computed: number;
-  figures: FigureEntry[];
-  results?: Record<string, unknown>[];
-  result?: Record<string, unknown>;
-  [k: string]: unknown;
-}
-
-/** Run with --json --out, check exit 0, schema, report.json == stdout, figures. */
-async function runReport(command: string, args: string[], expectedCode = 0): Promise<{ doc: Report; out: string; r: CliResult }> {
-  const out = tmp();
-  const r = prisma([command, ...args, '--out', out, '--json']);
-  expect(r.code, r.stdout + r.stderr).toBe(expectedCode);
-  expect(r.stderr).toBe('');
-  const doc = JSON.parse(r.stdout) as Report;
-  expect(doc.schemaVersion).toBe(1);
-  expect(doc.command).toBe(command);
-  validateSchema(command, doc);
-  const written = JSON.parse(readFileSync(join(out, 'report.json'), 'utf8')) as Report;
-  expect(written).toEqual(doc);
-  await checkFigures(out, doc.figures);
-  return { doc, out, r };
-}
+import { prisma, requireBuilt } from '../helpers/cli.js';
+import { CLS, IMAGES, ODD, checkFigures, image, model, prismaWithInput, runReport, tmp, validateSchema, type Report } from '../helpers/report.js';
 
 beforeAll(() => requireBuilt());
 

@@ -5,15 +5,14 @@ import { join } from 'node:path';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, runCli } from '../../src/cli.js';
+import { EXIT_FAILURE, EXIT_OK, runCli } from '../../src/cli.js';
 import { FASHION_MNIST_DIR } from '../../src/dataset/fashion-mnist.js';
 import { FIXTURES } from '../helpers/cli.js';
-import { memoryIo } from '../helpers/io.js';
+import { expectUsageError, lines, memoryIo } from '../helpers/io.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'prisma-dataset-cli-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
-const lines = (s: string) => s.split('\n').filter((l) => l.length > 0);
 
 describe('prisma dataset', () => {
   it('clevr-lite writes images, labels, dataset.json and patch labels', async () => {
@@ -77,14 +76,7 @@ describe('prisma dataset', () => {
     [['dataset', 'fashion-mnist', '--out', 'x', '--split', 'val'], /argument 'val' is invalid/],
     [['dataset', 'frobnicate'], /unknown command 'frobnicate'/],
   ])('%j -> exit 2 with one error line and a hint', async (argv, pattern) => {
-    const io = memoryIo();
-    expect(await runCli(argv, io)).toBe(EXIT_USAGE);
-    const err = lines(io.err());
-    expect(err).toHaveLength(2);
-    expect(err[0]).toMatch(/^prisma: /);
-    expect(err[0]).toMatch(pattern);
-    expect(err[1]).toBe('hint: run `prisma dataset --help`');
-    expect(io.out()).toBe('');
+    await expectUsageError(argv, pattern, 'hint: run `prisma dataset --help`');
   });
 
   it('--json reports errors as JSON on stdout', async () => {

@@ -1,13 +1,14 @@
 /** Checks on analysis reports: schema validation (a separate ajv instance) and figure files. */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { Ajv, type ValidateFunction } from 'ajv';
 import sharp from 'sharp';
 import { expect } from 'vitest';
 
-import { BIN, ROOT, type CliResult } from './cli.js';
+import { BIN, FIXTURES, ROOT, prisma, type CliResult } from './cli.js';
 
 const ajv = new Ajv({ allErrors: true, strict: true, strictRequired: false, allowUnionTypes: true });
 const validators = new Map<string, ValidateFunction>();
@@ -72,4 +73,42 @@ export function prismaWithInput(args: string[], input: string): CliResult {
 /** Spawn the CLI asynchronously (for kill tests). */
 export function spawnPrisma(args: string[]) {
   return spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env: { ...process.env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+// Fixture paths and the spawn-and-check step shared by the analysis command tests.
+export const model = (name: string) => join(FIXTURES, 'models', name);
+export const image = (name: string) => join(FIXTURES, 'images', name);
+export const IMAGES = join(FIXTURES, 'images');
+export const CLS = model('vit-tiny-cls');
+export const ODD = model('vit-odd');
+export const tmp = () => mkdtempSync(join(tmpdir(), 'prisma-analysis-'));
+
+export interface Report {
+  schemaVersion: number;
+  ok: boolean;
+  command: string;
+  inputs: string[];
+  errors: { input: string; code: string; message: string }[];
+  resumed: number;
+  computed: number;
+  figures: FigureEntry[];
+  results?: Record<string, unknown>[];
+  result?: Record<string, unknown>;
+  [k: string]: unknown;
+}
+
+/** Run with --json --out, check exit 0, schema, report.json == stdout, figures. */
+export async function runReport(command: string, args: string[], expectedCode = 0): Promise<{ doc: Report; out: string; r: CliResult }> {
+  const out = tmp();
+  const r = prisma([command, ...args, '--out', out, '--json']);
+  expect(r.code, r.stdout + r.stderr).toBe(expectedCode);
+  expect(r.stderr).toBe('');
+  const doc = JSON.parse(r.stdout) as Report;
+  expect(doc.schemaVersion).toBe(1);
+  expect(doc.command).toBe(command);
+  validateSchema(command, doc);
+  const written = JSON.parse(readFileSync(join(out, 'report.json'), 'utf8')) as Report;
+  expect(written).toEqual(doc);
+  await checkFigures(out, doc.figures);
+  return { doc, out, r };
 }

@@ -3,9 +3,8 @@ import { describe, expect, it } from 'vitest';
 
 import { EXIT_OK, EXIT_USAGE, runCli } from '../../src/cli.js';
 import { formatJson } from '../../src/context.js';
-import { memoryIo } from '../helpers/io.js';
+import { expectUsageError, memoryIo } from '../helpers/io.js';
 
-const lines = (s: string) => s.split('\n').filter((l) => l.length > 0);
 
 describe('prisma CLI usage errors', () => {
   it('--help prints to stdout and exits 0', async () => {
@@ -36,14 +35,7 @@ describe('prisma CLI usage errors', () => {
     [['frobnicate'], /unknown command 'frobnicate'/],
     [['inspect', 'a', 'b'], /too many arguments/],
   ])('%j -> exit 2 with one error line and a hint', async (argv, pattern) => {
-    const io = memoryIo();
-    expect(await runCli(argv, io)).toBe(EXIT_USAGE);
-    const err = lines(io.err());
-    expect(err).toHaveLength(2);
-    expect(err[0]).toMatch(/^prisma: /);
-    expect(err[0]).toMatch(pattern);
-    expect(err[1]).toMatch(/^hint: run `prisma .*--help`$/);
-    expect(io.out()).toBe('');
+    await expectUsageError(argv, pattern, /^hint: run `prisma .*--help`$/);
   });
 
   it('--json reports usage errors as JSON on stdout', async () => {
