@@ -2,9 +2,9 @@
 //! and one corrupted forward + backward. estimate = (clean - corrupt) · d metric / d activation,
 //! taken at the corrupted run and summed over the axes a patch covers.
 
-use super::metric::{normalise, MetricSpec};
-use super::patching::{reference_run, PatchBy, PatchOptions, PatchResult};
-use super::{model_pixels, require_head, to_vec_f64};
+use super::metric::normalise;
+use super::patching::{check, reference_run, result_axes, PatchOptions, PatchResult};
+use super::{model_pixels, to_vec_f64};
 use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookPoint, HookSelection};
 use crate::model::Model;
@@ -12,25 +12,15 @@ use crate::models::vit::ForwardStart;
 use tch::{Kind, Tensor};
 
 pub fn attribution_patching(model: &Model, clean: &Tensor, corrupt: &Tensor, opts: &PatchOptions) -> Result<PatchResult> {
-    require_head(model, "attribution patching")?;
-    opts.metric.check(model.vit.cfg.n_classes)?;
-    let cfg = &model.vit.cfg;
+    let layers = check(model, opts)?;
     let site = opts.what.site();
     let axes = site.axes();
-    if matches!(opts.by, PatchBy::LayerHead | PatchBy::LayerPosHead) && axes.head.is_none() {
-        return Err(PrismaError::Argument(format!("--what {:?} has no heads; use --by layer,pos", opts.what)));
-    }
-    let layers = opts.layers.clone().unwrap_or_else(|| (0..cfg.n_layers).collect());
-    if let Some(bad) = layers.iter().find(|&&l| l >= cfg.n_layers) {
-        return Err(PrismaError::LayerRange(format!("layer {bad} is out of range (0..{})", cfg.n_layers - 1)));
-    }
     let points: Vec<HookPoint> = layers.iter().map(|&l| HookPoint::block(l, site)).collect();
     let (clean_metric, clean_cache) = reference_run(model, clean, &points, &opts.metric)?;
 
-    // Corrupted forward with a graph: only the input requires grad, so the backward computes
-    // activation gradients and no weight gradients.
-    // The graph starts at block 0's input (embeddings computed without grad), so the backward
-    // stops there instead of differentiating the patch-embedding convolution.
+    // Corrupted forward with a graph that starts at block 0's input (embeddings computed without
+    // grad): the backward computes activation gradients only, no weight gradients and nothing
+    // through the patch-embedding convolution.
     let pixels = model_pixels(model, corrupt)?;
     let none = HookSelection::none();
     let embedded = tch::no_grad(|| -> Result<Tensor> {
@@ -47,17 +37,13 @@ pub fn attribution_patching(model: &Model, clean: &Tensor, corrupt: &Tensor, opt
     let acts: Vec<Tensor> = ctx.recorded.iter().map(|(_, t)| t.shallow_clone()).collect();
     let grads = Tensor::f_run_backward(&[&metric], &acts, false, false)?;
 
-    let mut dims = vec![layers.len()];
-    let mut axis_names = vec!["layer".to_string()];
+    let (axis_names, dims) = result_axes(model, opts.by, layers.len());
+    // The activation axes each estimate keeps (the rest are summed over), in result order.
     let mut keep: Vec<i64> = Vec::new();
-    if matches!(opts.by, PatchBy::LayerPos | PatchBy::LayerPosHead) {
-        dims.push(cfg.n_pos() as usize);
-        axis_names.push("pos".into());
+    if opts.by.uses_pos() {
         keep.push(axes.pos.unwrap_or(1) as i64);
     }
-    if matches!(opts.by, PatchBy::LayerHead | PatchBy::LayerPosHead) {
-        dims.push(cfg.n_heads as usize);
-        axis_names.push("head".into());
+    if opts.by.uses_head() {
         keep.push(axes.head.unwrap_or(2) as i64);
     }
     let mut value = Vec::new();
@@ -112,6 +98,3 @@ pub fn correlation(a: &[f64], b: &[f64]) -> f64 {
     }
     sab / (saa.sqrt() * sbb.sqrt())
 }
-
-#[allow(dead_code)]
-fn _unused(_: &MetricSpec) {}

@@ -57,10 +57,10 @@ pub enum PatchBy {
 }
 
 impl PatchBy {
-    fn uses_pos(self) -> bool {
+    pub(crate) fn uses_pos(self) -> bool {
         matches!(self, PatchBy::LayerPos | PatchBy::LayerPosHead)
     }
-    fn uses_head(self) -> bool {
+    pub(crate) fn uses_head(self) -> bool {
         matches!(self, PatchBy::LayerHead | PatchBy::LayerPosHead)
     }
 }
@@ -124,7 +124,8 @@ impl PatchSource for ZeroSource {
     }
 }
 
-fn check(model: &Model, opts: &PatchOptions) -> Result<Vec<usize>> {
+/// Validates a sweep's options against the model; returns the layers it covers.
+pub(crate) fn check(model: &Model, opts: &PatchOptions) -> Result<Vec<usize>> {
     require_head(model, "patching")?;
     opts.metric.check(model.vit.cfg.n_classes)?;
     let site = opts.what.site();
@@ -140,6 +141,22 @@ fn check(model: &Model, opts: &PatchOptions) -> Result<Vec<usize>> {
         return Err(PrismaError::LayerRange(format!("layer {bad} is out of range (0..{})", n_layers - 1)));
     }
     Ok(layers)
+}
+
+/// Axis names and sizes of a sweep's result arrays: layer, then position and/or head.
+pub(crate) fn result_axes(model: &Model, by: PatchBy, n_layers: usize) -> (Vec<String>, Vec<usize>) {
+    let cfg = &model.vit.cfg;
+    let mut names = vec!["layer".to_string()];
+    let mut dims = vec![n_layers];
+    if by.uses_pos() {
+        names.push("pos".into());
+        dims.push(cfg.n_pos() as usize);
+    }
+    if by.uses_head() {
+        names.push("head".into());
+        dims.push(cfg.n_heads as usize);
+    }
+    (names, dims)
 }
 
 /// Runs one base image (`base`, the corrupted run) with values from `source` patched in.
@@ -171,16 +188,7 @@ pub fn sweep(model: &Model, base: &Tensor, source: &dyn PatchSource, opts: &Patc
     })?;
     let base_resid = CachedSource(base_cache);
 
-    let mut dims = vec![layers.len()];
-    let mut axis_names = vec!["layer".to_string()];
-    if opts.by.uses_pos() {
-        dims.push(n_pos as usize);
-        axis_names.push("pos".into());
-    }
-    if opts.by.uses_head() {
-        dims.push(n_heads as usize);
-        axis_names.push("head".into());
-    }
+    let (axis_names, dims) = result_axes(model, opts.by, layers.len());
     // Items within a layer: (pos, head), row-major.
     let items: Vec<(Option<i64>, Option<i64>)> = match opts.by {
         PatchBy::LayerPos => (0..n_pos).map(|p| (Some(p), None)).collect(),
