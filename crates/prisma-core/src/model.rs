@@ -64,16 +64,9 @@ impl Model {
         let config_json = std::fs::read_to_string(&config_path)
             .map_err(|e| PrismaError::Io { path: config_path.clone(), reason: e.to_string() })?;
         let (model_type, architecture) = hf::sniff(&config_path, &config_json)?;
-        let known_arch = [
-            "ViTModel",
-            "ViTForImageClassification",
-            "DeiTModel",
-            "DeiTForImageClassification",
-        ];
-        let ok = matches!(model_type.as_str(), "vit" | "deit") && (architecture.is_empty() || known_arch.contains(&architecture.as_str()));
-        if !ok {
+        if !hf::accepts(&model_type, &architecture) {
             let found = if architecture.is_empty() { format!("model_type '{model_type}'") } else { architecture.clone() };
-            return Err(PrismaError::UnsupportedModel { path: dir.into(), found, supported: hf::SUPPORTED.into() });
+            return Err(PrismaError::UnsupportedModel { path: dir.into(), found, supported: hf::supported() });
         }
         let mut store = TensorStore::open_dir(dir, kind, device)?;
         let loaded = hf::load(dir, &config_json, &mut store)?;

@@ -1,7 +1,7 @@
 //! Analysis entry points: one AsyncTask that runs a technique in the core and hands back its
 //! result as JSON (the TypeScript layer owns the typed interfaces).
 
-use crate::convert::{guard, to_js_error};
+use crate::convert::{guard, lock, to_js_error};
 use crate::NativeModel;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
@@ -39,7 +39,7 @@ impl Task for AnalysisTask {
 
     fn compute(&mut self) -> Result<Self::Output> {
         guard(|| crate::torch_thread::run(|| {
-            let model = self.model.lock().map_err(|_| Error::from_reason("E_INTERNAL: model lock poisoned"))?;
+            let model = lock(&self.model)?;
             model.use_threads();
             let t = |(shape, data): &Owned| from_f32(shape, data).map_err(to_js_error);
             let e = to_js_error;

@@ -40,6 +40,7 @@ pub fn guard<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     }
 }
 
-pub fn tensor_from_input(shape: &[i64], data: &[f32]) -> Result<tch::Tensor> {
-    prisma_core::model::from_f32(shape, data).map_err(to_js_error)
+/// Locks a shared model or trainer; a lock poisoned by an earlier panic is E_INTERNAL.
+pub fn lock<T>(shared: &std::sync::Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
+    shared.lock().map_err(|_| Error::from_reason("E_INTERNAL: lock poisoned by an earlier failure"))
 }

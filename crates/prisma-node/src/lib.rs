@@ -7,7 +7,7 @@ mod tasks;
 mod torch_thread;
 mod training;
 
-use convert::{guard, to_js_error, tensor_from_input, TensorData, TensorInput};
+use convert::{guard, lock, to_js_error, TensorData, TensorInput};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use prisma_core::model::to_f32_vec;
@@ -87,7 +87,7 @@ impl NativeModel {
     #[napi]
     pub fn info(&self) -> Result<ModelInfo> {
         guard(|| {
-            let m = self.lock()?;
+            let m = lock(&self.inner)?;
             let c = &m.vit.cfg;
             Ok(ModelInfo {
                 family: m.info.family.clone(),
@@ -120,7 +120,7 @@ impl NativeModel {
     #[napi]
     pub fn hook_shapes(&self, batch: u32) -> Result<Vec<HookShape>> {
         guard(|| {
-            let m = self.lock()?;
+            let m = lock(&self.inner)?;
             Ok(m.hook_points()
                 .into_iter()
                 .map(|p| HookShape { name: p.to_string(), shape: m.hook_shape(p, batch as i64) })
@@ -131,7 +131,7 @@ impl NativeModel {
     #[napi]
     pub fn match_hooks(&self, patterns: Vec<String>) -> Result<Vec<String>> {
         guard(|| {
-            let m = self.lock()?;
+            let m = lock(&self.inner)?;
             let selection = m.resolve_hooks(&patterns).map_err(to_js_error)?;
             Ok(m.hook_points().into_iter().filter(|p| selection.contains(p)).map(|p| p.to_string()).collect())
         })
@@ -165,10 +165,6 @@ impl NativeModel {
                 tensors: options.tensors.unwrap_or_default().into_iter().map(|t| (t.name, t.shape, t.data.to_vec())).collect(),
             }))
         })
-    }
-
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Model>> {
-        self.inner.lock().map_err(|_| Error::from_reason("E_INTERNAL: model lock poisoned by an earlier failure"))
     }
 }
 
@@ -208,10 +204,4 @@ pub fn libtorch_version() -> String {
 #[napi]
 pub fn libtorch_lib_dir() -> Option<String> {
     prisma_core::LIBTORCH_LIB_DIR.map(str::to_string)
-}
-
-// Keeps `tensor_from_input` referenced for future sync entry points.
-#[allow(dead_code)]
-fn _unused(t: TensorInput) -> Result<tch::Tensor> {
-    tensor_from_input(&t.shape, &t.data)
 }

@@ -1,6 +1,6 @@
 //! Long operations as AsyncTasks: compute on the libuv pool, resolve on the JS thread.
 
-use crate::convert::{guard, to_js_error, TensorData};
+use crate::convert::{guard, lock, to_js_error, TensorData};
 use crate::{NativeModel, RunOutput};
 use napi::bindgen_prelude::*;
 use prisma_core::model::{from_f32, to_f32_vec};
@@ -51,7 +51,7 @@ impl Task for RunTask {
 
     fn compute(&mut self) -> Result<Self::Output> {
         guard(|| crate::torch_thread::run(|| {
-            let model = self.model.lock().map_err(|_| Error::from_reason("E_INTERNAL: model lock poisoned"))?;
+            let model = lock(&self.model)?;
             model.use_threads();
             let tensor = |(shape, data): &Owned| from_f32(shape, data).map_err(to_js_error);
             let mut tensors = HashMap::new();

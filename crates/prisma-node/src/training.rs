@@ -1,7 +1,7 @@
 //! Training entry points. TypeScript drives the loop (progress bar, evaluation, checkpoints) by
 //! calling `trainSteps(n)` repeatedly; each call runs off the JS thread.
 
-use crate::convert::{guard, to_js_error};
+use crate::convert::{guard, lock, to_js_error};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use prisma_core::training::{dataset, TrainConfig, Trainer};
@@ -37,7 +37,7 @@ impl Task for TrainerTask {
 
     fn compute(&mut self) -> Result<Self::Output> {
         guard(|| crate::torch_thread::run(|| {
-            let mut t = self.trainer.lock().map_err(|_| Error::from_reason("E_INTERNAL: trainer lock poisoned"))?;
+            let mut t = lock(&self.trainer)?;
             let e = to_js_error;
             match &self.op {
                 TrainerOp::Steps(n) => json(&t.train_steps(*n).map_err(e)?),
@@ -119,7 +119,7 @@ impl NativeTrainer {
 
     #[napi]
     pub fn step(&self) -> Result<i64> {
-        Ok(self.inner.lock().map_err(|_| Error::from_reason("E_INTERNAL: trainer lock poisoned"))?.step)
+        Ok(lock(&self.inner)?.step)
     }
 
     fn task(&self, op: TrainerOp) -> AsyncTask<TrainerTask> {

@@ -1,7 +1,6 @@
 //! Logit lens: read each layer's residual stream through the final layer norm and the head, at
 //! the pooled token (class token) and at every position.
 
-use super::metric::MetricSpec;
 use super::{model_pixels, require_head, to_vec_f64};
 use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookPoint, HookSelection, Site};
@@ -166,6 +165,3 @@ fn site_of(s: LensSite) -> Site {
         LensSite::ResidPost => Site::ResidPost,
     }
 }
-
-#[allow(dead_code)]
-fn _unused(_: &MetricSpec) {}

@@ -2,7 +2,7 @@
 //! action. The same JSON spec comes from the library API and from CLI flags.
 
 use crate::error::{PrismaError, Result};
-use crate::hooks::{HookPoint, Site};
+use crate::hooks::HookPoint;
 use serde::Deserialize;
 use std::collections::HashMap;
 use tch::{Kind, Tensor};
@@ -174,9 +174,4 @@ impl Intervention {
         }
         Ok(mask)
     }
-}
-
-/// Heads exist only on attention sites; used by callers that want to validate early.
-pub fn site_has_heads(site: Site) -> bool {
-    site.axes().head.is_some()
 }

@@ -9,7 +9,7 @@
 use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookSelection};
 use crate::model::{from_f32, to_f32_vec};
-use crate::models::vit::{Activation, BlockWeights, ForwardStart, HookedViT, LayerNormWeights, Pooling, ViTConfig, ViTWeights};
+use crate::models::vit::{BlockWeights, ForwardStart, HookedViT, LayerNormWeights, Pooling, ViTConfig, ViTWeights};
 use crate::tensor_file::save_safetensors;
 use crate::weights::hf_save;
 use serde::{Deserialize, Serialize};
@@ -87,6 +87,8 @@ pub struct Trainer {
     pub vit: HookedViT,
     params: Vec<Param>,
     pub step: i64,
+    /// The current epoch's data order (epoch, permutation): drawn once per epoch, not per step.
+    order: Option<(i64, Tensor)>,
     train_x: Tensor,
     train_y: Tensor,
     eval_x: Tensor,
@@ -162,7 +164,7 @@ impl Trainer {
         let vit = HookedViT { cfg: vcfg, weights };
         let (train_x, train_y) = train;
         let (eval_x, eval_y) = eval;
-        let mut trainer = Trainer { cfg, vit, params: Vec::new(), step: 0, train_x, train_y, eval_x, eval_y };
+        let mut trainer = Trainer { cfg, vit, params: Vec::new(), step: 0, order: None, train_x, train_y, eval_x, eval_y };
         trainer.check_data()?;
         trainer.collect_params()?;
         Ok(trainer)
@@ -240,13 +242,16 @@ impl Trainer {
     }
 
     /// Indices of the batch at `step`: epoch permutations seeded by (seed, epoch).
-    fn batch_indices(&self, step: i64) -> Result<Tensor> {
+    fn batch_indices(&mut self, step: i64) -> Result<Tensor> {
         let n = self.train_x.size()[0];
         let per_epoch = n / self.cfg.batch_size;
         let epoch = step / per_epoch;
         let offset = (step % per_epoch) * self.cfg.batch_size;
-        tch::manual_seed(self.cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch));
-        let perm = Tensor::f_randperm(n, (Kind::Int64, Device::Cpu))?;
+        if self.order.as_ref().map(|(e, _)| *e) != Some(epoch) {
+            tch::manual_seed(self.cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch));
+            self.order = Some((epoch, Tensor::f_randperm(n, (Kind::Int64, Device::Cpu))?));
+        }
+        let perm = self.order.as_ref().map(|(_, p)| p).ok_or_else(|| PrismaError::Internal("no data order".into()))?;
         Ok(perm.f_narrow(0, offset, self.cfg.batch_size)?)
     }
 
@@ -379,6 +384,3 @@ impl Trainer {
 pub fn dataset(pixels: &[f32], shape: &[i64], labels: &[i64]) -> Result<(Tensor, Tensor)> {
     Ok((from_f32(shape, pixels)?, Tensor::from_slice(labels)))
 }
-
-#[allow(dead_code)]
-fn _unused(_: Activation) {}

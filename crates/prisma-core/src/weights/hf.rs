@@ -9,7 +9,18 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use tch::Tensor;
 
-pub const SUPPORTED: &str = "Hugging Face ViTModel, ViTForImageClassification, DeiTModel, DeiTForImageClassification";
+/// The architectures this loader reads (config.json `architectures[0]`).
+pub const ARCHITECTURES: &[&str] = &["ViTModel", "ViTForImageClassification", "DeiTModel", "DeiTForImageClassification"];
+
+/// What to tell a user whose folder is not one of these.
+pub fn supported() -> String {
+    format!("Hugging Face {}", ARCHITECTURES.join(", "))
+}
+
+/// Whether config.json's model_type and first architecture are ones this loader reads.
+pub fn accepts(model_type: &str, architecture: &str) -> bool {
+    matches!(model_type, "vit" | "deit") && (architecture.is_empty() || ARCHITECTURES.contains(&architecture))
+}
 
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -111,7 +122,7 @@ pub fn load(dir: &Path, config_text: &str, store: &mut TensorStore) -> Result<Lo
         return Err(PrismaError::UnsupportedModel {
             path: dir.into(),
             found: "DeiTForImageClassificationWithTeacher (two heads)".into(),
-            supported: SUPPORTED.into(),
+            supported: supported(),
         });
     }
     let activation = parse_activation(&raw.hidden_act).ok_or_else(|| PrismaError::Config {

@@ -4,7 +4,7 @@
 
 use crate::error::{PrismaError, Result};
 use safetensors::{Dtype, SafeTensors};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -13,8 +13,6 @@ pub struct TensorStore {
     tensors: BTreeMap<String, (Tensor, PathBuf)>,
     /// Where a caller should say a missing tensor was looked for.
     primary: PathBuf,
-    kind: Kind,
-    device: Device,
     pub n_params: i64,
 }
 
@@ -40,7 +38,7 @@ impl TensorStore {
             read_file_into(file, kind, device, &mut tensors)?;
         }
         let primary = if files.len() == 1 { files[0].clone() } else { index };
-        Ok(TensorStore { tensors, primary, kind, device, n_params: 0 })
+        Ok(TensorStore { tensors, primary, n_params: 0 })
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -80,13 +78,6 @@ impl TensorStore {
     /// Names left over after loading: reported to the user as unexpected.
     pub fn leftover(&self) -> Vec<String> {
         self.tensors.keys().cloned().collect()
-    }
-
-    pub fn kind(&self) -> Kind {
-        self.kind
-    }
-    pub fn device(&self) -> Device {
-        self.device
     }
 }
 
@@ -147,5 +138,3 @@ pub fn read_safetensors_f32(file: &Path) -> Result<Vec<(String, Tensor)>> {
     })?;
     Ok(map.into_iter().map(|(k, (t, _))| (k, t)).collect())
 }
-
-pub type NamedTensors = HashMap<String, Tensor>;
