@@ -62,19 +62,24 @@ pub fn save_safetensors(
         let view = TensorView::new(safetensors::Dtype::F32, shape, bytes).map_err(|e| io(e.to_string()))?;
         views.push((name.clone(), view));
     }
+    // Streamed to the temp file: activation files can be gigabytes.
+    write_atomically(path, |tmp| safetensors::serialize_to_file(views, metadata, tmp).map_err(|e| io(e.to_string())))
+}
+
+/// Writes `path` through `write(temp)` on a temp file beside it, then a rename, so an interrupted
+/// run never leaves a half-written file under the final name. Creates the parent folder.
+pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let io = |e: std::io::Error| PrismaError::Io { path: path.into(), reason: e.to_string() };
     if let Some(parent) = path.parent() {
         if !parent.as_os_str().is_empty() {
-            std::fs::create_dir_all(parent).map_err(|e| io(e.to_string()))?;
+            std::fs::create_dir_all(parent).map_err(io)?;
         }
     }
-    let tmp = path.with_extension(format!("safetensors.tmp-{}", std::process::id()));
-    let result = safetensors::serialize_to_file(views, metadata, &tmp).map_err(|e| io(e.to_string()));
-    if let Err(e) = result {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let written = write(&tmp).and_then(|()| std::fs::rename(&tmp, path).map_err(io));
+    if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
-        return Err(e);
     }
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io(e.to_string())
-    })
+    written
 }

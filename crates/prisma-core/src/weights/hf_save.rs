@@ -5,7 +5,7 @@
 use crate::error::{PrismaError, Result};
 use crate::model::to_f32_vec;
 use crate::models::vit::{HookedViT, Pooling};
-use crate::tensor_file::save_safetensors;
+use crate::tensor_file::{save_safetensors, write_atomically};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::Path;
@@ -104,12 +104,6 @@ pub fn save_hf_folder(vit: &HookedViT, labels: &[String], dir: &Path, metadata: 
     meta.insert("format".into(), "pt".into());
     save_safetensors(&dir.join("model.safetensors"), &tensors, Some(meta))?;
     let text = serde_json::to_string_pretty(&hf_config(vit, labels)).map_err(|e| PrismaError::Internal(e.to_string()))?;
-    write_atomic(&dir.join("config.json"), text.as_bytes())
-}
-
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |e: std::io::Error| PrismaError::Io { path: path.into(), reason: e.to_string() };
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    let config = dir.join("config.json");
+    write_atomically(&config, |tmp| std::fs::write(tmp, text.as_bytes()).map_err(|e| PrismaError::Io { path: config.clone(), reason: e.to_string() }))
 }
