@@ -2,10 +2,11 @@
 
 use crate::device::{device_name, dtype_name, parse_device, parse_dtype};
 use crate::error::{PrismaError, Result};
-use crate::hooks::{HookCtx, HookPoint, HookSelection};
+use crate::hooks::{HookCtx, HookPoint, HookSelection, Site, Tower};
 use crate::interventions::{parse_specs, Intervention, InterventionSpec};
-use crate::models::vit::{ForwardStart, HookedViT};
-use crate::weights::{hf, store::TensorStore};
+use crate::models::text::HookedTextEncoder;
+use crate::models::vit::{normalize_rows, ForwardPlan, ForwardStart, Head, HookedViT};
+use crate::weights::family::{load_dir, LoadOptions};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -24,12 +25,24 @@ pub struct ModelInfo {
     pub kind: Kind,
 }
 
+/// The text prompts a CLIP-style model currently classifies against.
+pub struct ClassPrompts {
+    pub prompts: Vec<String>,
+    /// [C, T] token ids and attention mask, as fed to the text tower.
+    pub ids: Tensor,
+    pub attention_mask: Tensor,
+}
+
 pub struct Model {
     pub info: ModelInfo,
     pub vit: HookedViT,
+    pub text: Option<HookedTextEncoder>,
+    pub tokenizer: Option<tokenizers::Tokenizer>,
+    pub class_prompts: Option<ClassPrompts>,
 }
 
-/// One forward request. `pixels` is [B, C, H, W] float32 on the CPU; it is moved to the model.
+/// One forward request. `pixels` is [B, C, H, W] (or [B, T, C, H, W] for video) float32 on the
+/// CPU; it is moved to the model.
 #[derive(Default)]
 pub struct RunRequest {
     pub pixels: Option<Tensor>,
@@ -49,40 +62,116 @@ pub struct RunOutput {
 
 impl Model {
     pub fn load(dir: &Path, device: &str, dtype: &str) -> Result<Model> {
+        Self::load_with(dir, device, dtype, &LoadOptions::default())
+    }
+
+    pub fn load_with(dir: &Path, device: &str, dtype: &str, opts: &LoadOptions) -> Result<Model> {
         let device = parse_device(device)?;
         let kind = parse_dtype(dtype)?;
-        if !dir.is_dir() {
-            return Err(PrismaError::ModelDir { path: dir.into(), reason: "not a directory".into() });
-        }
-        let config_path = dir.join("config.json");
-        if !config_path.is_file() {
-            return Err(PrismaError::ModelDir {
-                path: dir.into(),
-                reason: "no config.json here (expected a Hugging Face model folder)".into(),
-            });
-        }
-        let config_json = std::fs::read_to_string(&config_path)
-            .map_err(|e| PrismaError::Io { path: config_path.clone(), reason: e.to_string() })?;
-        let (model_type, architecture) = hf::sniff(&config_path, &config_json)?;
-        if !hf::accepts(&model_type, &architecture) {
-            let found = if architecture.is_empty() { format!("model_type '{model_type}'") } else { architecture.clone() };
-            return Err(PrismaError::UnsupportedModel { path: dir.into(), found, supported: hf::supported() });
-        }
-        let mut store = TensorStore::open_dir(dir, kind, device)?;
-        let loaded = hf::load(dir, &config_json, &mut store)?;
+        let loaded = load_dir(dir, kind, device, opts)?;
+        let tokenizer = match &loaded.tokenizer {
+            Some(path) => Some(tokenizers::Tokenizer::from_file(path).map_err(|e| PrismaError::Config {
+                path: path.clone(),
+                reason: format!("not a tokenizers tokenizer.json: {e}"),
+            })?),
+            None => None,
+        };
         let info = ModelInfo {
-            family: "vit".into(),
-            architecture: loaded.cfg.architecture.clone(),
-            source_format: "hf".into(),
+            family: loaded.family.into(),
+            architecture: loaded.architecture,
+            source_format: loaded.source_format.into(),
             model_dir: dir.into(),
-            config_json,
+            config_json: loaded.config_json,
             n_params: loaded.n_params,
             labels: loaded.labels,
             unexpected_tensors: loaded.unexpected,
             device,
             kind,
         };
-        Ok(Model { info, vit: HookedViT { cfg: loaded.cfg, weights: loaded.weights } })
+        Ok(Model { info, vit: loaded.vit, text: loaded.text, tokenizer, class_prompts: None })
+    }
+
+    fn text_tower(&self) -> Result<&HookedTextEncoder> {
+        self.text.as_ref().ok_or_else(|| {
+            PrismaError::Argument(format!("{} has no text tower ({}); text prompts need a CLIP-style model", self.info.model_dir.display(), self.info.architecture))
+        })
+    }
+
+    /// Token ids [B, T] and attention mask [B, T] for prompts, with the folder's tokenizer.json
+    /// (start/end-of-text added by its post-processor; too-long prompts keep their last token, the
+    /// end-of-text, as the reference tokenizers do when truncating).
+    pub fn tokenize(&self, prompts: &[String]) -> Result<(Tensor, Tensor)> {
+        let text = self.text_tower()?;
+        let tokenizer = self.tokenizer.as_ref().ok_or_else(|| PrismaError::ModelDir {
+            path: self.info.model_dir.clone(),
+            reason: "no tokenizer.json next to the weights (needed to encode text prompts)".into(),
+        })?;
+        if prompts.is_empty() {
+            return Err(PrismaError::Argument("no text prompts given".into()));
+        }
+        let max = text.cfg.max_positions as usize;
+        let mut rows: Vec<Vec<i64>> = Vec::with_capacity(prompts.len());
+        for prompt in prompts {
+            let enc = tokenizer.encode(prompt.as_str(), true).map_err(|e| PrismaError::Argument(format!("cannot tokenize '{prompt}': {e}")))?;
+            let mut ids: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
+            if ids.len() > max {
+                let last = ids[ids.len() - 1];
+                ids.truncate(max);
+                ids[max - 1] = last;
+            }
+            rows.push(ids);
+        }
+        let pad_id = tokenizer
+            .get_padding()
+            .map(|p| p.pad_id as i64)
+            .or_else(|| tokenizer.token_to_id("<|endoftext|>").map(|i| i as i64))
+            .unwrap_or(0);
+        let longest = rows.iter().map(Vec::len).max().unwrap_or(1);
+        let len = text.cfg.pad_to.map_or(longest, |n| n as usize).max(longest);
+        let mut ids = Vec::with_capacity(rows.len() * len);
+        let mut mask = Vec::with_capacity(rows.len() * len);
+        for row in &rows {
+            for i in 0..len {
+                ids.push(row.get(i).copied().unwrap_or(pad_id));
+                mask.push((i < row.len()) as i64);
+            }
+        }
+        let shape = [rows.len() as i64, len as i64];
+        Ok((Tensor::from_slice(&ids).f_reshape(shape.as_slice())?, Tensor::from_slice(&mask).f_reshape(shape.as_slice())?))
+    }
+
+    /// Text embeddings [B, proj] (unnormalised) of prompts.
+    pub fn encode_text(&self, prompts: &[String]) -> Result<Tensor> {
+        let (ids, mask) = self.tokenize(prompts)?;
+        let selection = HookSelection::none();
+        let mut ctx = HookCtx::new(&selection, &[]);
+        tch::no_grad(|| self.text_tower()?.forward(&ids, &mask, &mut ctx))
+    }
+
+    /// logit_scale × normalised text embeddings: the class directions image embeddings are scored on.
+    fn class_directions(&self, text_embeds: &Tensor) -> Result<Tensor> {
+        Ok(normalize_rows(text_embeds)?.f_mul_scalar(self.text_tower()?.weights.logit_scale)?)
+    }
+
+    /// Makes a CLIP-style model a classifier over text prompts: `labels[i]` is scored with
+    /// `prompts[i]`. Every technique then reads logits = logit_scale · cos(image, prompt).
+    pub fn set_class_prompts(&mut self, labels: Vec<String>, prompts: Vec<String>) -> Result<()> {
+        if labels.len() != prompts.len() {
+            return Err(PrismaError::Argument(format!("{} labels but {} prompts", labels.len(), prompts.len())));
+        }
+        let (ids, attention_mask) = self.tokenize(&prompts)?;
+        let selection = HookSelection::none();
+        let mut ctx = HookCtx::new(&selection, &[]);
+        let embeds = tch::no_grad(|| self.text_tower()?.forward(&ids, &attention_mask, &mut ctx))?;
+        let classes = self.class_directions(&embeds)?;
+        let Head::Contrastive { classes: slot, .. } = &mut self.vit.weights.head else {
+            return Err(PrismaError::Argument("only CLIP-style models take text prompts as classes".into()));
+        };
+        *slot = Some(classes);
+        self.vit.cfg.n_classes = labels.len() as i64;
+        self.info.labels = labels;
+        self.class_prompts = Some(ClassPrompts { prompts, ids, attention_mask });
+        Ok(())
     }
 
     /// Intra-op threads for work on this model: one for tiny models, where thread synchronisation
@@ -106,16 +195,30 @@ impl Model {
         dtype_name(self.info.kind)
     }
 
+    /// Every hook point: the text tower's first (it runs first in a CLIP forward), then the vision
+    /// tower and head.
     pub fn hook_points(&self) -> Vec<HookPoint> {
-        self.vit.hook_points()
+        let mut points = self.text.as_ref().map(|t| t.hook_points()).unwrap_or_default();
+        points.extend(self.vit.hook_points());
+        points
     }
 
+    /// Shapes for a batch of `batch` images; text-tower shapes are for the current class prompts.
     pub fn hook_shape(&self, point: HookPoint, batch: i64) -> Vec<i64> {
-        self.vit.hook_shape(point, batch)
+        match (&self.text, point.tower == Tower::Text || point.site == Site::TextEmbeds) {
+            (Some(text), true) => {
+                let (n, len) = self.class_prompts.as_ref().map_or((0, text.cfg.max_positions), |c| {
+                    let s = c.ids.size();
+                    (s[0], s[1])
+                });
+                text.hook_shape(point, n, len)
+            }
+            _ => self.vit.hook_shape(point, batch),
+        }
     }
 
     pub fn resolve_hooks(&self, patterns: &[String]) -> Result<HookSelection> {
-        HookSelection::resolve(patterns, &self.hook_points(), self.vit.cfg.n_layers)
+        HookSelection::resolve(patterns, &self.hook_points())
     }
 
     pub fn parse_interventions(json: &str) -> Result<Vec<InterventionSpec>> {
@@ -136,6 +239,10 @@ impl Model {
         for spec in &req.interventions {
             let point = HookPoint::parse(&spec.hook)?;
             if let Some(l) = point.layer {
+                let n_layers = match (&self.text, point.tower) {
+                    (Some(text), Tower::Text) => text.cfg.n_layers,
+                    _ => n_layers,
+                };
                 if l >= n_layers {
                     return Err(PrismaError::LayerRange(format!(
                         "intervention at '{}': layer {l} is out of range (the model has {n_layers} layers)",
@@ -154,6 +261,21 @@ impl Model {
             }
         }
         let mut ctx = HookCtx::new(&record, &interventions);
+        // A run that watches or edits the text tower runs it first, on the current class prompts,
+        // and scores the image against what it produced.
+        let text_points: Vec<HookPoint> = self.text.as_ref().map(|t| t.hook_points()).unwrap_or_default();
+        let text_active = text_points.iter().any(|p| ctx.active(*p));
+        let classes = match (&self.text, &self.class_prompts) {
+            (Some(text), Some(prompts)) if text_active => {
+                let embeds = tch::no_grad(|| text.forward(&prompts.ids, &prompts.attention_mask, &mut ctx))?;
+                Some(self.class_directions(&embeds)?)
+            }
+            (Some(_), None) if text_active => {
+                return Err(PrismaError::Argument("text-tower hooks need class prompts (--labels / --template)".into()));
+            }
+            _ => None,
+        };
+        let plan = ForwardPlan::default();
         let (output_name, output) = tch::no_grad(|| -> Result<(HookPoint, Tensor)> {
             match (req.start_at_layer, &req.start_resid) {
                 (Some(layer), Some(resid)) => {
@@ -175,13 +297,13 @@ impl Model {
                         )));
                     }
                     let resid = self.to_model(resid)?;
-                    self.vit.forward(ForwardStart::Resid { layer, resid: &resid }, req.stop_at_layer, &mut ctx)
+                    self.vit.forward_with_classes(ForwardStart::Resid { layer, resid: &resid }, req.stop_at_layer, plan, classes.as_ref(), &mut ctx)
                 }
                 (Some(_), None) => Err(PrismaError::Shape("start-at-layer needs a start residual".into())),
                 (None, _) => {
                     let pixels = req.pixels.as_ref().ok_or_else(|| PrismaError::Shape("no pixels given".into()))?;
                     let pixels = self.to_model(pixels)?;
-                    self.vit.forward(ForwardStart::Pixels(&pixels), req.stop_at_layer, &mut ctx)
+                    self.vit.forward_with_classes(ForwardStart::Pixels(&pixels), req.stop_at_layer, plan, classes.as_ref(), &mut ctx)
                 }
             }
         })?;

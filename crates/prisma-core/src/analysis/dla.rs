@@ -10,7 +10,7 @@ use super::{model_pixels, require_head, to_vec_f64};
 use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookPoint, HookSelection, Site};
 use crate::model::Model;
-use crate::models::vit::{ForwardStart, Pooling};
+use crate::models::vit::{FinalNorm, ForwardStart, Head, Pooling};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -55,18 +55,25 @@ pub fn direct_logit_attribution(model: &Model, pixels: &Tensor, opts: &DlaOption
     require_head(model, "direct logit attribution")?;
     let cfg = &model.vit.cfg;
     opts.metric.check(cfg.n_classes)?;
-    if cfg.has_ln_pre {
-        return Err(PrismaError::Argument("DLA through ln_pre is not defined; this model has one".into()));
+    if cfg.pooling == Pooling::MeanPatches && cfg.final_norm == FinalNorm::AllTokens {
+        // Each token has its own layer-norm scale before the mean: no single linear read-out.
+        return Err(PrismaError::Argument("DLA is not defined for models that normalise every token before mean pooling".into()));
     }
     let pixels = model_pixels(model, pixels)?;
     if pixels.size()[0] != 1 {
         return Err(PrismaError::Shape("DLA takes one image at a time".into()));
     }
     let w = &model.vit.weights;
-    let Some((w_head, b_head)) = &w.head else { unreachable!() };
+    let contrastive = matches!(w.head, Head::Contrastive { .. });
     let mut record = HookSelection::none();
     for p in [Site::FullEmbed, Site::PosEmbed, Site::LnFinalScale] {
         record.insert(HookPoint::global(p));
+    }
+    if contrastive {
+        record.insert(HookPoint::global(Site::ImageEmbeds));
+    }
+    if cfg.has_ln_pre {
+        record.insert(HookPoint::block(0, Site::ResidPre));
     }
     for l in 0..cfg.n_layers {
         for s in [Site::Result, Site::MlpOut, Site::Pattern, Site::V] {
@@ -85,11 +92,12 @@ pub fn direct_logit_attribution(model: &Model, pixels: &Tensor, opts: &DlaOption
         };
         let dbl = |t: &Tensor| t.f_to_kind(Kind::Double);
         // Logit direction and constant.
-        let mut direction = dbl(&w_head.f_get(opts.metric.target)?)?;
-        let mut head_bias = b_head.f_get(opts.metric.target)?.double_value(&[]);
-        if let Some(b) = opts.metric.baseline {
-            direction = direction.f_sub(&dbl(&w_head.f_get(b)?)?)?;
-            head_bias -= b_head.f_get(b)?.double_value(&[]);
+        let (direction, head_bias) = model.vit.logit_direction(opts.metric.target, opts.metric.baseline)?;
+        let mut direction = dbl(&direction)?;
+        if contrastive {
+            // CLIP scores the normalised image embedding: freeze its norm from this run, like the LN scale.
+            let embeds = dbl(&get(HookPoint::global(Site::ImageEmbeds))?)?;
+            direction = direction.f_div(&embeds.f_norm_scalaropt_dim(2.0, [-1i64].as_slice(), false)?)?;
         }
         let ln_w = dbl(&w.ln_final.weight)?;
         let constant = dbl(&w.ln_final.bias)?.f_dot(&direction)?.double_value(&[]) + head_bias;
@@ -101,13 +109,10 @@ pub fn direct_logit_attribution(model: &Model, pixels: &Tensor, opts: &DlaOption
                 Pooling::MeanPatches => dbl(&t.f_narrow(0, cfg.n_prefix_tokens(), cfg.n_patches())?.f_mean_dim([0i64].as_slice(), false, None::<Kind>)?)?,
             })
         };
-        let scale = get(HookPoint::global(Site::LnFinalScale))?; // [pos, 1]
-        let scale = match cfg.pooling {
-            Pooling::ClassToken => dbl(&scale.f_get(0)?)?.f_reshape([1i64].as_slice())?,
-            // Mean pooling has no single scale; DLA is defined per token. Use the class-token-free mean.
-            Pooling::MeanPatches => {
-                return Err(PrismaError::Argument("DLA for mean-pooled models is not supported yet".into()));
-            }
+        let scale = get(HookPoint::global(Site::LnFinalScale))?; // [pos, 1], or [1] where the norm follows pooling
+        let scale = match cfg.final_norm {
+            FinalNorm::AllTokens => dbl(&scale.f_get(0)?)?.f_reshape([1i64].as_slice())?,
+            FinalNorm::Pooled => dbl(&scale)?.f_reshape([1i64].as_slice())?,
         };
         // Project any [..., d] on the direction through the cached LN scale: centre, /scale, *w.
         let project = |x: &Tensor| -> Result<Tensor> {
@@ -115,11 +120,17 @@ pub fn direct_logit_attribution(model: &Model, pixels: &Tensor, opts: &DlaOption
             Ok(centred.f_div(&scale)?.f_mul(&ln_w)?.f_matmul(&direction)?)
         };
         let mut components = Vec::new();
-        let full = get(HookPoint::global(Site::FullEmbed))?;
-        let pos = get(HookPoint::global(Site::PosEmbed))?;
-        let token_embed = full.f_sub(&pos)?;
-        components.push(Component { name: "embed".into(), kind: "embed".into(), layer: None, head: None, value: project(&pool(&token_embed)?)?.double_value(&[]) });
-        components.push(Component { name: "pos_embed".into(), kind: "pos_embed".into(), layer: None, head: None, value: project(&pool(&pos)?)?.double_value(&[]) });
+        if cfg.has_ln_pre {
+            // ln_pre is not linear: its output (block 0's input) is the embeddings' one component.
+            let embedded = get(HookPoint::block(0, Site::ResidPre))?;
+            components.push(Component { name: "ln_pre".into(), kind: "embed".into(), layer: None, head: None, value: project(&pool(&embedded)?)?.double_value(&[]) });
+        } else {
+            let full = get(HookPoint::global(Site::FullEmbed))?;
+            let pos = get(HookPoint::global(Site::PosEmbed))?;
+            let token_embed = full.f_sub(&pos)?;
+            components.push(Component { name: "embed".into(), kind: "embed".into(), layer: None, head: None, value: project(&pool(&token_embed)?)?.double_value(&[]) });
+            components.push(Component { name: "pos_embed".into(), kind: "pos_embed".into(), layer: None, head: None, value: project(&pool(&pos)?)?.double_value(&[]) });
+        }
         let mut heads = Vec::new();
         let mut head_positions = Vec::new();
         for l in 0..cfg.n_layers {

@@ -5,7 +5,7 @@ use super::{model_pixels, require_head, to_vec_f64};
 use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookPoint, HookSelection, Site};
 use crate::model::Model;
-use crate::models::vit::{ForwardStart, Pooling};
+use crate::models::vit::ForwardStart;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -84,7 +84,6 @@ fn ranked(logits: &Tensor, k: usize) -> Result<Vec<Ranked>> {
 pub fn logit_lens(model: &Model, pixels: &Tensor, targets: &[Option<i64>], opts: &LensOptions) -> Result<Vec<LensImage>> {
     require_head(model, "the logit lens")?;
     let cfg = &model.vit.cfg;
-    let Some((w_head, b_head)) = &model.vit.weights.head else { unreachable!() };
     let pixels = model_pixels(model, pixels)?;
     let mut record = HookSelection::none();
     for l in 0..cfg.n_layers {
@@ -110,22 +109,13 @@ pub fn logit_lens(model: &Model, pixels: &Tensor, targets: &[Option<i64>], opts:
             let mut layers = Vec::new();
             for (point, resid) in &ctx.recorded {
                 let resid = resid.f_get(b)?; // [pos, d]
-                let normed = resid.f_layer_norm(
-                    [cfg.d_model].as_slice(),
-                    Some(&model.vit.weights.ln_final.weight),
-                    Some(&model.vit.weights.ln_final.bias),
-                    cfg.layer_norm_eps,
-                    true,
-                )?;
-                let per_pos = normed.f_linear(w_head, Some(b_head))?.f_to_kind(Kind::Float)?; // [pos, C]
-                let pooled = match cfg.pooling {
-                    Pooling::ClassToken => per_pos.f_get(0)?,
-                    Pooling::MeanPatches => normed
-                        .f_narrow(0, cfg.n_prefix_tokens(), cfg.n_patches())?
-                        .f_mean_dim([0i64].as_slice(), false, None::<Kind>)?
-                        .f_linear(w_head, Some(b_head))?
-                        .f_to_kind(Kind::Float)?,
-                };
+                // Per position: each token read as if it were the pooled one (final norm, then head).
+                let per_pos = model.vit.head_logits(&model.vit.final_layer_norm(&resid)?)?.f_to_kind(Kind::Float)?; // [pos, C]
+                // Pooled: exactly the model's own read-out from this residual (norm and pooling in its order).
+                let none = HookSelection::none();
+                let mut quiet = HookCtx::new(&none, &[]);
+                let (_, pooled) = model.vit.finalize(&resid.f_unsqueeze(0)?, &mut quiet)?;
+                let pooled = pooled.f_get(0)?.f_to_kind(Kind::Float)?;
                 let pooled_probs = pooled.f_softmax(-1, None::<Kind>)?;
                 let target_logit = pooled.f_get(target)?.double_value(&[]);
                 let target_rank = pooled.f_gt(target_logit)?.f_sum(Kind::Int64)?.int64_value(&[]);

@@ -19,7 +19,12 @@ pub(crate) fn model_pixels(model: &Model, pixels: &Tensor) -> Result<Tensor> {
 }
 
 pub(crate) fn require_head(model: &Model, what: &str) -> Result<()> {
-    if model.vit.weights.head.is_none() {
+    if !model.vit.weights.has_head() {
+        if model.text.is_some() {
+            return Err(PrismaError::Argument(format!(
+                "{what} on a CLIP-style model needs class prompts: pass --labels (and --template) so logits are image-text similarities"
+            )));
+        }
         return Err(PrismaError::Argument(format!(
             "{what} needs a classification head, and {} has none ({})",
             model.info.model_dir.display(),

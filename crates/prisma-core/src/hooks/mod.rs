@@ -35,9 +35,20 @@ pub enum Site {
     MlpPost,
     MlpOut,
     ResidPost,
+    MlpPreLinear,
     LnFinalScale,
     LnFinalNormalized,
+    ImageEmbeds,
+    TextEmbeds,
     Logits,
+}
+
+/// Which tower of the model a hook point belongs to. Vision hooks print bare
+/// (`blocks.3.hook_resid_post`); text-tower hooks of CLIP-style models print with a `text.` prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Tower {
+    Vision,
+    Text,
 }
 
 /// Which axis of a site's activation indexes tokens and which indexes heads (batch is always 0).
@@ -56,6 +67,8 @@ const GLOBAL_SITES: &[(Site, &str)] = &[
     (Site::LnPreNormalized, "ln_pre.hook_normalized"),
     (Site::LnFinalScale, "ln_final.hook_scale"),
     (Site::LnFinalNormalized, "ln_final.hook_normalized"),
+    (Site::ImageEmbeds, "hook_image_embeds"),
+    (Site::TextEmbeds, "hook_text_embeds"),
     (Site::Logits, "hook_logits"),
 ];
 
@@ -76,6 +89,7 @@ pub const BLOCK_SITES: &[(Site, &str)] = &[
     (Site::Ln2Scale, "ln2.hook_scale"),
     (Site::Ln2Normalized, "ln2.hook_normalized"),
     (Site::MlpPre, "mlp.hook_pre"),
+    (Site::MlpPreLinear, "mlp.hook_pre_linear"),
     (Site::MlpPost, "mlp.hook_post"),
     (Site::MlpOut, "hook_mlp_out"),
     (Site::ResidPost, "hook_resid_post"),
@@ -91,7 +105,7 @@ impl Site {
         match self {
             Q | K | V | Z | Result => SiteAxes { pos: Some(1), head: Some(2) },
             AttnScores | Pattern => SiteAxes { pos: Some(2), head: Some(1) },
-            Logits => SiteAxes { pos: None, head: None },
+            Logits | ImageEmbeds | TextEmbeds => SiteAxes { pos: None, head: None },
             _ => SiteAxes { pos: Some(1), head: None },
         }
     }
@@ -108,21 +122,33 @@ impl Site {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HookPoint {
+    pub tower: Tower,
     pub layer: Option<usize>,
     pub site: Site,
 }
 
 impl HookPoint {
     pub const fn global(site: Site) -> Self {
-        HookPoint { layer: None, site }
+        HookPoint { tower: Tower::Vision, layer: None, site }
     }
     pub const fn block(layer: usize, site: Site) -> Self {
-        HookPoint { layer: Some(layer), site }
+        HookPoint { tower: Tower::Vision, layer: Some(layer), site }
+    }
+    pub const fn in_tower(tower: Tower, layer: Option<usize>, site: Site) -> Self {
+        HookPoint { tower, layer, site }
     }
 
-    /// Parses exact TransformerLens spelling. Only the syntax is checked here; whether the layer
-    /// exists in a given model is the model's business (`E_LAYER_RANGE`).
+    /// Parses exact TransformerLens spelling (with `text.` in front for a text tower). Only the
+    /// syntax is checked here; whether the layer exists in a given model is the model's business
+    /// (`E_LAYER_RANGE`).
     pub fn parse(name: &str) -> Result<HookPoint> {
+        if let Some(rest) = name.strip_prefix("text.") {
+            let inner = Self::parse(rest).map_err(|_| unknown(name))?;
+            if inner.tower == Tower::Text || matches!(inner.site, Site::ImageEmbeds | Site::TextEmbeds | Site::Logits) {
+                return Err(unknown(name));
+            }
+            return Ok(HookPoint { tower: Tower::Text, ..inner });
+        }
         if let Some(rest) = name.strip_prefix("blocks.") {
             let (layer_text, site_text) = rest.split_once('.').ok_or_else(|| unknown(name))?;
             let layer: usize = layer_text.parse().map_err(|_| unknown(name))?;
@@ -149,6 +175,9 @@ fn unknown(name: &str) -> PrismaError {
 
 impl fmt::Display for HookPoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.tower == Tower::Text {
+            f.write_str("text.")?;
+        }
         match self.layer {
             Some(l) => write!(f, "blocks.{l}.{}", self.site.spelling()),
             None => f.write_str(self.site.spelling()),
@@ -171,11 +200,15 @@ mod tests {
             assert_eq!(HookPoint::parse(&p.to_string()).unwrap(), p);
         }
         assert_eq!(HookPoint::block(3, Site::Pattern).to_string(), "blocks.3.attn.hook_pattern");
+        let text = HookPoint::in_tower(Tower::Text, Some(1), Site::ResidPost);
+        assert_eq!(text.to_string(), "text.blocks.1.hook_resid_post");
+        assert_eq!(HookPoint::parse("text.blocks.1.hook_resid_post").unwrap(), text);
+        assert_eq!(HookPoint::parse("text.ln_final.hook_normalized").unwrap().tower, Tower::Text);
     }
 
     #[test]
     fn rejects_near_misses() {
-        for bad in ["blocks.x.hook_resid_pre", "blocks.1.hook_resid", "hook_embeds", "blocks.1", "", "blocks..hook_resid_pre"] {
+        for bad in ["blocks.x.hook_resid_pre", "blocks.1.hook_resid", "hook_embeds", "blocks.1", "", "blocks..hook_resid_pre", "text.text.hook_embed", "text.hook_logits"] {
             assert!(matches!(HookPoint::parse(bad), Err(PrismaError::UnknownHook(_))), "{bad}");
         }
     }

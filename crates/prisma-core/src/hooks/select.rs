@@ -18,7 +18,7 @@ impl HookSelection {
 
     /// `available` is every hook point of the model, in forward order. A plain name that parses but
     /// names a layer the model lacks is `E_LAYER_RANGE`; a pattern matching nothing is `E_UNKNOWN_HOOK`.
-    pub fn resolve(patterns: &[String], available: &[HookPoint], n_layers: usize) -> Result<Self> {
+    pub fn resolve(patterns: &[String], available: &[HookPoint]) -> Result<Self> {
         let names: Vec<String> = available.iter().map(|p| p.to_string()).collect();
         let mut points = BTreeSet::new();
         for pattern in patterns {
@@ -27,6 +27,8 @@ impl HookSelection {
             if !is_glob {
                 let point = HookPoint::parse(pattern)?;
                 if let Some(l) = point.layer {
+                    // Each tower has its own depth (a CLIP text tower may be shallower than its vision tower).
+                    let n_layers = available.iter().filter(|p| p.tower == point.tower).filter_map(|p| p.layer).max().map_or(0, |m| m + 1);
                     if l >= n_layers {
                         return Err(PrismaError::LayerRange(format!(
                             "hook '{pattern}': layer {l} is out of range (the model has {n_layers} layers: 0..{})",

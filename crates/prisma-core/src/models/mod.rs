@@ -1,1 +1,3 @@
+pub mod block;
+pub mod text;
 pub mod vit;

@@ -9,7 +9,7 @@
 use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookSelection};
 use crate::model::{from_f32, to_f32_vec};
-use crate::models::vit::{BlockWeights, ForwardStart, HookedViT, LayerNormWeights, Pooling, ViTConfig, ViTWeights};
+use crate::models::vit::{BlockWeights, FinalNorm, ForwardStart, Head, HookedViT, LayerNormWeights, Pooling, ViTConfig, ViTWeights};
 use crate::tensor_file::save_safetensors;
 use crate::weights::hf_save;
 use serde::{Deserialize, Serialize};
@@ -114,17 +114,23 @@ impl Trainer {
             image_size: [cfg.image_size, cfg.image_size],
             patch_size: cfg.patch_size,
             num_channels: cfg.num_channels,
+            num_frames: 0,
+            tubelet_size: 1,
             d_model: cfg.d_model,
             n_heads: cfg.n_heads,
             d_head: cfg.d_model / cfg.n_heads,
             d_mlp: cfg.d_mlp,
             n_layers: cfg.n_layers,
             layer_norm_eps: 1e-12,
+            final_norm_eps: 1e-12,
             activation,
+            gated_mlp: false,
             has_class_token: true,
             has_distillation_token: false,
+            n_registers: 0,
             has_ln_pre: false,
             pooling: Pooling::ClassToken,
+            final_norm: FinalNorm::AllTokens,
             n_classes: cfg.labels.len() as i64,
         };
         tch::manual_seed(cfg.seed);
@@ -155,11 +161,12 @@ impl Trainer {
             patch_bias: Some(zeros(d)?),
             class_token: Some(trunc_normal(&[1, 1, d], std)?),
             distillation_token: None,
+            register_tokens: None,
             pos_embed: trunc_normal(&[1, vcfg.n_pos(), d], std)?,
             ln_pre: None,
             blocks,
             ln_final: ln()?,
-            head: Some((trunc_normal(&[n_classes, d], std)?, zeros(n_classes)?)),
+            head: Head::Classifier { weight: trunc_normal(&[n_classes, d], std)?, bias: zeros(n_classes)? },
         };
         let vit = HookedViT { cfg: vcfg, weights };
         let (train_x, train_y) = train;
@@ -217,7 +224,7 @@ impl Trainer {
         }
         list.push(("ln_final.w".into(), w.ln_final.weight.shallow_clone(), false));
         list.push(("ln_final.b".into(), w.ln_final.bias.shallow_clone(), false));
-        if let Some((hw, hb)) = &w.head {
+        if let Head::Classifier { weight: hw, bias: hb } = &w.head {
             list.push(("head.w".into(), hw.shallow_clone(), true));
             list.push(("head.b".into(), hb.shallow_clone(), false));
         }

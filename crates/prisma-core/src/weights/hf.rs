@@ -1,63 +1,82 @@
-//! Hugging Face `ViTModel` / `ViTForImageClassification` / DeiT folders: config.json parsing and the
-//! checkpoint-name table. The only place HF ViT tensor names appear.
+//! Hugging Face vision encoders with the `encoder.layer.{l}` layout: ViT / DINO (`ViTModel`,
+//! `ViTForImageClassification`), DeiT, DINOv2 (with and without registers, layer scale, SwiGLU),
+//! VideoMAE and ViViT. The only place their checkpoint names appear.
 
+use super::family::{labels_from_id2label, LoadOptions, Parts};
+use super::pos_embed::{resize_grid, sinusoid_table, GridResample};
 use super::store::TensorStore;
 use crate::error::{PrismaError, Result};
-use crate::models::vit::{Activation, BlockWeights, LayerNormWeights, Pooling, ViTConfig, ViTWeights};
+use crate::models::vit::{Activation, BlockWeights, FinalNorm, Head, LayerNormWeights, Pooling, ViTConfig, ViTWeights};
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use serde_json::Value;
 use std::path::Path;
 use tch::Tensor;
 
-/// The architectures this loader reads (config.json `architectures[0]`).
-pub const ARCHITECTURES: &[&str] = &["ViTModel", "ViTForImageClassification", "DeiTModel", "DeiTForImageClassification"];
+/// The architectures this loader reads (config.json `architectures[0]`); empty = the bare model.
+pub const ARCHITECTURES: &[&str] = &[
+    "ViTModel",
+    "ViTForImageClassification",
+    "DeiTModel",
+    "DeiTForImageClassification",
+    "Dinov2Model",
+    "Dinov2WithRegistersModel",
+    "VideoMAEModel",
+    "VideoMAEForVideoClassification",
+    "VivitModel",
+    "VivitForVideoClassification",
+];
 
-/// What to tell a user whose folder is not one of these.
-pub fn supported() -> String {
-    format!("Hugging Face {}", ARCHITECTURES.join(", "))
-}
-
-/// Whether config.json's model_type and first architecture are ones this loader reads.
 pub fn accepts(model_type: &str, architecture: &str) -> bool {
-    matches!(model_type, "vit" | "deit") && (architecture.is_empty() || ARCHITECTURES.contains(&architecture))
+    matches!(model_type, "vit" | "deit" | "dinov2" | "dinov2_with_registers" | "videomae" | "vivit")
+        && (architecture.is_empty() || ARCHITECTURES.contains(&architecture))
 }
 
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum OneOrTwo {
+pub(crate) enum OneOrMany {
     One(i64),
-    Two([i64; 2]),
+    Many(Vec<i64>),
 }
 
-impl OneOrTwo {
-    fn pair(&self) -> [i64; 2] {
+impl OneOrMany {
+    pub(crate) fn pair(&self) -> Option<[i64; 2]> {
         match self {
-            OneOrTwo::One(n) => [*n, *n],
-            OneOrTwo::Two(p) => *p,
+            OneOrMany::One(n) => Some([*n, *n]),
+            OneOrMany::Many(v) if v.len() == 2 => Some([v[0], v[1]]),
+            _ => None,
         }
     }
 }
 
 #[derive(Deserialize)]
 struct HfVitConfig {
-    model_type: Option<String>,
-    architectures: Option<Vec<String>>,
+    #[serde(default)]
+    model_type: String,
+    #[serde(default)]
+    architectures: Vec<String>,
     hidden_size: i64,
     num_hidden_layers: usize,
     num_attention_heads: i64,
-    intermediate_size: i64,
+    intermediate_size: Option<i64>,
+    mlp_ratio: Option<f64>,
     #[serde(default = "default_act")]
     hidden_act: String,
     #[serde(default = "default_eps")]
     layer_norm_eps: f64,
-    image_size: OneOrTwo,
-    patch_size: OneOrTwo,
+    image_size: OneOrMany,
+    patch_size: Option<OneOrMany>,
     #[serde(default = "default_channels")]
     num_channels: i64,
     #[serde(default = "default_true")]
     qkv_bias: bool,
     #[serde(default)]
-    id2label: BTreeMap<String, String>,
+    use_swiglu_ffn: bool,
+    #[serde(default)]
+    num_register_tokens: i64,
+    num_frames: Option<i64>,
+    tubelet_size: Option<OneOrMany>,
+    #[serde(default = "default_true")]
+    use_mean_pooling: bool,
 }
 
 fn default_act() -> String {
@@ -84,151 +103,257 @@ pub fn parse_activation(name: &str) -> Option<Activation> {
     })
 }
 
-pub struct LoadedHf {
-    pub cfg: ViTConfig,
-    pub weights: ViTWeights,
-    pub labels: Vec<String>,
-    pub n_params: i64,
-    pub unexpected: Vec<String>,
+pub(crate) fn ln(store: &mut TensorStore, name: &str, d: i64) -> Result<LayerNormWeights> {
+    Ok(LayerNormWeights { weight: store.take(&format!("{name}.weight"), &[d])?, bias: store.take(&format!("{name}.bias"), &[d])? })
 }
 
-/// Reads the architecture name from config.json without committing to a family.
-pub fn sniff(config_path: &Path, text: &str) -> Result<(String, String)> {
-    let v: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| PrismaError::Config { path: config_path.into(), reason: format!("not valid JSON: {e}") })?;
-    let model_type = v.get("model_type").and_then(|m| m.as_str()).unwrap_or("").to_string();
-    let arch = v
-        .get("architectures")
-        .and_then(|a| a.as_array())
-        .and_then(|a| a.first())
-        .and_then(|a| a.as_str())
-        .unwrap_or("")
-        .to_string();
-    Ok((model_type, arch))
+/// Multiplies an output projection (weight [d, in], bias [d]) by a per-channel layer scale, so the
+/// block's hooks see the scaled output without a separate step.
+pub(crate) fn fold_layer_scale(w: Tensor, b: Tensor, scale: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+    match scale {
+        None => Ok((w, b)),
+        Some(s) => Ok((w.f_mul(&s.f_unsqueeze(1)?)?, b.f_mul(s)?)),
+    }
 }
 
-pub fn load(dir: &Path, config_text: &str, store: &mut TensorStore) -> Result<LoadedHf> {
+/// Reads `preprocessor_config.json`'s crop size (DINOv2 runs at it, not at its pretraining grid).
+fn preprocessor_crop(dir: &Path) -> Option<[i64; 2]> {
+    let text = std::fs::read_to_string(dir.join("preprocessor_config.json")).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    let crop = v.get("crop_size")?;
+    if let Some(n) = crop.as_i64() {
+        return Some([n, n]);
+    }
+    Some([crop.get("height")?.as_i64()?, crop.get("width")?.as_i64()?])
+}
+
+/// Resizes a loaded model's position table to run at `size` (a no-op at the native size).
+pub(crate) fn set_image_size(cfg: &mut ViTConfig, weights: &mut ViTWeights, size: [i64; 2], how: GridResample, config_path: &Path) -> Result<()> {
+    if size == cfg.image_size {
+        return Ok(());
+    }
+    if cfg.num_frames > 0 {
+        return Err(PrismaError::Argument(format!(
+            "{}: video models run at their training size ({}x{}); --image-size is for image models",
+            config_path.display(),
+            cfg.image_size[0],
+            cfg.image_size[1]
+        )));
+    }
+    let p = cfg.patch_size;
+    if size[0] < p || size[1] < p || size[0] % p != 0 || size[1] % p != 0 {
+        return Err(PrismaError::Argument(format!("image size {}x{} is not a multiple of the patch size {p}", size[0], size[1])));
+    }
+    let from = cfg.grid();
+    let to = [size[0] / p, size[1] / p];
+    weights.pos_embed = resize_grid(&weights.pos_embed, cfg.n_prefix_tokens(), from, to, how)?;
+    cfg.image_size = size;
+    Ok(())
+}
+
+pub fn load(dir: &Path, config_text: &str, store: &mut TensorStore, opts: &LoadOptions) -> Result<Parts> {
     let config_path = dir.join("config.json");
-    let raw: HfVitConfig = serde_json::from_str(config_text)
-        .map_err(|e| PrismaError::Config { path: config_path.clone(), reason: format!("not a ViT config: {e}") })?;
-    let model_type = raw.model_type.clone().unwrap_or_default();
-    let architecture = raw.architectures.as_ref().and_then(|a| a.first().cloned()).unwrap_or_default();
-    let is_deit = model_type == "deit";
-    // Which prefix the checkpoint uses: task models nest the backbone under `vit.`/`deit.`.
-    let backbone = if is_deit { "deit" } else { "vit" };
-    let prefix = if store.contains(&format!("{backbone}.embeddings.cls_token")) { format!("{backbone}.") } else { String::new() };
-    let has_head = store.contains("classifier.weight");
+    let bad = |reason: String| PrismaError::Config { path: config_path.clone(), reason };
+    let raw: HfVitConfig = serde_json::from_str(config_text).map_err(|e| bad(format!("not a ViT-family config: {e}")))?;
+    let value: Value = serde_json::from_str(config_text).map_err(|e| bad(e.to_string()))?;
+    let model_type = raw.model_type.as_str();
+    let architecture = raw.architectures.first().cloned().unwrap_or_default();
+    let (family, backbone) = match model_type {
+        "deit" => ("deit", "deit"),
+        "dinov2" | "dinov2_with_registers" => ("dinov2", "dinov2"),
+        "videomae" => ("videomae", "videomae"),
+        "vivit" => ("vivit", "vivit"),
+        _ => ("vit", "vit"),
+    };
+    let is_dinov2 = family == "dinov2";
+    let is_video = matches!(family, "videomae" | "vivit");
+    // Task models nest the backbone under `vit.` / `deit.` / …; bare models have no prefix.
+    let prefix = if store.names().any(|n| n.starts_with(&format!("{backbone}."))) { format!("{backbone}.") } else { String::new() };
     if architecture == "DeiTForImageClassificationWithTeacher" || store.contains("cls_classifier.weight") {
         return Err(PrismaError::UnsupportedModel {
             path: dir.into(),
             found: "DeiTForImageClassificationWithTeacher (two heads)".into(),
-            supported: supported(),
+            supported: super::family::SUPPORTED.into(),
         });
     }
-    let activation = parse_activation(&raw.hidden_act).ok_or_else(|| PrismaError::Config {
-        path: config_path.clone(),
-        reason: format!("unsupported hidden_act '{}'", raw.hidden_act),
-    })?;
-    if raw.hidden_size % raw.num_attention_heads != 0 {
-        return Err(PrismaError::Config {
-            path: config_path.clone(),
-            reason: format!("hidden_size {} is not divisible by num_attention_heads {}", raw.hidden_size, raw.num_attention_heads),
-        });
-    }
-    let mut labels: Vec<(i64, String)> = raw
-        .id2label
-        .iter()
-        .filter_map(|(k, v)| k.parse::<i64>().ok().map(|i| (i, v.clone())))
-        .collect();
-    labels.sort();
-    let n_classes = if has_head {
-        store.shape_of("classifier.weight").map(|s| s[0]).unwrap_or(0)
-    } else {
-        0
-    };
-    let labels: Vec<String> = if has_head && labels.len() as i64 == n_classes {
-        labels.into_iter().map(|(_, l)| l).collect()
-    } else if has_head {
-        (0..n_classes).map(|i| format!("LABEL_{i}")).collect()
-    } else {
-        Vec::new()
-    };
+    let activation = parse_activation(&raw.hidden_act).ok_or_else(|| bad(format!("unsupported hidden_act '{}'", raw.hidden_act)))?;
     let d = raw.hidden_size;
-    let patch = raw.patch_size.pair();
-    if patch[0] != patch[1] {
-        return Err(PrismaError::Config { path: config_path, reason: "non-square patches are not supported".into() });
+    if d % raw.num_attention_heads != 0 {
+        return Err(bad(format!("hidden_size {d} is not divisible by num_attention_heads {}", raw.num_attention_heads)));
     }
-    let cfg = ViTConfig {
-        architecture,
-        image_size: raw.image_size.pair(),
-        patch_size: patch[0],
-        num_channels: raw.num_channels,
-        d_model: d,
-        n_heads: raw.num_attention_heads,
-        d_head: d / raw.num_attention_heads,
-        d_mlp: raw.intermediate_size,
-        n_layers: raw.num_hidden_layers,
-        layer_norm_eps: raw.layer_norm_eps,
-        activation,
-        has_class_token: true,
-        has_distillation_token: is_deit,
-        has_ln_pre: false,
-        pooling: Pooling::ClassToken,
-        n_classes,
+    let n_heads = raw.num_attention_heads;
+    let (patch, tubelet) = match (&raw.tubelet_size, &raw.patch_size, family) {
+        (Some(OneOrMany::Many(t)), _, "vivit") if t.len() == 3 && t[1] == t[2] => (t[1], t[0]),
+        (_, Some(p), _) => match p.pair() {
+            Some([a, b]) if a == b => (a, raw.tubelet_size.as_ref().and_then(|t| t.pair()).map_or(1, |t| t[0])),
+            _ => return Err(bad("non-square patches are not supported".into())),
+        },
+        _ => return Err(bad("no patch_size".into())),
     };
+    let num_frames = if is_video { raw.num_frames.ok_or_else(|| bad("video config without num_frames".into()))? } else { 0 };
+    let image_size = raw.image_size.pair().ok_or_else(|| bad("image_size must be a number or [height, width]".into()))?;
     let p = |name: &str| format!("{prefix}{name}");
     let emb = |name: &str| format!("{prefix}embeddings.{name}");
-    let patch_weight = store.take(&emb("patch_embeddings.projection.weight"), &[d, cfg.num_channels, cfg.patch_size, cfg.patch_size])?;
+    let classifier = store.contains("classifier.weight");
+    if is_dinov2 && classifier {
+        return Err(PrismaError::UnsupportedModel {
+            path: dir.into(),
+            found: format!("{architecture} (classifier on [class; mean of patches])"),
+            supported: super::family::SUPPORTED.into(),
+        });
+    }
+    let n_classes = if classifier { store.shape_of("classifier.weight").map_or(0, |s| s[0]) } else { 0 };
+    let labels = if classifier { labels_from_id2label(&value, n_classes) } else { Vec::new() };
+    let has_class_token = store.contains(&emb("cls_token"));
+    let has_distillation_token = family == "deit";
+    let n_registers = if model_type == "dinov2_with_registers" { raw.num_register_tokens } else { 0 };
+    // VideoMAE's classifier pools (mean) then applies fc_norm; without fc_norm it reads token 0.
+    let fc_norm = store.contains("fc_norm.weight");
+    let (pooling, final_norm, final_norm_eps) = if family == "videomae" && fc_norm {
+        (Pooling::MeanPatches, FinalNorm::Pooled, 1e-5)
+    } else {
+        (Pooling::ClassToken, FinalNorm::AllTokens, raw.layer_norm_eps)
+    };
+    if family == "videomae" && !raw.use_mean_pooling && !store.contains(&p("layernorm.weight")) {
+        return Err(bad("VideoMAE without fc_norm or a final layernorm".into()));
+    }
+    let patch_weight_shape: Vec<i64> = if is_video { vec![d, raw.num_channels, tubelet, patch, patch] } else { vec![d, raw.num_channels, patch, patch] };
+    let patch_weight = store.take(&emb("patch_embeddings.projection.weight"), &patch_weight_shape)?;
     let patch_bias = store.take_optional(&emb("patch_embeddings.projection.bias"), &[d])?;
-    let class_token = Some(store.take(&emb("cls_token"), &[1, 1, d])?);
-    let distillation_token = if is_deit { Some(store.take(&emb("distillation_token"), &[1, 1, d])?) } else { None };
-    let pos_embed = store.take(&emb("position_embeddings"), &[1, cfg.n_pos(), d])?;
-    let ln = |store: &mut TensorStore, name: &str| -> Result<LayerNormWeights> {
-        Ok(LayerNormWeights { weight: store.take(&format!("{name}.weight"), &[d])?, bias: store.take(&format!("{name}.bias"), &[d])? })
+    let class_token = if has_class_token { Some(store.take(&emb("cls_token"), &[1, 1, d])?) } else { None };
+    let distillation_token = if has_distillation_token { Some(store.take(&emb("distillation_token"), &[1, 1, d])?) } else { None };
+    let register_tokens = if n_registers > 0 { Some(store.take(&emb("register_tokens"), &[1, n_registers, d])?) } else { None };
+    store.discard_prefix(&emb("mask_token"));
+    let n_table_prefix = has_class_token as i64 + has_distillation_token as i64;
+    // The learned table's own grid: DINOv2 stores its pretraining grid (e.g. 37x37 for 518 px).
+    let (table, table_grid) = if family == "videomae" {
+        let n = (num_frames / tubelet) * (image_size[0] / patch) * (image_size[1] / patch);
+        (sinusoid_table(n, d)?.f_to_kind(patch_weight.kind())?.f_to_device(patch_weight.device())?, [image_size[0] / patch, image_size[1] / patch])
+    } else {
+        let name = emb("position_embeddings");
+        let shape = store.shape_of(&name).ok_or_else(|| PrismaError::WeightsMissing { file: dir.join("model.safetensors"), tensor: name.clone() })?;
+        let n_grid = shape.get(1).copied().unwrap_or(0) - n_table_prefix;
+        let grid = if is_dinov2 {
+            let side = (n_grid as f64).sqrt().round() as i64;
+            [side, side]
+        } else {
+            [image_size[0] / patch, image_size[1] / patch]
+        };
+        let slices = if is_video { num_frames / tubelet } else { 1 };
+        if grid[0] * grid[1] * slices != n_grid {
+            return Err(PrismaError::WeightsShape { file: dir.join("model.safetensors"), tensor: name, expected: vec![1, n_table_prefix + grid[0] * grid[1] * slices, d], found: shape });
+        }
+        (store.take(&name, &shape)?, grid)
+    };
+    // Registers get no position embedding: zero rows keep the table in token order.
+    let pos_embed = if n_registers > 0 {
+        let zeros = Tensor::f_zeros([1, n_registers, d].as_slice(), (table.kind(), table.device()))?;
+        Tensor::f_cat(&[table.f_narrow(1, 0, n_table_prefix)?, zeros, table.f_narrow(1, n_table_prefix, table.size()[1] - n_table_prefix)?], 1)?
+    } else {
+        table
+    };
+    let d_mlp = if raw.use_swiglu_ffn {
+        let name = p("encoder.layer.0.mlp.weights_in.weight");
+        store.shape_of(&name).map(|s| s[0] / 2).ok_or_else(|| PrismaError::WeightsMissing { file: dir.join("model.safetensors"), tensor: name })?
+    } else if let Some(n) = raw.intermediate_size {
+        n
+    } else {
+        (d as f64 * raw.mlp_ratio.unwrap_or(4.0)) as i64
+    };
+    let mut cfg = ViTConfig {
+        architecture: if architecture.is_empty() { model_type.to_string() } else { architecture.clone() },
+        image_size: [table_grid[0] * patch, table_grid[1] * patch],
+        patch_size: patch,
+        num_channels: raw.num_channels,
+        num_frames,
+        tubelet_size: if is_video { tubelet } else { 1 },
+        d_model: d,
+        n_heads,
+        d_head: d / n_heads,
+        d_mlp,
+        n_layers: raw.num_hidden_layers,
+        layer_norm_eps: raw.layer_norm_eps,
+        final_norm_eps,
+        activation: if raw.use_swiglu_ffn { Activation::Silu } else { activation },
+        gated_mlp: raw.use_swiglu_ffn,
+        has_class_token,
+        has_distillation_token,
+        n_registers,
+        has_ln_pre: false,
+        pooling,
+        final_norm,
+        n_classes,
     };
     let mut blocks = Vec::with_capacity(cfg.n_layers);
     for l in 0..cfg.n_layers {
         let b = |name: &str| p(&format!("encoder.layer.{l}.{name}"));
-        let ln1 = ln(store, &b("layernorm_before"))?;
+        let (ln1_name, ln2_name) = if is_dinov2 { ("norm1", "norm2") } else { ("layernorm_before", "layernorm_after") };
+        let ln1 = ln(store, &b(ln1_name), d)?;
         let mut w = Vec::new();
-        let mut bias = Vec::new();
         for proj in ["query", "key", "value"] {
             w.push(store.take(&b(&format!("attention.attention.{proj}.weight")), &[d, d])?);
-            if raw.qkv_bias {
+        }
+        let b_qkv = if family == "videomae" {
+            // VideoMAE: q and v biases, none for k.
+            match (store.take_optional(&b("attention.attention.q_bias"), &[d])?, store.take_optional(&b("attention.attention.v_bias"), &[d])?) {
+                (Some(q), Some(v)) => Some(Tensor::f_cat(&[q.shallow_clone(), q.f_zeros_like()?, v], 0)?),
+                _ => None,
+            }
+        } else if raw.qkv_bias {
+            let mut bias = Vec::new();
+            for proj in ["query", "key", "value"] {
                 bias.push(store.take(&b(&format!("attention.attention.{proj}.bias")), &[d])?);
             }
-        }
+            Some(Tensor::f_cat(&bias, 0)?)
+        } else {
+            None
+        };
         let w_qkv = Tensor::f_cat(&w, 0)?;
-        let b_qkv = if raw.qkv_bias { Some(Tensor::f_cat(&bias, 0)?) } else { None };
-        let w_o = store.take(&b("attention.output.dense.weight"), &[d, d])?;
-        // nn.Linear stores [out, in]; per head h the input slice is columns h*dh..(h+1)*dh.
-        let w_o_heads = w_o
-            .f_reshape([d, cfg.n_heads, cfg.d_head].as_slice())?
-            .f_permute([1i64, 2, 0].as_slice())?
-            .f_contiguous()?;
-        let b_o = store.take(&b("attention.output.dense.bias"), &[d])?;
-        let ln2 = ln(store, &b("layernorm_after"))?;
-        let w_in = store.take(&b("intermediate.dense.weight"), &[cfg.d_mlp, d])?;
-        let b_in = store.take(&b("intermediate.dense.bias"), &[cfg.d_mlp])?;
-        let w_out = store.take(&b("output.dense.weight"), &[d, cfg.d_mlp])?;
-        let b_out = store.take(&b("output.dense.bias"), &[d])?;
+        let ls1 = if is_dinov2 { Some(store.take(&b("layer_scale1.lambda1"), &[d])?) } else { None };
+        let ls2 = if is_dinov2 { Some(store.take(&b("layer_scale2.lambda1"), &[d])?) } else { None };
+        let (w_o, b_o) = fold_layer_scale(
+            store.take(&b("attention.output.dense.weight"), &[d, d])?,
+            store.take(&b("attention.output.dense.bias"), &[d])?,
+            ls1.as_ref(),
+        )?;
+        let w_o_heads = BlockWeights::heads_of(&w_o, n_heads, cfg.d_head)?;
+        let ln2 = ln(store, &b(ln2_name), d)?;
+        let (w_in, b_in, w_out, b_out) = if raw.use_swiglu_ffn {
+            (
+                store.take(&b("mlp.weights_in.weight"), &[2 * d_mlp, d])?,
+                store.take(&b("mlp.weights_in.bias"), &[2 * d_mlp])?,
+                store.take(&b("mlp.weights_out.weight"), &[d, d_mlp])?,
+                store.take(&b("mlp.weights_out.bias"), &[d])?,
+            )
+        } else if is_dinov2 {
+            (
+                store.take(&b("mlp.fc1.weight"), &[d_mlp, d])?,
+                store.take(&b("mlp.fc1.bias"), &[d_mlp])?,
+                store.take(&b("mlp.fc2.weight"), &[d, d_mlp])?,
+                store.take(&b("mlp.fc2.bias"), &[d])?,
+            )
+        } else {
+            (
+                store.take(&b("intermediate.dense.weight"), &[d_mlp, d])?,
+                store.take(&b("intermediate.dense.bias"), &[d_mlp])?,
+                store.take(&b("output.dense.weight"), &[d, d_mlp])?,
+                store.take(&b("output.dense.bias"), &[d])?,
+            )
+        };
+        let (w_out, b_out) = fold_layer_scale(w_out, b_out, ls2.as_ref())?;
         blocks.push(BlockWeights { ln1, w_qkv, b_qkv, w_o, w_o_heads, b_o, ln2, w_in, b_in, w_out, b_out });
     }
-    let ln_final = ln(store, &p("layernorm"))?;
-    let head = if has_head {
-        Some((store.take("classifier.weight", &[n_classes, d])?, store.take("classifier.bias", &[n_classes])?))
+    let ln_final = if final_norm == FinalNorm::Pooled { ln(store, "fc_norm", d)? } else { ln(store, &p("layernorm"), d)? };
+    let head = if classifier {
+        Head::Classifier { weight: store.take("classifier.weight", &[n_classes, d])?, bias: store.take("classifier.bias", &[n_classes])? }
     } else {
-        None
+        Head::None
     };
     // The pooler (dense + tanh on the class token) feeds no output we expose.
     store.discard_prefix(&p("pooler."));
-    let n_params = store.n_params;
-    let unexpected = store.leftover();
-    Ok(LoadedHf {
-        weights: ViTWeights { patch_weight, patch_bias, class_token, distillation_token, pos_embed, ln_pre: None, blocks, ln_final, head },
-        cfg,
-        labels,
-        n_params,
-        unexpected,
-    })
+    let mut weights = ViTWeights { patch_weight, patch_bias, class_token, distillation_token, register_tokens, pos_embed, ln_pre: None, blocks, ln_final, head };
+    let how = if model_type == "dinov2_with_registers" { GridResample::BicubicAntialias } else { GridResample::Bicubic };
+    let size = opts.image_size.or_else(|| if is_dinov2 { preprocessor_crop(dir) } else { None }).unwrap_or(image_size);
+    set_image_size(&mut cfg, &mut weights, size, how, &config_path)?;
+    Ok(Parts { cfg, weights, text: None, labels, family })
 }

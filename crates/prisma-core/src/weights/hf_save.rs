@@ -4,7 +4,7 @@
 
 use crate::error::{PrismaError, Result};
 use crate::model::to_f32_vec;
-use crate::models::vit::{HookedViT, Pooling};
+use crate::models::vit::{FinalNorm, Head, HookedViT, Pooling};
 use crate::tensor_file::{save_safetensors, write_atomically};
 use serde_json::json;
 use std::collections::HashMap;
@@ -15,7 +15,7 @@ use tch::Tensor;
 pub fn hf_tensors(vit: &HookedViT) -> Result<Vec<(String, Vec<i64>, Vec<f32>)>> {
     let c = &vit.cfg;
     let w = &vit.weights;
-    if c.pooling != Pooling::ClassToken || c.has_ln_pre || c.has_distillation_token {
+    if c.pooling != Pooling::ClassToken || c.has_ln_pre || c.has_distillation_token || c.num_frames > 0 || c.n_registers > 0 || c.gated_mlp || c.final_norm != FinalNorm::AllTokens {
         return Err(PrismaError::Argument("only class-token ViTs without ln_pre can be saved in HF ViT format".into()));
     }
     let mut out: Vec<(String, Tensor)> = Vec::new();
@@ -54,7 +54,7 @@ pub fn hf_tensors(vit: &HookedViT) -> Result<Vec<(String, Vec<i64>, Vec<f32>)>> 
     }
     put("vit.layernorm.weight".into(), &w.ln_final.weight);
     put("vit.layernorm.bias".into(), &w.ln_final.bias);
-    if let Some((hw, hb)) = &w.head {
+    if let Head::Classifier { weight: hw, bias: hb } = &w.head {
         put("classifier.weight".into(), hw);
         put("classifier.bias".into(), hb);
     }

@@ -41,6 +41,18 @@ impl TensorStore {
         Ok(TensorStore { tensors, primary, n_params: 0 })
     }
 
+    /// Opens one named safetensors file (open_clip's `open_clip_model.safetensors`).
+    pub fn open_file(file: &Path, kind: Kind, device: Device) -> Result<Self> {
+        let mut tensors = BTreeMap::new();
+        read_file_into(file, kind, device, &mut tensors)?;
+        Ok(TensorStore { tensors, primary: file.to_path_buf(), n_params: 0 })
+    }
+
+    /// Every tensor name still in the store (loaders use it to count layers).
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.tensors.keys()
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }

@@ -1,0 +1,224 @@
+//! One pre-LN transformer block (attention + MLP) with a hook at every intermediate value. Shared by
+//! the vision tower (`HookedViT`) and the text tower (`HookedTextEncoder`); the tower only changes the
+//! hook names and whether attention is masked.
+
+use crate::error::{PrismaError, Result};
+use crate::hooks::{HookCtx, HookPoint, Site, Tower};
+use tch::{Kind, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Gelu,
+    GeluTanh,
+    QuickGelu,
+    Relu,
+    Silu,
+}
+
+impl Activation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Gelu => "gelu",
+            Activation::GeluTanh => "gelu_tanh",
+            Activation::QuickGelu => "quick_gelu",
+            Activation::Relu => "relu",
+            Activation::Silu => "silu",
+        }
+    }
+
+    pub(crate) fn apply(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Activation::Gelu => x.f_gelu("none")?,
+            Activation::GeluTanh => x.f_gelu("tanh")?,
+            // CLIP's approximation: x * sigmoid(1.702 x).
+            Activation::QuickGelu => x.f_mul(&x.f_mul_scalar(1.702)?.f_sigmoid()?)?,
+            Activation::Relu => x.f_relu()?,
+            Activation::Silu => x.f_silu()?,
+        })
+    }
+}
+
+pub struct LayerNormWeights {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+pub struct BlockWeights {
+    pub ln1: LayerNormWeights,
+    /// Fused [3d, d] projection (q rows, then k, then v) so the common path is one matmul.
+    pub w_qkv: Tensor,
+    pub b_qkv: Option<Tensor>,
+    /// [d, H*dh] as in nn.Linear, and the same weights as [H, dh, d] for per-head results. Loaders
+    /// fold a layer scale (DINOv2) into these and into `w_out`/`b_out`, so hooks see scaled outputs.
+    pub w_o: Tensor,
+    pub w_o_heads: Tensor,
+    pub b_o: Tensor,
+    pub ln2: LayerNormWeights,
+    /// [d_mlp, d], or [2 d_mlp, d] for a gated (SwiGLU) MLP: gate rows first, then linear rows.
+    pub w_in: Tensor,
+    pub b_in: Tensor,
+    pub w_out: Tensor,
+    pub b_out: Tensor,
+}
+
+impl BlockWeights {
+    /// Per-head view of an nn.Linear output projection [d, H*dh] → [H, dh, d].
+    pub fn heads_of(w_o: &Tensor, n_heads: i64, d_head: i64) -> Result<Tensor> {
+        let d = w_o.size()[0];
+        // nn.Linear stores [out, in]; head h reads input columns h*dh..(h+1)*dh.
+        Ok(w_o.f_reshape([d, n_heads, d_head].as_slice())?.f_permute([1i64, 2, 0].as_slice())?.f_contiguous()?)
+    }
+}
+
+/// The sizes and choices one block needs; the same for every block of a tower.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockDims {
+    pub tower: Tower,
+    pub d_model: i64,
+    pub n_heads: i64,
+    pub d_head: i64,
+    pub layer_norm_eps: f64,
+    pub activation: Activation,
+    /// SwiGLU-style MLP: activation(gate) * linear.
+    pub gated_mlp: bool,
+}
+
+/// A block entered part-way, with the values before that point already computed (e.g. taken from a
+/// cached run). Patching sweeps use this to skip work that a patch cannot change. Hooks before the
+/// entry point are not visited.
+pub enum BlockEntry {
+    /// `hook_resid_pre` plus the (already hooked) q, k and v.
+    Qkv { resid_pre: Tensor, q: Tensor, k: Tensor, v: Tensor },
+    /// `hook_resid_pre` plus the (already hooked) z.
+    Z { resid_pre: Tensor, z: Tensor },
+    /// `hook_resid_mid`: only the MLP half of the block remains.
+    ResidMid(Tensor),
+}
+
+impl BlockEntry {
+    /// Enter at `hook_resid_pre` (nothing known yet).
+    pub fn resid_pre(resid_pre: Tensor) -> Self {
+        BlockEntry::Qkv { resid_pre, q: Tensor::new(), k: Tensor::new(), v: Tensor::new() }
+    }
+}
+
+/// Runs block `layer` from `entry`. A `Qkv` entry with undefined q/k/v means "from resid_pre".
+/// With `cls_only`, queries (and everything after attention) are computed for token 0 only.
+/// `mask` ([B or 1, 1, q, k] bool, true = may attend) restricts attention (causal text towers).
+pub fn block_from(
+    dims: &BlockDims,
+    w: &BlockWeights,
+    layer: usize,
+    entry: BlockEntry,
+    cls_only: bool,
+    mask: Option<&Tensor>,
+    ctx: &mut HookCtx,
+) -> Result<Tensor> {
+    let at = |site| HookPoint::in_tower(dims.tower, Some(layer), site);
+    let resid_mid = match entry {
+        BlockEntry::ResidMid(resid_mid) if cls_only => resid_mid.f_narrow(1, 0, 1)?,
+        BlockEntry::ResidMid(resid_mid) => resid_mid,
+        BlockEntry::Z { resid_pre, z } => attention_output(dims, w, layer, &resid_pre, z, cls_only, ctx)?,
+        BlockEntry::Qkv { resid_pre, q, k, v } => {
+            let (resid_pre, q, k, v) = if q.defined() {
+                (resid_pre, q, k, v)
+            } else {
+                let resid_pre = ctx.hook(at(Site::ResidPre), resid_pre)?;
+                let x = layer_norm(dims, &resid_pre, &w.ln1, at(Site::Ln1Scale), at(Site::Ln1Normalized), ctx)?;
+                let size = x.size();
+                let heads = [size[0], size[1], dims.n_heads, dims.d_head];
+                let qkv = x.f_linear(&w.w_qkv, w.b_qkv.as_ref())?.f_split(dims.d_model, -1)?;
+                let [q, k, v]: [Tensor; 3] =
+                    qkv.try_into().map_err(|_| PrismaError::Internal("qkv split did not give three parts".into()))?;
+                let q = ctx.hook(at(Site::Q), q.f_reshape(heads.as_slice())?)?;
+                let k = ctx.hook(at(Site::K), k.f_reshape(heads.as_slice())?)?;
+                let v = ctx.hook(at(Site::V), v.f_reshape(heads.as_slice())?)?;
+                (resid_pre, q, k, v)
+            };
+            let q = if cls_only { q.f_narrow(1, 0, 1)? } else { q };
+            let mask = match mask {
+                Some(m) if cls_only => Some(m.f_narrow(2, 0, 1)?),
+                Some(m) => Some(m.shallow_clone()),
+                None => None,
+            };
+            // [B, H, pos, dh]
+            let (qh, kh, vh) = (q.f_transpose(1, 2)?, k.f_transpose(1, 2)?, v.f_transpose(1, 2)?);
+            let z = if ctx.active(at(Site::AttnScores)) || ctx.active(at(Site::Pattern)) {
+                let scale = 1.0 / (dims.d_head as f64).sqrt();
+                let mut scores = qh.f_matmul(&kh.f_transpose(-1, -2)?)?.f_mul_scalar(scale)?;
+                if let Some(m) = &mask {
+                    scores = scores.f_masked_fill(&m.f_logical_not()?, f64::NEG_INFINITY)?;
+                }
+                let scores = ctx.hook(at(Site::AttnScores), scores)?;
+                let pattern = ctx.hook(at(Site::Pattern), scores.f_softmax(-1, None::<Kind>)?)?;
+                pattern.f_matmul(&vh)?
+            } else {
+                Tensor::f_scaled_dot_product_attention(&qh, &kh, &vh, mask.as_ref(), 0.0, false, None, false)?
+            };
+            let z = ctx.hook(at(Site::Z), z.f_transpose(1, 2)?)?;
+            attention_output(dims, w, layer, &resid_pre, z, cls_only, ctx)?
+        }
+    };
+    let x = layer_norm(dims, &resid_mid, &w.ln2, at(Site::Ln2Scale), at(Site::Ln2Normalized), ctx)?;
+    let post = if dims.gated_mlp {
+        let both = x.f_linear(&w.w_in, Some(&w.b_in))?;
+        let half = both.size()[2] / 2;
+        let gate = ctx.hook(at(Site::MlpPre), both.f_narrow(-1, 0, half)?)?;
+        let linear = ctx.hook(at(Site::MlpPreLinear), both.f_narrow(-1, half, half)?)?;
+        ctx.hook(at(Site::MlpPost), dims.activation.apply(&gate)?.f_mul(&linear)?)?
+    } else {
+        let pre = ctx.hook(at(Site::MlpPre), x.f_linear(&w.w_in, Some(&w.b_in))?)?;
+        ctx.hook(at(Site::MlpPost), dims.activation.apply(&pre)?)?
+    };
+    let mlp_out = ctx.hook(at(Site::MlpOut), post.f_linear(&w.w_out, Some(&w.b_out))?)?;
+    ctx.hook(at(Site::ResidPost), resid_mid.f_add(&mlp_out)?)
+}
+
+/// From z to `hook_resid_mid`: per-head results when watched, else one fused projection.
+fn attention_output(
+    dims: &BlockDims,
+    w: &BlockWeights,
+    layer: usize,
+    resid_pre: &Tensor,
+    z: Tensor,
+    cls_only: bool,
+    ctx: &mut HookCtx,
+) -> Result<Tensor> {
+    let at = |site| HookPoint::in_tower(dims.tower, Some(layer), site);
+    // Only the class token's row matters downstream; z at other positions feeds other rows.
+    let z = if cls_only && z.size()[1] != 1 { z.f_narrow(1, 0, 1)? } else { z };
+    let size = z.size();
+    let (batch, pos) = (size[0], size[1]);
+    let attn_out = if ctx.active(at(Site::Result)) {
+        let result = Tensor::f_einsum("bphd,hdm->bphm", &[&z, &w.w_o_heads], None::<&[i64]>)?;
+        let result = ctx.hook(at(Site::Result), result)?;
+        result.f_sum_dim_intlist([2i64].as_slice(), false, None::<Kind>)?.f_add(&w.b_o)?
+    } else {
+        z.f_reshape([batch, pos, dims.d_model].as_slice())?.f_linear(&w.w_o, Some(&w.b_o))?
+    };
+    let attn_out = ctx.hook(at(Site::AttnOut), attn_out)?;
+    let resid_pre = if cls_only { resid_pre.f_narrow(1, 0, 1)? } else { resid_pre.shallow_clone() };
+    ctx.hook(at(Site::ResidMid), resid_pre.f_add(&attn_out)?)
+}
+
+/// TransformerLens-style layer norm: `scale` = sqrt(var + eps) of the centred input is a hook
+/// point, and `normalized` is the output after weight and bias.
+pub fn layer_norm(
+    dims: &BlockDims,
+    x: &Tensor,
+    ln: &LayerNormWeights,
+    scale_point: HookPoint,
+    normalized_point: HookPoint,
+    ctx: &mut HookCtx,
+) -> Result<Tensor> {
+    let eps = dims.layer_norm_eps;
+    let normalized = if ctx.active(scale_point) {
+        let centred = x.f_sub(&x.f_mean_dim([-1i64].as_slice(), true, None::<Kind>)?)?;
+        let scale = centred.f_square()?.f_mean_dim([-1i64].as_slice(), true, None::<Kind>)?.f_add_scalar(eps)?.f_sqrt()?;
+        let scale = ctx.hook(scale_point, scale)?;
+        centred.f_div(&scale)?.f_mul(&ln.weight)?.f_add(&ln.bias)?
+    } else {
+        x.f_layer_norm([dims.d_model].as_slice(), Some(&ln.weight), Some(&ln.bias), eps, true)?
+    };
+    ctx.hook(normalized_point, normalized)
+}

@@ -1,0 +1,153 @@
+//! HookedTextEncoder: the text tower of a CLIP-style model (causal pre-LN transformer, pooled at the
+//! end-of-text token, projected into the shared embedding space). Its hooks carry a `text.` prefix.
+
+use super::block::{block_from, layer_norm, Activation, BlockDims, BlockEntry, BlockWeights, LayerNormWeights};
+use crate::error::{PrismaError, Result};
+use crate::hooks::{HookCtx, HookPoint, Site, Tower, BLOCK_SITES};
+use tch::{Kind, Tensor};
+
+/// Which token's final state is the sentence embedding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextPooling {
+    /// The position of the highest token id (the end-of-text token in CLIP vocabularies). What
+    /// open_clip does, and HF CLIP for configs with the legacy `eos_token_id: 2`.
+    ArgmaxId,
+    /// The first position holding this id (HF CLIP with a real `eos_token_id`).
+    FirstId(i64),
+}
+
+#[derive(Debug, Clone)]
+pub struct TextConfig {
+    pub d_model: i64,
+    pub n_heads: i64,
+    pub d_head: i64,
+    pub d_mlp: i64,
+    pub n_layers: usize,
+    pub layer_norm_eps: f64,
+    pub activation: Activation,
+    pub max_positions: i64,
+    pub vocab_size: i64,
+    pub pooling: TextPooling,
+    /// Pad every prompt batch to this length (open_clip's fixed context); None = to the longest.
+    pub pad_to: Option<i64>,
+    /// Mask padding keys as well as future ones (HF CLIP passes attention_mask; open_clip does not).
+    pub mask_padding: bool,
+}
+
+impl TextConfig {
+    pub fn dims(&self) -> BlockDims {
+        BlockDims {
+            tower: Tower::Text,
+            d_model: self.d_model,
+            n_heads: self.n_heads,
+            d_head: self.d_head,
+            layer_norm_eps: self.layer_norm_eps,
+            activation: self.activation,
+            gated_mlp: false,
+        }
+    }
+}
+
+pub struct TextWeights {
+    /// [vocab, d]
+    pub token_embed: Tensor,
+    /// [max_positions, d]
+    pub pos_embed: Tensor,
+    pub blocks: Vec<BlockWeights>,
+    pub ln_final: LayerNormWeights,
+    /// [proj, d] (nn.Linear layout)
+    pub projection: Tensor,
+    /// exp(logit_scale), the temperature of image-text similarities.
+    pub logit_scale: f64,
+}
+
+pub struct HookedTextEncoder {
+    pub cfg: TextConfig,
+    pub weights: TextWeights,
+}
+
+impl HookedTextEncoder {
+    pub fn hook_points(&self) -> Vec<HookPoint> {
+        let text = |layer, site| HookPoint::in_tower(Tower::Text, layer, site);
+        let mut points = vec![text(None, Site::Embed), text(None, Site::PosEmbed), text(None, Site::FullEmbed)];
+        for layer in 0..self.cfg.n_layers {
+            points.extend(BLOCK_SITES.iter().filter(|(s, _)| *s != Site::MlpPreLinear).map(|(s, _)| text(Some(layer), *s)));
+        }
+        points.push(text(None, Site::LnFinalScale));
+        points.push(text(None, Site::LnFinalNormalized));
+        points.push(HookPoint::global(Site::TextEmbeds));
+        points
+    }
+
+    pub fn hook_shape(&self, point: HookPoint, batch: i64, len: i64) -> Vec<i64> {
+        let c = &self.cfg;
+        let (d, h, dh) = (c.d_model, c.n_heads, c.d_head);
+        use Site::*;
+        match point.site {
+            Ln1Scale | Ln2Scale | LnFinalScale => vec![batch, len, 1],
+            Q | K | V | Z => vec![batch, len, h, dh],
+            AttnScores | Pattern => vec![batch, h, len, len],
+            Result => vec![batch, len, h, d],
+            MlpPre | MlpPost => vec![batch, len, c.d_mlp],
+            TextEmbeds => vec![batch, self.weights.projection.size()[0]],
+            _ => vec![batch, len, d],
+        }
+    }
+
+    /// Token ids [B, T] (int64) and attention mask [B, T] (1 = real token) → text embeddings
+    /// [B, proj] (unnormalised), recorded at `hook_text_embeds`.
+    pub fn forward(&self, ids: &Tensor, attention_mask: &Tensor, ctx: &mut HookCtx) -> Result<Tensor> {
+        let c = &self.cfg;
+        let w = &self.weights;
+        let size = ids.size();
+        if size.len() != 2 || size[1] > c.max_positions || size[1] == 0 {
+            return Err(PrismaError::Shape(format!("token ids have shape {size:?}, expected [batch, 1..={}]", c.max_positions)));
+        }
+        let (batch, len) = (size[0], size[1]);
+        let device = w.token_embed.device();
+        let ids = ids.f_to_device(device)?;
+        let text = |site| HookPoint::in_tower(Tower::Text, None, site);
+        let tokens = ctx.hook(text(Site::Embed), w.token_embed.lookup_rows(&ids)?)?;
+        let pos = w.pos_embed.f_narrow(0, 0, len)?.f_unsqueeze(0)?.f_expand([batch, len, c.d_model].as_slice(), false)?;
+        let pos = ctx.hook(text(Site::PosEmbed), pos)?;
+        let mut resid = ctx.hook(text(Site::FullEmbed), tokens.f_add(&pos)?)?;
+        // [1, 1, T, T] causal, and with padding also [B, 1, 1, T] on the keys.
+        let mut mask = Tensor::f_ones([len, len].as_slice(), (Kind::Bool, device))?.f_tril(0)?.f_view([1, 1, len, len].as_slice())?;
+        if c.mask_padding {
+            let keys = attention_mask.f_to_device(device)?.f_ne(0)?.f_view([batch, 1, 1, len].as_slice())?;
+            mask = mask.f_logical_and(&keys)?;
+        }
+        let dims = c.dims();
+        for layer in 0..c.n_layers {
+            resid = block_from(&dims, &w.blocks[layer], layer, BlockEntry::resid_pre(resid), false, Some(&mask), ctx)?;
+        }
+        let normed = layer_norm(&dims, &resid, &w.ln_final, text(Site::LnFinalScale), text(Site::LnFinalNormalized), ctx)?;
+        let at = match c.pooling {
+            TextPooling::ArgmaxId => ids.f_argmax(-1, false)?,
+            TextPooling::FirstId(eos) => ids.f_eq(eos)?.f_to_kind(Kind::Int64)?.f_argmax(-1, false)?,
+        };
+        let rows = Tensor::f_arange(batch, (Kind::Int64, device))?;
+        let pooled = normed.f_index(&[Some(rows), Some(at)])?;
+        ctx.hook(HookPoint::global(Site::TextEmbeds), pooled.f_linear::<Tensor>(&w.projection, None)?)
+    }
+}
+
+trait EmbeddingRows {
+    fn lookup_rows(&self, ids: &Tensor) -> Result<Tensor>;
+}
+
+impl EmbeddingRows for Tensor {
+    /// Rows of an embedding table [V, d] for ids [B, T] → [B, T, d], with an id range check (a bad
+    /// tokenizer/model pairing would otherwise be a native index error).
+    fn lookup_rows(&self, ids: &Tensor) -> Result<Tensor> {
+        let vocab = self.size()[0];
+        if ids.numel() > 0 {
+            let max = ids.f_max()?.int64_value(&[]);
+            let min = ids.f_min()?.int64_value(&[]);
+            if min < 0 || max >= vocab {
+                return Err(PrismaError::Argument(format!("token id {max} is outside the text model's vocabulary of {vocab} (tokenizer and model do not match)")));
+            }
+        }
+        Ok(Tensor::f_embedding(self, ids, -1, false, false)?)
+    }
+}

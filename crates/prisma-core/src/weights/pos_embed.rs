@@ -1,0 +1,53 @@
+//! Position-embedding tables: resizing a learned table to another patch grid the way each reference
+//! library does it, and the fixed sinusoid table of VideoMAE.
+
+use crate::error::{PrismaError, Result};
+use tch::{Kind, Tensor};
+
+/// How a reference library resamples the patch part of a learned table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GridResample {
+    /// `F.interpolate(mode="bicubic", align_corners=False)` (HF ViT, CLIP, ViViT, Dinov2Model).
+    Bicubic,
+    /// The same with `antialias=True` (HF Dinov2WithRegistersModel, timm `resample_abs_pos_embed`).
+    BicubicAntialias,
+}
+
+/// `table` [1, prefix + gh*gw, d] (prefix = class/distillation entries, kept as they are) → the same
+/// for the grid `to`. Computed in float32 like the references, returned in the table's dtype.
+pub fn resize_grid(table: &Tensor, prefix: i64, from: [i64; 2], to: [i64; 2], how: GridResample) -> Result<Tensor> {
+    if from == to {
+        return Ok(table.shallow_clone());
+    }
+    let size = table.size();
+    let d = size[2];
+    if size[1] != prefix + from[0] * from[1] {
+        return Err(PrismaError::Internal(format!("position table {size:?} does not hold a {}x{} grid", from[0], from[1])));
+    }
+    let kind = table.kind();
+    let head = table.f_narrow(1, 0, prefix)?;
+    let grid = table
+        .f_narrow(1, prefix, from[0] * from[1])?
+        .f_reshape([1, from[0], from[1], d].as_slice())?
+        .f_permute([0i64, 3, 1, 2].as_slice())?
+        .f_to_kind(Kind::Float)?;
+    let resized = match how {
+        GridResample::Bicubic => grid.f_upsample_bicubic2d(to.as_slice(), false, None, None)?,
+        GridResample::BicubicAntialias => grid.f_internal_upsample_bicubic2d_aa(to.as_slice(), false, None, None)?,
+    };
+    let resized = resized.f_permute([0i64, 2, 3, 1].as_slice())?.f_reshape([1, to[0] * to[1], d].as_slice())?.f_to_kind(kind)?;
+    Ok(Tensor::f_cat(&[head, resized], 1)?)
+}
+
+/// VideoMAE's fixed table [1, n, d]: angle(p, j) = p / 10000^(2⌊j/2⌋/d), sin on even j, cos on odd j
+/// (computed in float64 as the reference does with numpy, then float32).
+pub fn sinusoid_table(n: i64, d: i64) -> Result<Tensor> {
+    let mut values = Vec::with_capacity((n * d) as usize);
+    for p in 0..n {
+        for j in 0..d {
+            let angle = p as f64 / 10000f64.powf(2.0 * (j / 2) as f64 / d as f64);
+            values.push(if j % 2 == 0 { angle.sin() } else { angle.cos() } as f32);
+        }
+    }
+    Ok(Tensor::from_slice(&values).f_reshape([1, n, d].as_slice())?)
+}

@@ -1,0 +1,128 @@
+//! Every model family against its reference library's own activations (fixtures/reference, made by
+//! fixtures/make_family_fixtures.py with transformers / open_clip / timm), within 1e-4 in fp32:
+//! every reference key we expose is compared, at the default and at a non-default resolution, for
+//! images and for a video clip, and CLIP's text tower, tokenizer and zero-shot probabilities.
+
+mod common;
+use common::*;
+use prisma_core::weights::family::LoadOptions;
+use prisma_core::{Model, RunRequest};
+use std::collections::{BTreeMap, HashMap};
+use tch::{Kind, Tensor};
+
+const TOL: f64 = 1e-4;
+const PROMPTS: [&str; 4] = ["a photo of a cat.", "a photo of a dog.", "a photo of coffee.", "a photo of a person."];
+
+fn load_at(name: &str, size: Option<[i64; 2]>) -> Model {
+    Model::load_with(&fixtures().join("models").join(name), "cpu", "f32", &LoadOptions { image_size: size }).expect("fixture model loads")
+}
+
+/// Runs `pixels` recording every hook; returns name → value (the output included).
+fn run_all(model: &Model, pixels: &Tensor) -> HashMap<String, Tensor> {
+    let out = model.run(RunRequest { pixels: Some(pixels.shallow_clone()), cache: vec!["*".into()], ..Default::default() }).expect("forward runs");
+    let mut ours: HashMap<String, Tensor> = out.cache.into_iter().map(|(p, t)| (p.to_string(), t)).collect();
+    ours.insert(out.output_name.to_string(), out.output);
+    ours
+}
+
+/// Compares every reference key under `prefix` (stripped) that is a hook; returns how many.
+/// Keys in `not_exposed` may be absent from our hooks; any other absent key fails.
+fn compare(name: &str, reference: &BTreeMap<String, Tensor>, ours: &HashMap<String, Tensor>, prefix: &str, not_exposed: &[&str]) -> usize {
+    let mut compared = 0;
+    for (key, expected) in reference {
+        let Some(hook) = key.strip_prefix(prefix) else { continue };
+        if hook.starts_with("res") || hook.starts_with("pixel_values") || ["input_ids", "attention_mask", "zero_shot_probs"].contains(&hook) {
+            continue;
+        }
+        match ours.get(hook) {
+            Some(got) => {
+                let diff = max_abs_diff(got, expected);
+                assert!(diff <= TOL, "{name}: {key} differs by {diff:e}");
+                compared += 1;
+            }
+            None => assert!(not_exposed.contains(&hook), "{name}: we expose no '{hook}' (reference key {key})"),
+        }
+    }
+    compared
+}
+
+#[test]
+fn image_families_match_their_references() {
+    // (fixture, reference keys we deliberately do not expose)
+    for (name, not_exposed) in [
+        ("timm-vit-tiny", &[][..]),
+        ("timm-vit-gap", &[][..]),
+        ("dinov2-reg-tiny", &["hook_pooled"][..]),
+        ("dinov2-swiglu-tiny", &["hook_pooled"][..]),
+        ("videomae-tiny", &["hook_pooled"][..]),
+        ("vivit-tiny", &[][..]),
+    ] {
+        let model = load_at(name, None);
+        let reference = reference(&format!("{name}.safetensors"));
+        let ours = run_all(&model, &reference["pixel_values"]);
+        let n = compare(name, &reference, &ours, "", not_exposed);
+        assert!(n >= 10, "{name}: only {n} keys compared");
+        eprintln!("{name} ({}): {n} reference keys within {TOL:e}", model.info.family);
+    }
+}
+
+#[test]
+fn dinov2_at_its_native_grid_matches_the_reference() {
+    let model = load_at("dinov2-reg-tiny", Some([40, 40]));
+    let reference = reference("dinov2-reg-tiny.safetensors");
+    let ours = run_all(&model, &reference["pixel_values_40"]);
+    let n = compare("dinov2-reg-tiny@40", &reference, &ours, "res40.", &[]);
+    assert!(n >= 3);
+}
+
+fn clip_with_prompts(name: &str, size: Option<[i64; 2]>) -> Model {
+    let mut model = load_at(name, size);
+    let labels: Vec<String> = PROMPTS.iter().map(|p| p.to_string()).collect();
+    model.set_class_prompts(labels.clone(), labels).expect("prompts set");
+    model
+}
+
+#[test]
+fn clip_families_match_their_references() {
+    for name in ["clip-tiny", "openclip-tiny"] {
+        let model = clip_with_prompts(name, None);
+        let reference = reference(&format!("{name}.safetensors"));
+        // The tokenizer (tokenizers crate on the folder's tokenizer.json) gives the reference ids.
+        let prompts: Vec<String> = PROMPTS.iter().map(|p| p.to_string()).collect();
+        let (ids, mask) = model.tokenize(&prompts).unwrap();
+        assert_eq!(ids, reference["input_ids"].f_to_kind(Kind::Int64).unwrap(), "{name}: token ids");
+        if let Some(expected) = reference.get("attention_mask") {
+            assert_eq!(mask, expected.f_to_kind(Kind::Int64).unwrap(), "{name}: attention mask");
+        }
+        let ours = run_all(&model, &reference["pixel_values"]);
+        let n = compare(name, &reference, &ours, "", &[]);
+        assert!(n >= 15, "{name}: only {n} keys compared");
+        if let Some(probs) = reference.get("zero_shot_probs") {
+            let got = ours["hook_logits"].f_softmax(-1, Kind::Float).unwrap();
+            let diff = max_abs_diff(&got, probs);
+            assert!(diff <= TOL, "{name}: zero-shot probabilities differ by {diff:e}");
+        }
+        eprintln!("{name}: {n} reference keys within {TOL:e} (text tower, projections, logits included)");
+    }
+}
+
+#[test]
+fn clip_at_another_resolution_interpolates_like_transformers() {
+    let model = clip_with_prompts("clip-tiny", Some([48, 48]));
+    let reference = reference("clip-tiny.safetensors");
+    let ours = run_all(&model, &reference["pixel_values_48"]);
+    let n = compare("clip-tiny@48", &reference, &ours, "res48.", &[]);
+    assert!(n >= 3, "only {n} res48 keys compared");
+}
+
+#[test]
+fn unsupported_folders_name_the_supported_families() {
+    for bad in ["bad/swin-model", "bad/text-model"] {
+        let err = Model::load(&fixtures().join(bad), "cpu", "f32").err().expect("rejected");
+        let text = err.to_string();
+        assert_eq!(err.code(), "E_UNSUPPORTED_MODEL", "{bad}: {text}");
+        for family in ["CLIPModel", "Dinov2Model", "VideoMAE", "ViViT", "open_clip", "timm"] {
+            assert!(text.contains(family), "{bad}: message does not list {family}: {text}");
+        }
+    }
+}
