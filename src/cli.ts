@@ -8,6 +8,7 @@
 import { Command, CommanderError } from 'commander';
 
 import { registerAblate } from './commands/ablate.js';
+import { registerClassify } from './commands/classify.js';
 import { registerDataset } from './commands/dataset.js';
 import { registerDemo } from './commands/demo.js';
 import { registerDla } from './commands/dla.js';
@@ -37,6 +38,7 @@ export function buildProgram(ctx: CommandContext): Command {
     .allowExcessArguments(false);
   registerInspect(program, ctx);
   registerRun(program, ctx);
+  registerClassify(program, ctx);
   registerLogitLens(program, ctx);
   registerPatch(program, ctx);
   registerHeads(program, ctx);

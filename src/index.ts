@@ -50,6 +50,8 @@ export interface LoadOptions {
   device?: string;
   /** 'f32' (default), 'f16', 'bf16' (or float32 / float16 / bfloat16). */
   dtype?: string;
+  /** Run at this input size instead of the model's own: a side length or [height, width]. */
+  imageSize?: number | readonly [number, number];
 }
 
 export interface RunOptions {
@@ -77,16 +79,40 @@ export interface RunResult {
 }
 
 export class Model {
-  readonly info: ModelInfo;
+  private currentInfo: ModelInfo;
   private spec: Promise<PreprocessSpec> | undefined;
 
   private constructor(private readonly handle: NativeModelHandle) {
-    this.info = handle.info();
+    this.currentInfo = handle.info();
+  }
+
+  /** What the model is (family, sizes, classes); classes change after `setClassPrompts`. */
+  get info(): ModelInfo {
+    return this.currentInfo;
+  }
+
+  /**
+   * CLIP-style models: classify against text prompts. `labels[i]` is scored with
+   * `template.replace('{}', labels[i])`; logits = logit_scale · cos(image, prompt) in every
+   * technique from then on.
+   */
+  async setClassPrompts(labels: readonly string[], template = '{}'): Promise<void> {
+    if (labels.length === 0) throw usageError('no class labels given');
+    if (!template.includes('{}')) throw usageError(`--template must contain {} where the label goes, got '${template}'`);
+    await this.handle.setClassPrompts([...labels], labels.map((l) => template.split('{}').join(l)));
+    this.currentInfo = this.handle.info();
   }
 
   /** Load a Hugging Face model folder (config.json + model.safetensors). */
   static async load(dir: string, options: LoadOptions = {}): Promise<Model> {
-    const nativeOptions: { device?: string; dtype?: string } = {};
+    const nativeOptions: { device?: string; dtype?: string; imageSize?: number[] } = {};
+    if (options.imageSize !== undefined) {
+      const size = typeof options.imageSize === 'number' ? [options.imageSize, options.imageSize] : [...options.imageSize];
+      if (size.length !== 2 || !size.every((n) => Number.isInteger(n) && n > 0)) {
+        throw usageError(`image size must be a positive integer or [height, width], got ${JSON.stringify(options.imageSize)}`);
+      }
+      nativeOptions.imageSize = size;
+    }
     if (options.device !== undefined) {
       const device = normalizeDevice(options.device);
       nativeOptions.device = device === 'auto' ? (cudaAvailable() ? 'cuda:0' : 'cpu') : device;

@@ -51,6 +51,16 @@ export interface ModelInfo {
   dtype: string;
   /** Checkpoint tensors the loader did not use (present in newer addon builds). */
   unexpectedTensors?: string[];
+  /** Video models: frames per clip the model takes (input [B, T, C, H, W]); 0 for image models. */
+  numFrames?: number;
+  /** Video models: frames per tubelet (tokens are time-major over numFrames / tubeletSize slices). */
+  tubeletSize?: number;
+  /** Register tokens (DINOv2 -reg), placed after the class token. */
+  nRegisters?: number;
+  /** Class, distillation and register tokens before the patches. */
+  nPrefixTokens?: number;
+  /** Text tower present (CLIP / open_clip): zero-shot classes are text prompts. */
+  hasTextTower?: boolean;
 }
 
 export interface HookShape {
@@ -75,6 +85,8 @@ export interface NativeRunOutput {
 export interface NativeLoadOptions {
   device?: string;
   dtype?: string;
+  /** [size] or [height, width]: run at this input size (position embeddings resized at load). */
+  imageSize?: number[];
 }
 
 // Analysis results (docs/native-api.md, "Analysis methods"): the addon returns JSON strings.
@@ -186,6 +198,7 @@ interface RawNativeModel {
   hookShapes(batch: number): HookShape[];
   matchHooks(patterns: string[]): string[];
   run(pixels: Float32Array, shape: number[], options?: NativeRunOptions): Promise<NativeRunOutput>;
+  setClassPrompts(labels: string[], prompts: string[]): Promise<void>;
   logitLens(pixels: Float32Array, shape: number[], optionsJson: string, targets?: number[]): Promise<string>;
   patch(clean: Float32Array, corrupt: Float32Array, shape: number[], optionsJson: string, attribution?: boolean): Promise<string>;
   dla(pixels: Float32Array, shape: number[], optionsJson: string): Promise<string>;
@@ -298,6 +311,11 @@ export class NativeModelHandle {
 
   run(pixels: Float32Array, shape: number[], options: NativeRunOptions = {}): Promise<NativeRunOutput> {
     return guardAsync(() => this.raw.run(pixels, shape, options));
+  }
+
+  /** CLIP-style models: classify against these prompts from now on (`labels[i]` ↔ `prompts[i]`). */
+  setClassPrompts(labels: string[], prompts: string[]): Promise<void> {
+    return guardAsync(() => this.raw.setClassPrompts(labels, prompts));
   }
 
   /** Logit lens over a batch; `targets[b]` < 0 means that image's own top-1 class. */

@@ -54,6 +54,11 @@ export function resolveClass(ref: ClassRef, info: Pick<ModelInfo, 'labels' | 'nC
 /** Throw a clear error when `what` needs a classification head and the model has none. */
 export function requireHead(model: Pick<Model, 'info'>, what: string): void {
   if (model.info.nClasses > 0) return;
+  if (model.info.hasTextTower) {
+    throw new PrismaError('E_ARGUMENT', `${what} on a CLIP-style model needs text classes`, {
+      hint: 'pass --labels "cat,dog" (or a file with one label per line) and optionally --template "a photo of a {}."',
+    });
+  }
   throw new PrismaError(
     'E_UNSUPPORTED_MODEL',
     `${what} needs a classification head, and ${model.info.modelDir} has none (${model.info.architecture})`,
@@ -151,7 +156,29 @@ export function patchGrid(info: Pick<ModelInfo, 'imageSize' | 'patchSize'>): [nu
   return [Math.floor(info.imageSize[0]! / info.patchSize), Math.floor(info.imageSize[1]! / info.patchSize)];
 }
 
-/** Token index of the first patch (1 with a class token). */
-export function firstPatchToken(info: Pick<ModelInfo, 'hasClassToken'>): number {
-  return info.hasClassToken ? 1 : 0;
+/** Time slices of a video model's tokens (1 for images). */
+export function timeSlices(info: Pick<ModelInfo, 'numFrames' | 'tubeletSize'>): number {
+  return info.numFrames ? Math.max(1, Math.floor(info.numFrames / Math.max(1, info.tubeletSize ?? 1))) : 1;
+}
+
+/** A label per token position: cls, dist, reg0.., then patches r{row}c{col} (video: t{slice}:r{row}c{col}). */
+export function tokenLabels(info: Pick<ModelInfo, 'hasClassToken' | 'nPrefixTokens' | 'nRegisters' | 'imageSize' | 'patchSize' | 'numFrames' | 'tubeletSize'>): string[] {
+  const out: string[] = [];
+  if (info.hasClassToken) out.push('cls');
+  const registers = info.nRegisters ?? 0;
+  while (out.length < firstPatchToken(info) - registers) out.push('dist');
+  for (let r = 0; r < registers; r++) out.push(`reg${r}`);
+  const [gh, gw] = patchGrid(info);
+  const slices = timeSlices(info);
+  for (let t = 0; t < slices; t++) {
+    for (let row = 0; row < gh; row++) {
+      for (let col = 0; col < gw; col++) out.push(slices > 1 ? `t${t}:r${row}c${col}` : `r${row}c${col}`);
+    }
+  }
+  return out;
+}
+
+/** Token index of the first patch: after the class, distillation and register tokens. */
+export function firstPatchToken(info: Pick<ModelInfo, 'hasClassToken' | 'nPrefixTokens'>): number {
+  return info.nPrefixTokens ?? (info.hasClassToken ? 1 : 0);
 }

@@ -32,7 +32,7 @@ import {
   targetOption,
   type ReportBase,
 } from './analysis.js';
-import { argParser, deviceOption, dtypeOption, jsonOption } from './common.js';
+import { argParser, deviceOption, dtypeOption, jsonOption, imageSizeOption, labelsOption, openModel, templateOption } from './common.js';
 
 export interface AblateCommandOptions {
   ablate: AblateSpec[];
@@ -47,6 +47,9 @@ export interface AblateCommandOptions {
   json?: boolean;
   device: string;
   dtype: string;
+  imageSize?: [number, number];
+  labels?: string[];
+  template?: string;
 }
 
 export type AblateItem = (Omit<AblateAnalysis, 'input'> & { kind: 'specs' }) | (Omit<AblateSweepAnalysis, 'input'> & { kind: 'sweep' });
@@ -129,7 +132,7 @@ export async function ablateCommand(modelDir: string, inputArgs: string[], optio
     throw usageError(`--mode ${options.mode} needs --reference DIR (images to take the ${options.mode === 'mean' ? 'mean' : 'values'} from)`);
   }
   const out = prepareOut(options.out, options.resume);
-  const model = await loadModel(modelDir, { device: options.device, dtype: options.dtype });
+  const model = await openModel(modelDir, options);
   requireHead(model, 'ablation');
   if (options.target !== undefined) resolveClass(options.target, model.info, 'target');
   if (options.baseline !== undefined) resolveClass(options.baseline, model.info, 'baseline');
@@ -209,6 +212,9 @@ export function registerAblate(program: Command, ctx: CommandContext): void {
     .addOption(resumeOption())
     .addOption(deviceOption())
     .addOption(dtypeOption())
+    .addOption(imageSizeOption())
+    .addOption(labelsOption())
+    .addOption(templateOption())
     .addOption(jsonOption())
     .addHelpText('after', '\nWith --out DIR: DIR/report.json, ablate-<name>-heads.png (sweep) or ablate-<name>-effect.png, DIR/items/*.json.\nExit codes: 0 ok, 1 failure, 2 usage, 3 some inputs failed.')
     .action(async (modelDir: string, inputs: string[], options: AblateCommandOptions) => {

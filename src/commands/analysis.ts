@@ -9,6 +9,7 @@ import { join, resolve } from 'node:path';
 
 import { InvalidArgumentError, Option } from 'commander';
 
+import { tokenLabels } from '../analysis/common.js';
 import { printJson, type CommandContext, type Io } from '../context.js';
 import { isPrismaError, PrismaError, usageError } from '../errors.js';
 import { expandInputs } from '../image/preprocess.js';
@@ -29,6 +30,11 @@ export interface ReportModel {
   imageSize: number[];
   patchSize: number;
   nClasses: number;
+  family: string;
+  /** Video models: frames per clip (0 for images). */
+  numFrames: number;
+  /** Label of every token position (class, registers, then patches; video: per time slice). */
+  tokens: string[];
 }
 
 /** Fields every analysis report has. */
@@ -49,7 +55,18 @@ export interface ReportBase {
 
 export function reportModel(model: Model, dir: string): ReportModel {
   const i = model.info;
-  return { dir, architecture: i.architecture, nLayers: i.nLayers, nHeads: i.nHeads, imageSize: i.imageSize, patchSize: i.patchSize, nClasses: i.nClasses };
+  return {
+    dir,
+    architecture: i.architecture,
+    nLayers: i.nLayers,
+    nHeads: i.nHeads,
+    imageSize: i.imageSize,
+    patchSize: i.patchSize,
+    nClasses: i.nClasses,
+    family: i.family,
+    numFrames: i.numFrames ?? 0,
+    tokens: tokenLabels(i),
+  };
 }
 
 export function reportBase(command: ReportCommand, model: Model, modelDir: string): Omit<ReportBase, 'inputs' | 'errors' | 'resumed' | 'computed' | 'figures'> {

@@ -1,7 +1,10 @@
 /** Flag definitions and parsers shared by several commands. */
 import { InvalidArgumentError, Option } from 'commander';
 
-import { isPrismaError } from '../errors.js';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+
+import { isPrismaError, usageError } from '../errors.js';
+import { loadModel, type Model } from '../index.js';
 import { normalizeDevice, normalizeDtype } from '../options.js';
 
 /** Adapt one of our option parsers to commander (its errors become usage errors, exit 2). */
@@ -25,4 +28,72 @@ export function dtypeOption(): Option {
 
 export function jsonOption(): Option {
   return new Option('--json', 'machine-readable output (errors as {"ok":false,"error":{...}} on stdout)');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Options every model-loading command takes: resolution and, for CLIP-style models, text classes.
+
+/** `--image-size 48` or `--image-size 48x64` (height x width). */
+export function parseImageSize(value: string): [number, number] {
+  const m = /^\s*(\d+)\s*(?:[x,]\s*(\d+))?\s*$/i.exec(value);
+  if (!m) throw usageError(`--image-size must be N or HxW, got '${value}'`);
+  const h = Number(m[1]);
+  const w = m[2] === undefined ? h : Number(m[2]);
+  if (h <= 0 || w <= 0) throw usageError(`--image-size must be positive, got '${value}'`);
+  return [h, w];
+}
+
+/** `--labels FILE` (one label per line, # comments) or `--labels "cat,dog,a red car"`. */
+export function parseLabels(value: string): string[] {
+  let labels: string[];
+  if (existsSync(value) && statSync(value).isFile()) {
+    labels = readFileSync(value, 'utf8')
+      .split(/\r?\n/)
+      .map((l) => l.trim())
+      .filter((l) => l.length > 0 && !l.startsWith('#'));
+  } else {
+    labels = value.split(',').map((l) => l.trim()).filter((l) => l.length > 0);
+  }
+  if (labels.length === 0) throw usageError(`--labels gave no labels ('${value}')`);
+  return labels;
+}
+
+export interface ModelOptions {
+  device: string;
+  dtype: string;
+  imageSize?: [number, number];
+  labels?: string[];
+  template?: string;
+}
+
+export const DEFAULT_TEMPLATE = 'a photo of a {}.';
+
+export function imageSizeOption(): Option {
+  return new Option('--image-size <size>', 'run at this input size (N or HxW); position embeddings are interpolated like the reference library').argParser(
+    argParser(parseImageSize),
+  );
+}
+
+export function labelsOption(): Option {
+  return new Option('--labels <labels>', 'CLIP-style models: class labels, comma-separated or a file with one per line').argParser(argParser(parseLabels));
+}
+
+export function templateOption(): Option {
+  return new Option('--template <text>', 'CLIP-style models: prompt for each label, {} = the label').default(DEFAULT_TEMPLATE);
+}
+
+/** Loads a model with the shared options: size, device, dtype, and text classes where given. */
+export async function openModel(dir: string, options: ModelOptions): Promise<Model> {
+  const model = await loadModel(dir, {
+    device: options.device,
+    dtype: options.dtype,
+    ...(options.imageSize === undefined ? {} : { imageSize: options.imageSize }),
+  });
+  if (options.labels !== undefined) {
+    if (!model.info.hasTextTower) {
+      throw usageError(`--labels is for CLIP-style models; ${dir} (${model.info.family}) has its own classes`);
+    }
+    await model.setClassPrompts(options.labels, options.template ?? DEFAULT_TEMPLATE);
+  }
+  return model;
 }

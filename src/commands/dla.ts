@@ -4,7 +4,7 @@
  */
 import { Option, type Command } from 'commander';
 
-import { requireHead, resolveClass } from '../analysis/common.js';
+import { firstPatchToken, requireHead, resolveClass } from '../analysis/common.js';
 import { dla, type DlaAnalysis } from '../analysis/dla.js';
 import type { CommandContext } from '../context.js';
 import { loadModel, type Model } from '../index.js';
@@ -28,7 +28,7 @@ import {
   targetOption,
   type ReportBase,
 } from './analysis.js';
-import { deviceOption, dtypeOption, jsonOption } from './common.js';
+import { deviceOption, dtypeOption, jsonOption, imageSizeOption, labelsOption, openModel, templateOption } from './common.js';
 
 export interface DlaCommandOptions {
   target?: string;
@@ -39,6 +39,9 @@ export interface DlaCommandOptions {
   json?: boolean;
   device: string;
   dtype: string;
+  imageSize?: [number, number];
+  labels?: string[];
+  template?: string;
 }
 
 export interface DlaCheck {
@@ -115,7 +118,7 @@ async function dlaFigures(model: Model, item: BatchItem, a: DlaAnalysis, w: Figu
   ];
   if (a.headPositions) {
     const nPos = a.headPositions.length / (info.nLayers * info.nHeads);
-    const first = info.hasClassToken ? 1 : 0;
+    const first = firstPatchToken(info);
     const gh = Math.floor(info.imageSize[0]! / info.patchSize);
     const gw = Math.floor(info.imageSize[1]! / info.patchSize);
     const top = a.heads
@@ -163,7 +166,7 @@ function summary(r: DlaReport, color: boolean): string {
 
 export async function dlaCommand(modelDir: string, inputArgs: string[], options: DlaCommandOptions, ctx: CommandContext): Promise<DlaReport> {
   const out = prepareOut(options.out, options.resume);
-  const model = await loadModel(modelDir, { device: options.device, dtype: options.dtype });
+  const model = await openModel(modelDir, options);
   requireHead(model, 'direct logit attribution');
   if (options.target !== undefined) resolveClass(options.target, model.info, 'target');
   if (options.baseline !== undefined) resolveClass(options.baseline, model.info, 'baseline');
@@ -211,6 +214,9 @@ export function registerDla(program: Command, ctx: CommandContext): void {
     .addOption(resumeOption())
     .addOption(deviceOption())
     .addOption(dtypeOption())
+    .addOption(imageSizeOption())
+    .addOption(labelsOption())
+    .addOption(templateOption())
     .addOption(jsonOption())
     .addHelpText('after', '\nWith --out DIR: DIR/report.json, dla-<name>-components.png, dla-<name>-heads.png (+ dla-<name>-top-heads.png), DIR/items/*.json.\nExit codes: 0 ok, 1 failure, 2 usage, 3 some inputs failed.')
     .action(async (modelDir: string, inputs: string[], options: DlaCommandOptions) => {

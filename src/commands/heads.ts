@@ -5,7 +5,7 @@
  */
 import { Option, type Command } from 'commander';
 
-import { checkLayers } from '../analysis/common.js';
+import { checkLayers, firstPatchToken } from '../analysis/common.js';
 import { heads, parseHeadsQuery, resolveQuery, type HeadsAnalysis, type HeadsQuery, type HeadsResult } from '../analysis/heads.js';
 import type { CommandContext } from '../context.js';
 import { PrismaError } from '../errors.js';
@@ -28,7 +28,7 @@ import {
   resumeOption,
   type ReportBase,
 } from './analysis.js';
-import { argParser, deviceOption, dtypeOption, jsonOption } from './common.js';
+import { argParser, deviceOption, dtypeOption, jsonOption, imageSizeOption, labelsOption, openModel, templateOption } from './common.js';
 
 export interface HeadsCommandOptions {
   query?: HeadsQuery;
@@ -38,6 +38,9 @@ export interface HeadsCommandOptions {
   json?: boolean;
   device: string;
   dtype: string;
+  imageSize?: [number, number];
+  labels?: string[];
+  template?: string;
 }
 
 export interface HeadsReport extends ReportBase {
@@ -48,7 +51,7 @@ export interface HeadsReport extends ReportBase {
 
 async function headsFigures(model: Model, item: BatchItem, r: HeadsResult, w: FigureWriter): Promise<Figure[]> {
   const info = model.info;
-  const first = info.hasClassToken ? 1 : 0;
+  const first = firstPatchToken(info);
   const [gh, gw] = r.grid;
   const np = gh * gw;
   const dir = `heads/${item.name}`;
@@ -146,7 +149,7 @@ function summary(r: HeadsReport, color: boolean): string {
 
 export async function headsCommand(modelDir: string, inputArgs: string[], options: HeadsCommandOptions, ctx: CommandContext): Promise<HeadsReport> {
   const out = prepareOut(options.out, options.resume);
-  const model = await loadModel(modelDir, { device: options.device, dtype: options.dtype });
+  const model = await openModel(modelDir, options);
   if (options.layers) checkLayers(options.layers, model.info.nLayers);
   const query: HeadsQuery = options.query ?? (model.info.hasClassToken ? 'cls' : 0);
   resolveQuery(model, query);
@@ -188,6 +191,9 @@ export function registerHeads(program: Command, ctx: CommandContext): void {
     .addOption(resumeOption())
     .addOption(deviceOption())
     .addOption(dtypeOption())
+    .addOption(imageSizeOption())
+    .addOption(labelsOption())
+    .addOption(templateOption())
     .addOption(jsonOption())
     .addHelpText('after', '\nWith --out DIR: DIR/report.json and, per input, DIR/heads/<name>/{L<l>H<h>.png, heads-grid.png, heads.html}.\nExit codes: 0 ok, 1 failure, 2 usage, 3 some inputs failed.')
     .action(async (modelDir: string, inputs: string[], options: HeadsCommandOptions) => {

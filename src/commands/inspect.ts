@@ -3,14 +3,17 @@ import type { Command } from 'commander';
 
 import { printJson, type CommandContext } from '../context.js';
 import { errorJson, toPrismaError, type ErrorJson } from '../errors.js';
-import { loadModel, type HookShape, type ModelInfo, type PreprocessSpec } from '../index.js';
+import { type HookShape, type ModelInfo, type PreprocessSpec } from '../index.js';
 import { formatShape } from '../tensor.js';
 import { bold, useColor } from '../ui/style.js';
-import { deviceOption, dtypeOption, jsonOption } from './common.js';
+import { deviceOption, dtypeOption, jsonOption, imageSizeOption, labelsOption, openModel, templateOption } from './common.js';
 
 export interface InspectOptions {
   device: string;
   dtype: string;
+  imageSize?: [number, number];
+  labels?: string[];
+  template?: string;
   json?: boolean;
 }
 
@@ -24,7 +27,7 @@ export interface InspectReport {
 }
 
 export async function inspect(modelDir: string, options: InspectOptions): Promise<InspectReport> {
-  const model = await loadModel(modelDir, { device: options.device, dtype: options.dtype });
+  const model = await openModel(modelDir, options);
   const { configJson: _config, ...info } = model.info;
   return {
     ok: true,
@@ -59,8 +62,14 @@ function describePreprocess(p: InspectReport['preprocess']): string {
   if (p.centerCrop) parts.push(`crop ${p.centerCrop.height}x${p.centerCrop.width}`);
   if (p.rescaleFactor !== null) parts.push(`x${Number(p.rescaleFactor.toPrecision(6))}`);
   if (p.normalize) parts.push(`mean [${p.normalize.mean.join(', ')}] std [${p.normalize.std.join(', ')}]`);
-  const from = p.source === 'default' ? 'defaults, no preprocessor_config.json' : 'preprocessor_config.json';
+  const from = p.source === 'default' ? 'defaults, no preprocessor_config.json' : p.source.split(/[\\/]/).pop() ?? p.source;
   return `${parts.join(', ')} (${from})`;
+}
+
+function imageRow(m: InspectReport['model'], h: number, w: number): string {
+  const prefix = [m.hasClassToken ? 'class token' : '', m.nRegisters ? `${m.nRegisters} registers` : ''].filter(Boolean).join(' + ');
+  const frames = m.numFrames ? `${m.numFrames} frames (tubelets of ${m.tubeletSize}) of ` : '';
+  return `${frames}${h}x${w}, ${m.numChannels} channels, patch ${m.patchSize} -> ${m.nPatches} patches${prefix ? ` + ${prefix}` : ''} = ${m.nPos} positions`;
 }
 
 export function formatInspect(r: InspectReport, color: boolean): string {
@@ -71,17 +80,18 @@ export function formatInspect(r: InspectReport, color: boolean): string {
     ['family', m.family],
     ['architecture', m.architecture],
     ['source format', m.sourceFormat],
-    ['image', `${h}x${w}, ${m.numChannels} channels, patch ${m.patchSize} -> ${m.nPatches} patches${m.hasClassToken ? ' + class token' : ''} = ${m.nPos} positions`],
+    [m.numFrames ? 'video' : 'image', imageRow(m, h!, w!)],
     ['layers', String(m.nLayers)],
     ['heads', `${m.nHeads} (d_head ${m.dHead})`],
     ['d_model', String(m.dModel)],
     ['d_mlp', String(m.dMlp)],
     ['activation', m.activation],
-    ['classes', m.nClasses > 0 ? `${m.nClasses}${labels}` : 'none (no classification head)'],
+    ['classes', m.nClasses > 0 ? `${m.nClasses}${labels}` : m.hasTextTower ? 'text prompts: pass --labels (and --template)' : 'none (no classification head)'],
     ['parameters', `${compact(m.nParams)} (${thousands(m.nParams)})`],
     ['device', `${m.device}, ${m.dtype}`],
     ['preprocess', describePreprocess(r.preprocess)],
   ];
+  if (m.hasTextTower) rows.splice(3, 0, ['text tower', 'yes: text.* hooks; logits = logit_scale x cos(image, prompt)']);
   if (m.unexpectedTensors && m.unexpectedTensors.length > 0) {
     rows.push(['unused weights', `${m.unexpectedTensors.length} (${m.unexpectedTensors.slice(0, 3).join(', ')}${m.unexpectedTensors.length > 3 ? ', …' : ''})`]);
   }
@@ -97,9 +107,12 @@ export function registerInspect(program: Command, ctx: CommandContext): void {
   program
     .command('inspect')
     .description('show a model\'s architecture, config, parameter count and hook points with shapes')
-    .argument('<MODEL_DIR>', 'Hugging Face model folder (config.json + model.safetensors)')
+    .argument('<MODEL_DIR>', 'model folder: Hugging Face, timm or open_clip (docs/models.md)')
     .addOption(deviceOption())
     .addOption(dtypeOption())
+    .addOption(imageSizeOption())
+    .addOption(labelsOption())
+    .addOption(templateOption())
     .addOption(jsonOption())
     .action(async (modelDir: string, options: InspectOptions) => {
       const report = await inspect(modelDir, options);

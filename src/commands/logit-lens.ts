@@ -32,7 +32,7 @@ import {
   targetOption,
   type ReportBase,
 } from './analysis.js';
-import { argParser, deviceOption, dtypeOption, jsonOption } from './common.js';
+import { argParser, deviceOption, dtypeOption, jsonOption, imageSizeOption, labelsOption, openModel, templateOption } from './common.js';
 
 export interface LogitLensCommandOptions {
   site: LensSite[];
@@ -44,6 +44,9 @@ export interface LogitLensCommandOptions {
   json?: boolean;
   device: string;
   dtype: string;
+  imageSize?: [number, number];
+  labels?: string[];
+  template?: string;
 }
 
 export interface LogitLensReport extends ReportBase {
@@ -86,7 +89,7 @@ async function lensFigures(model: Model, item: BatchItem, r: LogitLensResult, si
   const figures = [await w.png(`lens-${item.name}-prob.png`, 'lens-prob', chart)];
 
   const image = await displayImage(item.display, 224);
-  const first = info.hasClassToken ? 1 : 0;
+  const first = firstPatchToken(info);
   const gh = Math.floor(info.imageSize[0]! / info.patchSize);
   const gw = Math.floor(info.imageSize[1]! / info.patchSize);
   const panels = sites.flatMap((site) =>
@@ -161,7 +164,7 @@ function sumScores(all: PatchScore[][]): PatchScore[] | null {
 export async function logitLensCommand(modelDir: string, inputArgs: string[], options: LogitLensCommandOptions, ctx: CommandContext): Promise<LogitLensReport> {
   const out = prepareOut(options.out, options.resume);
   const sites: LensSite[] = options.site.length > 0 ? [...new Set(options.site)] : ['resid_post'];
-  const model = await loadModel(modelDir, { device: options.device, dtype: options.dtype });
+  const model = await openModel(modelDir, options);
   requireHead(model, 'the logit lens');
   if (options.target !== undefined) resolveClass(options.target, model.info, 'target');
   const files = await collectInputs(inputArgs, ctx.io);
@@ -228,6 +231,9 @@ export function registerLogitLens(program: Command, ctx: CommandContext): void {
     .addOption(resumeOption())
     .addOption(deviceOption())
     .addOption(dtypeOption())
+    .addOption(imageSizeOption())
+    .addOption(labelsOption())
+    .addOption(templateOption())
     .addOption(jsonOption())
     .addHelpText('after', '\nWith --out DIR: DIR/report.json, DIR/lens-<name>-prob.png, DIR/lens-<name>-patches.png, DIR/items/*.json.\nExit codes: 0 ok, 1 failure, 2 usage, 3 some inputs failed (listed in the report).')
     .action(async (modelDir: string, inputs: string[], options: LogitLensCommandOptions) => {

@@ -5,7 +5,7 @@
  */
 import { Option, type Command } from 'commander';
 
-import { requireHead, resolveClass } from '../analysis/common.js';
+import { firstPatchToken, requireHead, resolveClass } from '../analysis/common.js';
 import { checkWhatBy, parsePatchBy, parsePatchMethod, parsePatchWhat, patch, type PatchAnalysis, type PatchMatrix, type PatchMethod } from '../analysis/patch.js';
 import { checkLayers } from '../analysis/common.js';
 import type { CommandContext } from '../context.js';
@@ -21,7 +21,7 @@ import { displayImage, overlaySvg } from '../report/overlay.js';
 import { fmt } from '../report/svg.js';
 import { bold } from '../ui/style.js';
 import { baselineOption, finishReport, layersOption, outOption, prepareOut, reportBase, type ReportBase } from './analysis.js';
-import { argParser, deviceOption, dtypeOption, jsonOption } from './common.js';
+import { argParser, deviceOption, dtypeOption, jsonOption, imageSizeOption, labelsOption, openModel, templateOption } from './common.js';
 
 export interface PatchCommandOptions {
   clean: string;
@@ -36,6 +36,9 @@ export interface PatchCommandOptions {
   json?: boolean;
   device: string;
   dtype: string;
+  imageSize?: [number, number];
+  labels?: string[];
+  template?: string;
 }
 
 export interface PatchReport extends ReportBase {
@@ -69,7 +72,7 @@ async function matrixFigures(model: Model, a: PatchAnalysis, m: PatchMatrix, cle
   const figures: Figure[] = [];
   const name = `patch-${m.method}`;
   const nL = m.layers.length;
-  const first = info.hasClassToken ? 1 : 0;
+  const first = firstPatchToken(info);
   const gh = Math.floor(info.imageSize[0]! / info.patchSize);
   const gw = Math.floor(info.imageSize[1]! / info.patchSize);
   const overlay = async (perLayer: number[][], title: string, clsValues: number[] | null) => {
@@ -199,7 +202,7 @@ function summary(r: PatchReport, color: boolean): string {
 export async function patchCommand(modelDir: string, options: PatchCommandOptions, ctx: CommandContext): Promise<PatchReport> {
   checkWhatBy(options.what, options.by);
   const out = prepareOut(options.out, false);
-  const model = await loadModel(modelDir, { device: options.device, dtype: options.dtype });
+  const model = await openModel(modelDir, options);
   requireHead(model, 'activation patching');
   if (options.target !== undefined) resolveClass(options.target, model.info, 'target');
   const baselineNone = options.baseline !== undefined && options.baseline.toLowerCase() === 'none';
@@ -285,6 +288,9 @@ export function registerPatch(program: Command, ctx: CommandContext): void {
     .addOption(outOption())
     .addOption(deviceOption())
     .addOption(dtypeOption())
+    .addOption(imageSizeOption())
+    .addOption(labelsOption())
+    .addOption(templateOption())
     .addOption(jsonOption())
     .addHelpText('after', '\nWith --out DIR: DIR/report.json and patch-*.png figures (see docs/commands.md).')
     .action(async (modelDir: string, options: PatchCommandOptions) => {

@@ -13,7 +13,7 @@ import { loadModel, saveTensors, topK, type Prediction, type Tensor } from '../i
 import { parseCachePatterns, parseNonNegativeInt, parsePositiveInt } from '../options.js';
 import { startProgress } from '../ui/progress.js';
 import { VERSION } from '../version.js';
-import { argParser, deviceOption, dtypeOption, jsonOption } from './common.js';
+import { argParser, deviceOption, dtypeOption, jsonOption, imageSizeOption, labelsOption, openModel, templateOption } from './common.js';
 
 export interface RunCommandOptions {
   cache?: string[];
@@ -23,6 +23,9 @@ export interface RunCommandOptions {
   inputKey?: string;
   device: string;
   dtype: string;
+  imageSize?: [number, number];
+  labels?: string[];
+  template?: string;
   json?: boolean;
 }
 
@@ -57,7 +60,7 @@ export async function runCommand(modelDir: string, inputs: string[], options: Ru
   if (options.out !== undefined) checkOutPath(options.out);
   const patterns = parseCachePatterns(options.cache);
 
-  const model = await loadModel(modelDir, { device: options.device, dtype: options.dtype });
+  const model = await openModel(modelDir, options);
   // Everything that can be checked against the model is checked before any input is read.
   if (patterns.length > 0) model.matchHooks(patterns);
   if (options.stopAtLayer !== undefined) model.checkLayer(options.stopAtLayer, 'stop-at-layer');
@@ -109,7 +112,7 @@ export function registerRun(program: Command, ctx: CommandContext): void {
   program
     .command('run')
     .description('run a model on images or pixel tensors, record hooks, print predictions as JSON')
-    .argument('<MODEL_DIR>', 'Hugging Face model folder (config.json + model.safetensors)')
+    .argument('<MODEL_DIR>', 'model folder: Hugging Face, timm or open_clip (docs/models.md)')
     .argument('<INPUT...>', 'image files, folders of images, or pre-processed .npy/.safetensors pixel tensors')
     .addOption(
       new Option('--cache <pattern...>', "hooks to record: names or globs ('blocks.*.hook_resid_post', '*'); comma-separated or repeated"),
@@ -122,6 +125,9 @@ export function registerRun(program: Command, ctx: CommandContext): void {
     .addOption(new Option('--input-key <name>', "tensor to use from .safetensors inputs holding several (default 'pixel_values')"))
     .addOption(deviceOption())
     .addOption(dtypeOption())
+    .addOption(imageSizeOption())
+    .addOption(labelsOption())
+    .addOption(templateOption())
     .addOption(jsonOption())
     .addHelpText(
       'after',

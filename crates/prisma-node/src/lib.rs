@@ -19,6 +19,8 @@ use tasks::{LoadTask, RunTask, SaveTask};
 pub struct LoadOptions {
     pub device: Option<String>,
     pub dtype: Option<String>,
+    /// [height, width] to run at (position embeddings are resized at load).
+    pub image_size: Option<Vec<i64>>,
 }
 
 #[napi(object)]
@@ -46,6 +48,11 @@ pub struct ModelInfo {
     pub device: String,
     pub dtype: String,
     pub unexpected_tensors: Vec<String>,
+    pub num_frames: i64,
+    pub tubelet_size: i64,
+    pub n_registers: i64,
+    pub n_prefix_tokens: i64,
+    pub has_text_tower: bool,
 }
 
 #[napi(object)]
@@ -80,8 +87,8 @@ impl NativeModel {
     /// Loads a model folder off the JS thread.
     #[napi(ts_return_type = "Promise<NativeModel>")]
     pub fn load(dir: String, options: Option<LoadOptions>) -> AsyncTask<LoadTask> {
-        let (device, dtype) = options.map(|o| (o.device, o.dtype)).unwrap_or((None, None));
-        AsyncTask::new(LoadTask { dir, device: device.unwrap_or_default(), dtype: dtype.unwrap_or_default() })
+        let (device, dtype, image_size) = options.map(|o| (o.device, o.dtype, o.image_size)).unwrap_or((None, None, None));
+        AsyncTask::new(LoadTask { dir, device: device.unwrap_or_default(), dtype: dtype.unwrap_or_default(), image_size })
     }
 
     #[napi]
@@ -113,6 +120,11 @@ impl NativeModel {
                 device: m.device_name(),
                 dtype: m.dtype_name().to_string(),
                 unexpected_tensors: m.info.unexpected_tensors.clone(),
+                num_frames: c.num_frames,
+                tubelet_size: c.tubelet_size,
+                n_registers: c.n_registers,
+                n_prefix_tokens: c.n_prefix_tokens(),
+                has_text_tower: m.text.is_some(),
             })
         })
     }
@@ -135,6 +147,13 @@ impl NativeModel {
             let selection = m.resolve_hooks(&patterns).map_err(to_js_error)?;
             Ok(m.hook_points().into_iter().filter(|p| selection.contains(p)).map(|p| p.to_string()).collect())
         })
+    }
+
+    /// Makes a CLIP-style model classify against text prompts (`labels[i]` ↔ `prompts[i]`): its
+    /// logits become logit_scale · cos(image, prompt) for every later call.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn set_class_prompts(&self, labels: Vec<String>, prompts: Vec<String>) -> AsyncTask<tasks::PromptsTask> {
+        AsyncTask::new(tasks::PromptsTask { model: self.inner.clone(), labels, prompts })
     }
 
     /// Runs a hooked forward off the JS thread. Inputs are copied here, on the JS thread.

@@ -12,6 +12,7 @@ pub struct LoadTask {
     pub dir: String,
     pub device: String,
     pub dtype: String,
+    pub image_size: Option<Vec<i64>>,
 }
 
 impl Task for LoadTask {
@@ -19,7 +20,16 @@ impl Task for LoadTask {
     type JsValue = NativeModel;
 
     fn compute(&mut self) -> Result<Self::Output> {
-        guard(|| Model::load(std::path::Path::new(&self.dir), &self.device, &self.dtype).map_err(to_js_error))
+        guard(|| {
+            let image_size = match self.image_size.as_deref() {
+                None => None,
+                Some([n]) => Some([*n, *n]),
+                Some([h, w]) => Some([*h, *w]),
+                Some(other) => return Err(to_js_error(prisma_core::PrismaError::Argument(format!("image size {other:?}: give [size] or [height, width]")))),
+            };
+            let opts = prisma_core::weights::family::LoadOptions { image_size };
+            Model::load_with(std::path::Path::new(&self.dir), &self.device, &self.dtype, &opts).map_err(to_js_error)
+        })
     }
 
     fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
@@ -112,6 +122,30 @@ impl Task for SaveTask {
     }
 
     fn resolve(&mut self, _env: Env, _out: Self::Output) -> Result<Self::JsValue> {
+        Ok(())
+    }
+}
+
+pub struct PromptsTask {
+    pub model: Arc<Mutex<Model>>,
+    pub labels: Vec<String>,
+    pub prompts: Vec<String>,
+}
+
+impl Task for PromptsTask {
+    type Output = ();
+    type JsValue = ();
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        guard(|| {
+            crate::torch_thread::run(|| {
+                let mut model = lock(&self.model)?;
+                model.set_class_prompts(self.labels.clone(), self.prompts.clone()).map_err(to_js_error)
+            })
+        })
+    }
+
+    fn resolve(&mut self, _env: Env, _output: Self::Output) -> Result<Self::JsValue> {
         Ok(())
     }
 }

@@ -1,0 +1,95 @@
+/**
+ * `prisma classify MODEL_DIR INPUT... --labels LABELS [--template T]`: zero-shot classification with
+ * a CLIP-style model. Each label becomes the prompt `template` with `{}` replaced; the probabilities
+ * are softmax(logit_scale · cos(image embedding, prompt embedding)) over the labels, as CLIP's
+ * `logits_per_image.softmax(-1)`.
+ */
+import { Option, type Command } from 'commander';
+
+import { printJson, type CommandContext } from '../context.js';
+import { usageError } from '../errors.js';
+import { topK, type Prediction } from '../index.js';
+import { parsePositiveInt } from '../options.js';
+import { startProgress } from '../ui/progress.js';
+import { bold, useColor } from '../ui/style.js';
+import { argParser, deviceOption, dtypeOption, imageSizeOption, jsonOption, labelsOption, openModel, templateOption, DEFAULT_TEMPLATE } from './common.js';
+
+export interface ClassifyCommandOptions {
+  device: string;
+  dtype: string;
+  imageSize?: [number, number];
+  labels?: string[];
+  template?: string;
+  topK?: number;
+  inputKey?: string;
+  json?: boolean;
+}
+
+export interface ClassifyReport {
+  ok: true;
+  schemaVersion: 1;
+  model: string;
+  template: string;
+  labels: string[];
+  prompts: string[];
+  /** Per input, every label (or the top k) by probability. */
+  results: { input: string; predictions: Prediction[] }[];
+}
+
+export async function classifyCommand(modelDir: string, inputs: string[], options: ClassifyCommandOptions, ctx: CommandContext): Promise<ClassifyReport> {
+  if (options.labels === undefined) throw usageError('classify needs --labels (comma-separated, or a file with one label per line)');
+  const template = options.template ?? DEFAULT_TEMPLATE;
+  const model = await openModel(modelDir, { ...options, template });
+  const progress = startProgress(ctx, inputs.length, 'preprocessing');
+  let batch;
+  try {
+    batch = await model.loadInputs(inputs, {
+      ...(options.inputKey === undefined ? {} : { inputKey: options.inputKey }),
+      onProgress: (done, _total, path) => progress.update(done, path),
+    });
+  } finally {
+    progress.stop();
+  }
+  const result = await model.run(batch);
+  const labels = model.info.labels;
+  const top = topK(result.output, options.topK ?? labels.length, labels);
+  return {
+    ok: true,
+    schemaVersion: 1,
+    model: modelDir,
+    template,
+    labels,
+    prompts: labels.map((l) => template.split('{}').join(l)),
+    results: result.inputs.map((input, i) => ({ input, predictions: top[i] ?? [] })),
+  };
+}
+
+export function formatClassify(r: ClassifyReport, color: boolean): string {
+  const lines: string[] = [];
+  for (const res of r.results) {
+    lines.push(bold(res.input, color));
+    for (const p of res.predictions) lines.push(`  ${(100 * p.prob).toFixed(1).padStart(5)}%  ${p.label}`);
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+export function registerClassify(program: Command, ctx: CommandContext): void {
+  program
+    .command('classify')
+    .description('zero-shot classification with a CLIP-style model: probabilities over text labels')
+    .argument('<MODEL_DIR>', 'CLIPModel or open_clip folder')
+    .argument('<INPUT...>', 'image files, folders of images, or pre-processed .npy/.safetensors pixel tensors')
+    .addOption(new Option('--top-k <k>', 'labels to list per input (default: all)').argParser(argParser((v) => parsePositiveInt(v, '--top-k'))))
+    .addOption(new Option('--input-key <name>', "tensor to use from .safetensors inputs holding several (default 'pixel_values')"))
+    .addOption(labelsOption())
+    .addOption(templateOption())
+    .addOption(imageSizeOption())
+    .addOption(deviceOption())
+    .addOption(dtypeOption())
+    .addOption(jsonOption())
+    .action(async (modelDir: string, inputs: string[], options: ClassifyCommandOptions) => {
+      const report = await classifyCommand(modelDir, inputs, options, ctx);
+      if (options.json) printJson(ctx, report);
+      else ctx.io.stdout.write(formatClassify(report, useColor(ctx.io.stdout, ctx.io.env)));
+    });
+}
