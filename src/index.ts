@@ -96,6 +96,15 @@ export class Model {
    * `template.replace('{}', labels[i])`; logits = logit_scale · cos(image, prompt) in every
    * technique from then on.
    */
+  /**
+   * Headless models (a DINOv2 backbone): classify with a linear probe on the pooled, normalised
+   * output, read from a .safetensors file holding `weight` [classes, dModel] and `bias` [classes].
+   */
+  setLinearProbe(path: string, labels?: readonly string[]): void {
+    this.handle.setLinearProbe(path, labels === undefined ? undefined : [...labels]);
+    this.currentInfo = this.handle.info();
+  }
+
   async setClassPrompts(labels: readonly string[], template = '{}'): Promise<void> {
     if (labels.length === 0) throw usageError('no class labels given');
     if (!template.includes('{}')) throw usageError(`--template must contain {} where the label goes, got '${template}'`);

@@ -199,6 +199,7 @@ interface RawNativeModel {
   matchHooks(patterns: string[]): string[];
   run(pixels: Float32Array, shape: number[], options?: NativeRunOptions): Promise<NativeRunOutput>;
   setClassPrompts(labels: string[], prompts: string[]): Promise<void>;
+  setLinearProbe(path: string, labels?: string[]): void;
   logitLens(pixels: Float32Array, shape: number[], optionsJson: string, targets?: number[]): Promise<string>;
   patch(clean: Float32Array, corrupt: Float32Array, shape: number[], optionsJson: string, attribution?: boolean): Promise<string>;
   dla(pixels: Float32Array, shape: number[], optionsJson: string): Promise<string>;
@@ -316,6 +317,11 @@ export class NativeModelHandle {
   /** CLIP-style models: classify against these prompts from now on (`labels[i]` ↔ `prompts[i]`). */
   setClassPrompts(labels: string[], prompts: string[]): Promise<void> {
     return guardAsync(() => this.raw.setClassPrompts(labels, prompts));
+  }
+
+  /** Headless models: read logits through a linear probe (`weight` [C, d], `bias` [C]) from a tensor file. */
+  setLinearProbe(path: string, labels?: string[]): void {
+    guard(() => this.raw.setLinearProbe(path, labels));
   }
 
   /** Logit lens over a batch; `targets[b]` < 0 means that image's own top-1 class. */

@@ -20,6 +20,7 @@ export interface ClassifyCommandOptions {
   imageSize?: [number, number];
   labels?: string[];
   template?: string;
+  probe?: string;
   topK?: number;
   inputKey?: string;
   json?: boolean;

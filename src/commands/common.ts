@@ -64,6 +64,7 @@ export interface ModelOptions {
   imageSize?: [number, number];
   labels?: string[];
   template?: string;
+  probe?: string;
 }
 
 export const DEFAULT_TEMPLATE = 'a photo of a {}.';
@@ -78,6 +79,10 @@ export function labelsOption(): Option {
   return new Option('--labels <labels>', 'CLIP-style models: class labels, comma-separated or a file with one per line').argParser(argParser(parseLabels));
 }
 
+export function probeOption(): Option {
+  return new Option('--probe <file>', 'headless models (e.g. DINOv2): a linear probe .safetensors (weight [classes, d_model], bias [classes]) read as the head; --labels names its classes');
+}
+
 export function templateOption(): Option {
   return new Option('--template <text>', 'CLIP-style models: prompt for each label, {} = the label').default(DEFAULT_TEMPLATE);
 }
@@ -89,7 +94,9 @@ export async function openModel(dir: string, options: ModelOptions): Promise<Mod
     dtype: options.dtype,
     ...(options.imageSize === undefined ? {} : { imageSize: options.imageSize }),
   });
-  if (options.labels !== undefined) {
+  if (options.probe !== undefined) {
+    model.setLinearProbe(options.probe, options.labels);
+  } else if (options.labels !== undefined) {
     if (!model.info.hasTextTower) {
       throw usageError(`--labels is for CLIP-style models; ${dir} (${model.info.family}) has its own classes`);
     }

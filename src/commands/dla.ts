@@ -28,7 +28,7 @@ import {
   targetOption,
   type ReportBase,
 } from './analysis.js';
-import { deviceOption, dtypeOption, jsonOption, imageSizeOption, labelsOption, openModel, templateOption } from './common.js';
+import { deviceOption, dtypeOption, jsonOption, imageSizeOption, labelsOption, openModel, probeOption, templateOption } from './common.js';
 
 export interface DlaCommandOptions {
   target?: string;
@@ -42,6 +42,7 @@ export interface DlaCommandOptions {
   imageSize?: [number, number];
   labels?: string[];
   template?: string;
+  probe?: string;
 }
 
 export interface DlaCheck {
@@ -217,6 +218,7 @@ export function registerDla(program: Command, ctx: CommandContext): void {
     .addOption(imageSizeOption())
     .addOption(labelsOption())
     .addOption(templateOption())
+    .addOption(probeOption())
     .addOption(jsonOption())
     .addHelpText('after', '\nWith --out DIR: DIR/report.json, dla-<name>-components.png, dla-<name>-heads.png (+ dla-<name>-top-heads.png), DIR/items/*.json.\nExit codes: 0 ok, 1 failure, 2 usage, 3 some inputs failed.')
     .action(async (modelDir: string, inputs: string[], options: DlaCommandOptions) => {

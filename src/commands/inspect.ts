@@ -6,7 +6,7 @@ import { errorJson, toPrismaError, type ErrorJson } from '../errors.js';
 import { type HookShape, type ModelInfo, type PreprocessSpec } from '../index.js';
 import { formatShape } from '../tensor.js';
 import { bold, useColor } from '../ui/style.js';
-import { deviceOption, dtypeOption, jsonOption, imageSizeOption, labelsOption, openModel, templateOption } from './common.js';
+import { deviceOption, dtypeOption, jsonOption, imageSizeOption, labelsOption, openModel, probeOption, templateOption } from './common.js';
 
 export interface InspectOptions {
   device: string;
@@ -14,6 +14,7 @@ export interface InspectOptions {
   imageSize?: [number, number];
   labels?: string[];
   template?: string;
+  probe?: string;
   json?: boolean;
 }
 
@@ -113,6 +114,7 @@ export function registerInspect(program: Command, ctx: CommandContext): void {
     .addOption(imageSizeOption())
     .addOption(labelsOption())
     .addOption(templateOption())
+    .addOption(probeOption())
     .addOption(jsonOption())
     .action(async (modelDir: string, options: InspectOptions) => {
       const report = await inspect(modelDir, options);

@@ -32,7 +32,7 @@ import {
   targetOption,
   type ReportBase,
 } from './analysis.js';
-import { argParser, deviceOption, dtypeOption, jsonOption, imageSizeOption, labelsOption, openModel, templateOption } from './common.js';
+import { argParser, deviceOption, dtypeOption, jsonOption, imageSizeOption, labelsOption, openModel, probeOption, templateOption } from './common.js';
 
 export interface LogitLensCommandOptions {
   site: LensSite[];
@@ -47,6 +47,7 @@ export interface LogitLensCommandOptions {
   imageSize?: [number, number];
   labels?: string[];
   template?: string;
+  probe?: string;
 }
 
 export interface LogitLensReport extends ReportBase {
@@ -234,6 +235,7 @@ export function registerLogitLens(program: Command, ctx: CommandContext): void {
     .addOption(imageSizeOption())
     .addOption(labelsOption())
     .addOption(templateOption())
+    .addOption(probeOption())
     .addOption(jsonOption())
     .addHelpText('after', '\nWith --out DIR: DIR/report.json, DIR/lens-<name>-prob.png, DIR/lens-<name>-patches.png, DIR/items/*.json.\nExit codes: 0 ok, 1 failure, 2 usage, 3 some inputs failed (listed in the report).')
     .action(async (modelDir: string, inputs: string[], options: LogitLensCommandOptions) => {

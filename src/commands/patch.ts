@@ -21,7 +21,7 @@ import { displayImage, overlaySvg } from '../report/overlay.js';
 import { fmt } from '../report/svg.js';
 import { bold } from '../ui/style.js';
 import { baselineOption, finishReport, layersOption, outOption, prepareOut, reportBase, type ReportBase } from './analysis.js';
-import { argParser, deviceOption, dtypeOption, jsonOption, imageSizeOption, labelsOption, openModel, templateOption } from './common.js';
+import { argParser, deviceOption, dtypeOption, jsonOption, imageSizeOption, labelsOption, openModel, probeOption, templateOption } from './common.js';
 
 export interface PatchCommandOptions {
   clean: string;
@@ -39,6 +39,7 @@ export interface PatchCommandOptions {
   imageSize?: [number, number];
   labels?: string[];
   template?: string;
+  probe?: string;
 }
 
 export interface PatchReport extends ReportBase {
@@ -291,6 +292,7 @@ export function registerPatch(program: Command, ctx: CommandContext): void {
     .addOption(imageSizeOption())
     .addOption(labelsOption())
     .addOption(templateOption())
+    .addOption(probeOption())
     .addOption(jsonOption())
     .addHelpText('after', '\nWith --out DIR: DIR/report.json and patch-*.png figures (see docs/commands.md).')
     .action(async (modelDir: string, options: PatchCommandOptions) => {

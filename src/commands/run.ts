@@ -13,7 +13,7 @@ import { loadModel, saveTensors, topK, type Prediction, type Tensor } from '../i
 import { parseCachePatterns, parseNonNegativeInt, parsePositiveInt } from '../options.js';
 import { startProgress } from '../ui/progress.js';
 import { VERSION } from '../version.js';
-import { argParser, deviceOption, dtypeOption, jsonOption, imageSizeOption, labelsOption, openModel, templateOption } from './common.js';
+import { argParser, deviceOption, dtypeOption, jsonOption, imageSizeOption, labelsOption, openModel, probeOption, templateOption } from './common.js';
 
 export interface RunCommandOptions {
   cache?: string[];
@@ -26,6 +26,7 @@ export interface RunCommandOptions {
   imageSize?: [number, number];
   labels?: string[];
   template?: string;
+  probe?: string;
   json?: boolean;
 }
 
@@ -128,6 +129,7 @@ export function registerRun(program: Command, ctx: CommandContext): void {
     .addOption(imageSizeOption())
     .addOption(labelsOption())
     .addOption(templateOption())
+    .addOption(probeOption())
     .addOption(jsonOption())
     .addHelpText(
       'after',

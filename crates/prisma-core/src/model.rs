@@ -91,6 +91,39 @@ impl Model {
         Ok(Model { info, vit: loaded.vit, text: loaded.text, tokenizer, class_prompts: None })
     }
 
+    /// Gives a headless model (e.g. a DINOv2 backbone) a linear probe on its pooled, normalised
+    /// output: `weight` [C, d] and `bias` [C] from a .safetensors/.npy file (names `weight`/`bias`,
+    /// or `head.*` / `classifier.*`). Every technique then reads the probe's logits.
+    pub fn set_linear_probe(&mut self, path: &Path, labels: Option<Vec<String>>) -> Result<()> {
+        if !matches!(self.vit.weights.head, Head::None) {
+            return Err(PrismaError::Argument(format!("{} already has a head; --probe is for backbones without one", self.info.model_dir.display())));
+        }
+        let tensors: HashMap<String, Tensor> = crate::tensor_file::read_tensor_file(path)?.into_iter().collect();
+        let pick = |names: &[&str]| names.iter().find_map(|n| tensors.get(*n)).map(Tensor::shallow_clone);
+        let bad = |reason: String| PrismaError::TensorFile { path: path.into(), reason };
+        let weight = pick(&["weight", "head.weight", "classifier.weight"]).ok_or_else(|| bad("no 'weight' tensor [classes, d_model]".into()))?;
+        let d = self.vit.cfg.d_model;
+        let size = weight.size();
+        if size.len() != 2 || size[1] != d || size[0] < 1 {
+            return Err(bad(format!("probe weight has shape {size:?}, expected [classes, {d}]")));
+        }
+        let n = size[0];
+        let bias = match pick(&["bias", "head.bias", "classifier.bias"]) {
+            Some(b) if b.size() == [n] => b,
+            Some(b) => return Err(bad(format!("probe bias has shape {:?}, expected [{n}]", b.size()))),
+            None => Tensor::f_zeros([n].as_slice(), (Kind::Float, Device::Cpu))?,
+        };
+        let labels = match labels {
+            Some(l) if l.len() as i64 == n => l,
+            Some(l) => return Err(PrismaError::Argument(format!("{} labels given for a probe with {n} classes", l.len()))),
+            None => (0..n).map(|i| format!("LABEL_{i}")).collect(),
+        };
+        self.vit.weights.head = Head::Classifier { weight: self.to_model(&weight)?, bias: self.to_model(&bias)? };
+        self.vit.cfg.n_classes = n;
+        self.info.labels = labels;
+        Ok(())
+    }
+
     fn text_tower(&self) -> Result<&HookedTextEncoder> {
         self.text.as_ref().ok_or_else(|| {
             PrismaError::Argument(format!("{} has no text tower ({}); text prompts need a CLIP-style model", self.info.model_dir.display(), self.info.architecture))

@@ -156,6 +156,17 @@ impl NativeModel {
         AsyncTask::new(tasks::PromptsTask { model: self.inner.clone(), labels, prompts })
     }
 
+    /// Gives a headless model a linear probe (`weight` [C, d], `bias` [C]) read from a tensor file.
+    #[napi]
+    pub fn set_linear_probe(&self, path: String, labels: Option<Vec<String>>) -> Result<()> {
+        guard(|| {
+            crate::torch_thread::run(|| {
+                let mut model = lock(&self.inner)?;
+                model.set_linear_probe(std::path::Path::new(&path), labels).map_err(to_js_error)
+            })
+        })
+    }
+
     /// Runs a hooked forward off the JS thread. Inputs are copied here, on the JS thread.
     #[napi(ts_return_type = "Promise<RunOutput>")]
     pub fn run(&self, pixels: Float32Array, shape: Vec<i64>, options: Option<RunOptions>) -> Result<AsyncTask<RunTask>> {
