@@ -178,6 +178,34 @@ export function tokenLabels(info: Pick<ModelInfo, 'hasClassToken' | 'nPrefixToke
   return out;
 }
 
+/**
+ * Per-token values → the spatial heatmaps a figure shows: one [gh × gw] panel for an image, one per
+ * time slice for a video (tokens are time-major), each titled `title` plus ` t{slice}`.
+ */
+export function slicePanels(
+  info: Pick<ModelInfo, 'hasClassToken' | 'nPrefixTokens' | 'imageSize' | 'patchSize' | 'numFrames' | 'tubeletSize'>,
+  tokenValues: ArrayLike<number>,
+  title: string,
+): { title: string; values: number[] }[] {
+  const first = firstPatchToken(info);
+  const [gh, gw] = patchGrid(info);
+  const slices = timeSlices(info);
+  const all = Array.from(tokenValues);
+  return Array.from({ length: slices }, (_, t) => ({
+    title: slices > 1 ? `${title} t${t}` : title,
+    values: all.slice(first + t * gh * gw, first + (t + 1) * gh * gw),
+  }));
+}
+
+/** Per-token values summed over time slices (a video's spatial map; the values themselves for an image). */
+export function sumOverSlices(
+  info: Pick<ModelInfo, 'hasClassToken' | 'nPrefixTokens' | 'imageSize' | 'patchSize' | 'numFrames' | 'tubeletSize'>,
+  tokenValues: ArrayLike<number>,
+): number[] {
+  const panels = slicePanels(info, tokenValues, '');
+  return panels[0]!.values.map((_, i) => panels.reduce((a, p) => a + (p.values[i] ?? 0), 0));
+}
+
 /** Token index of the first patch: after the class, distillation and register tokens. */
 export function firstPatchToken(info: Pick<ModelInfo, 'hasClassToken' | 'nPrefixTokens'>): number {
   return info.nPrefixTokens ?? (info.hasClassToken ? 1 : 0);

@@ -4,7 +4,7 @@
  */
 import { Option, type Command } from 'commander';
 
-import { firstPatchToken, requireHead, resolveClass } from '../analysis/common.js';
+import { firstPatchToken, requireHead, resolveClass, slicePanels } from '../analysis/common.js';
 import { dla, type DlaAnalysis } from '../analysis/dla.js';
 import type { CommandContext } from '../context.js';
 import { loadModel, type Model } from '../index.js';
@@ -126,11 +126,11 @@ async function dlaFigures(model: Model, item: BatchItem, a: DlaAnalysis, w: Figu
       .map((v, i) => ({ v, i }))
       .sort((x, y) => Math.abs(y.v) - Math.abs(x.v))
       .slice(0, 4);
-    const panels = top.map(({ v, i }) => {
+    const panels = top.flatMap(({ v, i }) => {
       const l = Math.floor(i / info.nHeads);
       const h = i % info.nHeads;
       const row = a.headPositions!.slice(i * nPos, (i + 1) * nPos);
-      return { title: `L${l}H${h} total ${fmt(v, 2)}${first ? `, cls ${fmt(row[0]!, 2)}` : ''}`, values: row.slice(first, first + gh * gw) };
+      return slicePanels(info, row, `L${l}H${h} total ${fmt(v, 2)}${first ? `, cls ${fmt(row[0]!, 2)}` : ''}`);
     });
     figures.push(
       await w.png(

@@ -5,7 +5,7 @@
  */
 import { Option, type Command } from 'commander';
 
-import { checkLayers, firstPatchToken } from '../analysis/common.js';
+import { checkLayers, firstPatchToken, slicePanels, sumOverSlices } from '../analysis/common.js';
 import { heads, parseHeadsQuery, resolveQuery, type HeadsAnalysis, type HeadsQuery, type HeadsResult } from '../analysis/heads.js';
 import type { CommandContext } from '../context.js';
 import { PrismaError } from '../errors.js';
@@ -54,15 +54,14 @@ async function headsFigures(model: Model, item: BatchItem, r: HeadsResult, w: Fi
   const info = model.info;
   const first = firstPatchToken(info);
   const [gh, gw] = r.grid;
-  const np = gh * gw;
   const dir = `heads/${item.name}`;
   const image = await displayImage(item.display, 224);
   const mark = r.query.patch ?? undefined;
   const qname = r.query.kind === 'cls' ? 'the class token' : `patch ${r.query.patch}`;
   const figures: Figure[] = [];
   for (const s of r.heads) {
-    const values = s.queryAttention.slice(first, first + np);
-    const max = Math.max(...values, 1e-6);
+    const panels = slicePanels(info, s.queryAttention, '');
+    const max = Math.max(...panels.flatMap((p) => p.values), 1e-6);
     const scale: ColorScale = { kind: 'sequential', min: 0, max };
     figures.push(
       await w.png(
@@ -73,10 +72,10 @@ async function headsFigures(model: Model, item: BatchItem, r: HeadsResult, w: Fi
           subtitle: `entropy ${fmt(s.entropy)} nats (mean ${fmt(s.meanEntropy)}); to class token ${s.clsAttention === null ? '-' : fmt(s.clsAttention)}; distance ${fmt(s.meanDistance)}; self ${fmt(s.selfShare)}`,
           image,
           grid: r.grid,
-          panels: [{ values, ...(mark === undefined ? {} : { mark }) }],
+          panels: panels.map((p) => ({ ...(p.title ? { title: p.title.trim() } : {}), values: p.values, ...(mark === undefined ? {} : { mark }) })),
           scale,
           colorbarLabel: 'attention',
-          columns: 1,
+          columns: panels.length,
           panelSize: 320,
         }),
       ),
@@ -97,7 +96,8 @@ async function headsFigures(model: Model, item: BatchItem, r: HeadsResult, w: Fi
         image: small,
         grid: r.grid,
         panels: r.heads.map((s) => {
-          const values = s.queryAttention.slice(first, first + np);
+          // Video: attention summed over time slices, per spatial patch.
+          const values = sumOverSlices(info, s.queryAttention);
           const max = Math.max(...values, 1e-9);
           return { title: `max ${fmt(max, 2)}${s.clsAttention === null ? '' : ` cls ${fmt(s.queryAttention[0]!, 2)}`}`, values: values.map((v) => v / max), ...(mark === undefined ? {} : { mark }) };
         }),

@@ -6,7 +6,7 @@
 import { Option, type Command } from 'commander';
 
 import { logitLens, parseLensSite, type LogitLensResult } from '../analysis/lens.js';
-import { firstPatchToken, patchGrid, requireHead, resolveClass } from '../analysis/common.js';
+import { firstPatchToken, patchGrid, requireHead, resolveClass, slicePanels } from '../analysis/common.js';
 import type { CommandContext } from '../context.js';
 import { findPatchLabels, loadPatchLabels, type PatchLabelsEntry } from '../dataset/patch-labels.js';
 import { PrismaError } from '../errors.js';
@@ -96,7 +96,7 @@ async function lensFigures(model: Model, item: BatchItem, r: LogitLensResult, si
   const panels = sites.flatMap((site) =>
     r.layers
       .filter((l) => l.site === site)
-      .map((l) => ({ title: `L${l.layer} p=${fmt(l.targetProb, 2)}`, values: l.posTargetLogit.slice(first, first + gh * gw) })),
+      .flatMap((l) => slicePanels(info, l.posTargetLogit, `L${l.layer} p=${fmt(l.targetProb, 2)}`)),
   );
   const scale = scaleFor(panels.flatMap((p) => p.values), true);
   const overlay = overlaySvg({

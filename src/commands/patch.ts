@@ -5,7 +5,7 @@
  */
 import { Option, type Command } from 'commander';
 
-import { firstPatchToken, requireHead, resolveClass } from '../analysis/common.js';
+import { firstPatchToken, requireHead, resolveClass, slicePanels, timeSlices } from '../analysis/common.js';
 import { checkWhatBy, parsePatchBy, parsePatchMethod, parsePatchWhat, patch, type PatchAnalysis, type PatchMatrix, type PatchMethod } from '../analysis/patch.js';
 import { checkLayers } from '../analysis/common.js';
 import type { CommandContext } from '../context.js';
@@ -87,13 +87,10 @@ async function matrixFigures(model: Model, a: PatchAnalysis, m: PatchMatrix, cle
         subtitle: sub,
         image,
         grid: [gh, gw],
-        panels: perLayer.map((vals, i) => ({
-          title: `L${m.layers[i]}${clsValues ? ` cls=${fmt(clsValues[i]!, 2)}` : ''}`,
-          values: vals.slice(first, first + gh * gw),
-        })),
+        panels: perLayer.flatMap((vals, i) => slicePanels(info, vals, `L${m.layers[i]}${clsValues ? ` cls=${fmt(clsValues[i]!, 2)}` : ''}`)),
         scale: s,
         colorbarLabel: 'normalised effect',
-        columns: Math.min(nL, 6),
+        columns: Math.min(nL * timeSlices(info), 6),
         panelSize: nL <= 4 ? 200 : 150,
       }),
     );
