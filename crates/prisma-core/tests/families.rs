@@ -126,3 +126,14 @@ fn unsupported_folders_name_the_supported_families() {
         }
     }
 }
+
+#[test]
+fn open_clip_pickle_checkpoint_loads_like_the_safetensors_one() {
+    // fixtures/make_pickle_fixture.py: torch.save of the same state dict, one tensor a strided view.
+    let from_bin = clip_with_prompts("openclip-tiny-bin", None);
+    assert_eq!(from_bin.info.family, "open_clip");
+    let reference = reference("openclip-tiny.safetensors");
+    let ours = run_all(&from_bin, &reference["pixel_values"]);
+    let n = compare("openclip-tiny-bin", &reference, &ours, "", &[]);
+    assert!(n >= 15, "only {n} keys compared");
+}

@@ -21,14 +21,9 @@ pub fn open_store(dir: &Path, kind: Kind, device: Device) -> Result<TensorStore>
     }
     let bin = dir.join("open_clip_pytorch_model.bin");
     if bin.is_file() {
-        return Err(PrismaError::WeightsFormat {
-            file: bin,
-            reason: "pickle checkpoints are not read; convert once with: python -c \"import torch, safetensors.torch as s; \
-s.save_file(torch.load('open_clip_pytorch_model.bin', map_location='cpu'), 'open_clip_model.safetensors')\""
-                .into(),
-        });
+        return TensorStore::open_torch_pickle(&bin, kind, device);
     }
-    Err(PrismaError::WeightsMissing { file: st, tensor: "(no open_clip_model.safetensors)".into() })
+    Err(PrismaError::WeightsMissing { file: st, tensor: "(no open_clip_model.safetensors or open_clip_pytorch_model.bin)".into() })
 }
 
 #[derive(Deserialize)]

@@ -26,10 +26,7 @@ impl TensorStore {
         } else if index.is_file() {
             shard_files(dir, &index)?
         } else if dir.join("pytorch_model.bin").is_file() {
-            return Err(PrismaError::WeightsFormat {
-                file: dir.join("pytorch_model.bin"),
-                reason: "pickle checkpoints are not read; convert to model.safetensors (transformers: save_pretrained(safe_serialization=True))".into(),
-            });
+            return Self::open_torch_pickle(&dir.join("pytorch_model.bin"), kind, device);
         } else {
             return Err(PrismaError::WeightsMissing { file: single, tensor: "(no model.safetensors or model.safetensors.index.json)".into() });
         };
@@ -45,6 +42,48 @@ impl TensorStore {
     pub fn open_file(file: &Path, kind: Kind, device: Device) -> Result<Self> {
         let mut tensors = BTreeMap::new();
         read_file_into(file, kind, device, &mut tensors)?;
+        Ok(TensorStore { tensors, primary: file.to_path_buf(), n_params: 0 })
+    }
+
+    /// Opens a PyTorch pickle checkpoint (`torch.save` of a state dict, zip format), without
+    /// running any pickle code: `repugnant-pickle` reads the tensor table (names, dtypes, shapes,
+    /// strides, offsets) and the bytes are taken from the uncompressed zip members.
+    pub fn open_torch_pickle(file: &Path, kind: Kind, device: Device) -> Result<Self> {
+        let bad = |reason: String| PrismaError::WeightsFormat { file: file.into(), reason };
+        let table = repugnant_pickle::RepugnantTorchTensors::new_from_file(file)
+            .map_err(|e| bad(format!("not a readable torch.save checkpoint ({e}); convert it to safetensors")))?;
+        let handle = File::open(file).map_err(|e| PrismaError::Io { path: file.into(), reason: e.to_string() })?;
+        // SAFETY: read-only map, dropped before returning (tensors copy their bytes).
+        let bytes = unsafe { memmap2::Mmap::map(&handle) }.map_err(|e| PrismaError::Io { path: file.into(), reason: e.to_string() })?;
+        let mut tensors = BTreeMap::new();
+        for t in table {
+            use repugnant_pickle::TensorType as T;
+            let source_kind = match t.tensor_type {
+                T::Float32 => Kind::Float,
+                T::Float16 => Kind::Half,
+                T::BFloat16 => Kind::BFloat16,
+                T::Float64 => Kind::Double,
+                T::Int64 => Kind::Int64,
+                T::Int32 => Kind::Int,
+                T::UInt8 => Kind::Uint8,
+                other => return Err(bad(format!("tensor '{}' has unsupported dtype {other:?}", t.name))),
+            };
+            let item = t.tensor_type.size();
+            // Elements the strided view can reach from its offset.
+            let reach = if t.shape.contains(&0) { 0 } else { 1 + t.shape.iter().zip(&t.stride).map(|(n, s)| (n - 1) * s).sum::<usize>() };
+            let start = t.absolute_offset as usize;
+            let end = start + reach * item;
+            // storage_len counts elements (the pickled storage size), storage_offset bytes.
+            if end > bytes.len() || t.storage_offset + (reach * item) as u64 > t.storage_len * item as u64 {
+                return Err(bad(format!("tensor '{}' reaches past its storage", t.name)));
+            }
+            let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+            let stride: Vec<i64> = t.stride.iter().map(|&d| d as i64).collect();
+            let flat = Tensor::f_from_data_size(&bytes[start..end], &[reach as i64], source_kind)?;
+            let tensor = flat.f_as_strided(shape.as_slice(), stride.as_slice(), 0)?.f_contiguous()?;
+            let tensor = if tensor.is_floating_point() { tensor.f_to_kind(kind)? } else { tensor };
+            tensors.insert(t.name, (tensor.f_to_device(device)?, file.to_path_buf()));
+        }
         Ok(TensorStore { tensors, primary: file.to_path_buf(), n_params: 0 })
     }
 
