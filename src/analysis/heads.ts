@@ -94,6 +94,8 @@ export function headStats(
   queryToken: number,
 ): Omit<HeadStats, 'layer' | 'head'> {
   const gw = grid[1];
+  // Video tokens are time-major: distance is measured on the spatial grid, across time slices.
+  const np = grid[0] * gw;
   let meanEntropy = 0;
   let cls = 0;
   let self = 0;
@@ -105,13 +107,13 @@ export function headStats(
     cls += a[row]!;
     self += a[row + q]!;
     if (q >= first) {
-      const pq = q - first;
+      const pq = (q - first) % np;
       const rq = Math.floor(pq / gw);
       const cq = pq % gw;
       let w = 0;
       let d = 0;
       for (let k = first; k < nPos; k++) {
-        const pk = k - first;
+        const pk = (k - first) % np;
         const v = a[row + k]!;
         w += v;
         d += v * Math.hypot(Math.floor(pk / gw) - rq, (pk % gw) - cq);
