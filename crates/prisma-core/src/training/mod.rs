@@ -1,21 +1,26 @@
-//! Training small ViTs from scratch with the same HookedViT forward the analyses use, so a trained
-//! model is exactly what later gets inspected. AdamW is written out here (a dozen lines) because
-//! tch's optimisers need a VarStore and HookedViT holds plain tensors.
+//! Training small models from scratch with the same hooked forwards the analyses use, so a trained
+//! model is exactly what later gets inspected. This file is the ViT classifier trainer; `clip` is the
+//! contrastive image-text trainer; `optim` holds what they share (AdamW, written out because tch's
+//! optimisers need a VarStore and the hooked models hold plain tensors; the schedule; the data
+//! order; checkpoints; initialisation).
 //!
 //! Determinism and resumption: the data order of epoch e is a permutation drawn from a generator
 //! seeded with (seed, e), so the batch at any step is a function of (seed, step) alone; a checkpoint
 //! stores weights, AdamW moments and the step, and resuming continues bit-for-bit where it stopped.
 
+pub mod clip;
+pub mod optim;
+
 use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookSelection};
-use crate::model::{from_f32, to_f32_vec};
-use crate::models::vit::{BlockWeights, FinalNorm, ForwardStart, Head, HookedViT, LayerNormWeights, Pooling, ViTConfig, ViTWeights};
-use crate::tensor_file::save_safetensors;
+use crate::model::from_f32;
+use crate::models::vit::{FinalNorm, ForwardStart, Head, HookedViT, Pooling, ViTConfig, ViTWeights};
 use crate::weights::hf_save;
+use optim::{block_params, init_block, layer_norm_init, trunc_normal, zeros, warmup_cosine, EpochOrder, ParamSet};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -74,29 +79,16 @@ pub struct EvalReport {
     pub n: i64,
 }
 
-struct Param {
-    name: String,
-    value: Tensor,
-    m: Tensor,
-    v: Tensor,
-    decay: bool,
-}
-
 pub struct Trainer {
     pub cfg: TrainConfig,
     pub vit: HookedViT,
-    params: Vec<Param>,
+    params: ParamSet,
     pub step: i64,
-    /// The current epoch's data order (epoch, permutation): drawn once per epoch, not per step.
-    order: Option<(i64, Tensor)>,
+    order: EpochOrder,
     train_x: Tensor,
     train_y: Tensor,
     eval_x: Tensor,
     eval_y: Tensor,
-}
-
-fn trunc_normal(shape: &[i64], std: f64) -> Result<Tensor> {
-    Ok(Tensor::f_randn(shape, (Kind::Float, Device::Cpu))?.f_clamp(-2.0, 2.0)?.f_mul_scalar(std)?)
 }
 
 impl Trainer {
@@ -136,25 +128,7 @@ impl Trainer {
         tch::manual_seed(cfg.seed);
         let d = cfg.d_model;
         let std = 0.02;
-        let ln = || -> Result<LayerNormWeights> { Ok(LayerNormWeights { weight: Tensor::f_ones([d], (Kind::Float, Device::Cpu))?, bias: Tensor::f_zeros([d], (Kind::Float, Device::Cpu))? }) };
-        let zeros = |n: i64| Tensor::f_zeros([n], (Kind::Float, Device::Cpu));
-        let mut blocks = Vec::new();
-        for _ in 0..cfg.n_layers {
-            let w_o = trunc_normal(&[d, d], std)?;
-            blocks.push(BlockWeights {
-                ln1: ln()?,
-                w_qkv: trunc_normal(&[3 * d, d], std)?,
-                b_qkv: Some(zeros(3 * d)?),
-                w_o_heads: w_o.shallow_clone(),
-                w_o,
-                b_o: zeros(d)?,
-                ln2: ln()?,
-                w_in: trunc_normal(&[cfg.d_mlp, d], std)?,
-                b_in: zeros(cfg.d_mlp)?,
-                w_out: trunc_normal(&[d, cfg.d_mlp], std)?,
-                b_out: zeros(d)?,
-            });
-        }
+        let blocks = (0..cfg.n_layers).map(|_| init_block(d, cfg.d_mlp, std)).collect::<Result<Vec<_>>>()?;
         let n_classes = cfg.labels.len() as i64;
         let weights = ViTWeights {
             patch_weight: trunc_normal(&[d, cfg.num_channels, cfg.patch_size, cfg.patch_size], std)?,
@@ -165,15 +139,15 @@ impl Trainer {
             pos_embed: trunc_normal(&[1, vcfg.n_pos(), d], std)?,
             ln_pre: None,
             blocks,
-            ln_final: ln()?,
+            ln_final: layer_norm_init(d)?,
             head: Head::Classifier { weight: trunc_normal(&[n_classes, d], std)?, bias: zeros(n_classes)? },
         };
         let vit = HookedViT { cfg: vcfg, weights };
         let (train_x, train_y) = train;
         let (eval_x, eval_y) = eval;
-        let mut trainer = Trainer { cfg, vit, params: Vec::new(), step: 0, order: None, train_x, train_y, eval_x, eval_y };
+        let params = ParamSet::new(Self::param_list(&vit.weights)?)?;
+        let trainer = Trainer { cfg, vit, params, step: 0, order: EpochOrder::default(), train_x, train_y, eval_x, eval_y };
         trainer.check_data()?;
-        trainer.collect_params()?;
         Ok(trainer)
     }
 
@@ -195,8 +169,7 @@ impl Trainer {
     }
 
     /// The trainable leaves, in HF-name order (also the checkpoint order).
-    fn collect_params(&mut self) -> Result<()> {
-        let w = &self.vit.weights;
+    fn param_list(w: &ViTWeights) -> Result<Vec<(String, Tensor, bool)>> {
         let mut list: Vec<(String, Tensor, bool)> = vec![
             ("patch_weight".into(), w.patch_weight.shallow_clone(), true),
             ("patch_bias".into(), w.patch_bias.as_ref().map(|t| t.shallow_clone()).ok_or_else(|| PrismaError::Internal("no patch bias".into()))?, false),
@@ -204,23 +177,7 @@ impl Trainer {
             ("pos_embed".into(), w.pos_embed.shallow_clone(), false),
         ];
         for (l, b) in w.blocks.iter().enumerate() {
-            let b_qkv = b.b_qkv.as_ref().map(|t| t.shallow_clone()).ok_or_else(|| PrismaError::Internal("no qkv bias".into()))?;
-            for (n, t, decay) in [
-                ("ln1.w", &b.ln1.weight, false),
-                ("ln1.b", &b.ln1.bias, false),
-                ("w_qkv", &b.w_qkv, true),
-                ("b_qkv", &b_qkv, false),
-                ("w_o", &b.w_o, true),
-                ("b_o", &b.b_o, false),
-                ("ln2.w", &b.ln2.weight, false),
-                ("ln2.b", &b.ln2.bias, false),
-                ("w_in", &b.w_in, true),
-                ("b_in", &b.b_in, false),
-                ("w_out", &b.w_out, true),
-                ("b_out", &b.b_out, false),
-            ] {
-                list.push((format!("blocks.{l}.{n}"), t.shallow_clone(), decay));
-            }
+            list.extend(block_params(&format!("blocks.{l}"), b)?);
         }
         list.push(("ln_final.w".into(), w.ln_final.weight.shallow_clone(), false));
         list.push(("ln_final.b".into(), w.ln_final.bias.shallow_clone(), false));
@@ -228,38 +185,11 @@ impl Trainer {
             list.push(("head.w".into(), hw.shallow_clone(), true));
             list.push(("head.b".into(), hb.shallow_clone(), false));
         }
-        self.params = list
-            .into_iter()
-            .map(|(name, mut value, decay)| {
-                let _ = value.f_requires_grad_(true)?;
-                Ok(Param { m: value.f_zeros_like()?, v: value.f_zeros_like()?, name, value, decay })
-            })
-            .collect::<Result<_>>()?;
-        Ok(())
+        Ok(list)
     }
 
     pub fn lr_at(&self, step: i64) -> f64 {
-        let c = &self.cfg;
-        if step < c.warmup_steps {
-            return c.lr * (step + 1) as f64 / c.warmup_steps as f64;
-        }
-        let span = (c.total_steps - c.warmup_steps).max(1) as f64;
-        let t = ((step - c.warmup_steps) as f64 / span).min(1.0);
-        c.lr * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
-    }
-
-    /// Indices of the batch at `step`: epoch permutations seeded by (seed, epoch).
-    fn batch_indices(&mut self, step: i64) -> Result<Tensor> {
-        let n = self.train_x.size()[0];
-        let per_epoch = n / self.cfg.batch_size;
-        let epoch = step / per_epoch;
-        let offset = (step % per_epoch) * self.cfg.batch_size;
-        if self.order.as_ref().map(|(e, _)| *e) != Some(epoch) {
-            tch::manual_seed(self.cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch));
-            self.order = Some((epoch, Tensor::f_randperm(n, (Kind::Int64, Device::Cpu))?));
-        }
-        let perm = self.order.as_ref().map(|(_, p)| p).ok_or_else(|| PrismaError::Internal("no data order".into()))?;
-        Ok(perm.f_narrow(0, offset, self.cfg.batch_size)?)
+        warmup_cosine(step, self.cfg.lr, self.cfg.warmup_steps, self.cfg.total_steps)
     }
 
     fn logits(&self, x: &Tensor) -> Result<Tensor> {
@@ -270,41 +200,18 @@ impl Trainer {
 
     /// Runs `n` optimisation steps (stopping at total_steps); reports their mean loss and accuracy.
     pub fn train_steps(&mut self, n: i64) -> Result<StepReport> {
-        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
         let (mut loss_sum, mut correct, mut seen, mut done) = (0.0, 0i64, 0i64, 0);
         let mut lr = 0.0;
         while done < n && self.step < self.cfg.total_steps {
-            let idx = self.batch_indices(self.step)?;
+            let idx = self.order.batch(self.step, self.train_x.size()[0], self.cfg.batch_size, self.cfg.seed)?;
             let x = self.train_x.f_index_select(0, &idx)?;
             let y = self.train_y.f_index_select(0, &idx)?;
             let logits = self.logits(&x)?;
             let loss = logits.f_cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, -100, 0.0)?;
-            for p in &self.params {
-                let mut g = p.value.f_grad()?;
-                if g.defined() {
-                    let _ = g.f_zero_()?;
-                }
-            }
+            self.params.zero_grad()?;
             loss.f_backward()?;
             lr = self.lr_at(self.step);
-            let t = (self.step + 1) as f64;
-            let (c1, c2) = (1.0 - b1.powf(t), 1.0 - b2.powf(t));
-            tch::no_grad(|| -> Result<()> {
-                for p in self.params.iter_mut() {
-                    let g = p.value.f_grad()?;
-                    if !g.defined() {
-                        continue;
-                    }
-                    let _ = p.m.f_mul_scalar_(b1)?.f_add_(&g.f_mul_scalar(1.0 - b1)?)?;
-                    let _ = p.v.f_mul_scalar_(b2)?.f_add_(&g.f_square()?.f_mul_scalar(1.0 - b2)?)?;
-                    if p.decay {
-                        let _ = p.value.f_mul_scalar_(1.0 - lr * self.cfg.weight_decay)?;
-                    }
-                    let update = p.m.f_div_scalar(c1)?.f_div(&p.v.f_div_scalar(c2)?.f_sqrt()?.f_add_scalar(eps)?)?.f_mul_scalar(lr)?;
-                    let _ = p.value.f_sub_(&update)?;
-                }
-                Ok(())
-            })?;
+            self.params.adamw_step(self.step, lr, self.cfg.weight_decay)?;
             loss_sum += loss.f_double_value(&[])?;
             correct += logits.f_argmax(-1, false)?.f_eq_tensor(&y)?.f_sum(Kind::Int64)?.f_int64_value(&[])?;
             seen += y.size()[0];
@@ -341,48 +248,15 @@ impl Trainer {
 
     /// Weights, AdamW moments and the step, in one safetensors file (written atomically).
     pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
-        let mut tensors = Vec::new();
-        for p in &self.params {
-            for (suffix, t) in [("", &p.value), (".adam_m", &p.m), (".adam_v", &p.v)] {
-                let (shape, data) = to_f32_vec(&t.f_detach()?)?;
-                tensors.push((format!("{}{suffix}", p.name), shape, data));
-            }
-        }
         let config = serde_json::to_string(&self.cfg).map_err(|e| PrismaError::Internal(e.to_string()))?;
-        let meta = HashMap::from([("step".to_string(), self.step.to_string()), ("train_config".to_string(), config)]);
-        save_safetensors(path, &tensors, Some(meta))
+        self.params.save_checkpoint(path, self.step, &config)
     }
 
     /// Restores a checkpoint written by `save_checkpoint` into a trainer built with the same config.
     pub fn load_checkpoint(&mut self, path: &Path) -> Result<()> {
-        let bad = |reason: String| PrismaError::TensorFile { path: path.into(), reason };
-        let bytes = std::fs::read(path).map_err(|e| PrismaError::Io { path: path.into(), reason: e.to_string() })?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a checkpoint ({e})")))?;
-        let meta = meta.metadata().clone().unwrap_or_default();
-        let step: i64 = meta.get("step").and_then(|s| s.parse().ok()).ok_or_else(|| bad("no step in the checkpoint".into()))?;
-        let saved: TrainConfig = meta
-            .get("train_config")
-            .and_then(|s| serde_json::from_str(s).ok())
-            .ok_or_else(|| bad("no training config in the checkpoint".into()))?;
-        let same = serde_json::to_value(&saved).ok() == serde_json::to_value(&self.cfg).ok();
-        if !same {
-            return Err(bad("the checkpoint was made with a different training config".into()));
-        }
-        let tensors: HashMap<String, Tensor> = crate::weights::store::read_safetensors_f32(path)?.into_iter().collect();
-        tch::no_grad(|| -> Result<()> {
-            for p in self.params.iter_mut() {
-                for (suffix, target) in [("", &mut p.value), (".adam_m", &mut p.m), (".adam_v", &mut p.v)] {
-                    let name = format!("{}{suffix}", p.name);
-                    let src = tensors.get(&name).ok_or_else(|| bad(format!("missing '{name}'")))?;
-                    if src.size() != target.size() {
-                        return Err(bad(format!("'{name}' has shape {:?}, expected {:?}", src.size(), target.size())));
-                    }
-                    let _ = target.f_copy_(src)?;
-                }
-            }
-            Ok(())
-        })?;
-        self.step = step;
+        let current = serde_json::to_value(&self.cfg).ok();
+        let same = |saved: &str| serde_json::from_str::<TrainConfig>(saved).ok().and_then(|c| serde_json::to_value(c).ok()) == current;
+        self.step = self.params.load_checkpoint(path, same)?;
         Ok(())
     }
 }

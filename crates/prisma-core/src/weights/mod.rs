@@ -1,6 +1,7 @@
 pub mod family;
 pub mod hf;
 pub mod hf_clip;
+pub mod hf_clip_save;
 pub mod hf_save;
 pub mod open_clip;
 pub mod pos_embed;
