@@ -1,17 +1,61 @@
 //! Training entry points. TypeScript drives the loop (progress bar, evaluation, checkpoints) by
-//! calling `trainSteps(n)` repeatedly; each call runs off the JS thread.
+//! calling `trainSteps(n)` repeatedly; each call runs off the JS thread. One NativeTrainer class
+//! over both trainers (a ViT classifier, or a CLIP on image-caption pairs), so the loop is shared.
 
 use crate::convert::{guard, lock, to_js_error};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
+use prisma_core::training::clip::{captioned, ClipTrainConfig, ClipTrainer, ZeroShotTask};
 use prisma_core::training::{dataset, TrainConfig, Trainer};
 use prisma_core::PrismaError;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+pub enum AnyTrainer {
+    Vit(Box<Trainer>),
+    Clip(Box<ClipTrainer>),
+}
+
+impl AnyTrainer {
+    fn step(&self) -> i64 {
+        match self {
+            AnyTrainer::Vit(t) => t.step,
+            AnyTrainer::Clip(t) => t.step,
+        }
+    }
+
+    fn run(&mut self, op: &TrainerOp) -> prisma_core::Result<String> {
+        let json = |v: &dyn erased::Json| v.to_json();
+        match (self, op) {
+            (AnyTrainer::Vit(t), TrainerOp::Steps(n)) => json(&t.train_steps(*n)?),
+            (AnyTrainer::Clip(t), TrainerOp::Steps(n)) => json(&t.train_steps(*n)?),
+            (AnyTrainer::Vit(t), TrainerOp::Evaluate) => json(&t.evaluate()?),
+            (AnyTrainer::Clip(t), TrainerOp::Evaluate) => json(&t.evaluate()?),
+            (AnyTrainer::Vit(t), TrainerOp::SaveModel(dir)) => t.save_model(dir).map(|_| "null".into()),
+            (AnyTrainer::Clip(t), TrainerOp::SaveModel(dir)) => t.save_model(dir).map(|_| "null".into()),
+            (AnyTrainer::Vit(t), TrainerOp::SaveCheckpoint(p)) => t.save_checkpoint(p).map(|_| "null".into()),
+            (AnyTrainer::Clip(t), TrainerOp::SaveCheckpoint(p)) => t.save_checkpoint(p).map(|_| "null".into()),
+            (AnyTrainer::Vit(t), TrainerOp::LoadCheckpoint(p)) => t.load_checkpoint(p).map(|_| t.step.to_string()),
+            (AnyTrainer::Clip(t), TrainerOp::LoadCheckpoint(p)) => t.load_checkpoint(p).map(|_| t.step.to_string()),
+        }
+    }
+}
+
+mod erased {
+    /// Serialises any report (the two trainers' reports differ in type).
+    pub trait Json {
+        fn to_json(&self) -> prisma_core::Result<String>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> prisma_core::Result<String> {
+            serde_json::to_string(self).map_err(|e| prisma_core::PrismaError::Internal(e.to_string()))
+        }
+    }
+}
+
 #[napi]
 pub struct NativeTrainer {
-    inner: Arc<Mutex<Trainer>>,
+    inner: Arc<Mutex<AnyTrainer>>,
 }
 
 pub enum TrainerOp {
@@ -23,12 +67,8 @@ pub enum TrainerOp {
 }
 
 pub struct TrainerTask {
-    trainer: Arc<Mutex<Trainer>>,
+    trainer: Arc<Mutex<AnyTrainer>>,
     op: TrainerOp,
-}
-
-fn json<T: serde::Serialize>(v: &T) -> Result<String> {
-    serde_json::to_string(v).map_err(|e| to_js_error(PrismaError::Internal(e.to_string())))
 }
 
 impl Task for TrainerTask {
@@ -36,17 +76,7 @@ impl Task for TrainerTask {
     type JsValue = String;
 
     fn compute(&mut self) -> Result<Self::Output> {
-        guard(|| crate::torch_thread::run(|| {
-            let mut t = lock(&self.trainer)?;
-            let e = to_js_error;
-            match &self.op {
-                TrainerOp::Steps(n) => json(&t.train_steps(*n).map_err(e)?),
-                TrainerOp::Evaluate => json(&t.evaluate().map_err(e)?),
-                TrainerOp::SaveModel(dir) => t.save_model(dir).map_err(e).map(|_| "null".into()),
-                TrainerOp::SaveCheckpoint(p) => t.save_checkpoint(p).map_err(e).map(|_| "null".into()),
-                TrainerOp::LoadCheckpoint(p) => t.load_checkpoint(p).map_err(e).map(|_| t.step.to_string()),
-            }
-        }))
+        guard(|| crate::torch_thread::run(|| lock(&self.trainer)?.run(&self.op).map_err(to_js_error)))
     }
 
     fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
@@ -85,17 +115,43 @@ impl NativeTrainer {
             let train = dataset(&train_pixels, &train_shape, &labels(&train_labels)?).map_err(to_js_error)?;
             let eval = dataset(&eval_pixels, &eval_shape, &labels(&eval_labels)?).map_err(to_js_error)?;
             let trainer = Trainer::new(cfg, train, eval).map_err(to_js_error)?;
-            Ok(NativeTrainer { inner: Arc::new(Mutex::new(trainer)) })
+            Ok(NativeTrainer { inner: Arc::new(Mutex::new(AnyTrainer::Vit(Box::new(trainer)))) })
         })
     }
 
-    /// Resolves to a JSON StepReport {step, loss, accuracy, lr}.
+    /// A CLIP trainer. `configJson`: ClipTrainConfig (camelCase). Pixels are [N, C, H, W] float32
+    /// with one caption per image; `tasksJson`: ZeroShotTask[] over the evaluation images.
+    #[napi(factory)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_clip(
+        config_json: String,
+        train_pixels: Float32Array,
+        train_shape: Vec<i64>,
+        train_captions: Vec<String>,
+        eval_pixels: Float32Array,
+        eval_shape: Vec<i64>,
+        eval_captions: Vec<String>,
+        tasks_json: String,
+    ) -> Result<NativeTrainer> {
+        guard(|| {
+            let bad = |what: &str, err: serde_json::Error| to_js_error(PrismaError::Argument(format!("bad {what}: {err}")));
+            let cfg: ClipTrainConfig = serde_json::from_str(&config_json).map_err(|e| bad("CLIP training config", e))?;
+            let tasks: Vec<ZeroShotTask> = serde_json::from_str(&tasks_json).map_err(|e| bad("zero-shot tasks", e))?;
+            let train = captioned(&train_pixels, &train_shape, train_captions).map_err(to_js_error)?;
+            let eval = captioned(&eval_pixels, &eval_shape, eval_captions).map_err(to_js_error)?;
+            // Tokenizing and initialising run libtorch: on its thread, like every other call.
+            let trainer = crate::torch_thread::run(|| ClipTrainer::new(cfg, train, eval, tasks)).map_err(to_js_error)?;
+            Ok(NativeTrainer { inner: Arc::new(Mutex::new(AnyTrainer::Clip(Box::new(trainer)))) })
+        })
+    }
+
+    /// Resolves to a JSON StepReport {step, loss, accuracy, lr} (CLIP: plus logitScale).
     #[napi(ts_return_type = "Promise<string>")]
     pub fn train_steps(&self, n: u32) -> AsyncTask<TrainerTask> {
         self.task(TrainerOp::Steps(n as i64))
     }
 
-    /// Resolves to a JSON EvalReport {step, loss, accuracy, n}.
+    /// Resolves to a JSON EvalReport {step, loss, accuracy, n} (CLIP: plus zeroShot[]).
     #[napi(ts_return_type = "Promise<string>")]
     pub fn evaluate(&self) -> AsyncTask<TrainerTask> {
         self.task(TrainerOp::Evaluate)
@@ -119,7 +175,7 @@ impl NativeTrainer {
 
     #[napi]
     pub fn step(&self) -> Result<i64> {
-        Ok(lock(&self.inner)?.step)
+        Ok(lock(&self.inner)?.step())
     }
 
     fn task(&self, op: TrainerOp) -> AsyncTask<TrainerTask> {
