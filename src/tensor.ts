@@ -5,12 +5,20 @@ import type { TensorData, TensorInput } from './native.js';
 export type Tensor = TensorData;
 export type { TensorInput };
 
-/** Pixels ready for the model: `[B, C, H, W]` float32, with one label per batch entry. */
+/** `[B, C, H, W]` for image models, `[B, T, C, H, W]` for video models (T frames per clip). */
+export type PixelShape = [number, number, number, number] | [number, number, number, number, number];
+
+/** Pixels ready for the model: `[B, C, H, W]` (video: `[B, T, C, H, W]`) float32, with one label per batch entry. */
 export interface PixelBatch {
   data: Float32Array;
-  shape: [number, number, number, number];
-  /** One per batch entry: the image path, or `file[i]` for rows of a tensor file. */
+  shape: PixelShape;
+  /** One per batch entry: the image path (video: the clip's folder or file), or `file[i]` for rows of a tensor file. */
   labels: string[];
+}
+
+/** Values per batch entry (C·H·W, or T·C·H·W for a clip). */
+export function itemSize(shape: readonly number[]): number {
+  return numel(shape.slice(1));
 }
 
 export function numel(shape: readonly number[]): number {
@@ -38,23 +46,23 @@ export function checkTensor(t: { name: string; shape: readonly number[]; data: F
   }
 }
 
-/** Concatenate `[Bi, ...rest]` batches along the first axis (rest must agree). */
+/** Concatenate `[Bi, ...rest]` batches along the first axis (rest must agree: same rank and sizes). */
 export function concatBatches(parts: PixelBatch[]): PixelBatch {
   if (parts.length === 0) throw new PrismaError('E_INPUT', 'no inputs');
   if (parts.length === 1) return parts[0]!;
-  const [, c, h, w] = parts[0]!.shape;
+  const rest = parts[0]!.shape.slice(1);
   let b = 0;
   for (const p of parts) {
-    if (p.shape[1] !== c || p.shape[2] !== h || p.shape[3] !== w) {
+    if (!sameShape(p.shape.slice(1), rest)) {
       throw new PrismaError('E_SHAPE', `cannot batch ${formatShape(p.shape)} with ${formatShape(parts[0]!.shape)}`);
     }
     b += p.shape[0];
   }
-  const data = new Float32Array(b * c * h * w);
+  const data = new Float32Array(b * numel(rest));
   let offset = 0;
   for (const p of parts) {
     data.set(p.data, offset);
     offset += p.data.length;
   }
-  return { data, shape: [b, c, h, w], labels: parts.flatMap((p) => p.labels) };
+  return { data, shape: [b, ...rest] as PixelShape, labels: parts.flatMap((p) => p.labels) };
 }

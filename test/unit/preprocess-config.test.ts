@@ -54,7 +54,8 @@ describe('parsePreprocessorConfig', () => {
     expect(legacy.resize).toEqual({ mode: 'shortest_edge', shortestEdge: 224 });
     expect(legacy.centerCrop).toEqual({ height: 224, width: 224 });
     expect(legacy.resample).toBe('bicubic');
-    expect(legacy.normalize).toEqual({ mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5] });
+    // CLIPImageProcessor's own defaults (transformers 4.57): OPENAI_CLIP_MEAN / OPENAI_CLIP_STD, not 0.5.
+    expect(legacy.normalize).toEqual({ mean: [0.48145466, 0.4578275, 0.40821073], std: [0.26862954, 0.26130258, 0.27577711] });
   });
 
   it('an int size on a ViT processor is square; missing keys fall back to the model size', () => {
