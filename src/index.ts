@@ -6,7 +6,7 @@
  *   topK(output, 5, model.info.labels);
  */
 import { PrismaError, usageError } from './errors.js';
-import { loadInputs, readPreprocessSpec, type LoadInputsOptions, type PreprocessSpec } from './image/preprocess.js';
+import { loadInputs, readPreprocessSpec, withImageSize, type LoadInputsOptions, type PreprocessSpec } from './image/preprocess.js';
 import { serializeInterventions, type Intervention, type TensorLike } from './interventions.js';
 import {
   NativeModelHandle,
@@ -80,6 +80,8 @@ export interface RunResult {
 
 export class Model {
   private currentInfo: ModelInfo;
+  /** Loaded with LoadOptions.imageSize (preprocessing then targets that size). */
+  private loadedAtSize = false;
   private spec: Promise<PreprocessSpec> | undefined;
 
   private constructor(private readonly handle: NativeModelHandle) {
@@ -127,7 +129,9 @@ export class Model {
       nativeOptions.device = device === 'auto' ? (cudaAvailable() ? 'cuda:0' : 'cpu') : device;
     }
     if (options.dtype !== undefined) nativeOptions.dtype = normalizeDtype(options.dtype);
-    return new Model(await NativeModelHandle.load(dir, nativeOptions));
+    const model = new Model(await NativeModelHandle.load(dir, nativeOptions));
+    model.loadedAtSize = nativeOptions.imageSize !== undefined;
+    return model;
   }
 
   /**
@@ -154,7 +158,9 @@ export class Model {
 
   /** The preprocessing used for images (preprocessor_config.json, or the defaults). */
   preprocessSpec(): Promise<PreprocessSpec> {
-    this.spec ??= readPreprocessSpec(this.info.modelDir, this.info.imageSize);
+    // A model loaded at another --image-size: retarget the folder's preprocessing to it.
+    const size = this.info.imageSize as [number, number];
+    this.spec ??= readPreprocessSpec(this.info.modelDir, size).then((s) => (this.loadedAtSize ? withImageSize(s, size) : s));
     return this.spec;
   }
 
@@ -202,8 +208,7 @@ export class Model {
       batch = inputs;
       this.checkBatch(batch);
     } else if (resuming && inputs.length === 0) {
-      const [h, w] = this.info.imageSize;
-      batch = { data: new Float32Array(0), shape: [0, this.info.numChannels, h!, w!], labels: [] };
+      batch = { data: new Float32Array(0), shape: [0, ...this.inputShape()] as PixelBatch['shape'], labels: [] };
     } else {
       if (native.cache) this.matchHooks(native.cache); // unknown hooks fail before images are decoded
       batch = await this.loadInputs(inputs, options.inputKey === undefined ? {} : { inputKey: options.inputKey });
@@ -217,11 +222,18 @@ export class Model {
     return { output: out.output, cache: new Map(out.cache.map((t) => [t.name, t])), inputs: labels };
   }
 
+  /** The shape of one input (image [C, H, W], or video clip [T, C, H, W]). */
+  inputShape(): number[] {
+    const [h, w] = this.info.imageSize;
+    const frames = this.info.numFrames ?? 0;
+    return frames > 0 ? [frames, this.info.numChannels, h!, w!] : [this.info.numChannels, h!, w!];
+  }
+
   private checkBatch(batch: PixelBatch): void {
-    const [, c, h, w] = batch.shape;
-    const [mh, mw] = this.info.imageSize;
-    if (batch.shape.length !== 4 || c !== this.info.numChannels || h !== mh || w !== mw) {
-      throw new PrismaError('E_SHAPE', `pixel batch has shape ${formatShape(batch.shape)}, the model needs [B, ${this.info.numChannels}, ${mh}, ${mw}]`);
+    const want = this.inputShape();
+    const item = batch.shape.slice(1);
+    if (item.length !== want.length || item.some((d, i) => d !== want[i])) {
+      throw new PrismaError('E_SHAPE', `pixel batch has shape ${formatShape(batch.shape)}, the model needs [B, ${want.join(', ')}]`);
     }
     checkTensor({ name: 'pixels', shape: batch.shape, data: batch.data });
   }

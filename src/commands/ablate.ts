@@ -138,7 +138,7 @@ export async function ablateCommand(modelDir: string, inputArgs: string[], optio
   if (options.target !== undefined) resolveClass(options.target, model.info, 'target');
   if (options.baseline !== undefined) resolveClass(options.baseline, model.info, 'baseline');
   if (!sweep) resolveAblations(model, specs); // unknown hooks fail before any input is read
-  const files = await collectInputs(inputArgs, ctx.io);
+  const files = await collectInputs(inputArgs, ctx.io, (model.info.numFrames ?? 0) > 0);
   let references: PixelBatch | undefined;
   if (options.mode !== 'zero') references = await model.loadInputs([options.reference!]);
 

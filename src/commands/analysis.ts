@@ -92,7 +92,8 @@ async function readStdinLines(io: Io): Promise<string[]> {
  * Input arguments -> input files: folders expand to their images (sorted), `-` reads one path per
  * line from stdin. Files that do not exist are kept, so they fail (and are recorded) one by one.
  */
-export async function collectInputs(args: readonly string[], io: Io): Promise<string[]> {
+/** Input paths from the arguments; a folder is expanded to its images, except for a video model, where a folder of frames is one clip. */
+export async function collectInputs(args: readonly string[], io: Io, video = false): Promise<string[]> {
   const out: string[] = [];
   let stdinUsed = false;
   for (const arg of args) {
@@ -105,7 +106,7 @@ export async function collectInputs(args: readonly string[], io: Io): Promise<st
     }
     for (const p of paths) {
       const st = await stat(p).catch(() => undefined);
-      if (st?.isDirectory()) out.push(...(await expandInputs([p])));
+      if (st?.isDirectory() && !video) out.push(...(await expandInputs([p])));
       else out.push(p);
     }
   }

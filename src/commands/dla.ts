@@ -171,7 +171,7 @@ export async function dlaCommand(modelDir: string, inputArgs: string[], options:
   requireHead(model, 'direct logit attribution');
   if (options.target !== undefined) resolveClass(options.target, model.info, 'target');
   if (options.baseline !== undefined) resolveClass(options.baseline, model.info, 'baseline');
-  const files = await collectInputs(inputArgs, ctx.io);
+  const files = await collectInputs(inputArgs, ctx.io, (model.info.numFrames ?? 0) > 0);
   const perPosition = options.perPosition ?? false;
   const outcome = await runBatch<DlaItem>({
     command: 'dla',

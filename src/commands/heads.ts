@@ -154,7 +154,7 @@ export async function headsCommand(modelDir: string, inputArgs: string[], option
   if (options.layers) checkLayers(options.layers, model.info.nLayers);
   const query: HeadsQuery = options.query ?? (model.info.hasClassToken ? 'cls' : 0);
   resolveQuery(model, query);
-  const files = await collectInputs(inputArgs, ctx.io);
+  const files = await collectInputs(inputArgs, ctx.io, (model.info.numFrames ?? 0) > 0);
   const outcome = await runBatch<HeadsAnalysis>({
     command: 'heads',
     model,

@@ -168,7 +168,7 @@ export async function logitLensCommand(modelDir: string, inputArgs: string[], op
   const model = await openModel(modelDir, options);
   requireHead(model, 'the logit lens');
   if (options.target !== undefined) resolveClass(options.target, model.info, 'target');
-  const files = await collectInputs(inputArgs, ctx.io);
+  const files = await collectInputs(inputArgs, ctx.io, (model.info.numFrames ?? 0) > 0);
   const topK = options.topK;
   const patchFile = options.patchLabels === undefined ? undefined : await loadPatchLabels(options.patchLabels);
   if (patchFile) {

@@ -60,7 +60,8 @@ async function fromPixels(src: DisplaySource, width: number, height: number): Pr
       let v: number;
       if (norm || rescale !== null) {
         const unnorm = norm ? x * norm.std[c]! + norm.mean[c]! : x;
-        v = unnorm / (rescale ?? 1 / 255);
+        // ViViT-style `offset`: 1 was subtracted after rescaling; add it back first.
+        v = (unnorm + (src.spec?.offset ?? 0)) / (rescale ?? 1 / 255);
       } else {
         v = ((x - lo) / (hi - lo || 1)) * 255;
       }

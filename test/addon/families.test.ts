@@ -103,6 +103,14 @@ describe('prisma classify (zero-shot)', () => {
     expect(vit.stderr).toMatch(/--labels is for CLIP-style models/);
   });
 
+  it('--image-size on image inputs retargets the preprocessing (crop 48) and runs', () => {
+    const r = prisma(['classify', model('clip-tiny'), image('astronaut.png'), ...CLIP_LABELS, '--image-size', '48', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const insp = JSON.parse(prisma(['inspect', model('clip-tiny'), '--image-size', '48', '--json']).stdout) as { model: { imageSize: number[] }; hooks: { name: string; shape: number[] }[] };
+    expect(insp.model.imageSize).toEqual([48, 48]);
+    expect(insp.hooks.find((h) => h.name === 'hook_pos_embed')!.shape).toEqual([1, 37, 32]);
+  });
+
   it('--image-size 48 interpolates position embeddings like transformers (image embeddings within 1e-4)', () => {
     const out = join(tmp(), 'acts.safetensors');
     const r = prisma(['run', model('clip-tiny'), ref('clip-tiny'), '--input-key', 'pixel_values_48', '--image-size', '48', '--cache', 'hook_image_embeds', '--out', out]);
@@ -187,6 +195,11 @@ describe('techniques on the CLIP, DINOv2-with-registers and video fixtures', () 
     const patch = await runReport('patch', [model(name), '--clean', clean, '--corrupt', corrupt, '--target', '0', '--what', 'resid_pre', '--by', 'layer,pos']);
     expect((patch.doc.result as { exact: { dims: number[] } }).exact.dims).toEqual([2, tokens.length]);
     await runReport('heads', [model(name), clean]);
+    // Clips straight from the CLI: a folder of frames and an animated GIF are one input each.
+    const fromFolder = await runReport('logit-lens', [model(name), VIDEO]);
+    expect(fromFolder.doc.inputs).toEqual([VIDEO]);
+    const gif = await runReport('heads', [model(name), join(VIDEO, 'clip.gif')]);
+    expect(gif.doc.computed).toBe(1);
     // A folder of frames is one clip, equal to the reference preprocessing's clip.
     const run = prisma(['run', model(name), VIDEO, '--json']);
     expect(run.code, run.stderr).toBe(0);
