@@ -480,11 +480,12 @@ impl ClipTrainer {
         })
     }
 
-    /// Writes the model as a Hugging Face CLIPModel folder with its tokenizer.
+    /// Writes the model as a Hugging Face CLIPModel folder with its tokenizer. No metadata beyond
+    /// `format`: safetensors writes metadata in hash order, and one key keeps a rerun's file
+    /// byte-identical.
     pub fn save_model(&self, dir: &Path) -> Result<()> {
-        let meta = HashMap::from([("prisma_train_step".to_string(), self.step.to_string())]);
         let log_scale = self.logit_scale.f_double_value(&[])? as f32;
-        save_clip_folder(&self.vit, &self.text, log_scale, self.token_ids, Path::new(&self.cfg.tokenizer), dir, meta)
+        save_clip_folder(&self.vit, &self.text, log_scale, self.token_ids, Path::new(&self.cfg.tokenizer), dir, HashMap::new())
     }
 
     /// Weights, AdamW moments and the step, in one safetensors file (written atomically).
