@@ -49,27 +49,52 @@ async function fashion(split: 'train' | 'test', limit: number | undefined): Prom
   return { pixels, shape: [n, 3, size, size], labels: Int32Array.from(data.labels.subarray(0, n)), classes: data.classes };
 }
 
-async function clevr(dir: string, question: string, limit: number | undefined, evalFraction: number): Promise<TrainingData> {
-  let meta: { seed: number; size: number; questions: Record<string, { classes: string[] }> };
-  let records: ClevrRecord[];
+/** dataset.json (the fields training reads) of a clevr-lite folder. */
+export interface ClevrMeta {
+  seed: number;
+  n: number;
+  size: number;
+  maxObjects: number;
+  questions: Record<string, { classes: string[] }>;
+}
+
+/** dataset.json and labels.jsonl of a folder made by `prisma dataset clevr-lite`. */
+export function readClevrFolder(dir: string): { meta: ClevrMeta; records: ClevrRecord[] } {
   try {
-    meta = JSON.parse(readFileSync(join(dir, 'dataset.json'), 'utf8')) as typeof meta;
-    records = readFileSync(join(dir, 'labels.jsonl'), 'utf8')
+    const meta = JSON.parse(readFileSync(join(dir, 'dataset.json'), 'utf8')) as ClevrMeta;
+    const records = readFileSync(join(dir, 'labels.jsonl'), 'utf8')
       .split('\n')
       .filter((l) => l.trim())
       .map((l) => JSON.parse(l) as ClevrRecord);
+    return { meta, records };
   } catch (err) {
     throw usageError(`${dir} is not a clevr-lite folder (${err instanceof Error ? err.message : String(err)})`, 'make one with `prisma dataset clevr-lite --n N --out DIR`');
   }
+}
+
+/** The command that (re)makes a clevr-lite folder, from its dataset.json. */
+export function clevrCommand(dir: string, meta: ClevrMeta): string {
+  return `prisma dataset clevr-lite --n ${meta.n} --out ${dir} --seed ${meta.seed} --size ${meta.size} --max-objects ${meta.maxObjects}`;
+}
+
+/** Held-out split of a folder dataset: the last round(n × fraction) records (at least one). */
+export function splitHeldOut<T>(all: T[], evalFraction: number, dir: string): { train: T[]; heldOut: T[] } {
+  const nEval = Math.max(1, Math.round(all.length * evalFraction));
+  const nTrain = all.length - nEval;
+  if (nTrain < 1) throw usageError(`too few images in ${dir} for a held-out split`);
+  return { train: all.slice(0, nTrain), heldOut: all.slice(nTrain) };
+}
+
+async function clevr(dir: string, question: string, limit: number | undefined, evalFraction: number): Promise<TrainingData> {
+  const { meta, records } = readClevrFolder(dir);
   const q = meta.questions[question];
   if (!q) {
     throw usageError(`clevr-lite has no question '${question}'`, `choose one of: ${Object.keys(meta.questions).join(', ')}`);
   }
   const all = records.slice(0, limit ?? records.length);
   const size = meta.size;
-  const nEval = Math.max(1, Math.round(all.length * evalFraction));
-  const nTrain = all.length - nEval;
-  if (nTrain < 1) throw usageError(`too few images in ${dir} for a held-out split`);
+  const split = splitHeldOut(all, evalFraction, dir);
+  const [nTrain, nEval] = [split.train.length, split.heldOut.length];
   const make = async (subset: typeof all): Promise<LabelledImages> => {
     const pixels = new Float32Array(subset.length * 3 * size * size);
     const labels = new Int32Array(subset.length);
@@ -86,8 +111,8 @@ async function clevr(dir: string, question: string, limit: number | undefined, e
     return { pixels, shape: [subset.length, 3, size, size], labels };
   };
   return {
-    train: await make(all.slice(0, nTrain)),
-    evaluation: await make(all.slice(nTrain)),
+    train: await make(split.train),
+    evaluation: await make(split.heldOut),
     classes: q.classes,
     description: { source: 'clevr-lite', dir, seed: meta.seed, question, train: nTrain, heldOut: nEval, heldOutRule: `last ${nEval} images` },
     mean: MEAN,

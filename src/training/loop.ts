@@ -2,7 +2,8 @@
  * The training loop behind `prisma train`: drives the native trainer in short bursts so progress
  * can be shown, checkpoints atomically every few steps, and finishes by writing a Hugging Face
  * folder (config.json, model.safetensors, preprocessor_config.json) plus training.json and a
- * MODEL_CARD.md that records the exact command, data, timing and held-out accuracy.
+ * MODEL_CARD.md that records the exact command, data, timing and held-out accuracy. `runLoop` is
+ * shared with the CLIP trainer (./clip.ts); `train` is the ViT classifier's run.
  */
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { cpus } from 'node:os';
@@ -49,8 +50,42 @@ export interface TrainSummary {
 const CHECKPOINT = 'checkpoint.safetensors';
 const STATE = 'training-state.json';
 
-export async function train(run: TrainRun): Promise<TrainSummary> {
-  const { outDir, config, data } = run;
+/** What the loop needs of a trainer (both kinds of `Trainer` satisfy it). */
+export interface LoopTrainer<S extends StepReport, E> {
+  readonly step: number;
+  trainSteps(n: number): Promise<S>;
+  evaluate(): Promise<E>;
+  saveModel(dir: string): Promise<void>;
+  saveCheckpoint(path: string): Promise<void>;
+  loadCheckpoint(path: string): Promise<number>;
+}
+
+export interface LoopRun<S extends StepReport, E> {
+  outDir: string;
+  totalSteps: number;
+  resume: boolean;
+  checkpointEvery: number;
+  create(): LoopTrainer<S, E>;
+  onProgress?: ((report: S, total: number) => void) | undefined;
+  /** For tests of resumption: stop (as if killed) after this many steps of this run. */
+  stopAfterSteps?: number | undefined;
+}
+
+export interface LoopResult<E> {
+  steps: number;
+  resumedFromStep: number | null;
+  seconds: number;
+  evaluation: E;
+  finished: boolean;
+}
+
+/**
+ * Trains in bursts of 10 steps (progress after each), checkpointing every `checkpointEvery` steps;
+ * `--resume` continues from the checkpoint. A finished run has its model written (the caller adds
+ * the files around it, then calls `cleanUp`); an unfinished one leaves a checkpoint.
+ */
+export async function runLoop<S extends StepReport, E>(run: LoopRun<S, E>): Promise<LoopResult<E>> {
+  const { outDir, totalSteps } = run;
   mkdirSync(outDir, { recursive: true });
   const checkpoint = join(outDir, CHECKPOINT);
   const statePath = join(outDir, STATE);
@@ -59,7 +94,7 @@ export async function train(run: TrainRun): Promise<TrainSummary> {
       hint: 'rerun with --resume to continue it, or choose another --out',
     });
   }
-  const trainer = Trainer.create(config, data.train, data.evaluation);
+  const trainer = run.create();
   let resumedFromStep: number | null = null;
   let elapsedBefore = 0;
   if (run.resume && existsSync(checkpoint)) {
@@ -80,50 +115,71 @@ export async function train(run: TrainRun): Promise<TrainSummary> {
   const burst = 10;
   let stepsThisRun = 0;
   let sinceCheckpoint = 0;
-  while (trainer.step < config.totalSteps) {
-    let n = Math.min(burst, config.totalSteps - trainer.step);
+  while (trainer.step < totalSteps) {
+    let n = Math.min(burst, totalSteps - trainer.step);
     if (run.stopAfterSteps !== undefined) n = Math.min(n, run.stopAfterSteps - stepsThisRun);
     if (n <= 0) break;
     const report = await trainer.trainSteps(n);
     stepsThisRun += n;
     sinceCheckpoint += n;
-    run.onProgress?.(report, config.totalSteps);
-    if (sinceCheckpoint >= run.checkpointEvery && trainer.step < config.totalSteps) {
+    run.onProgress?.(report, totalSteps);
+    if (sinceCheckpoint >= run.checkpointEvery && trainer.step < totalSteps) {
       await saveProgress();
       sinceCheckpoint = 0;
     }
   }
-  const finished = trainer.step >= config.totalSteps;
+  const finished = trainer.step >= totalSteps;
   const evaluation = await trainer.evaluate();
-  const summary: TrainSummary = {
-    outDir,
-    steps: trainer.step,
-    resumedFromStep,
-    seconds: Math.round(seconds() * 10) / 10,
-    evaluation,
-    chance: 1 / data.classes.length,
-    finished,
-  };
+  const result = { steps: trainer.step, resumedFromStep, seconds: Math.round(seconds() * 10) / 10, evaluation, finished };
   if (!finished) {
     await saveProgress();
-    return summary;
+    return result;
   }
   await trainer.saveModel(outDir);
+  return result;
+}
+
+/** Removes the checkpoint and state file of a finished run (after everything else is written). */
+export function cleanUp(outDir: string): void {
+  rmSync(join(outDir, CHECKPOINT), { force: true });
+  rmSync(join(outDir, STATE), { force: true });
+}
+
+export async function train(run: TrainRun): Promise<TrainSummary> {
+  const { outDir, config, data } = run;
+  const r = await runLoop({
+    outDir,
+    totalSteps: config.totalSteps,
+    resume: run.resume,
+    checkpointEvery: run.checkpointEvery,
+    create: () => Trainer.create(config, data.train, data.evaluation),
+    onProgress: run.onProgress,
+    stopAfterSteps: run.stopAfterSteps,
+  });
+  const summary: TrainSummary = {
+    outDir,
+    steps: r.steps,
+    resumedFromStep: r.resumedFromStep,
+    seconds: r.seconds,
+    evaluation: r.evaluation,
+    chance: 1 / data.classes.length,
+    finished: r.finished,
+  };
+  if (!r.finished) return summary;
   await writeFileAtomic(join(outDir, 'preprocessor_config.json'), `${JSON.stringify(preprocessorConfig(config, data), null, 2)}\n`);
   const record = {
     command: run.command,
     config,
     data: data.description,
-    steps: trainer.step,
-    resumedFromStep,
+    steps: r.steps,
+    resumedFromStep: r.resumedFromStep,
     trainSeconds: summary.seconds,
     threads: cpus().length,
-    heldOut: { accuracy: evaluation.accuracy, loss: evaluation.loss, n: evaluation.n, chance: summary.chance },
+    heldOut: { accuracy: r.evaluation.accuracy, loss: r.evaluation.loss, n: r.evaluation.n, chance: summary.chance },
   };
   await writeFileAtomic(join(outDir, 'training.json'), `${JSON.stringify(record, null, 2)}\n`);
   await writeFileAtomic(join(outDir, 'MODEL_CARD.md'), modelCard(record, data.classes));
-  rmSync(checkpoint, { force: true });
-  rmSync(statePath, { force: true });
+  cleanUp(outDir);
   return summary;
 }
 
