@@ -29,6 +29,7 @@ fn run_all(model: &Model, pixels: &Tensor) -> HashMap<String, Tensor> {
 /// Keys in `not_exposed` may be absent from our hooks; any other absent key fails.
 fn compare(name: &str, reference: &BTreeMap<String, Tensor>, ours: &HashMap<String, Tensor>, prefix: &str, not_exposed: &[&str]) -> usize {
     let mut compared = 0;
+    let mut worst = 0f64;
     for (key, expected) in reference {
         let Some(hook) = key.strip_prefix(prefix) else { continue };
         if hook.starts_with("res") || hook.starts_with("pixel_values") || ["input_ids", "attention_mask", "zero_shot_probs"].contains(&hook) {
@@ -38,11 +39,13 @@ fn compare(name: &str, reference: &BTreeMap<String, Tensor>, ours: &HashMap<Stri
             Some(got) => {
                 let diff = max_abs_diff(got, expected);
                 assert!(diff <= TOL, "{name}: {key} differs by {diff:e}");
+                worst = worst.max(diff);
                 compared += 1;
             }
             None => assert!(not_exposed.contains(&hook), "{name}: we expose no '{hook}' (reference key {key})"),
         }
     }
+    eprintln!("{name}{}: {compared} keys, max |diff| {worst:.2e}", if prefix.is_empty() { String::new() } else { format!(" ({prefix}*)") });
     compared
 }
 
