@@ -105,7 +105,7 @@ impl ParamSet {
                     if src.size() != target.size() {
                         return Err(bad(format!("'{name}' has shape {:?}, expected {:?}", src.size(), target.size())));
                     }
-                    let _ = target.f_copy_(src)?;
+                    target.f_copy_(src)?;
                 }
             }
             Ok(())
