@@ -142,35 +142,12 @@ impl Model {
         if prompts.is_empty() {
             return Err(PrismaError::Argument("no text prompts given".into()));
         }
-        let max = text.cfg.max_positions as usize;
-        let mut rows: Vec<Vec<i64>> = Vec::with_capacity(prompts.len());
-        for prompt in prompts {
-            let enc = tokenizer.encode(prompt.as_str(), true).map_err(|e| PrismaError::Argument(format!("cannot tokenize '{prompt}': {e}")))?;
-            let mut ids: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
-            if ids.len() > max {
-                let last = ids[ids.len() - 1];
-                ids.truncate(max);
-                ids[max - 1] = last;
-            }
-            rows.push(ids);
-        }
         let pad_id = tokenizer
             .get_padding()
             .map(|p| p.pad_id as i64)
             .or_else(|| tokenizer.token_to_id("<|endoftext|>").map(|i| i as i64))
             .unwrap_or(0);
-        let longest = rows.iter().map(Vec::len).max().unwrap_or(1);
-        let len = text.cfg.pad_to.map_or(longest, |n| n as usize).max(longest);
-        let mut ids = Vec::with_capacity(rows.len() * len);
-        let mut mask = Vec::with_capacity(rows.len() * len);
-        for row in &rows {
-            for i in 0..len {
-                ids.push(row.get(i).copied().unwrap_or(pad_id));
-                mask.push((i < row.len()) as i64);
-            }
-        }
-        let shape = [rows.len() as i64, len as i64];
-        Ok((Tensor::from_slice(&ids).f_reshape(shape.as_slice())?, Tensor::from_slice(&mask).f_reshape(shape.as_slice())?))
+        crate::models::text::encode_texts(tokenizer, prompts, text.cfg.max_positions, text.cfg.pad_to, pad_id, false)
     }
 
     /// Text embeddings [B, proj] (unnormalised) of prompts.

@@ -132,6 +132,53 @@ impl HookedTextEncoder {
     }
 }
 
+/// Token ids [B, T] and attention mask [B, T] for texts, with the `tokenizers` library (start/end of
+/// text added by tokenizer.json's post-processor). Padded to the longest, or to `pad_to` (open_clip's
+/// fixed context). Longer than `context`: an error when `strict` (training captions), else cut
+/// keeping the last token, the end-of-text, as the reference tokenizers do when truncating.
+pub fn encode_texts(
+    tokenizer: &tokenizers::Tokenizer,
+    texts: &[String],
+    context: i64,
+    pad_to: Option<i64>,
+    pad_id: i64,
+    strict: bool,
+) -> Result<(Tensor, Tensor)> {
+    if texts.is_empty() {
+        return Err(PrismaError::Argument("no texts to encode".into()));
+    }
+    let max = context as usize;
+    let mut rows: Vec<Vec<i64>> = Vec::with_capacity(texts.len());
+    for text in texts {
+        let enc = tokenizer.encode(text.as_str(), true).map_err(|e| PrismaError::Argument(format!("cannot tokenize '{text}': {e}")))?;
+        let mut ids: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
+        if ids.len() > max {
+            if strict {
+                return Err(PrismaError::Argument(format!(
+                    "caption '{text}' has {} tokens, more than the text context of {context}; raise --context-length",
+                    ids.len()
+                )));
+            }
+            let last = ids[ids.len() - 1];
+            ids.truncate(max);
+            ids[max - 1] = last;
+        }
+        rows.push(ids);
+    }
+    let longest = rows.iter().map(Vec::len).max().unwrap_or(1);
+    let len = pad_to.map_or(longest, |n| n as usize).max(longest);
+    let mut ids = Vec::with_capacity(rows.len() * len);
+    let mut mask = Vec::with_capacity(rows.len() * len);
+    for row in &rows {
+        for i in 0..len {
+            ids.push(row.get(i).copied().unwrap_or(pad_id));
+            mask.push((i < row.len()) as i64);
+        }
+    }
+    let shape = [rows.len() as i64, len as i64];
+    Ok((Tensor::from_slice(&ids).f_reshape(shape.as_slice())?, Tensor::from_slice(&mask).f_reshape(shape.as_slice())?))
+}
+
 trait EmbeddingRows {
     fn lookup_rows(&self, ids: &Tensor) -> Result<Tensor>;
 }

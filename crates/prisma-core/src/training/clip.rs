@@ -128,42 +128,9 @@ pub struct ClipEvalReport {
     pub zero_shot: Vec<ZeroShotResult>,
 }
 
-/// Token ids [B, T] and attention mask [B, T] (T = the longest text, ≤ `context`), exactly as
-/// `Model::tokenize` pads and truncates. `strict`: a text longer than the context is an error
-/// instead of being cut (training captions must fit; prompts are cut like at inference).
+/// Captions/prompts → token ids and mask, padded to the longest (see `models::text::encode_texts`).
 pub fn encode_texts(tokenizer: &tokenizers::Tokenizer, texts: &[String], context: i64, pad_id: i64, strict: bool) -> Result<(Tensor, Tensor)> {
-    if texts.is_empty() {
-        return Err(PrismaError::Argument("no texts to encode".into()));
-    }
-    let max = context as usize;
-    let mut rows: Vec<Vec<i64>> = Vec::with_capacity(texts.len());
-    for text in texts {
-        let enc = tokenizer.encode(text.as_str(), true).map_err(|e| PrismaError::Argument(format!("cannot tokenize '{text}': {e}")))?;
-        let mut ids: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
-        if ids.len() > max {
-            if strict {
-                return Err(PrismaError::Argument(format!(
-                    "caption '{text}' has {} tokens, more than the text context of {context}; raise --context-length",
-                    ids.len()
-                )));
-            }
-            let last = ids[ids.len() - 1];
-            ids.truncate(max);
-            ids[max - 1] = last;
-        }
-        rows.push(ids);
-    }
-    let len = rows.iter().map(Vec::len).max().unwrap_or(1);
-    let mut ids = Vec::with_capacity(rows.len() * len);
-    let mut mask = Vec::with_capacity(rows.len() * len);
-    for row in &rows {
-        for i in 0..len {
-            ids.push(row.get(i).copied().unwrap_or(pad_id));
-            mask.push((i < row.len()) as i64);
-        }
-    }
-    let shape = [rows.len() as i64, len as i64];
-    Ok((Tensor::from_slice(&ids).f_reshape(shape.as_slice())?, Tensor::from_slice(&mask).f_reshape(shape.as_slice())?))
+    crate::models::text::encode_texts(tokenizer, texts, context, None, pad_id, strict)
 }
 
 struct Encoded {
