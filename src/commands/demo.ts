@@ -24,7 +24,9 @@ import type { ReportBase } from './analysis.js';
 import { jsonOption } from './common.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-export const DEMO_MODELS = { clevr: join(ROOT, 'models', 'clevr-vit'), fashion: join(ROOT, 'models', 'fashion-mnist-vit') };
+export const DEMO_MODELS = { clevr: join(ROOT, 'models', 'clevr-vit'), fashion: join(ROOT, 'models', 'fashion-mnist-vit'), clip: join(ROOT, 'models', 'clevr-clip') };
+/** The toy CLIP's zero-shot prompts (its MODEL_CARD). */
+const CLIP_TEMPLATE = 'a large {}';
 const FASHION_IMAGES = join(ROOT, 'fixtures', 'fashion-mnist');
 const DEMO_SEED = 2026;
 
@@ -58,7 +60,7 @@ function indexHtml(summary: Omit<DemoSummary, 'index'>, pair: { clean: string; c
 img{max-width:100%;border:1px solid #ddd}figure{display:inline-block;margin:.5em;max-width:48%;vertical-align:top}
 figcaption,.meta{font-size:12px;color:#666}.pair img{width:192px;image-rendering:pixelated}</style></head><body>
 <h1>vit-prisma demo</h1>
-<p>Two small ViTs trained by <code>prisma train</code> and shipped in <code>models/</code> (see their MODEL_CARD.md).</p>
+<p>Two small ViTs and a toy CLIP trained by <code>prisma train</code> and shipped in <code>models/</code> (see their MODEL_CARD.md).</p>
 <div class="pair"><figure><img src="${escape(pair.clean)}"><figcaption>clean</figcaption></figure><figure><img src="${escape(pair.corrupt)}"><figcaption>corrupted (largest object recoloured)</figcaption></figure></div>
 ${sections}
 </body></html>
@@ -105,6 +107,22 @@ export async function demo(options: DemoOptions, ctx: CommandContext): Promise<D
     .map((l) => JSON.parse(l) as { image: string; label: number });
   const lensFashion = await logitLensCommand(DEMO_MODELS.fashion, fashionRecords.map((r) => join(FASHION_IMAGES, r.image)), { ...base, site: ['resid_post'], topK: 3, out: join(out, 'lens-fashion') }, quiet);
 
+  log('CLIP logit lens (toy CLIP, zero-shot over colour prompts, clean and recoloured scene)');
+  const colours = clevr.info.labels;
+  const lensClip = await logitLensCommand(
+    DEMO_MODELS.clip,
+    [pair.clean, pair.corrupt],
+    { ...base, site: ['resid_post'], topK: 3, labels: colours, template: CLIP_TEMPLATE, out: join(out, 'lens-clip') },
+    quiet,
+  );
+  const clipTruth = [colours.indexOf(pair.from), colours.indexOf(pair.to)];
+  const clipLines = [
+    `toy CLIP (models/clevr-clip), prompts '${CLIP_TEMPLATE.replace('{}', '<colour>')}': zero-shot answer ${lensClip.results
+      .map((r, i) => `${i === 0 ? 'clean' : 'recoloured'} '${r.logitsTopK[0]?.label ?? '?'}' (largest object is ${i === 0 ? pair.from : pair.to})`)
+      .join(', ')}.`,
+    ...lensStory('toy CLIP', lensClip.results, clipTruth),
+  ];
+
   const section = (title: string, dir: string, lines: string[], report: ReportBase) => ({
     title,
     lines,
@@ -118,6 +136,7 @@ export async function demo(options: DemoOptions, ctx: CommandContext): Promise<D
     section('Logit lens (clevr-lite)', 'lens-clevr', lensStory('clevr-lite', lensClevr.results), lensClevr),
     section('Attention heads', 'heads', [], att),
     section('Direct logit attribution', 'dla', dlaItem ? dlaStory(dlaItem) : [], dla),
+    section('CLIP logit lens (image-text similarity per layer)', 'lens-clip', clipLines, lensClip),
     section('Logit lens (Fashion-MNIST)', 'lens-fashion', lensStory('Fashion-MNIST', lensFashion.results, fashionRecords.map((r) => r.label)), lensFashion),
   ];
   const partial = { ok: true as const, schemaVersion: 1 as const, out, sections };
