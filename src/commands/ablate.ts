@@ -32,9 +32,9 @@ import {
   targetOption,
   type ReportBase,
 } from './analysis.js';
-import { argParser, deviceOption, dtypeOption, jsonOption, imageSizeOption, labelsOption, openModel, probeOption, templateOption } from './common.js';
+import { argParser, jsonOption, openModel, withModelOptions, type ModelOptions } from './common.js';
 
-export interface AblateCommandOptions {
+export interface AblateCommandOptions extends ModelOptions {
   ablate: AblateSpec[];
   mode: AblationMode;
   reference?: string;
@@ -45,12 +45,6 @@ export interface AblateCommandOptions {
   out?: string;
   resume?: boolean;
   json?: boolean;
-  device: string;
-  dtype: string;
-  imageSize?: [number, number];
-  labels?: string[];
-  template?: string;
-  probe?: string;
 }
 
 export type AblateItem = (Omit<AblateAnalysis, 'input'> & { kind: 'specs' }) | (Omit<AblateSweepAnalysis, 'input'> & { kind: 'sweep' });
@@ -188,35 +182,31 @@ export async function ablateCommand(modelDir: string, inputArgs: string[], optio
 }
 
 export function registerAblate(program: Command, ctx: CommandContext): void {
-  program
-    .command('ablate')
-    .description('ablate hook selections (zero / mean / resample) and measure the target metric, or sweep every head')
-    .argument('<MODEL_DIR>', 'Hugging Face model folder with a classification head')
-    .argument('<INPUT...>', "images, folders of images, .npy/.safetensors tensors, or '-' for paths on stdin")
-    .addOption(
-      new Option('--ablate <spec>', "HOOK or HOOK[head=1|2,pos=0-3,batch=0], e.g. 'blocks.1.attn.hook_z[head=2]' (repeatable; ablated together)")
-        .default([] as AblateSpec[], 'none: sweep every head')
-        .argParser((value: string, previous: AblateSpec[]) => [...previous, argParser(parseAblateSpec)(value)]),
-    )
-    .addOption(new Option('--mode <mode>', 'zero, mean (over --reference images) or resample (one --reference image, seeded)').default('zero').argParser(argParser(parseAblationMode)))
-    .addOption(new Option('--reference <dir>', 'reference images for --mode mean / resample (a folder, an image or a tensor file)'))
-    .addOption(
-      new Option('--seed <n>', 'seed for choosing the resampling reference').default(0).argParser(argParser((v) => {
-        if (!/^\d+$/.test(v)) throw usageError(`--seed must be a non-negative integer, got '${v}'`);
-        return Number.parseInt(v, 10);
-      })),
-    )
-    .addOption(targetOption())
-    .addOption(baselineOption())
-    .addOption(new Option('--sweep <what>', "'heads': ablate every head in turn (the default without --ablate)"))
-    .addOption(outOption())
-    .addOption(resumeOption())
-    .addOption(deviceOption())
-    .addOption(dtypeOption())
-    .addOption(imageSizeOption())
-    .addOption(labelsOption())
-    .addOption(templateOption())
-    .addOption(probeOption())
+  withModelOptions(
+    program
+      .command('ablate')
+      .description('ablate hook selections (zero / mean / resample) and measure the target metric, or sweep every head')
+      .argument('<MODEL_DIR>', 'Hugging Face model folder with a classification head')
+      .argument('<INPUT...>', "images, folders of images, .npy/.safetensors tensors, or '-' for paths on stdin")
+      .addOption(
+        new Option('--ablate <spec>', "HOOK or HOOK[head=1|2,pos=0-3,batch=0], e.g. 'blocks.1.attn.hook_z[head=2]' (repeatable; ablated together)")
+          .default([] as AblateSpec[], 'none: sweep every head')
+          .argParser((value: string, previous: AblateSpec[]) => [...previous, argParser(parseAblateSpec)(value)]),
+      )
+      .addOption(new Option('--mode <mode>', 'zero, mean (over --reference images) or resample (one --reference image, seeded)').default('zero').argParser(argParser(parseAblationMode)))
+      .addOption(new Option('--reference <dir>', 'reference images for --mode mean / resample (a folder, an image or a tensor file)'))
+      .addOption(
+        new Option('--seed <n>', 'seed for choosing the resampling reference').default(0).argParser(argParser((v) => {
+          if (!/^\d+$/.test(v)) throw usageError(`--seed must be a non-negative integer, got '${v}'`);
+          return Number.parseInt(v, 10);
+        })),
+      )
+      .addOption(targetOption())
+      .addOption(baselineOption())
+      .addOption(new Option('--sweep <what>', "'heads': ablate every head in turn (the default without --ablate)"))
+      .addOption(outOption())
+      .addOption(resumeOption()),
+  )
     .addOption(jsonOption())
     .addHelpText('after', '\nWith --out DIR: DIR/report.json, ablate-<name>-heads.png (sweep) or ablate-<name>-effect.png, DIR/items/*.json.\nExit codes: 0 ok, 1 failure, 2 usage, 3 some inputs failed.')
     .action(async (modelDir: string, inputs: string[], options: AblateCommandOptions) => {

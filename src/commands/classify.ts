@@ -12,15 +12,9 @@ import { topK, type Prediction } from '../index.js';
 import { parsePositiveInt } from '../options.js';
 import { startProgress } from '../ui/progress.js';
 import { bold, useColor } from '../ui/style.js';
-import { argParser, deviceOption, dtypeOption, imageSizeOption, jsonOption, labelsOption, openModel, templateOption, DEFAULT_TEMPLATE } from './common.js';
+import { argParser, deviceOption, dtypeOption, imageSizeOption, jsonOption, labelsOption, openModel, templateOption, DEFAULT_TEMPLATE, type ModelOptions } from './common.js';
 
-export interface ClassifyCommandOptions {
-  device: string;
-  dtype: string;
-  imageSize?: [number, number];
-  labels?: string[];
-  template?: string;
-  probe?: string;
+export interface ClassifyCommandOptions extends ModelOptions {
   topK?: number;
   inputKey?: string;
   json?: boolean;

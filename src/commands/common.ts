@@ -1,5 +1,5 @@
 /** Flag definitions and parsers shared by several commands. */
-import { InvalidArgumentError, Option } from 'commander';
+import { InvalidArgumentError, Option, type Command } from 'commander';
 
 import { existsSync, readFileSync, statSync } from 'node:fs';
 
@@ -85,6 +85,12 @@ export function probeOption(): Option {
 
 export function templateOption(): Option {
   return new Option('--template <text>', 'CLIP-style models: prompt for each label, {} = the label').default(DEFAULT_TEMPLATE);
+}
+
+/** Adds the options every model-loading command takes (device, dtype, size, CLIP labels, probe). */
+export function withModelOptions(cmd: Command): Command {
+  for (const option of [deviceOption(), dtypeOption(), imageSizeOption(), labelsOption(), templateOption(), probeOption()]) cmd.addOption(option);
+  return cmd;
 }
 
 /** Loads a model with the shared options: size, device, dtype, and text classes where given. */

@@ -28,21 +28,15 @@ import {
   targetOption,
   type ReportBase,
 } from './analysis.js';
-import { deviceOption, dtypeOption, jsonOption, imageSizeOption, labelsOption, openModel, probeOption, templateOption } from './common.js';
+import { jsonOption, openModel, withModelOptions, type ModelOptions } from './common.js';
 
-export interface DlaCommandOptions {
+export interface DlaCommandOptions extends ModelOptions {
   target?: string;
   baseline?: string;
   perPosition?: boolean;
   out?: string;
   resume?: boolean;
   json?: boolean;
-  device: string;
-  dtype: string;
-  imageSize?: [number, number];
-  labels?: string[];
-  template?: string;
-  probe?: string;
 }
 
 export interface DlaCheck {
@@ -203,22 +197,18 @@ export async function dlaCommand(modelDir: string, inputArgs: string[], options:
 }
 
 export function registerDla(program: Command, ctx: CommandContext): void {
-  program
-    .command('dla')
-    .description('direct logit attribution: each head, MLP, bias and embedding\'s direct contribution to the target logit')
-    .argument('<MODEL_DIR>', 'Hugging Face model folder with a classification head')
-    .argument('<INPUT...>', "images, folders of images, .npy/.safetensors tensors, or '-' for paths on stdin")
-    .addOption(targetOption())
-    .addOption(baselineOption())
-    .addOption(new Option('--per-position', "also split each head by source position; figure of the top 4 heads' source patches"))
-    .addOption(outOption())
-    .addOption(resumeOption())
-    .addOption(deviceOption())
-    .addOption(dtypeOption())
-    .addOption(imageSizeOption())
-    .addOption(labelsOption())
-    .addOption(templateOption())
-    .addOption(probeOption())
+  withModelOptions(
+    program
+      .command('dla')
+      .description('direct logit attribution: each head, MLP, bias and embedding\'s direct contribution to the target logit')
+      .argument('<MODEL_DIR>', 'Hugging Face model folder with a classification head')
+      .argument('<INPUT...>', "images, folders of images, .npy/.safetensors tensors, or '-' for paths on stdin")
+      .addOption(targetOption())
+      .addOption(baselineOption())
+      .addOption(new Option('--per-position', "also split each head by source position; figure of the top 4 heads' source patches"))
+      .addOption(outOption())
+      .addOption(resumeOption()),
+  )
     .addOption(jsonOption())
     .addHelpText('after', '\nWith --out DIR: DIR/report.json, dla-<name>-components.png, dla-<name>-heads.png (+ dla-<name>-top-heads.png), DIR/items/*.json.\nExit codes: 0 ok, 1 failure, 2 usage, 3 some inputs failed.')
     .action(async (modelDir: string, inputs: string[], options: DlaCommandOptions) => {

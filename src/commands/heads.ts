@@ -28,20 +28,14 @@ import {
   resumeOption,
   type ReportBase,
 } from './analysis.js';
-import { argParser, deviceOption, dtypeOption, jsonOption, imageSizeOption, labelsOption, openModel, probeOption, templateOption } from './common.js';
+import { argParser, jsonOption, openModel, withModelOptions, type ModelOptions } from './common.js';
 
-export interface HeadsCommandOptions {
+export interface HeadsCommandOptions extends ModelOptions {
   query?: HeadsQuery;
   layers?: number[];
   out?: string;
   resume?: boolean;
   json?: boolean;
-  device: string;
-  dtype: string;
-  imageSize?: [number, number];
-  labels?: string[];
-  template?: string;
-  probe?: string;
 }
 
 export interface HeadsReport extends ReportBase {
@@ -181,21 +175,17 @@ export async function headsCommand(modelDir: string, inputArgs: string[], option
 }
 
 export function registerHeads(program: Command, ctx: CommandContext): void {
-  program
-    .command('heads')
-    .description('attention heads: entropy, attention to the class token, distance, self-attention; overlays and an HTML viewer')
-    .argument('<MODEL_DIR>', 'Hugging Face model folder')
-    .argument('<INPUT...>', "images, folders of images, .npy/.safetensors tensors, or '-' for paths on stdin")
-    .addOption(new Option('--query <token>', "query token: 'cls' or a patch index (0-based, row-major)").argParser(argParser(parseHeadsQuery)))
-    .addOption(layersOption())
-    .addOption(outOption())
-    .addOption(resumeOption())
-    .addOption(deviceOption())
-    .addOption(dtypeOption())
-    .addOption(imageSizeOption())
-    .addOption(labelsOption())
-    .addOption(templateOption())
-    .addOption(probeOption())
+  withModelOptions(
+    program
+      .command('heads')
+      .description('attention heads: entropy, attention to the class token, distance, self-attention; overlays and an HTML viewer')
+      .argument('<MODEL_DIR>', 'Hugging Face model folder')
+      .argument('<INPUT...>', "images, folders of images, .npy/.safetensors tensors, or '-' for paths on stdin")
+      .addOption(new Option('--query <token>', "query token: 'cls' or a patch index (0-based, row-major)").argParser(argParser(parseHeadsQuery)))
+      .addOption(layersOption())
+      .addOption(outOption())
+      .addOption(resumeOption()),
+  )
     .addOption(jsonOption())
     .addHelpText('after', '\nWith --out DIR: DIR/report.json and, per input, DIR/heads/<name>/{L<l>H<h>.png, heads-grid.png, heads.html}.\nExit codes: 0 ok, 1 failure, 2 usage, 3 some inputs failed.')
     .action(async (modelDir: string, inputs: string[], options: HeadsCommandOptions) => {

@@ -6,15 +6,9 @@ import { errorJson, toPrismaError, type ErrorJson } from '../errors.js';
 import { type HookShape, type ModelInfo, type PreprocessSpec } from '../index.js';
 import { formatShape } from '../tensor.js';
 import { bold, useColor } from '../ui/style.js';
-import { deviceOption, dtypeOption, jsonOption, imageSizeOption, labelsOption, openModel, probeOption, templateOption } from './common.js';
+import { jsonOption, openModel, withModelOptions, type ModelOptions } from './common.js';
 
-export interface InspectOptions {
-  device: string;
-  dtype: string;
-  imageSize?: [number, number];
-  labels?: string[];
-  template?: string;
-  probe?: string;
+export interface InspectOptions extends ModelOptions {
   json?: boolean;
 }
 
@@ -105,16 +99,12 @@ export function formatInspect(r: InspectReport, color: boolean): string {
 }
 
 export function registerInspect(program: Command, ctx: CommandContext): void {
-  program
-    .command('inspect')
-    .description('show a model\'s architecture, config, parameter count and hook points with shapes')
-    .argument('<MODEL_DIR>', 'model folder: Hugging Face, timm or open_clip (docs/models.md)')
-    .addOption(deviceOption())
-    .addOption(dtypeOption())
-    .addOption(imageSizeOption())
-    .addOption(labelsOption())
-    .addOption(templateOption())
-    .addOption(probeOption())
+  withModelOptions(
+    program
+      .command('inspect')
+      .description('show a model\'s architecture, config, parameter count and hook points with shapes')
+      .argument('<MODEL_DIR>', 'model folder: Hugging Face, timm or open_clip (docs/models.md)'),
+  )
     .addOption(jsonOption())
     .action(async (modelDir: string, options: InspectOptions) => {
       const report = await inspect(modelDir, options);

@@ -32,9 +32,9 @@ import {
   targetOption,
   type ReportBase,
 } from './analysis.js';
-import { argParser, deviceOption, dtypeOption, jsonOption, imageSizeOption, labelsOption, openModel, probeOption, templateOption } from './common.js';
+import { argParser, jsonOption, openModel, withModelOptions, type ModelOptions } from './common.js';
 
-export interface LogitLensCommandOptions {
+export interface LogitLensCommandOptions extends ModelOptions {
   site: LensSite[];
   patchLabels?: string;
   target?: string;
@@ -42,12 +42,6 @@ export interface LogitLensCommandOptions {
   out?: string;
   resume?: boolean;
   json?: boolean;
-  device: string;
-  dtype: string;
-  imageSize?: [number, number];
-  labels?: string[];
-  template?: string;
-  probe?: string;
 }
 
 export interface LogitLensReport extends ReportBase {
@@ -215,27 +209,23 @@ export async function logitLensCommand(modelDir: string, inputArgs: string[], op
 }
 
 export function registerLogitLens(program: Command, ctx: CommandContext): void {
-  program
-    .command('logit-lens')
-    .description('read every layer\'s residual stream through the head: target prob / rank per layer and per patch')
-    .argument('<MODEL_DIR>', 'Hugging Face model folder with a classification head')
-    .argument('<INPUT...>', "images, folders of images, .npy/.safetensors tensors, or '-' for paths on stdin")
-    .addOption(
-      new Option('--site <site>', 'resid_pre, resid_mid or resid_post (repeatable or comma-separated; default resid_post)')
-        .default([] as LensSite[], 'resid_post')
-        .argParser(collect(parseLensSite)),
-    )
-    .addOption(targetOption())
-    .addOption(new Option('--patch-labels <file>', 'score per-patch lens accuracy layer by layer against `prisma dataset patch-labels` output'))
-    .addOption(new Option('--top-k <k>', 'classes listed per layer').default(5).argParser(argParser((v) => parsePositiveInt(v, '--top-k'))))
-    .addOption(outOption())
-    .addOption(resumeOption())
-    .addOption(deviceOption())
-    .addOption(dtypeOption())
-    .addOption(imageSizeOption())
-    .addOption(labelsOption())
-    .addOption(templateOption())
-    .addOption(probeOption())
+  withModelOptions(
+    program
+      .command('logit-lens')
+      .description('read every layer\'s residual stream through the head: target prob / rank per layer and per patch')
+      .argument('<MODEL_DIR>', 'Hugging Face model folder with a classification head')
+      .argument('<INPUT...>', "images, folders of images, .npy/.safetensors tensors, or '-' for paths on stdin")
+      .addOption(
+        new Option('--site <site>', 'resid_pre, resid_mid or resid_post (repeatable or comma-separated; default resid_post)')
+          .default([] as LensSite[], 'resid_post')
+          .argParser(collect(parseLensSite)),
+      )
+      .addOption(targetOption())
+      .addOption(new Option('--patch-labels <file>', 'score per-patch lens accuracy layer by layer against `prisma dataset patch-labels` output'))
+      .addOption(new Option('--top-k <k>', 'classes listed per layer').default(5).argParser(argParser((v) => parsePositiveInt(v, '--top-k'))))
+      .addOption(outOption())
+      .addOption(resumeOption()),
+  )
     .addOption(jsonOption())
     .addHelpText('after', '\nWith --out DIR: DIR/report.json, DIR/lens-<name>-prob.png, DIR/lens-<name>-patches.png, DIR/items/*.json.\nExit codes: 0 ok, 1 failure, 2 usage, 3 some inputs failed (listed in the report).')
     .action(async (modelDir: string, inputs: string[], options: LogitLensCommandOptions) => {

@@ -21,9 +21,9 @@ import { displayImage, overlaySvg } from '../report/overlay.js';
 import { fmt } from '../report/svg.js';
 import { bold } from '../ui/style.js';
 import { baselineOption, finishReport, layersOption, outOption, prepareOut, reportBase, type ReportBase } from './analysis.js';
-import { argParser, deviceOption, dtypeOption, jsonOption, imageSizeOption, labelsOption, openModel, probeOption, templateOption } from './common.js';
+import { argParser, jsonOption, openModel, withModelOptions, type ModelOptions } from './common.js';
 
-export interface PatchCommandOptions {
+export interface PatchCommandOptions extends ModelOptions {
   clean: string;
   corrupt: string;
   target?: string;
@@ -34,12 +34,6 @@ export interface PatchCommandOptions {
   layers?: number[];
   out?: string;
   json?: boolean;
-  device: string;
-  dtype: string;
-  imageSize?: [number, number];
-  labels?: string[];
-  template?: string;
-  probe?: string;
 }
 
 export interface PatchReport extends ReportBase {
@@ -267,29 +261,25 @@ export async function patchCommand(modelDir: string, options: PatchCommandOption
 }
 
 export function registerPatch(program: Command, ctx: CommandContext): void {
-  program
-    .command('patch')
-    .description('activation patching: patch clean activations into the corrupted run, per layer and position / head')
-    .argument('<MODEL_DIR>', 'Hugging Face model folder with a classification head')
-    .requiredOption('--clean <image>', 'the clean image (its activations are patched in)')
-    .requiredOption('--corrupt <image>', 'the corrupted image (the run that is patched)')
-    .addOption(new Option('--target <class>', "class index or label (default: the clean image's top-1)"))
-    .addOption(baselineOption("the corrupt image's top-1 when it differs from the target; 'none' for no baseline"))
-    .addOption(
-      new Option('--what <site>', 'resid_pre|resid_mid|resid_post|attn_out|mlp_out|head_z|head_q|head_k|head_v|head_pattern')
-        .makeOptionMandatory()
-        .argParser(argParser(parsePatchWhat)),
-    )
-    .addOption(new Option('--by <axes>', 'layer,pos | layer,head | layer,pos,head').makeOptionMandatory().argParser(argParser(parsePatchBy)))
-    .addOption(new Option('--method <method>', 'exact, attribution (one gradient) or both').default('exact').argParser(argParser(parsePatchMethod)))
-    .addOption(layersOption())
-    .addOption(outOption())
-    .addOption(deviceOption())
-    .addOption(dtypeOption())
-    .addOption(imageSizeOption())
-    .addOption(labelsOption())
-    .addOption(templateOption())
-    .addOption(probeOption())
+  withModelOptions(
+    program
+      .command('patch')
+      .description('activation patching: patch clean activations into the corrupted run, per layer and position / head')
+      .argument('<MODEL_DIR>', 'Hugging Face model folder with a classification head')
+      .requiredOption('--clean <image>', 'the clean image (its activations are patched in)')
+      .requiredOption('--corrupt <image>', 'the corrupted image (the run that is patched)')
+      .addOption(new Option('--target <class>', "class index or label (default: the clean image's top-1)"))
+      .addOption(baselineOption("the corrupt image's top-1 when it differs from the target; 'none' for no baseline"))
+      .addOption(
+        new Option('--what <site>', 'resid_pre|resid_mid|resid_post|attn_out|mlp_out|head_z|head_q|head_k|head_v|head_pattern')
+          .makeOptionMandatory()
+          .argParser(argParser(parsePatchWhat)),
+      )
+      .addOption(new Option('--by <axes>', 'layer,pos | layer,head | layer,pos,head').makeOptionMandatory().argParser(argParser(parsePatchBy)))
+      .addOption(new Option('--method <method>', 'exact, attribution (one gradient) or both').default('exact').argParser(argParser(parsePatchMethod)))
+      .addOption(layersOption())
+      .addOption(outOption()),
+  )
     .addOption(jsonOption())
     .addHelpText('after', '\nWith --out DIR: DIR/report.json and patch-*.png figures (see docs/commands.md).')
     .action(async (modelDir: string, options: PatchCommandOptions) => {

@@ -13,20 +13,14 @@ import { loadModel, saveTensors, topK, type Prediction, type Tensor } from '../i
 import { parseCachePatterns, parseNonNegativeInt, parsePositiveInt } from '../options.js';
 import { startProgress } from '../ui/progress.js';
 import { VERSION } from '../version.js';
-import { argParser, deviceOption, dtypeOption, jsonOption, imageSizeOption, labelsOption, openModel, probeOption, templateOption } from './common.js';
+import { argParser, jsonOption, openModel, withModelOptions, type ModelOptions } from './common.js';
 
-export interface RunCommandOptions {
+export interface RunCommandOptions extends ModelOptions {
   cache?: string[];
   out?: string;
   topK: number;
   stopAtLayer?: number;
   inputKey?: string;
-  device: string;
-  dtype: string;
-  imageSize?: [number, number];
-  labels?: string[];
-  template?: string;
-  probe?: string;
   json?: boolean;
 }
 
@@ -110,26 +104,22 @@ export async function runCommand(modelDir: string, inputs: string[], options: Ru
 }
 
 export function registerRun(program: Command, ctx: CommandContext): void {
-  program
-    .command('run')
-    .description('run a model on images or pixel tensors, record hooks, print predictions as JSON')
-    .argument('<MODEL_DIR>', 'model folder: Hugging Face, timm or open_clip (docs/models.md)')
-    .argument('<INPUT...>', 'image files, folders of images, or pre-processed .npy/.safetensors pixel tensors')
-    .addOption(
-      new Option('--cache <pattern...>', "hooks to record: names or globs ('blocks.*.hook_resid_post', '*'); comma-separated or repeated"),
-    )
-    .addOption(new Option('--out <file>', 'write recorded hooks (and the output) to this .safetensors file'))
-    .addOption(new Option('--top-k <k>', 'predictions to list per input').default(5).argParser(argParser((v) => parsePositiveInt(v, '--top-k'))))
-    .addOption(
-      new Option('--stop-at-layer <n>', 'run blocks [0, n) only').argParser(argParser((v) => parseNonNegativeInt(v, '--stop-at-layer'))),
-    )
-    .addOption(new Option('--input-key <name>', "tensor to use from .safetensors inputs holding several (default 'pixel_values')"))
-    .addOption(deviceOption())
-    .addOption(dtypeOption())
-    .addOption(imageSizeOption())
-    .addOption(labelsOption())
-    .addOption(templateOption())
-    .addOption(probeOption())
+  withModelOptions(
+    program
+      .command('run')
+      .description('run a model on images or pixel tensors, record hooks, print predictions as JSON')
+      .argument('<MODEL_DIR>', 'model folder: Hugging Face, timm or open_clip (docs/models.md)')
+      .argument('<INPUT...>', 'image files, folders of images, or pre-processed .npy/.safetensors pixel tensors')
+      .addOption(
+        new Option('--cache <pattern...>', "hooks to record: names or globs ('blocks.*.hook_resid_post', '*'); comma-separated or repeated"),
+      )
+      .addOption(new Option('--out <file>', 'write recorded hooks (and the output) to this .safetensors file'))
+      .addOption(new Option('--top-k <k>', 'predictions to list per input').default(5).argParser(argParser((v) => parsePositiveInt(v, '--top-k'))))
+      .addOption(
+        new Option('--stop-at-layer <n>', 'run blocks [0, n) only').argParser(argParser((v) => parseNonNegativeInt(v, '--stop-at-layer'))),
+      )
+      .addOption(new Option('--input-key <name>', "tensor to use from .safetensors inputs holding several (default 'pixel_values')")),
+  )
     .addOption(jsonOption())
     .addHelpText(
       'after',
