@@ -150,14 +150,6 @@ impl Model {
         crate::models::text::encode_texts(tokenizer, prompts, text.cfg.max_positions, text.cfg.pad_to, pad_id, false)
     }
 
-    /// Text embeddings [B, proj] (unnormalised) of prompts.
-    pub fn encode_text(&self, prompts: &[String]) -> Result<Tensor> {
-        let (ids, mask) = self.tokenize(prompts)?;
-        let selection = HookSelection::none();
-        let mut ctx = HookCtx::new(&selection, &[]);
-        tch::no_grad(|| self.text_tower()?.forward(&ids, &mask, &mut ctx))
-    }
-
     /// logit_scale × normalised text embeddings: the class directions image embeddings are scored on.
     fn class_directions(&self, text_embeds: &Tensor) -> Result<Tensor> {
         Ok(normalize_rows(text_embeds)?.f_mul_scalar(self.text_tower()?.weights.logit_scale)?)

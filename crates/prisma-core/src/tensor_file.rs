@@ -36,11 +36,14 @@ fn read_npy(path: &Path) -> Result<Tensor> {
     Ok(Tensor::from_slice(&values).f_reshape(shape)?)
 }
 
+/// A float32 tensor held in plain memory: name, shape, values (row-major).
+pub type NamedF32 = (String, Vec<i64>, Vec<f32>);
+
 /// Writes float32 tensors as safetensors atomically: a temp file beside the target, then rename,
 /// so an interrupted run never leaves a half-written file under the final name.
 pub fn save_safetensors(
     path: &Path,
-    tensors: &[(String, Vec<i64>, Vec<f32>)],
+    tensors: &[NamedF32],
     metadata: Option<std::collections::HashMap<String, String>>,
 ) -> Result<()> {
     use safetensors::tensor::TensorView;

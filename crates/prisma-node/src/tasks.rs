@@ -111,7 +111,7 @@ impl Task for SaveTask {
 
     fn compute(&mut self) -> Result<Self::Output> {
         guard(|| crate::torch_thread::run(|| {
-            let tensors: Vec<(String, Vec<i64>, Vec<f32>)> = std::mem::take(&mut self.tensors)
+            let tensors: Vec<prisma_core::tensor_file::NamedF32> = std::mem::take(&mut self.tensors)
                 .into_iter()
                 .enumerate()
                 .map(|(i, (n, s, d))| (n.unwrap_or_else(|| format!("t{i}")), s, d))

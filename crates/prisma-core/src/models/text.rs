@@ -107,7 +107,7 @@ impl HookedTextEncoder {
         let device = w.token_embed.device();
         let ids = ids.f_to_device(device)?;
         let text = |site| HookPoint::in_tower(Tower::Text, None, site);
-        let tokens = ctx.hook(text(Site::Embed), w.token_embed.lookup_rows(&ids)?)?;
+        let tokens = ctx.hook(text(Site::Embed), lookup_rows(&w.token_embed, &ids)?)?;
         let pos = w.pos_embed.f_narrow(0, 0, len)?.f_unsqueeze(0)?.f_expand([batch, len, c.d_model].as_slice(), false)?;
         let pos = ctx.hook(text(Site::PosEmbed), pos)?;
         let mut resid = ctx.hook(text(Site::FullEmbed), tokens.f_add(&pos)?)?;
@@ -179,22 +179,16 @@ pub fn encode_texts(
     Ok((Tensor::from_slice(&ids).f_reshape(shape.as_slice())?, Tensor::from_slice(&mask).f_reshape(shape.as_slice())?))
 }
 
-trait EmbeddingRows {
-    fn lookup_rows(&self, ids: &Tensor) -> Result<Tensor>;
-}
-
-impl EmbeddingRows for Tensor {
-    /// Rows of an embedding table [V, d] for ids [B, T] → [B, T, d], with an id range check (a bad
-    /// tokenizer/model pairing would otherwise be a native index error).
-    fn lookup_rows(&self, ids: &Tensor) -> Result<Tensor> {
-        let vocab = self.size()[0];
-        if ids.numel() > 0 {
-            let max = ids.f_max()?.int64_value(&[]);
-            let min = ids.f_min()?.int64_value(&[]);
-            if min < 0 || max >= vocab {
-                return Err(PrismaError::Argument(format!("token id {max} is outside the text model's vocabulary of {vocab} (tokenizer and model do not match)")));
-            }
+/// Rows of an embedding table [V, d] for ids [B, T] → [B, T, d], with an id range check (a bad
+/// tokenizer/model pairing would otherwise be a native index error).
+fn lookup_rows(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let vocab = table.size()[0];
+    if ids.numel() > 0 {
+        let max = ids.f_max()?.int64_value(&[]);
+        let min = ids.f_min()?.int64_value(&[]);
+        if min < 0 || max >= vocab {
+            return Err(PrismaError::Argument(format!("token id {max} is outside the text model's vocabulary of {vocab} (tokenizer and model do not match)")));
         }
-        Ok(Tensor::f_embedding(self, ids, -1, false, false)?)
     }
+    Ok(Tensor::f_embedding(table, ids, -1, false, false)?)
 }

@@ -82,11 +82,11 @@ pub fn load_dir(dir: &Path, kind: Kind, device: Device, opts: &LoadOptions) -> R
             };
             let parts = if hf_clip::accepts(&model_type, &architecture) {
                 let mut store = TensorStore::open_dir(dir, kind, device)?;
-                let parts = hf_clip::load(dir, &text, &mut store, opts)?;
+                let parts = hf_clip::load(dir, &v, &mut store, opts)?;
                 (parts, store)
             } else if hf::accepts(&model_type, &architecture) {
                 let mut store = TensorStore::open_dir(dir, kind, device)?;
-                let parts = hf::load(dir, &text, &mut store, opts)?;
+                let parts = hf::load(dir, &v, &mut store, opts)?;
                 (parts, store)
             } else {
                 return Err(unsupported());

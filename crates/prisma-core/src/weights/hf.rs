@@ -3,7 +3,7 @@
 //! VideoMAE and ViViT. The only place their checkpoint names appear.
 
 use super::family::{labels_from_id2label, LoadOptions, Parts};
-use super::pos_embed::{resize_grid, sinusoid_table, GridResample};
+use super::pos_embed::{set_image_size, sinusoid_table, GridResample};
 use super::store::TensorStore;
 use crate::error::{PrismaError, Result};
 use crate::models::vit::{Activation, BlockWeights, FinalNorm, Head, LayerNormWeights, Pooling, ViTConfig, ViTWeights};
@@ -127,35 +127,10 @@ fn preprocessor_crop(dir: &Path) -> Option<[i64; 2]> {
     Some([crop.get("height")?.as_i64()?, crop.get("width")?.as_i64()?])
 }
 
-/// Resizes a loaded model's position table to run at `size` (a no-op at the native size).
-pub(crate) fn set_image_size(cfg: &mut ViTConfig, weights: &mut ViTWeights, size: [i64; 2], how: GridResample, config_path: &Path) -> Result<()> {
-    if size == cfg.image_size {
-        return Ok(());
-    }
-    if cfg.num_frames > 0 {
-        return Err(PrismaError::Argument(format!(
-            "{}: video models run at their training size ({}x{}); --image-size is for image models",
-            config_path.display(),
-            cfg.image_size[0],
-            cfg.image_size[1]
-        )));
-    }
-    let p = cfg.patch_size;
-    if size[0] < p || size[1] < p || size[0] % p != 0 || size[1] % p != 0 {
-        return Err(PrismaError::Argument(format!("image size {}x{} is not a multiple of the patch size {p}", size[0], size[1])));
-    }
-    let from = cfg.grid();
-    let to = [size[0] / p, size[1] / p];
-    weights.pos_embed = resize_grid(&weights.pos_embed, cfg.n_prefix_tokens(), from, to, how)?;
-    cfg.image_size = size;
-    Ok(())
-}
-
-pub fn load(dir: &Path, config_text: &str, store: &mut TensorStore, opts: &LoadOptions) -> Result<Parts> {
+pub fn load(dir: &Path, value: &Value, store: &mut TensorStore, opts: &LoadOptions) -> Result<Parts> {
     let config_path = dir.join("config.json");
     let bad = |reason: String| PrismaError::Config { path: config_path.clone(), reason };
-    let raw: HfVitConfig = serde_json::from_str(config_text).map_err(|e| bad(format!("not a ViT-family config: {e}")))?;
-    let value: Value = serde_json::from_str(config_text).map_err(|e| bad(e.to_string()))?;
+    let raw = HfVitConfig::deserialize(value).map_err(|e| bad(format!("not a ViT-family config: {e}")))?;
     let model_type = raw.model_type.as_str();
     let architecture = raw.architectures.first().cloned().unwrap_or_default();
     let (family, backbone) = match model_type {
@@ -203,7 +178,7 @@ pub fn load(dir: &Path, config_text: &str, store: &mut TensorStore, opts: &LoadO
         });
     }
     let n_classes = if classifier { store.shape_of("classifier.weight").map_or(0, |s| s[0]) } else { 0 };
-    let labels = if classifier { labels_from_id2label(&value, n_classes) } else { Vec::new() };
+    let labels = if classifier { labels_from_id2label(value, n_classes) } else { Vec::new() };
     let has_class_token = store.contains(&emb("cls_token"));
     let has_distillation_token = family == "deit";
     let n_registers = if model_type == "dinov2_with_registers" { raw.num_register_tokens } else { 0 };

@@ -2,8 +2,8 @@
 //! projections and the logit scale. The only place HF CLIP checkpoint names appear.
 
 use super::family::{LoadOptions, Parts};
-use super::hf::{ln, parse_activation, set_image_size, OneOrMany};
-use super::pos_embed::GridResample;
+use super::hf::{ln, parse_activation, OneOrMany};
+use super::pos_embed::{set_image_size, GridResample};
 use super::store::TensorStore;
 use crate::error::{PrismaError, Result};
 use crate::models::text::{HookedTextEncoder, TextConfig, TextPooling, TextWeights};
@@ -137,10 +137,10 @@ fn clip_block(store: &mut TensorStore, b: &str, d: i64, d_mlp: i64, n_heads: i64
     })
 }
 
-pub fn load(dir: &Path, config_text: &str, store: &mut TensorStore, opts: &LoadOptions) -> Result<Parts> {
+pub fn load(dir: &Path, value: &serde_json::Value, store: &mut TensorStore, opts: &LoadOptions) -> Result<Parts> {
     let config_path = dir.join("config.json");
     let bad = |reason: String| PrismaError::Config { path: config_path.clone(), reason };
-    let raw: ClipConfig = serde_json::from_str(config_text).map_err(|e| bad(format!("not a CLIP config: {e}")))?;
+    let raw = ClipConfig::deserialize(value).map_err(|e| bad(format!("not a CLIP config: {e}")))?;
     let (v, t) = (&raw.vision_config, &raw.text_config);
     for (what, d, h) in [("vision", v.hidden_size, v.num_attention_heads), ("text", t.hidden_size, t.num_attention_heads)] {
         if h <= 0 || d % h != 0 {

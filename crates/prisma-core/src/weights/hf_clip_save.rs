@@ -77,7 +77,7 @@ fn check_shape(vit: &HookedViT, text: &HookedTextEncoder) -> Result<()> {
 }
 
 /// Tensors under their HF names, as float32. `log_logit_scale` is the stored (log) temperature.
-pub fn clip_tensors(vit: &HookedViT, text: &HookedTextEncoder, log_logit_scale: f32) -> Result<Vec<(String, Vec<i64>, Vec<f32>)>> {
+pub fn clip_tensors(vit: &HookedViT, text: &HookedTextEncoder, log_logit_scale: f32) -> Result<Vec<crate::tensor_file::NamedF32>> {
     check_shape(vit, text)?;
     let (c, w) = (&vit.cfg, &vit.weights);
     let d = c.d_model;

@@ -12,7 +12,7 @@ use std::path::Path;
 use tch::Tensor;
 
 /// Tensors under their HF names, as float32.
-pub fn hf_tensors(vit: &HookedViT) -> Result<Vec<(String, Vec<i64>, Vec<f32>)>> {
+pub fn hf_tensors(vit: &HookedViT) -> Result<Vec<crate::tensor_file::NamedF32>> {
     let c = &vit.cfg;
     let w = &vit.weights;
     if c.pooling != Pooling::ClassToken || c.has_ln_pre || c.has_distillation_token || c.num_frames > 0 || c.n_registers > 0 || c.gated_mlp || c.final_norm != FinalNorm::AllTokens {

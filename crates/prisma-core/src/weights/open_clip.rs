@@ -4,8 +4,8 @@
 //! from a model name.
 
 use super::family::{LoadOptions, Parts};
-use super::hf::{ln, set_image_size};
-use super::pos_embed::GridResample;
+use super::hf::ln;
+use super::pos_embed::{set_image_size, GridResample};
 use super::store::TensorStore;
 use crate::error::{PrismaError, Result};
 use crate::models::text::{HookedTextEncoder, TextConfig, TextPooling, TextWeights};

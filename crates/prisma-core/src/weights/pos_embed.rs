@@ -2,6 +2,8 @@
 //! library does it, and the fixed sinusoid table of VideoMAE.
 
 use crate::error::{PrismaError, Result};
+use crate::models::vit::{ViTConfig, ViTWeights};
+use std::path::Path;
 use tch::{Kind, Tensor};
 
 /// How a reference library resamples the patch part of a learned table.
@@ -50,4 +52,28 @@ pub fn sinusoid_table(n: i64, d: i64) -> Result<Tensor> {
         }
     }
     Ok(Tensor::from_slice(&values).f_reshape([1, n, d].as_slice())?)
+}
+
+/// Resizes a loaded model's position table to run at `size` (a no-op at the native size).
+pub fn set_image_size(cfg: &mut ViTConfig, weights: &mut ViTWeights, size: [i64; 2], how: GridResample, config_path: &Path) -> Result<()> {
+    if size == cfg.image_size {
+        return Ok(());
+    }
+    if cfg.num_frames > 0 {
+        return Err(PrismaError::Argument(format!(
+            "{}: video models run at their training size ({}x{}); --image-size is for image models",
+            config_path.display(),
+            cfg.image_size[0],
+            cfg.image_size[1]
+        )));
+    }
+    let p = cfg.patch_size;
+    if size[0] < p || size[1] < p || size[0] % p != 0 || size[1] % p != 0 {
+        return Err(PrismaError::Argument(format!("image size {}x{} is not a multiple of the patch size {p}", size[0], size[1])));
+    }
+    let from = cfg.grid();
+    let to = [size[0] / p, size[1] / p];
+    weights.pos_embed = resize_grid(&weights.pos_embed, cfg.n_prefix_tokens(), from, to, how)?;
+    cfg.image_size = size;
+    Ok(())
 }

@@ -3,8 +3,8 @@
 //! The only place timm tensor names appear.
 
 use super::family::{LoadOptions, Parts};
-use super::hf::{fold_layer_scale, ln, set_image_size};
-use super::pos_embed::GridResample;
+use super::hf::{fold_layer_scale, ln};
+use super::pos_embed::{set_image_size, GridResample};
 use super::store::TensorStore;
 use crate::error::{PrismaError, Result};
 use crate::models::vit::{Activation, BlockWeights, FinalNorm, Head, Pooling, ViTConfig, ViTWeights};
