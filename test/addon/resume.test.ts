@@ -7,8 +7,8 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import { beforeAll, describe, expect, it } from 'vitest';
 
-import { FIXTURES, prisma, requireBuilt } from '../helpers/cli.js';
-import { spawnPrisma, validateSchema } from '../helpers/report.js';
+import { FIXTURES, prisma, requireBuilt, spawnAndKillWhen } from '../helpers/cli.js';
+import { validateSchema } from '../helpers/report.js';
 
 const CLS = join(FIXTURES, 'models', 'vit-tiny-cls');
 const N = 20;
@@ -43,30 +43,12 @@ describe('--resume', () => {
     await makeImages(images);
 
     // First run: kill it (SIGKILL, no clean-up) once a few items are on disk.
-    const child = spawnPrisma(['logit-lens', CLS, images, '--site', 'resid_pre,resid_mid,resid_post', '--out', out, '--json']);
-    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
     let killedAt = -1;
-    await new Promise<void>((resolve, reject) => {
-      const started = Date.now();
-      const timer = setInterval(() => {
-        const n = jsonFiles(items).length;
-        if (n >= 3) {
-          child.kill('SIGKILL');
-          killedAt = n;
-          clearInterval(timer);
-          resolve();
-        } else if (Date.now() - started > 60_000) {
-          clearInterval(timer);
-          child.kill('SIGKILL');
-          reject(new Error('no items written within 60 s'));
-        }
-      }, 5);
-      child.on('exit', () => {
-        clearInterval(timer);
-        resolve();
-      });
-    });
-    await exited;
+    await spawnAndKillWhen(['logit-lens', CLS, images, '--site', 'resid_pre,resid_mid,resid_post', '--out', out, '--json'], () => {
+      const n = jsonFiles(items).length;
+      if (n >= 3) killedAt = n;
+      return n >= 3;
+    }, 'no items written');
     expect(killedAt, 'the first run finished before it could be killed').toBeGreaterThanOrEqual(3);
     const before = new Map(jsonFiles(items).map((n) => [n, { text: readFileSync(join(items, n), 'utf8'), mtime: statSync(join(items, n)).mtimeMs }]));
     const k = before.size;

@@ -1,5 +1,5 @@
 /** Spawn the built CLI (bin/prisma.js -> dist/cli.js) and capture its output. */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -36,4 +36,33 @@ export function prisma(args: string[], env: NodeJS.ProcessEnv = {}, cwd: string 
 /** Non-empty stderr lines. */
 export function stderrLines(r: CliResult): string[] {
   return r.stderr.split('\n').filter((l) => l.length > 0);
+}
+
+/**
+ * Spawn the CLI and kill it hard (SIGKILL, no clean-up) as soon as `ready()` holds, polled every
+ * `pollMs`. Resolves once the process has exited (also when it finished on its own first); rejects
+ * when `ready()` has not held within `timeoutMs`.
+ */
+export async function spawnAndKillWhen(args: string[], ready: () => boolean, what: string, pollMs = 5, timeoutMs = 60_000): Promise<void> {
+  const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env: { ...process.env, NO_COLOR: '1' }, stdio: 'ignore' });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  await new Promise<void>((resolve, reject) => {
+    const started = Date.now();
+    const timer = setInterval(() => {
+      if (ready()) {
+        clearInterval(timer);
+        child.kill('SIGKILL');
+        resolve();
+      } else if (Date.now() - started > timeoutMs) {
+        clearInterval(timer);
+        child.kill('SIGKILL');
+        reject(new Error(`${what} within ${timeoutMs / 1000} s`));
+      }
+    }, pollMs);
+    void exited.then(() => {
+      clearInterval(timer);
+      resolve();
+    });
+  });
+  await exited;
 }

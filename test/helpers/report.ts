@@ -1,5 +1,5 @@
 /** Checks on analysis reports: schema validation (a separate ajv instance) and figure files. */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -68,11 +68,6 @@ export function prismaWithInput(args: string[], input: string): CliResult {
   });
   if (r.error) throw r.error;
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
-
-/** Spawn the CLI asynchronously (for kill tests). */
-export function spawnPrisma(args: string[]) {
-  return spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env: { ...process.env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
 }
 
 // Fixture paths and the spawn-and-check step shared by the analysis command tests.

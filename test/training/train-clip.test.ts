@@ -1,7 +1,6 @@
 // `prisma train --clip`: writes a CLIPModel folder (with its tokenizer) that `prisma classify` loads
 // and answers exactly as the held-out evaluation did, refuses mis-combined flags, and a run killed
 // midway continues with --resume from its last checkpoint to the weights of an uninterrupted run.
-import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,7 +9,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 
 import { COLOURS, largestObject, SHAPES, type ClevrRecord } from '../../src/dataset/clevr.js';
 import { readTensorFile } from '../../src/native.js';
-import { BIN, FIXTURES, prisma, requireBuilt } from '../helpers/cli.js';
+import { FIXTURES, prisma, requireBuilt, spawnAndKillWhen } from '../helpers/cli.js';
 
 const work = mkdtempSync(join(tmpdir(), 'prisma-train-clip-'));
 const data = join(work, 'clevr');
@@ -109,23 +108,8 @@ describe('prisma train --clip', () => {
 
   it('continues a killed run from its last checkpoint to the same weights', async () => {
     const out = join(work, 'killed');
-    const child = spawn(process.execPath, [BIN, ...common, '--out', out], { stdio: 'ignore' });
     // Kill it hard as soon as a checkpoint exists (well before the 200 steps are done).
-    await new Promise<void>((resolve, reject) => {
-      const started = Date.now();
-      const poll = setInterval(() => {
-        if (existsSync(join(out, 'training-state.json'))) {
-          clearInterval(poll);
-          child.kill('SIGKILL');
-          resolve();
-        } else if (Date.now() - started > 60_000) {
-          clearInterval(poll);
-          child.kill('SIGKILL');
-          reject(new Error('no checkpoint within 60 s'));
-        }
-      }, 2);
-    });
-    await new Promise((r) => child.once('exit', r));
+    await spawnAndKillWhen([...common, '--out', out], () => existsSync(join(out, 'training-state.json')), 'no checkpoint', 2);
     expect(existsSync(join(out, 'model.safetensors'))).toBe(false);
     const state = JSON.parse(readFileSync(join(out, 'training-state.json'), 'utf8')) as { step: number };
     expect(state.step).toBeGreaterThan(0);

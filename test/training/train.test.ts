@@ -1,7 +1,6 @@
 // `prisma train`: learns clevr-lite above chance, writes a folder every command loads, and a run
 // killed midway continues with --resume from its last checkpoint to exactly the weights an
 // uninterrupted run produces.
-import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,7 +8,7 @@ import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 
 import { readTensorFile } from '../../src/native.js';
-import { BIN, prisma, requireBuilt } from '../helpers/cli.js';
+import { prisma, requireBuilt, spawnAndKillWhen } from '../helpers/cli.js';
 
 const work = mkdtempSync(join(tmpdir(), 'prisma-train-'));
 const data = join(work, 'clevr');
@@ -45,23 +44,8 @@ describe('prisma train', () => {
 
   it('continues a killed run from its last checkpoint to the same weights', async () => {
     const out = join(work, 'killed');
-    const child = spawn(process.execPath, [BIN, 'train', ...common, '--out', out], { stdio: 'ignore' });
     // Kill it hard as soon as a checkpoint exists (well before the 120 steps are done).
-    await new Promise<void>((resolve, reject) => {
-      const started = Date.now();
-      const poll = setInterval(() => {
-        if (existsSync(join(out, 'training-state.json'))) {
-          clearInterval(poll);
-          child.kill('SIGKILL');
-          resolve();
-        } else if (Date.now() - started > 60_000) {
-          clearInterval(poll);
-          child.kill('SIGKILL');
-          reject(new Error('no checkpoint within 60 s'));
-        }
-      }, 5);
-    });
-    await new Promise((r) => child.once('exit', r));
+    await spawnAndKillWhen(['train', ...common, '--out', out], () => existsSync(join(out, 'training-state.json')), 'no checkpoint', 5);
     expect(existsSync(join(out, 'model.safetensors'))).toBe(false);
     const state = JSON.parse(readFileSync(join(out, 'training-state.json'), 'utf8')) as { step: number };
     expect(state.step).toBeGreaterThan(0);
