@@ -11,7 +11,7 @@ use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookPoint, HookSelection, Site};
 use crate::interventions::Intervention;
 use crate::model::Model;
-use crate::models::vit::{BlockEntry, ForwardPlan, ForwardStart};
+use crate::models::vit::{BlockEntry, ForwardStart};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -72,7 +72,7 @@ pub struct PatchOptions {
     pub by: PatchBy,
     #[serde(flatten)]
     pub metric: MetricSpec,
-    /// Patched runs per batched forward; default sized to keep activations near 128 MB.
+    /// Most patched runs (rows) in one batched block; default sized to keep activations near 128 MB.
     pub chunk: Option<usize>,
     /// Restrict to these layers (default: all).
     pub layers: Option<Vec<usize>>,
@@ -164,30 +164,110 @@ pub(crate) fn result_axes(model: &Model, by: PatchBy, n_layers: usize) -> (Vec<S
 /// base run's metric is the "corrupt" end of the normalisation.
 pub fn sweep(model: &Model, base: &Tensor, source: &dyn PatchSource, opts: &PatchOptions, clean: Option<MetricValue>) -> Result<PatchResult> {
     let layers = check(model, opts)?;
+    let (base_run, _) = base_runs(model, base, None, &opts.metric)?;
+    sweep_from(model, &layers, base_run, source, opts, clean)
+}
+
+/// Activation patching: clean activations patched into the corrupted run (TransformerLens's
+/// convention), normalised so that corrupted = 0 and clean = 1.
+pub fn activation_patching(model: &Model, clean: &Tensor, corrupt: &Tensor, opts: &PatchOptions) -> Result<PatchResult> {
+    let layers = check(model, opts)?;
+    let points: Vec<HookPoint> = layers.iter().map(|&l| HookPoint::block(l, opts.what.site())).collect();
+    let (base_run, clean_run) = base_runs(model, corrupt, Some((clean, &points)), &opts.metric)?;
+    let (clean_metric, clean_cache) = clean_run.ok_or_else(|| PrismaError::Internal("the clean run was not recorded".into()))?;
+    sweep_from(model, &layers, base_run, &clean_cache, opts, Some(clean_metric))
+}
+
+/// A reference run's metric and the values it kept.
+type RecordedRun = (MetricValue, CachedSource);
+
+/// What a patched run may start from: the base run's value at every block site.
+const BASE_SITES: [Site; 9] = [Site::ResidPre, Site::Q, Site::K, Site::V, Site::Z, Site::AttnOut, Site::ResidMid, Site::MlpOut, Site::ResidPost];
+
+/// The base (corrupted) run and, when given, the run that supplies the patched values (clean, kept
+/// at `points`), as one batched forward: one pass of fixed per-op costs instead of two, which is
+/// most of a small model's sweep.
+fn base_runs(
+    model: &Model,
+    base: &Tensor,
+    reference: Option<(&Tensor, &[HookPoint])>,
+    metric: &MetricSpec,
+) -> Result<(RecordedRun, Option<RecordedRun>)> {
+    let single = |t: &Tensor, what: &str| -> Result<()> {
+        if t.size().first() != Some(&1) {
+            return Err(PrismaError::Shape(format!("patching takes exactly one {what} image")));
+        }
+        Ok(())
+    };
+    let base = model_pixels(model, base)?;
+    single(&base, "base")?;
+    let mut record = HookSelection::none();
+    for l in 0..model.vit.cfg.n_layers {
+        BASE_SITES.iter().for_each(|s| record.insert(HookPoint::block(l, *s)));
+    }
+    let pixels = match reference {
+        Some((reference, points)) => {
+            let reference = model_pixels(model, reference)?;
+            single(&reference, "clean")?;
+            if reference.size() != base.size() {
+                return Err(PrismaError::Shape(format!(
+                    "the clean and corrupted inputs differ in shape ({:?} vs {:?})",
+                    reference.size(),
+                    base.size()
+                )));
+            }
+            points.iter().for_each(|p| record.insert(*p));
+            Tensor::f_cat(&[&base, &reference], 0)?
+        }
+        None => base,
+    };
+    let mut recorded = Vec::new();
+    let metrics = tch::no_grad(|| -> Result<Vec<MetricValue>> {
+        let mut ctx = HookCtx::new(&record, &[]);
+        let (_, logits) = model.vit.forward(ForwardStart::Pixels(&pixels), None, &mut ctx)?;
+        recorded = ctx.recorded;
+        metric.values(&logits)
+    })?;
+    let row = |i: i64, keep: &dyn Fn(&HookPoint) -> bool| -> Result<CachedSource> {
+        let values = recorded.iter().filter(|(p, _)| keep(p)).map(|(p, t)| Ok((*p, t.f_narrow(0, i, 1)?))).collect::<Result<Vec<_>>>()?;
+        Ok(CachedSource(values))
+    };
+    let metric_of = |i: usize| metrics.get(i).cloned().ok_or_else(|| PrismaError::Internal("missing base-run metric".into()));
+    let base_run = (metric_of(0)?, row(0, &|p| BASE_SITES.contains(&p.site))?);
+    let reference_run = match reference {
+        Some((_, points)) => Some((metric_of(1)?, row(1, &|p| points.contains(p))?)),
+        None => None,
+    };
+    Ok((base_run, reference_run))
+}
+
+/// How one layer's patched runs enter the forward.
+enum PatchEntry {
+    /// Inside block `layer`, with every value before the patch taken from the base run.
+    Inside(BlockEntry),
+    /// At the input of block `layer + 1` (resid_post, mlp_out).
+    AfterBlock(Tensor),
+    /// Block `layer` rerun from its input with the patch as a masked intervention (pattern).
+    Intervened { resid_pre: Tensor, values: Tensor, mask: Tensor },
+}
+
+/// The sweep itself. Patches are run in passes: each pass takes a group of items (positions,
+/// heads) at a band of consecutive patched layers, entering each layer's rows where their patch
+/// takes effect and carrying them on with the rows that entered earlier. Every row computes only
+/// the blocks after its patch, and a pass costs one walk through the blocks: on small models, where
+/// per-op costs dominate, the whole sweep is one pass.
+fn sweep_from(
+    model: &Model,
+    layers: &[usize],
+    (base_metric, base): RecordedRun,
+    source: &dyn PatchSource,
+    opts: &PatchOptions,
+    clean: Option<MetricValue>,
+) -> Result<PatchResult> {
     let cfg = &model.vit.cfg;
     let site = opts.what.site();
-    let axes = site.axes();
-    let n_pos = cfg.n_pos();
-    let n_heads = cfg.n_heads;
-    let base = model_pixels(model, base)?;
-    if base.size()[0] != 1 {
-        return Err(PrismaError::Shape("patching takes exactly one base image".into()));
-    }
-    // What the base run must keep so patched runs can start where the patch takes effect.
-    let mut record = HookSelection::none();
-    for l in 0..cfg.n_layers {
-        for s in [Site::ResidPre, Site::Q, Site::K, Site::V, Site::Z, Site::AttnOut, Site::ResidMid, Site::MlpOut, Site::ResidPost] {
-            record.insert(HookPoint::block(l, s));
-        }
-    }
-    let (base_metric, base_cache) = tch::no_grad(|| -> Result<(MetricValue, Vec<(HookPoint, Tensor)>)> {
-        let mut ctx = HookCtx::new(&record, &[]);
-        let (_, logits) = model.vit.forward(ForwardStart::Pixels(&base), None, &mut ctx)?;
-        let m = opts.metric.values(&logits)?.into_iter().next().ok_or_else(|| PrismaError::Internal("empty batch".into()))?;
-        Ok((m, ctx.recorded))
-    })?;
-    let base_resid = CachedSource(base_cache);
-
+    let n_layers = cfg.n_layers;
+    let (n_pos, n_heads) = (cfg.n_pos(), cfg.n_heads);
     let (axis_names, dims) = result_axes(model, opts.by, layers.len());
     // Items within a layer: (pos, head), row-major.
     let items: Vec<(Option<i64>, Option<i64>)> = match opts.by {
@@ -195,114 +275,108 @@ pub fn sweep(model: &Model, base: &Tensor, source: &dyn PatchSource, opts: &Patc
         PatchBy::LayerHead => (0..n_heads).map(|h| (None, Some(h))).collect(),
         PatchBy::LayerPosHead => (0..n_pos).flat_map(|p| (0..n_heads).map(move |h| (Some(p), Some(h)))).collect(),
     };
-    let chunk = opts.chunk.unwrap_or_else(|| {
+    // Patched layers in forward order.
+    let mut order = layers.to_vec();
+    order.sort_unstable();
+    order.dedup();
+    let rows_per_block = opts.chunk.unwrap_or_else(|| {
         let per_run = (n_pos * cfg.d_mlp.max(cfg.d_model * 4) * 4 * 3).max(1) as usize;
-        // ~128 MB of activations per batched forward: measured fastest on ViT-B (chunk 16 vs 36: -12%).
+        // ~128 MB of activations per batched block: measured fastest on ViT-B (chunk 16 vs 36: -12%).
         ((128usize << 20) / per_run).clamp(1, 256)
     });
+    // A pass takes up to `per_pass` items at each of `band` consecutive patched layers, so its last
+    // blocks hold at most about `rows_per_block` rows. Big models get one layer per pass with many
+    // items (the GEMMs are what costs); small models get every layer in one pass.
+    let per_pass = rows_per_block.min(items.len()).max(1);
+    let band = (rows_per_block / per_pass).max(1);
+    // The last block can run for the class token alone unless a pattern is patched inside it.
+    let last = n_layers - 1;
+    let cls_only_last = model.vit.head_reads_class_token_only() && !(site == Site::Pattern && order.contains(&last));
+    let patch_values = order
+        .iter()
+        .map(|&l| Ok(source.values(HookPoint::block(l, site))?.f_to_kind(model.info.kind)?.f_to_device(model.info.device)?))
+        .collect::<Result<Vec<Tensor>>>()?;
 
-    let mut value = Vec::with_capacity(layers.len() * items.len());
-    let mut prob = Vec::with_capacity(value.capacity());
+    let none = HookSelection::none();
+    let mut results: Vec<Vec<MetricValue>> = vec![Vec::with_capacity(items.len()); order.len()];
     let mut batched_forwards = 0;
-    let empty = HookSelection::none();
-    for &layer in &layers {
-        let point = HookPoint::block(layer, site);
-        let base = |s: Site| base_resid.values(HookPoint::block(layer, s));
-        let patch_values = source.values(point)?.f_to_kind(model.info.kind)?.f_to_device(model.info.device)?;
-        let shape = model.vit.hook_shape(point, 1);
-        for group in items.chunks(chunk) {
-            let n = group.len() as i64;
-            // Mask [n, ...] with only the batch, position and head axes spelled out.
-            let mut mask_shape = vec![1i64; shape.len()];
-            mask_shape[0] = n;
-            if let (true, Some(a)) = (opts.by.uses_pos(), axes.pos) {
-                mask_shape[a] = shape[a];
-            }
-            if let (true, Some(a)) = (opts.by.uses_head(), axes.head) {
-                mask_shape[a] = shape[a];
-            }
-            let per_item: i64 = mask_shape[1..].iter().product();
-            let mut flags = vec![0u8; (n * per_item) as usize];
-            for (i, (p, h)) in group.iter().enumerate() {
-                // Strides of the mask, row-major.
-                let mut offset = i as i64 * per_item;
-                let mut stride = per_item;
-                for (axis, &size) in mask_shape.iter().enumerate().skip(1) {
-                    stride /= size;
-                    let index = if Some(axis) == axes.pos && opts.by.uses_pos() {
-                        p.unwrap_or(0)
-                    } else if Some(axis) == axes.head && opts.by.uses_head() {
-                        h.unwrap_or(0)
-                    } else {
-                        0
-                    };
-                    offset += index * stride;
-                }
-                flags[offset as usize] = 1;
-            }
-            let mask = Tensor::from_slice(&flags)
-                .f_to_kind(Kind::Bool)?
-                .f_reshape(mask_shape.as_slice())?
-                .f_to_device(model.info.device)?;
-            // The activation at the patched site for every run of the group.
-            let patched = |base_value: &Tensor| -> Result<Tensor> {
-                let mut full = shape.clone();
-                full[0] = n;
-                Ok(patch_values.f_broadcast_to(full.as_slice())?.f_where_self(&mask, &base_value.f_expand(full.as_slice(), false)?)?)
-            };
-            let expand = |t: &Tensor| -> Result<Tensor> {
-                let mut full = t.size();
-                full[0] = n;
-                Ok(t.f_expand(full.as_slice(), false)?)
-            };
-            let positions: Vec<i64> = group.iter().map(|(p, _)| p.unwrap_or(0)).collect();
-            let last = layer + 1 == cfg.n_layers;
-            let logits = tch::no_grad(|| -> Result<Tensor> {
-                let mut ctx = HookCtx::new(&empty, &[]);
-                let plan = ForwardPlan { last_block_class_token_only: true };
-                let start = match site {
-                    Site::ResidPre if opts.by == PatchBy::LayerPos => {
-                        ForwardStart::Inside { layer, entry: resid_pre_entry(model, layer, &patched(&base(Site::ResidPre)?)?, &positions, &base_resid)? }
-                    }
-                    Site::ResidPost | Site::MlpOut => {
-                        let resid_post = if site == Site::ResidPost {
-                            patched(&base(Site::ResidPost)?)?
-                        } else {
-                            expand(&base(Site::ResidMid)?)?.f_add(&patched(&base(Site::MlpOut)?)?)?
-                        };
-                        let out = model.vit.forward_planned(ForwardStart::Resid { layer: layer + 1, resid: &resid_post }, None, plan, &mut ctx)?;
-                        return Ok(out.1);
-                    }
-                    Site::ResidMid => ForwardStart::Inside { layer, entry: BlockEntry::ResidMid(patched(&base(Site::ResidMid)?)?) },
-                    Site::AttnOut => ForwardStart::Inside {
-                        layer,
-                        entry: BlockEntry::ResidMid(expand(&base(Site::ResidPre)?)?.f_add(&patched(&base(Site::AttnOut)?)?)?),
-                    },
-                    Site::Z => ForwardStart::Inside { layer, entry: BlockEntry::Z { resid_pre: expand(&base(Site::ResidPre)?)?, z: patched(&base(Site::Z)?)? } },
-                    Site::Q | Site::K | Site::V => {
-                        let pick = |s: Site| -> Result<Tensor> { if s == site { patched(&base(s)?) } else { expand(&base(s)?) } };
-                        ForwardStart::Inside {
-                            layer,
-                            entry: BlockEntry::Qkv { resid_pre: expand(&base(Site::ResidPre)?)?, q: pick(Site::Q)?, k: pick(Site::K)?, v: pick(Site::V)? },
+    let passes = order.chunks(band).enumerate().flat_map(|(b, layers)| items.chunks(per_pass).map(move |group| (b * band, layers, group)));
+    for (first_slot, band_layers, group) in passes {
+        let n = group.len();
+        let mask = patch_mask(model, site, opts.by, group)?;
+        let positions: Vec<i64> = group.iter().map(|(p, _)| p.unwrap_or(0)).collect();
+        let (logits, row_slots) = tch::no_grad(|| -> Result<(Tensor, Vec<usize>)> {
+            // Rows inside the forward at the current block's input, and which patched layer each
+            // block of `n` rows belongs to (rows that entered earlier come first).
+            let mut carried: Option<Tensor> = None;
+            let mut row_slots = Vec::with_capacity(band_layers.len());
+            for layer in band_layers[0]..n_layers {
+                let cls_only = cls_only_last && layer == last;
+                let mut after = None;
+                let mut interventions = Vec::new();
+                let entry = match band_layers.binary_search(&layer) {
+                    Err(_) => carried.take().map(BlockEntry::resid_pre),
+                    Ok(i) => {
+                        let slot = first_slot + i;
+                        row_slots.push(slot);
+                        match patch_entry(model, layer, site, opts.by, &patch_values[slot], &mask, &positions, &base)? {
+                            PatchEntry::Inside(entry) => Some(match carried.take() {
+                                Some(c) => model.vit.join(layer, c, entry, cls_only, &mut HookCtx::new(&none, &[]))?,
+                                None => entry,
+                            }),
+                            PatchEntry::AfterBlock(resid) => {
+                                after = Some(resid);
+                                carried.take().map(BlockEntry::resid_pre)
+                            }
+                            PatchEntry::Intervened { resid_pre, values, mask } => {
+                                let (resid_pre, mask) = match carried.take() {
+                                    Some(c) => {
+                                        // Carried rows pass the intervention unchanged.
+                                        let mut keep = mask.size();
+                                        keep[0] = c.size()[0];
+                                        let untouched = Tensor::f_zeros(keep.as_slice(), (Kind::Bool, mask.device()))?;
+                                        (Tensor::f_cat(&[&c, &resid_pre], 0)?, Tensor::f_cat(&[&untouched, &mask], 0)?)
+                                    }
+                                    None => (resid_pre, mask),
+                                };
+                                interventions.push(Intervention::masked_set(HookPoint::block(layer, site), values, mask));
+                                Some(BlockEntry::resid_pre(resid_pre))
+                            }
                         }
                     }
-                    _ => {
-                        // Generic path: recompute the block from its input with a masked intervention.
-                        let intervention = [Intervention::masked_set(point, patch_values.shallow_clone(), mask.shallow_clone())];
-                        let mut ctx = HookCtx::new(&empty, &intervention);
-                        let resid = expand(&base(Site::ResidPre)?)?;
-                        let plan = ForwardPlan { last_block_class_token_only: !last };
-                        return Ok(model.vit.forward_planned(ForwardStart::Resid { layer, resid: &resid }, None, plan, &mut ctx)?.1);
-                    }
                 };
-                Ok(model.vit.forward_planned(start, None, plan, &mut ctx)?.1)
-            })?;
-            batched_forwards += 1;
-            for m in opts.metric.values(&logits)? {
-                value.push(m.value);
-                prob.push(m.prob);
+                if let Some(entry) = entry {
+                    let mut ctx = HookCtx::new(&none, &interventions);
+                    carried = Some(model.vit.block(layer, entry, cls_only, &mut ctx)?);
+                }
+                if let Some(resid) = after {
+                    carried = Some(match carried {
+                        Some(c) => {
+                            // After a class-token-only last block only token 0 is carried.
+                            let resid = if c.size()[1] == 1 { resid.f_narrow(1, 0, 1)? } else { resid };
+                            Tensor::f_cat(&[&c, &resid], 0)?
+                        }
+                        None => resid,
+                    });
+                }
             }
+            let resid = carried.ok_or_else(|| PrismaError::Internal("a patching pass ran no rows".into()))?;
+            let logits = model.vit.finalize(&resid, &mut HookCtx::new(&none, &[]))?.1;
+            Ok((logits, row_slots))
+        })?;
+        batched_forwards += 1;
+        let metrics = opts.metric.values(&logits)?;
+        for (slot, block) in row_slots.iter().zip(metrics.chunks(n)) {
+            results[*slot].extend_from_slice(block);
         }
+    }
+    // In the order the layers were asked for.
+    let mut value = Vec::with_capacity(layers.len() * items.len());
+    let mut prob = Vec::with_capacity(value.capacity());
+    for l in layers {
+        let slot = order.binary_search(l).map_err(|_| PrismaError::Internal(format!("layer {l} was not swept")))?;
+        value.extend(results[slot].iter().map(|m| m.value));
+        prob.extend(results[slot].iter().map(|m| m.prob));
     }
     let corrupt = base_metric;
     let clean = clean.unwrap_or_else(|| corrupt.clone());
@@ -312,7 +386,7 @@ pub fn sweep(model: &Model, base: &Tensor, source: &dyn PatchSource, opts: &Patc
         by: opts.by,
         axes: axis_names,
         dims,
-        layers,
+        layers: layers.to_vec(),
         clean,
         corrupt,
         patched_runs: value.len(),
@@ -320,6 +394,84 @@ pub fn sweep(model: &Model, base: &Tensor, source: &dyn PatchSource, opts: &Patc
         prob,
         normalised,
         batched_forwards,
+    })
+}
+
+/// Which values each run of a group patches: [n, ...] over the site's shape with only the batch,
+/// position and head axes spelled out (the others broadcast), true at the run's own position/head.
+fn patch_mask(model: &Model, site: Site, by: PatchBy, group: &[(Option<i64>, Option<i64>)]) -> Result<Tensor> {
+    let axes = site.axes();
+    let shape = model.vit.hook_shape(HookPoint::block(0, site), 1);
+    let n = group.len() as i64;
+    let mut mask_shape = vec![1i64; shape.len()];
+    mask_shape[0] = n;
+    if let (true, Some(a)) = (by.uses_pos(), axes.pos) {
+        mask_shape[a] = shape[a];
+    }
+    if let (true, Some(a)) = (by.uses_head(), axes.head) {
+        mask_shape[a] = shape[a];
+    }
+    let per_item: i64 = mask_shape[1..].iter().product();
+    let mut flags = vec![0u8; (n * per_item) as usize];
+    for (i, (p, h)) in group.iter().enumerate() {
+        // Strides of the mask, row-major.
+        let mut offset = i as i64 * per_item;
+        let mut stride = per_item;
+        for (axis, &size) in mask_shape.iter().enumerate().skip(1) {
+            stride /= size;
+            let index = if Some(axis) == axes.pos && by.uses_pos() {
+                p.unwrap_or(0)
+            } else if Some(axis) == axes.head && by.uses_head() {
+                h.unwrap_or(0)
+            } else {
+                0
+            };
+            offset += index * stride;
+        }
+        flags[offset as usize] = 1;
+    }
+    Ok(Tensor::from_slice(&flags).f_to_kind(Kind::Bool)?.f_reshape(mask_shape.as_slice())?.f_to_device(model.info.device)?)
+}
+
+/// Where and how the runs patched at `layer` enter the forward: the patched value (`values` where
+/// `mask`, the base run's elsewhere) plus, from the base run, everything before it in the block.
+#[allow(clippy::too_many_arguments)]
+fn patch_entry(
+    model: &Model,
+    layer: usize,
+    site: Site,
+    by: PatchBy,
+    values: &Tensor,
+    mask: &Tensor,
+    positions: &[i64],
+    base: &CachedSource,
+) -> Result<PatchEntry> {
+    let n = mask.size()[0];
+    let base_at = |s: Site| base.values(HookPoint::block(layer, s));
+    let expand = |t: &Tensor| -> Result<Tensor> {
+        let mut full = t.size();
+        full[0] = n;
+        Ok(t.f_expand(full.as_slice(), false)?)
+    };
+    let patched = |s: Site| -> Result<Tensor> {
+        let base_value = base_at(s)?;
+        let mut full = base_value.size();
+        full[0] = n;
+        Ok(values.f_broadcast_to(full.as_slice())?.f_where_self(mask, &base_value.f_expand(full.as_slice(), false)?)?)
+    };
+    Ok(match site {
+        Site::ResidPre if by == PatchBy::LayerPos => PatchEntry::Inside(resid_pre_entry(model, layer, &patched(Site::ResidPre)?, positions, base)?),
+        Site::ResidPost => PatchEntry::AfterBlock(patched(Site::ResidPost)?),
+        Site::MlpOut => PatchEntry::AfterBlock(expand(&base_at(Site::ResidMid)?)?.f_add(&patched(Site::MlpOut)?)?),
+        Site::ResidMid => PatchEntry::Inside(BlockEntry::ResidMid(patched(Site::ResidMid)?)),
+        Site::AttnOut => PatchEntry::Inside(BlockEntry::ResidMid(expand(&base_at(Site::ResidPre)?)?.f_add(&patched(Site::AttnOut)?)?)),
+        Site::Z => PatchEntry::Inside(BlockEntry::Z { resid_pre: expand(&base_at(Site::ResidPre)?)?, z: patched(Site::Z)? }),
+        Site::Q | Site::K | Site::V => {
+            let pick = |s: Site| -> Result<Tensor> { if s == site { patched(s) } else { expand(&base_at(s)?) } };
+            PatchEntry::Inside(BlockEntry::Qkv { resid_pre: expand(&base_at(Site::ResidPre)?)?, q: pick(Site::Q)?, k: pick(Site::K)?, v: pick(Site::V)? })
+        }
+        // Anything else (the pattern): rerun the block from its input with a masked intervention.
+        _ => PatchEntry::Intervened { resid_pre: expand(&base_at(Site::ResidPre)?)?, values: values.shallow_clone(), mask: mask.shallow_clone() },
     })
 }
 
@@ -336,15 +488,6 @@ pub fn reference_run(model: &Model, pixels: &Tensor, points: &[HookPoint], metri
         let m = metric.values(&logits)?.into_iter().next().ok_or_else(|| PrismaError::Internal("empty batch".into()))?;
         Ok((m, ctx.recorded))
     })
-}
-
-/// Activation patching: clean activations patched into the corrupted run (TransformerLens's
-/// convention), normalised so that corrupted = 0 and clean = 1.
-pub fn activation_patching(model: &Model, clean: &Tensor, corrupt: &Tensor, opts: &PatchOptions) -> Result<PatchResult> {
-    let layers = check(model, opts)?;
-    let points: Vec<HookPoint> = layers.iter().map(|&l| HookPoint::block(l, opts.what.site())).collect();
-    let (clean_metric, clean_cache) = reference_run(model, clean, &points, &opts.metric)?;
-    sweep(model, corrupt, &CachedSource(clean_cache), opts, Some(clean_metric))
 }
 
 /// Entering block `layer` after patching one position per run in its input: every other position's

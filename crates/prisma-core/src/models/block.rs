@@ -114,51 +114,93 @@ pub fn block_from(
     mask: Option<&Tensor>,
     ctx: &mut HookCtx,
 ) -> Result<Tensor> {
-    let at = |site| HookPoint::in_tower(dims.tower, Some(layer), site);
     let resid_mid = match entry {
         BlockEntry::ResidMid(resid_mid) if cls_only => resid_mid.f_narrow(1, 0, 1)?,
         BlockEntry::ResidMid(resid_mid) => resid_mid,
         BlockEntry::Z { resid_pre, z } => attention_output(dims, w, layer, &resid_pre, z, cls_only, ctx)?,
         BlockEntry::Qkv { resid_pre, q, k, v } => {
-            let (resid_pre, q, k, v) = if q.defined() {
-                (resid_pre, q, k, v)
-            } else {
-                let resid_pre = ctx.hook(at(Site::ResidPre), resid_pre)?;
-                let x = layer_norm(dims, &resid_pre, &w.ln1, at(Site::Ln1Scale), at(Site::Ln1Normalized), ctx)?;
-                let size = x.size();
-                let heads = [size[0], size[1], dims.n_heads, dims.d_head];
-                let qkv = x.f_linear(&w.w_qkv, w.b_qkv.as_ref())?.f_split(dims.d_model, -1)?;
-                let [q, k, v]: [Tensor; 3] =
-                    qkv.try_into().map_err(|_| PrismaError::Internal("qkv split did not give three parts".into()))?;
-                let q = ctx.hook(at(Site::Q), q.f_reshape(heads.as_slice())?)?;
-                let k = ctx.hook(at(Site::K), k.f_reshape(heads.as_slice())?)?;
-                let v = ctx.hook(at(Site::V), v.f_reshape(heads.as_slice())?)?;
-                (resid_pre, q, k, v)
-            };
-            let q = if cls_only { q.f_narrow(1, 0, 1)? } else { q };
-            let mask = match mask {
-                Some(m) if cls_only => Some(m.f_narrow(2, 0, 1)?),
-                Some(m) => Some(m.shallow_clone()),
-                None => None,
-            };
-            // [B, H, pos, dh]
-            let (qh, kh, vh) = (q.f_transpose(1, 2)?, k.f_transpose(1, 2)?, v.f_transpose(1, 2)?);
-            let z = if ctx.active(at(Site::AttnScores)) || ctx.active(at(Site::Pattern)) {
-                let scale = 1.0 / (dims.d_head as f64).sqrt();
-                let mut scores = qh.f_matmul(&kh.f_transpose(-1, -2)?)?.f_mul_scalar(scale)?;
-                if let Some(m) = &mask {
-                    scores = scores.f_masked_fill(&m.f_logical_not()?, f64::NEG_INFINITY)?;
-                }
-                let scores = ctx.hook(at(Site::AttnScores), scores)?;
-                let pattern = ctx.hook(at(Site::Pattern), scores.f_softmax(-1, None::<Kind>)?)?;
-                pattern.f_matmul(&vh)?
-            } else {
-                Tensor::f_scaled_dot_product_attention(&qh, &kh, &vh, mask.as_ref(), 0.0, false, None, false)?
-            };
-            let z = ctx.hook(at(Site::Z), z.f_transpose(1, 2)?)?;
+            let (resid_pre, q, k, v) = if q.defined() { (resid_pre, q, k, v) } else { qkv_of(dims, w, layer, resid_pre, ctx)? };
+            let z = attention_z(dims, layer, &q, &k, &v, cls_only, mask, ctx)?;
             attention_output(dims, w, layer, &resid_pre, z, cls_only, ctx)?
         }
     };
+    mlp_half(dims, w, layer, resid_mid, ctx)
+}
+
+/// Rows already inside a forward (`carried`, at this block's `hook_resid_pre`) joined with rows that
+/// enter the block part-way at `entry`: the carried rows are brought up to the entry's point, then
+/// both go on as one batch, carried rows first. Patching sweeps use this to run patches that start
+/// at different layers in one pass. Hooks before the entry point see the carried rows only.
+pub fn join_entry(dims: &BlockDims, w: &BlockWeights, layer: usize, carried: Tensor, entry: BlockEntry, cls_only: bool, ctx: &mut HookCtx) -> Result<BlockEntry> {
+    let cat = |a: &Tensor, b: &Tensor| -> Result<Tensor> { Ok(Tensor::f_cat(&[a, b], 0)?) };
+    // With `cls_only` the carried rows' values after attention exist for token 0 only.
+    let first_token = |t: Tensor| -> Result<Tensor> { if cls_only && t.size()[1] != 1 { Ok(t.f_narrow(1, 0, 1)?) } else { Ok(t) } };
+    Ok(match entry {
+        BlockEntry::Qkv { resid_pre, q, .. } if !q.defined() => BlockEntry::resid_pre(cat(&carried, &resid_pre)?),
+        BlockEntry::Qkv { resid_pre, q, k, v } => {
+            let (carried, cq, ck, cv) = qkv_of(dims, w, layer, carried, ctx)?;
+            BlockEntry::Qkv { resid_pre: cat(&carried, &resid_pre)?, q: cat(&cq, &q)?, k: cat(&ck, &k)?, v: cat(&cv, &v)? }
+        }
+        BlockEntry::Z { resid_pre, z } => {
+            let (carried, q, k, v) = qkv_of(dims, w, layer, carried, ctx)?;
+            let cz = attention_z(dims, layer, &q, &k, &v, cls_only, None, ctx)?;
+            BlockEntry::Z { resid_pre: cat(&carried, &resid_pre)?, z: cat(&cz, &first_token(z)?)? }
+        }
+        BlockEntry::ResidMid(resid_mid) => {
+            let (carried, q, k, v) = qkv_of(dims, w, layer, carried, ctx)?;
+            let cz = attention_z(dims, layer, &q, &k, &v, cls_only, None, ctx)?;
+            let c_mid = attention_output(dims, w, layer, &carried, cz, cls_only, ctx)?;
+            BlockEntry::ResidMid(cat(&c_mid, &first_token(resid_mid)?)?)
+        }
+    })
+}
+
+/// `hook_resid_pre` through ln1 and the fused projection: (resid_pre, q, k, v), each [B, pos, H, dh].
+fn qkv_of(dims: &BlockDims, w: &BlockWeights, layer: usize, resid_pre: Tensor, ctx: &mut HookCtx) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+    let at = |site| HookPoint::in_tower(dims.tower, Some(layer), site);
+    let resid_pre = ctx.hook(at(Site::ResidPre), resid_pre)?;
+    let x = layer_norm(dims, &resid_pre, &w.ln1, at(Site::Ln1Scale), at(Site::Ln1Normalized), ctx)?;
+    let size = x.size();
+    let heads = [size[0], size[1], dims.n_heads, dims.d_head];
+    let qkv = x.f_linear(&w.w_qkv, w.b_qkv.as_ref())?.f_split(dims.d_model, -1)?;
+    let [q, k, v]: [Tensor; 3] = qkv.try_into().map_err(|_| PrismaError::Internal("qkv split did not give three parts".into()))?;
+    let q = ctx.hook(at(Site::Q), q.f_reshape(heads.as_slice())?)?;
+    let k = ctx.hook(at(Site::K), k.f_reshape(heads.as_slice())?)?;
+    let v = ctx.hook(at(Site::V), v.f_reshape(heads.as_slice())?)?;
+    Ok((resid_pre, q, k, v))
+}
+
+/// Attention from hooked q, k, v to z [B, pos (1 with `cls_only`), H, dh]. The fused kernel
+/// unless someone reads or edits the scores or the pattern.
+#[allow(clippy::too_many_arguments)]
+fn attention_z(dims: &BlockDims, layer: usize, q: &Tensor, k: &Tensor, v: &Tensor, cls_only: bool, mask: Option<&Tensor>, ctx: &mut HookCtx) -> Result<Tensor> {
+    let at = |site| HookPoint::in_tower(dims.tower, Some(layer), site);
+    let q = if cls_only { q.f_narrow(1, 0, 1)? } else { q.shallow_clone() };
+    let mask = match mask {
+        Some(m) if cls_only => Some(m.f_narrow(2, 0, 1)?),
+        Some(m) => Some(m.shallow_clone()),
+        None => None,
+    };
+    // [B, H, pos, dh]
+    let (qh, kh, vh) = (q.f_transpose(1, 2)?, k.f_transpose(1, 2)?, v.f_transpose(1, 2)?);
+    let z = if ctx.active(at(Site::AttnScores)) || ctx.active(at(Site::Pattern)) {
+        let scale = 1.0 / (dims.d_head as f64).sqrt();
+        let mut scores = qh.f_matmul(&kh.f_transpose(-1, -2)?)?.f_mul_scalar(scale)?;
+        if let Some(m) = &mask {
+            scores = scores.f_masked_fill(&m.f_logical_not()?, f64::NEG_INFINITY)?;
+        }
+        let scores = ctx.hook(at(Site::AttnScores), scores)?;
+        let pattern = ctx.hook(at(Site::Pattern), scores.f_softmax(-1, None::<Kind>)?)?;
+        pattern.f_matmul(&vh)?
+    } else {
+        Tensor::f_scaled_dot_product_attention(&qh, &kh, &vh, mask.as_ref(), 0.0, false, None, false)?
+    };
+    ctx.hook(at(Site::Z), z.f_transpose(1, 2)?)
+}
+
+/// `hook_resid_mid` through ln2 and the MLP to `hook_resid_post`.
+fn mlp_half(dims: &BlockDims, w: &BlockWeights, layer: usize, resid_mid: Tensor, ctx: &mut HookCtx) -> Result<Tensor> {
+    let at = |site| HookPoint::in_tower(dims.tower, Some(layer), site);
     let x = layer_norm(dims, &resid_mid, &w.ln2, at(Site::Ln2Scale), at(Site::Ln2Normalized), ctx)?;
     let post = if dims.gated_mlp {
         let both = x.f_linear(&w.w_in, Some(&w.b_in))?;

@@ -4,7 +4,7 @@
 //! ViViT): they differ only in the switches of `ViTConfig` and in which weights exist.
 
 pub use super::block::{Activation, BlockDims, BlockEntry, BlockWeights, LayerNormWeights};
-use super::block::{block_from, layer_norm};
+use super::block::{block_from, join_entry, layer_norm};
 use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookPoint, Site, Tower, BLOCK_SITES};
 use tch::{Kind, Tensor};
@@ -228,11 +228,7 @@ impl HookedViT {
         let dims = self.cfg.dims();
         let last_layer = stop_at_layer.unwrap_or(n_layers).min(n_layers);
         let cls_only = |layer: usize| {
-            plan.last_block_class_token_only
-                && stop_at_layer.is_none()
-                && layer + 1 == n_layers
-                && self.cfg.pooling == Pooling::ClassToken
-                && self.cfg.has_class_token
+            plan.last_block_class_token_only && stop_at_layer.is_none() && layer + 1 == n_layers && self.head_reads_class_token_only()
         };
         let (first_layer, mut resid) = match start {
             ForwardStart::Pixels(pixels) => (0, self.embed(pixels, ctx)?),
@@ -252,6 +248,22 @@ impl HookedViT {
             return Ok((name, resid));
         }
         self.finalize_with(&resid, classes, ctx)
+    }
+
+    /// True when the output depends on the last block only through the class token's row (class
+    /// token pooling), so that block may be run for the class token's query alone.
+    pub fn head_reads_class_token_only(&self) -> bool {
+        self.cfg.pooling == Pooling::ClassToken && self.cfg.has_class_token
+    }
+
+    /// Runs block `layer` alone from `entry` (see `ForwardPlan` for `cls_only`).
+    pub fn block(&self, layer: usize, entry: BlockEntry, cls_only: bool, ctx: &mut HookCtx) -> Result<Tensor> {
+        block_from(&self.cfg.dims(), &self.weights.blocks[layer], layer, entry, cls_only, None, ctx)
+    }
+
+    /// Joins rows carried at block `layer`'s input with rows entering it part-way (see `join_entry`).
+    pub fn join(&self, layer: usize, carried: Tensor, entry: BlockEntry, cls_only: bool, ctx: &mut HookCtx) -> Result<BlockEntry> {
+        join_entry(&self.cfg.dims(), &self.weights.blocks[layer], layer, carried, entry, cls_only, ctx)
     }
 
     /// Pools the final residual stream [B, pos, d] over the tokens the head reads → [B, d].
