@@ -1,10 +1,19 @@
-//! Core-only timing of one patching sweep (no Node): bench_patch MODEL_DIR PIXELS.safetensors WHAT BY [REPS]
+//! Core-only timing of one patching sweep (no Node):
+//!   bench_patch MODEL_DIR PIXELS.safetensors WHAT BY [REPS]
+//! Env: CHUNK=N sets the rows per batched block; ATTRIBUTION=1 times attribution patching instead and
+//! also reports it in forward-equivalents (its time over a plain batch-1 forward's, alternated).
+use prisma_core::analysis::attribution::attribution_patching;
 use prisma_core::analysis::metric::MetricSpec;
-use prisma_core::analysis::patching::{activation_patching, PatchBy, PatchOptions, PatchWhat};
+use prisma_core::analysis::patching::{activation_patching, PatchBy, PatchOptions, PatchResult, PatchWhat};
 use prisma_core::tensor_file::read_tensor_file;
-use prisma_core::Model;
+use prisma_core::{Model, RunRequest};
 use std::time::Instant;
 use tch::IndexOp;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a: Vec<String> = std::env::args().collect();
@@ -15,17 +24,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let what: PatchWhat = serde_json::from_str(&format!("\"{}\"", a[3]))?;
     let by: PatchBy = serde_json::from_str(&format!("\"{}\"", a[4]))?;
     let reps: usize = a.get(5).map(|s| s.parse()).transpose()?.unwrap_or(5);
-    let opts = PatchOptions { what, by, metric: MetricSpec { target: 1, baseline: Some(2) }, chunk: std::env::var("CHUNK").ok().and_then(|c| c.parse().ok()), layers: None };
+    let chunk = std::env::var("CHUNK").ok().and_then(|c| c.parse().ok());
+    let attribution = std::env::var("ATTRIBUTION").is_ok_and(|v| v == "1");
+    let opts = PatchOptions { what, by, metric: MetricSpec { target: 1, baseline: Some(2) }, chunk, layers: None };
     let (clean, corrupt) = (px.i(0..1), px.i(1..2));
-    activation_patching(&model, &clean, &corrupt, &opts)?;
-    let mut times = Vec::with_capacity(reps);
+    let sweep = || -> Result<PatchResult, prisma_core::PrismaError> {
+        if attribution {
+            attribution_patching(&model, &clean, &corrupt, &opts)
+        } else {
+            activation_patching(&model, &clean, &corrupt, &opts)
+        }
+    };
+    let forward = || -> Result<f64, prisma_core::PrismaError> {
+        let t = Instant::now();
+        model.run(RunRequest { pixels: Some(clean.shallow_clone()), ..Default::default() })?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    sweep()?;
+    forward()?;
+    let (mut times, mut forwards) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
     for _ in 0..reps {
         let t = Instant::now();
-        let r = activation_patching(&model, &clean, &corrupt, &opts)?;
+        let r = sweep()?;
         times.push(t.elapsed().as_secs_f64());
         assert!(!r.value.is_empty());
+        if attribution {
+            forwards.push(forward()?);
+        }
     }
-    times.sort_by(f64::total_cmp);
-    println!("{:?} {:?}: {reps} runs, best {:.5} s, median {:.5} s", what, by, times[0], times[reps / 2]);
+    let kind = if attribution { "attribution" } else { "exact" };
+    let best = times.iter().copied().fold(f64::MAX, f64::min);
+    let sweep_median = median(times);
+    println!("{what:?} {by:?} {kind}: {reps} runs, best {best:.5} s, median {sweep_median:.5} s");
+    if attribution {
+        let fwd = median(forwards);
+        println!("plain forward median {fwd:.5} s -> {:.2} forward-equivalents", sweep_median / fwd);
+    }
     Ok(())
 }

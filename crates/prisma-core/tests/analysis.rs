@@ -148,7 +148,7 @@ fn attribution_patching_is_exact_to_first_order() {
         let model = load(name);
         let (_, corrupt) = images(name);
         let clean = &corrupt + Tensor::randn_like(&corrupt) * 1e-3;
-        for (what, by) in [(PatchWhat::ResidPre, PatchBy::LayerPos), (PatchWhat::HeadZ, PatchBy::LayerHead), (PatchWhat::HeadPattern, PatchBy::LayerPosHead), (PatchWhat::MlpOut, PatchBy::LayerPos)] {
+        for (what, by) in [(PatchWhat::ResidPre, PatchBy::LayerPos), (PatchWhat::HeadZ, PatchBy::LayerHead), (PatchWhat::HeadPattern, PatchBy::LayerPosHead), (PatchWhat::MlpOut, PatchBy::LayerPos), (PatchWhat::HeadK, PatchBy::LayerPosHead)] {
             let opts = PatchOptions { what, by, metric: MetricSpec { target: 2, baseline: Some(0) }, chunk: None, layers: None };
             let exact = activation_patching(&model, &clean, &corrupt, &opts).unwrap();
             let approx = attribution_patching(&model, &clean, &corrupt, &opts).unwrap();

@@ -6,9 +6,9 @@ use super::metric::normalise;
 use super::patching::{check, reference_run, result_axes, PatchOptions, PatchResult};
 use super::{model_pixels, to_vec_f64};
 use crate::error::{PrismaError, Result};
-use crate::hooks::{HookCtx, HookPoint, HookSelection};
+use crate::hooks::{HookCtx, HookPoint, HookSelection, Site};
 use crate::model::Model;
-use crate::models::vit::ForwardStart;
+use crate::models::vit::{ForwardPlan, ForwardStart};
 use tch::{Kind, Tensor};
 
 pub fn attribution_patching(model: &Model, clean: &Tensor, corrupt: &Tensor, opts: &PatchOptions) -> Result<PatchResult> {
@@ -16,7 +16,13 @@ pub fn attribution_patching(model: &Model, clean: &Tensor, corrupt: &Tensor, opt
     let site = opts.what.site();
     let axes = site.axes();
     let points: Vec<HookPoint> = layers.iter().map(|&l| HookPoint::block(l, site)).collect();
-    let (clean_metric, clean_cache) = reference_run(model, clean, &points, &opts.metric)?;
+    // Both runs compute the last block for the class token only (the metric reads nothing else)
+    // unless a swept value lives after that block's attention, where it would lose its other rows.
+    // Gradients to every position still flow through the last block's keys and values.
+    let last = model.vit.cfg.n_layers - 1;
+    let full_rows_before_attention = matches!(site, Site::ResidPre | Site::Q | Site::K | Site::V);
+    let plan = ForwardPlan { last_block_class_token_only: full_rows_before_attention || !layers.contains(&last) };
+    let (clean_metric, clean_cache) = reference_run(model, clean, &points, &opts.metric, plan)?;
 
     // Corrupted forward with a graph that starts at block 0's input (embeddings computed without
     // grad): the backward computes activation gradients only, no weight gradients and nothing
@@ -31,7 +37,7 @@ pub fn attribution_patching(model: &Model, clean: &Tensor, corrupt: &Tensor, opt
     let mut record = HookSelection::none();
     points.iter().for_each(|p| record.insert(*p));
     let mut ctx = HookCtx::new(&record, &[]);
-    let (_, logits) = model.vit.forward(ForwardStart::Resid { layer: 0, resid: &resid0 }, None, &mut ctx)?;
+    let (_, logits) = model.vit.forward_planned(ForwardStart::Resid { layer: 0, resid: &resid0 }, None, plan, &mut ctx)?;
     let corrupt_metric = opts.metric.values(&logits.f_detach()?)?.into_iter().next().ok_or_else(|| PrismaError::Internal("empty batch".into()))?;
     let metric = opts.metric.tensor(&logits)?.f_sum(None::<Kind>)?;
     let acts: Vec<Tensor> = ctx.recorded.iter().map(|(_, t)| t.shallow_clone()).collect();

@@ -11,7 +11,7 @@ use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookPoint, HookSelection, Site};
 use crate::interventions::Intervention;
 use crate::model::Model;
-use crate::models::vit::{BlockEntry, ForwardStart};
+use crate::models::vit::{BlockEntry, ForwardPlan, ForwardStart};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -476,7 +476,13 @@ fn patch_entry(
 }
 
 /// Runs `pixels` once, recording `points`; returns the metric and the recorded values.
-pub fn reference_run(model: &Model, pixels: &Tensor, points: &[HookPoint], metric: &MetricSpec) -> Result<(MetricValue, Vec<(HookPoint, Tensor)>)> {
+pub fn reference_run(
+    model: &Model,
+    pixels: &Tensor,
+    points: &[HookPoint],
+    metric: &MetricSpec,
+    plan: ForwardPlan,
+) -> Result<(MetricValue, Vec<(HookPoint, Tensor)>)> {
     let pixels = model_pixels(model, pixels)?;
     let mut record = HookSelection::none();
     for p in points {
@@ -484,7 +490,7 @@ pub fn reference_run(model: &Model, pixels: &Tensor, points: &[HookPoint], metri
     }
     tch::no_grad(|| {
         let mut ctx = HookCtx::new(&record, &[]);
-        let (_, logits) = model.vit.forward(ForwardStart::Pixels(&pixels), None, &mut ctx)?;
+        let (_, logits) = model.vit.forward_planned(ForwardStart::Pixels(&pixels), None, plan, &mut ctx)?;
         let m = metric.values(&logits)?.into_iter().next().ok_or_else(|| PrismaError::Internal("empty batch".into()))?;
         Ok((m, ctx.recorded))
     })
