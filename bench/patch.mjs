@@ -7,7 +7,7 @@
 //   python best   batched patches, skipping unchanged layers     (bench/python/patch_best.py)
 //   attribution   gradient estimate over all (layer, pos), reported in forward-equivalents
 // and checks every implementation's values against ours (max |diff| <= 1e-4).
-// Usage: node bench/patch.mjs [--skip-vitb] [--tl-sample K]   (after `npm run setup`; needs the
+// Usage: node bench/patch.mjs [--skip-vitb] [--tl-sample K] [--rounds R] [--python-results DIR]   (after `npm run setup`; needs the
 // fixtures venv with transformers, see fixtures/README.md, and bench/python/make_random_vit.py).
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -19,6 +19,12 @@ const native = createRequire(import.meta.url)('../native/prisma.node');
 const args = process.argv.slice(2);
 const skipVitB = args.includes('--skip-vitb');
 const tlSample = Number(args[args.indexOf('--tl-sample') + 1]) || 48;
+// Alternating Python/ours rounds on the small model (see below).
+const pairs = args.includes('--rounds') ? Number(args[args.indexOf('--rounds') + 1]) : 7;
+// ViT-B's head sweep (~1 min a round with both Python peers) is alternated too; its resid sweep
+// (~10 min a round) runs once.
+const bigHeadRounds = args.includes('--vitb-head-rounds') ? Number(args[args.indexOf('--vitb-head-rounds') + 1]) : 3;
+const sweeps = args.includes('--sweeps') ? args[args.indexOf('--sweeps') + 1].split(',') : ['resid', 'head'];
 // Reuse Python results measured earlier on this machine (bench/python/run_all.sh writes them):
 // ViT-B's best-Python resid sweep alone takes ~5 minutes.
 const reuse = args.includes('--python-results') ? args[args.indexOf('--python-results') + 1] : null;
@@ -33,6 +39,7 @@ function py(script, extra) {
   return JSON.parse(readFileSync(out, 'utf8'));
 }
 const secs = (t) => (performance.now() - t) / 1000;
+const median = (xs) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)];
 function maxDiff(a, b) {
   let m = 0;
   let n = 0;
@@ -97,44 +104,66 @@ for (const c of cases) {
   const reps = info.dModel >= 512 ? 5 : 50;
   for (let i = 0; i < reps; i++) await model.run(clean, shape, {});
   const forward = secs(t) / reps;
-  for (const sweep of ['resid', 'head']) {
+  for (const sweep of sweeps) {
     const what = sweep === 'resid' ? 'resid_pre' : 'head_z';
     const by = sweep === 'resid' ? 'layer_pos' : 'layer_head';
     const big = info.dModel >= 512;
-    const best = pyResult(c.key, sweep, 'best', ['--model', c.dir, '--sweep', sweep, '--pixels', c.pixels, '--repeat', big ? '1' : '5']);
-    const tlArgs = ['--model', c.dir, '--sweep', sweep, '--pixels', c.pixels, '--target', String(best.target), '--baseline', String(best.baseline), '--repeat', big ? '1' : '5'];
-    const tl = pyResult(c.key, sweep, 'tl', big && sweep === 'resid' ? [...tlArgs, '--sample', String(tlSample)] : tlArgs);
-    const opts = JSON.stringify({ what, by, target: best.target, baseline: best.baseline });
-    // Warm-up on the last layer only; then the median of several full sweeps (one for ViT-B).
-    await model.patch(clean, corrupt, shape, JSON.stringify({ what, by, target: best.target, baseline: best.baseline, layers: [info.nLayers - 1] }), false);
-    const times = [];
+    const bestArgs = ['--model', c.dir, '--sweep', sweep, '--pixels', c.pixels, '--repeat', big ? '1' : '5'];
+    // This host's speed drifts by tens of percent within minutes, so on the small model (seconds per
+    // round) Python and ours are measured in alternating rounds and each round gives one ratio.
+    const rounds = big ? (sweep === 'head' ? bigHeadRounds : 1) : pairs;
+    const fresh = rounds > 1;
+    const measured = [];
     let ours;
-    for (let rep = 0; rep < (big ? 1 : 50); rep++) {
-      t = performance.now();
-      ours = JSON.parse(await model.patch(clean, corrupt, shape, opts, false));
-      times.push(secs(t));
+    let best;
+    let tl;
+    for (let round = 0; round < rounds; round++) {
+      best = fresh ? py('patch_best.py', bestArgs) : pyResult(c.key, sweep, 'best', bestArgs);
+      const tlArgs = ['--model', c.dir, '--sweep', sweep, '--pixels', c.pixels, '--target', String(best.target), '--baseline', String(best.baseline), '--repeat', big ? '1' : '5'];
+      const sampled = big && sweep === 'resid' ? [...tlArgs, '--sample', String(tlSample)] : tlArgs;
+      tl = fresh ? py('patch_tl_way.py', sampled) : pyResult(c.key, sweep, 'tl', sampled);
+      const opts = JSON.stringify({ what, by, target: best.target, baseline: best.baseline });
+      // Warm-up on the last layer only; then the median of several full sweeps (one for ViT-B).
+      await model.patch(clean, corrupt, shape, JSON.stringify({ what, by, target: best.target, baseline: best.baseline, layers: [info.nLayers - 1] }), false);
+      const times = [];
+      for (let rep = 0; rep < (big ? 1 : 50); rep++) {
+        t = performance.now();
+        ours = JSON.parse(await model.patch(clean, corrupt, shape, opts, false));
+        times.push(secs(t));
+      }
+      measured.push({ ours: median(times), tl: pyTotal(tl), best: pyTotal(best) });
     }
-    times.sort((x, y) => x - y);
-    const oursSeconds = times[Math.floor(times.length / 2)];
+    const oursSeconds = median(measured.map((m) => m.ours));
+    const vsTl = measured.map((m) => m.tl / m.ours);
+    const vsBest = measured.map((m) => m.best / m.ours);
     const nv = await naive(model, clean, corrupt, shape, sweep, info, best.target, best.baseline, big && sweep === 'resid' ? 24 : 0);
     let attribution = null;
     if (sweep === 'resid') {
-      t = performance.now();
-      const a = JSON.parse(await model.patch(clean, corrupt, shape, opts, true));
-      const s = secs(t);
-      attribution = { seconds: s, forwardEquivalents: s / forward, dims: a.dims };
+      // Alternate plain forwards and attribution sweeps; the ratio of medians, in forward-equivalents.
+      const opts = JSON.stringify({ what, by, target: best.target, baseline: best.baseline });
+      const [fwd, attr] = [[], []];
+      for (let i = 0; i < (big ? 5 : 50); i++) {
+        t = performance.now();
+        await model.run(clean, shape, {});
+        fwd.push(secs(t));
+        t = performance.now();
+        JSON.parse(await model.patch(clean, corrupt, shape, opts, true));
+        attr.push(secs(t));
+      }
+      attribution = { forwardEquivalents: median(attr) / median(fwd) };
     }
-    const tlSeconds = pyTotal(tl);
-    const bestSeconds = pyTotal(best);
+    const range = (xs) => (xs.length > 1 ? `${Math.min(...xs).toFixed(1)}-${Math.max(...xs).toFixed(1)}` : '');
     rows.push({
       model: c.name,
       sweep: `${sweep} (${ours.dims.join('x')})`,
-      oursS: +oursSeconds.toFixed(3),
+      oursS: +oursSeconds.toFixed(4),
       oursNaiveS: +nv.seconds.toFixed(3) + (nv.sampled ? '*' : ''),
-      tlWayS: +tlSeconds.toFixed(3) + (tl.sampled ? '*' : ''),
-      bestPythonS: +bestSeconds.toFixed(3),
-      vsTlWay: +(tlSeconds / oursSeconds).toFixed(2),
-      vsBestPython: +(bestSeconds / oursSeconds).toFixed(2),
+      tlWayS: +median(measured.map((m) => m.tl)).toFixed(3) + (tl.sampled ? '*' : ''),
+      bestPythonS: +median(measured.map((m) => m.best)).toFixed(4),
+      vsTlWay: +median(vsTl).toFixed(2),
+      vsTlWayRange: range(vsTl),
+      vsBestPython: +median(vsBest).toFixed(2),
+      rounds,
       maxDiffBest: maxDiff(ours.value, best.values).max.toExponential(1),
       maxDiffTl: maxDiff(ours.value, tl.values).max.toExponential(1),
       maxDiffNaive: maxDiff(ours.value, nv.values).max.toExponential(1),
@@ -148,4 +177,13 @@ for (const c of cases) {
 console.table(rows);
 console.log('* sampled and extrapolated. All times include caching the clean/corrupt runs. floorS = sum of the partial forwards the sweep needs, at our batch-1 forward speed.');
 mkdirSync('bench/results', { recursive: true });
-writeFileSync(join('bench/results', 'patch-latest.json'), `${JSON.stringify({ date: new Date().toISOString(), rows }, null, 2)}\n`);
+// Rows measured now replace the same (model, sweep) rows of the previous results; the others stay.
+const resultsFile = join('bench/results', 'patch-latest.json');
+const last = existsSync(resultsFile) ? JSON.parse(readFileSync(resultsFile, 'utf8')) : { rows: [] };
+const previous = last.rows.map((r) => ({ date: last.date, ...r }));
+const date = new Date().toISOString();
+const key = (r) => `${r.model} ${r.sweep}`;
+const fresh = new Map(rows.map((r) => [key(r), { ...r, date }]));
+const merged = previous.map((r) => fresh.get(key(r)) ?? r);
+for (const r of fresh.values()) if (!previous.some((p) => key(p) === key(r))) merged.push(r);
+writeFileSync(resultsFile, `${JSON.stringify({ date, rows: merged }, null, 2)}\n`);
