@@ -65,8 +65,44 @@ pub fn save_safetensors(
         let view = TensorView::new(safetensors::Dtype::F32, shape, bytes).map_err(|e| io(e.to_string()))?;
         views.push((name.clone(), view));
     }
+    let several_keys = metadata.as_ref().is_some_and(|m| m.len() > 1);
     // Streamed to the temp file: activation files can be gigabytes.
-    write_atomically(path, |tmp| safetensors::serialize_to_file(views, metadata, tmp).map_err(|e| io(e.to_string())))
+    write_atomically(path, |tmp| {
+        safetensors::serialize_to_file(views, metadata, tmp).map_err(|e| io(e.to_string()))?;
+        if several_keys {
+            sort_header_keys(tmp).map_err(|e| io(format!("rewriting the header: {e}")))?;
+        }
+        Ok(())
+    })
+}
+
+/// The safetensors crate writes `__metadata__` in hash order, so two runs with the same inputs
+/// could differ in bytes. Rewrites the header with its keys sorted: the same JSON values, compact,
+/// so no longer than before; the padding keeps its length and with it every data offset.
+fn sort_header_keys(path: &Path) -> std::result::Result<(), String> {
+    use std::collections::BTreeMap;
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(|e| e.to_string())?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| e.to_string())?;
+    let n = u64::from_le_bytes(len) as usize;
+    let mut header = vec![0u8; n];
+    file.read_exact(&mut header).map_err(|e| e.to_string())?;
+    let parsed: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&header).map_err(|e| e.to_string())?;
+    let sorted: BTreeMap<&String, serde_json::Value> = parsed
+        .iter()
+        .map(|(k, v)| match v.as_object() {
+            Some(obj) if k == "__metadata__" => (k, serde_json::json!(obj.iter().collect::<BTreeMap<_, _>>())),
+            _ => (k, v.clone()),
+        })
+        .collect();
+    let mut text = serde_json::to_vec(&sorted).map_err(|e| e.to_string())?;
+    if text.len() > n {
+        return Err(format!("sorted header is {} bytes, the original {n}", text.len()));
+    }
+    text.resize(n, b' ');
+    file.seek(SeekFrom::Start(8)).map_err(|e| e.to_string())?;
+    file.write_all(&text).map_err(|e| e.to_string())
 }
 
 /// Writes `path` through `write(temp)` on a temp file beside it, then a rename, so an interrupted
@@ -85,4 +121,37 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
         let _ = std::fs::remove_file(&tmp);
     }
     written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn identical_inputs_write_identical_bytes_with_sorted_metadata() {
+        let dir = std::env::temp_dir().join(format!("prisma-tensor-file-{}", std::process::id()));
+        let tensors: Vec<NamedF32> = vec![("b".into(), vec![2, 3], (0..6).map(|i| i as f32).collect()), ("a".into(), vec![4], vec![1.5; 4])];
+        // Each HashMap has its own random hash order, so unsorted headers would differ between files.
+        let metadata = || (0..12).map(|i| (format!("key{i}"), format!("value {i} ü"))).collect::<HashMap<String, String>>();
+        let files: Vec<Vec<u8>> = (0..4)
+            .map(|i| {
+                let path = dir.join(format!("t{i}.safetensors"));
+                save_safetensors(&path, &tensors, Some(metadata())).unwrap();
+                std::fs::read(&path).unwrap()
+            })
+            .collect();
+        assert!(files.windows(2).all(|w| w[0] == w[1]));
+        let (n, meta) = safetensors::SafeTensors::read_metadata(&files[0]).unwrap();
+        let header = std::str::from_utf8(&files[0][8..8 + n]).unwrap();
+        let positions: Vec<usize> = (0..12).map(|i| header.find(&format!("\"key{i}\"")).unwrap()).collect();
+        let mut names: Vec<(String, usize)> = (0..12).map(|i| (format!("key{i}"), positions[i])).collect();
+        names.sort();
+        assert!(names.windows(2).all(|w| w[0].1 < w[1].1), "metadata keys are not in sorted order: {header}");
+        assert_eq!(meta.metadata().as_ref().map(|m| m.len()), Some(12));
+        let read = read_safetensors_f32(&dir.join("t0.safetensors")).unwrap();
+        let b = read.iter().find(|(name, _)| name == "b").unwrap();
+        assert_eq!(Vec::<f32>::try_from(&b.1.f_reshape([-1i64].as_slice()).unwrap()).unwrap(), tensors[0].2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
