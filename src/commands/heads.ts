@@ -5,16 +5,16 @@
  */
 import { Option, type Command } from 'commander';
 
-import { checkLayers, firstPatchToken, slicePanels, sumOverSlices } from '../analysis/common.js';
+import { checkLayers, firstPatchToken, slicePanels, sumOverSlices, timeSlices } from '../analysis/common.js';
 import { heads, parseHeadsQuery, resolveQuery, type HeadsAnalysis, type HeadsQuery, type HeadsResult } from '../analysis/heads.js';
 import type { CommandContext } from '../context.js';
 import { PrismaError } from '../errors.js';
-import { loadModel, type Model } from '../index.js';
+import { loadModel, type Model, type ModelInfo } from '../index.js';
 import { runBatch, type BatchItem } from '../report/batch.js';
 import type { ColorScale } from '../report/colormap.js';
 import type { Figure, FigureWriter } from '../report/figures.js';
 import { headsHtml } from '../report/heads-html.js';
-import { displayImage, overlaySvg } from '../report/overlay.js';
+import { displayImage, overlaySvg, type DisplaySource } from '../report/overlay.js';
 import { fmt } from '../report/svg.js';
 import { bold } from '../ui/style.js';
 import {
@@ -42,6 +42,22 @@ export interface HeadsReport extends ReportBase {
   command: 'heads';
   options: { query: HeadsQuery; layers: number[] | null };
   results: (HeadsAnalysis & { name: string; figures: string[] })[];
+}
+
+/** Video: the first frame of each time slice at the viewer's size (none for images). */
+async function sliceFrames(info: ModelInfo, display: DisplaySource): Promise<string[]> {
+  const slices = timeSlices(info);
+  if (slices < 2) return [];
+  const [h, w] = display.imageSize as [number, number];
+  const frame = 3 * h * w;
+  const tubelet = Math.max(1, info.tubeletSize ?? 1);
+  const frames: string[] = [];
+  for (let t = 0; t < slices; t++) {
+    // The file shows the whole input; a slice's frame comes from the pixels.
+    const { path: _whole, ...pixelsOnly } = display;
+    frames.push((await displayImage({ ...pixelsOnly, pixels: display.pixels.subarray(t * tubelet * frame, (t * tubelet + 1) * frame) }, 448)).dataUrl);
+  }
+  return frames;
 }
 
 async function headsFigures(model: Model, item: BatchItem, r: HeadsResult, w: FigureWriter): Promise<Figure[]> {
@@ -112,6 +128,7 @@ async function headsFigures(model: Model, item: BatchItem, r: HeadsResult, w: Fi
       headsHtml({
         title: `Attention heads: ${item.input}`,
         imageDataUrl: (await displayImage(item.display, 448)).dataUrl,
+        sliceImageDataUrls: await sliceFrames(info, item.display),
         grid: r.grid,
         nPos: r.nPos,
         firstPatch: first,

@@ -2,13 +2,17 @@
  * A self-contained HTML viewer for attention heads: no network, the image as a data URL, the
  * patterns inline. Each pattern row (one query's attention) is stored as bytes scaled to the row's
  * maximum (plus that maximum), base64-encoded, which keeps 12 layers × 12 heads × 197² entries
- * near 7 MB. A head selector picks the head; hovering a patch shows that patch's attention.
+ * near 7 MB. A head selector picks the head; hovering a patch shows that patch's attention. Video
+ * models get a time-slice selector: the image shows one slice's patches (keys), and hovering picks
+ * queries in that slice.
  */
 import { esc } from './svg.js';
 
 export interface HeadsHtmlInput {
   title: string;
   imageDataUrl: string;
+  /** Video: a frame per time slice (its first frame), shown with that slice's attention. */
+  sliceImageDataUrls?: string[];
   grid: readonly [number, number];
   nPos: number;
   /** Token index of the first patch (1 with a class token). */
@@ -41,6 +45,16 @@ const img = new Image();
 const cv = document.getElementById('cv');
 const ctx = cv.getContext('2d');
 const sel = document.getElementById('head');
+const sliceSel = document.getElementById('slice');
+const G = GH * GW;
+for (let t = 0; t < D.slices; t++) {
+  const o = document.createElement('option');
+  o.value = String(t);
+  o.textContent = 'slice ' + t;
+  sliceSel.appendChild(o);
+}
+// Start on the slice of the default query when that is a patch.
+sliceSel.value = String(D.defaultQuery >= D.firstPatch ? Math.floor((D.defaultQuery - D.firstPatch) / G) : 0);
 const info = document.getElementById('info');
 const stats = document.getElementById('stats');
 const heads = D.heads.map((h) => {
@@ -65,35 +79,43 @@ let query = D.defaultQuery;
 function fmt(v) { return v === null ? '-' : Number(v).toPrecision(3); }
 function draw() {
   const h = heads[Number(sel.value)];
+  const slice = Number(sliceSel.value), keys = D.firstPatch + slice * G;
   const W = cv.width, H = cv.height, cw = W / GW, ch = H / GH;
   ctx.clearRect(0, 0, W, H);
   ctx.drawImage(img, 0, 0, W, H);
   const row = query * D.nPos, m = h.rowMax[query];
-  for (let p = 0; p < GH * GW; p++) {
-    ctx.fillStyle = color(h.a[row + D.firstPatch + p] / 255);
+  for (let p = 0; p < G; p++) {
+    ctx.fillStyle = color(h.a[row + keys + p] / 255);
     ctx.fillRect((p % GW) * cw, Math.floor(p / GW) * ch, cw + 0.5, ch + 0.5);
   }
-  if (query >= D.firstPatch) {
-    const p = query - D.firstPatch;
+  if (query >= keys && query < keys + G) {
+    const p = query - keys;
     ctx.strokeStyle = '#ff00ff'; ctx.lineWidth = 2;
     ctx.strokeRect((p % GW) * cw + 1, Math.floor(p / GW) * ch + 1, cw - 2, ch - 2);
   }
-  const qname = query < D.firstPatch ? 'class token' : 'patch ' + (query - D.firstPatch) + ' (row ' + Math.floor((query - D.firstPatch) / GW) + ', col ' + ((query - D.firstPatch) % GW) + ')';
+  const qp = (query - D.firstPatch) % G, qt = Math.floor((query - D.firstPatch) / G);
+  const qname = query < D.firstPatch ? 'class token' : 'patch ' + (query - D.firstPatch) + ' (' + (D.slices > 1 ? 'slice ' + qt + ', ' : '') + 'row ' + Math.floor(qp / GW) + ', col ' + (qp % GW) + ')';
+  const shown = D.slices > 1 ? ' | keys: slice ' + slice : '';
   const toCls = D.firstPatch > 0 ? ', to class token ' + fmt(h.a[row] / 255 * m) : '';
-  info.textContent = 'query: ' + qname + ' | max attention ' + fmt(m) + toCls + ' | colours: share of the row maximum';
+  info.textContent = 'query: ' + qname + shown + ' | max attention ' + fmt(m) + toCls + ' | colours: share of the row maximum';
   stats.textContent = 'entropy (--query token) ' + fmt(h.entropy) + ' nats; mean entropy ' + fmt(h.meanEntropy) + '; mean attention to class token ' + fmt(h.clsAttention) + '; mean distance ' + fmt(h.meanDistance) + ' patches; self-attention ' + fmt(h.selfShare);
 }
 cv.addEventListener('mousemove', (e) => {
   const r = cv.getBoundingClientRect();
   const c = Math.floor(((e.clientX - r.left) / r.width) * GW), rr = Math.floor(((e.clientY - r.top) / r.height) * GH);
   if (c < 0 || c >= GW || rr < 0 || rr >= GH) return;
-  const q = D.firstPatch + rr * GW + c;
+  const q = D.firstPatch + Number(sliceSel.value) * G + rr * GW + c;
   if (q !== query) { query = q; draw(); }
 });
 cv.addEventListener('mouseleave', () => { query = D.defaultQuery; draw(); });
 sel.addEventListener('change', draw);
+// Video: each slice over its own frame.
+sliceSel.addEventListener('change', () => {
+  const src = D.sliceImages[Number(sliceSel.value)];
+  if (src && src !== img.src) img.src = src; else draw();
+});
 img.onload = draw;
-img.src = D.image;
+img.src = D.sliceImages[Number(sliceSel.value)] || D.image;
 `;
 
 export function headsHtml(input: HeadsHtmlInput): string {
@@ -105,9 +127,13 @@ export function headsHtml(input: HeadsHtmlInput): string {
       heads.push({ layer, head: h, ...encodeHead(data, h * input.nPos * input.nPos, input.nPos), ...(s ? { ...s } : {}) });
     }
   });
+  // Video: patch tokens are time-major, one grid per time slice.
+  const slices = Math.max(1, Math.round((input.nPos - input.firstPatch) / (input.grid[0] * input.grid[1])));
   const data = {
     image: input.imageDataUrl,
     grid: input.grid,
+    slices,
+    sliceImages: input.sliceImageDataUrls && input.sliceImageDataUrls.length === slices ? input.sliceImageDataUrls : [],
     nPos: input.nPos,
     firstPatch: input.firstPatch,
     defaultQuery: input.defaultQuery,
@@ -131,6 +157,7 @@ select { font: inherit; margin: 0 0 12px 8px; }
 <body>
 <h1 style="font-size:18px">${esc(input.title)}</h1>
 <label>head <select id="head"></select></label>
+<label${slices > 1 ? '' : ' hidden'}>time slice <select id="slice"></select></label>
 <div><canvas id="cv" width="448" height="${Math.round((448 * input.grid[0]) / input.grid[1])}"></canvas></div>
 <div id="info"></div>
 <div id="stats"></div>

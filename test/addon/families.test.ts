@@ -194,7 +194,24 @@ describe('techniques on the CLIP, DINOv2-with-registers and video fixtures', () 
     expect(tokens).toContain('t1:r3c3');
     const patch = await runReport('patch', [model(name), '--clean', clean, '--corrupt', corrupt, '--target', '0', '--what', 'resid_pre', '--by', 'layer,pos']);
     expect((patch.doc.result as { exact: { dims: number[] } }).exact.dims).toEqual([2, tokens.length]);
-    await runReport('heads', [model(name), clean]);
+    const heads = await runReport('heads', [model(name), clean]);
+    // heads.html: a time-slice selector; each slice draws its own keys over its own frame, and
+    // hovering picks a query in the shown slice.
+    const viewer = runHeadsViewer(readFileSync(join(heads.out, 'heads', 'clean', 'heads.html'), 'utf8'));
+    const cells = viewer.data.grid[0] * viewer.data.grid[1];
+    expect(viewer.data.slices).toBe((tokens.length - 1 + (tokens[0] === 'cls' ? 0 : 1)) / cells);
+    expect(viewer.data.slices).toBeGreaterThan(1);
+    expect(viewer.data.sliceImages).toHaveLength(viewer.data.slices);
+    expect(new Set(viewer.data.sliceImages).size).toBe(viewer.data.slices);
+    expect(viewer.fills).toHaveLength(cells);
+    const slice0 = viewer.fills.splice(0);
+    viewer.select('slice', '1');
+    expect(viewer.image()).toBe(viewer.data.sliceImages[1]);
+    expect(viewer.fills).toHaveLength(cells);
+    expect(viewer.fills).not.toEqual(slice0);
+    expect(viewer.text('info')).toContain('keys: slice 1');
+    viewer.hover(0, 0);
+    expect(viewer.text('info')).toContain('(slice 1, row 0, col 0)');
     // Clips straight from the CLI: a folder of frames and an animated GIF are one input each.
     const fromFolder = await runReport('logit-lens', [model(name), VIDEO]);
     expect(fromFolder.doc.inputs).toEqual([VIDEO]);
@@ -206,6 +223,79 @@ describe('techniques on the CLIP, DINOv2-with-registers and video fixtures', () 
     expect((JSON.parse(run.stdout) as { inputs: string[] }).inputs).toHaveLength(1);
   });
 });
+
+interface ViewerData {
+  grid: [number, number];
+  slices: number;
+  sliceImages: string[];
+}
+
+/** Runs heads.html's viewer script against a minimal stand-in for the DOM it uses. */
+function runHeadsViewer(html: string) {
+  const json = /<script type="application\/json" id="data">([\s\S]*?)<\/script>/.exec(html)![1]!;
+  const script = /<script>([\s\S]*?)<\/script>/.exec(html)![1]!;
+  const fills: string[] = [];
+  const listeners = new Map<string, (e?: unknown) => void>();
+  const ctx = {
+    fillStyle: '',
+    strokeStyle: '',
+    lineWidth: 0,
+    clearRect: () => undefined,
+    drawImage: () => undefined,
+    strokeRect: () => undefined,
+    fillRect: () => fills.push(ctx.fillStyle),
+  };
+  const element = (id: string, extra: object = {}) => {
+    const el = {
+      value: '',
+      textContent: '',
+      appendChild: (option: { value: string }) => {
+        // A select's value is its first option's until set.
+        if (el.value === '') el.value = option.value;
+      },
+      addEventListener: (type: string, f: (e?: unknown) => void) => listeners.set(`${id}:${type}`, f),
+      ...extra,
+    };
+    return el;
+  };
+  const canvas = element('cv', { width: 448, height: 448, getContext: () => ctx, getBoundingClientRect: () => ({ left: 0, top: 0, width: 448, height: 448 }) });
+  const els: Record<string, ReturnType<typeof element>> = {
+    data: element('data', { textContent: json }),
+    cv: canvas,
+    head: element('head'),
+    slice: element('slice'),
+    info: element('info'),
+    stats: element('stats'),
+  };
+  let shown = '';
+  class FakeImage {
+    onload: (() => void) | null = null;
+    get src() {
+      return shown;
+    }
+    set src(v: string) {
+      shown = v;
+      this.onload?.();
+    }
+  }
+  const document = { getElementById: (id: string) => els[id], createElement: () => ({ value: '', textContent: '' }) };
+  const atob = (b64: string) => Buffer.from(b64, 'base64').toString('binary');
+  new Function('document', 'Image', 'atob', script)(document, FakeImage, atob);
+  return {
+    data: JSON.parse(json) as ViewerData,
+    fills,
+    image: () => shown,
+    text: (id: string) => els[id]!.textContent,
+    select: (id: string, value: string) => {
+      els[id]!.value = value;
+      listeners.get(`${id}:change`)!();
+    },
+    hover: (row: number, col: number) => {
+      const [gh, gw] = (JSON.parse(json) as ViewerData).grid;
+      listeners.get('cv:mousemove')!({ clientX: ((col + 0.5) * 448) / gw, clientY: ((row + 0.5) * 448) / gh });
+    },
+  };
+}
 
 describe('docs/models.md', () => {
   it('lists every family the loader reads', () => {
