@@ -94,11 +94,6 @@ export class Model {
   }
 
   /**
-   * CLIP-style models: classify against text prompts. `labels[i]` is scored with
-   * `template.replace('{}', labels[i])`; logits = logit_scale · cos(image, prompt) in every
-   * technique from then on.
-   */
-  /**
    * Headless models (a DINOv2 backbone): classify with a linear probe on the pooled, normalised
    * output, read from a .safetensors file holding `weight` [classes, dModel] and `bias` [classes].
    */
@@ -107,10 +102,18 @@ export class Model {
     this.currentInfo = this.handle.info();
   }
 
-  async setClassPrompts(labels: readonly string[], template = '{}'): Promise<void> {
+  /**
+   * CLIP-style models: classify against text prompts. Each label fills every template (`{}` = the
+   * label); with several templates a label's direction is the renormalised mean of its prompts'
+   * unit embeddings (CLIP's prompt ensembling). Logits = logit_scale · cos(image, direction) in
+   * every technique from then on.
+   */
+  async setClassPrompts(labels: readonly string[], templates: string | readonly string[] = '{}'): Promise<void> {
     if (labels.length === 0) throw usageError('no class labels given');
-    if (!template.includes('{}')) throw usageError(`--template must contain {} where the label goes, got '${template}'`);
-    await this.handle.setClassPrompts([...labels], labels.map((l) => template.split('{}').join(l)));
+    const list = typeof templates === 'string' ? [templates] : [...templates];
+    if (list.length === 0) throw usageError('no prompt template given');
+    for (const t of list) if (!t.includes('{}')) throw usageError(`--template must contain {} where the label goes, got '${t}'`);
+    await this.handle.setClassPrompts([...labels], classPrompts(labels, list));
     this.currentInfo = this.handle.info();
   }
 
@@ -244,6 +247,11 @@ function isPixelBatch(x: readonly string[] | PixelBatch): x is PixelBatch {
 }
 
 /** Load a model folder; see `Model.load`. */
+/** The prompts for `labels` × `templates`, label-major (every template of a label together). */
+export function classPrompts(labels: readonly string[], templates: readonly string[]): string[] {
+  return labels.flatMap((l) => templates.map((t) => t.split('{}').join(l)));
+}
+
 export function loadModel(dir: string, options: LoadOptions = {}): Promise<Model> {
   return Model.load(dir, options);
 }

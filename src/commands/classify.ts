@@ -1,14 +1,15 @@
 /**
- * `prisma classify MODEL_DIR INPUT... --labels LABELS [--template T]`: zero-shot classification with
+ * `prisma classify MODEL_DIR INPUT... --labels LABELS [--template T]...`: zero-shot classification with
  * a CLIP-style model. Each label becomes the prompt `template` with `{}` replaced; the probabilities
  * are softmax(logit_scale · cos(image embedding, prompt embedding)) over the labels, as CLIP's
- * `logits_per_image.softmax(-1)`.
+ * `logits_per_image.softmax(-1)`. Several templates are ensembled: a label's direction is the
+ * renormalised mean of its prompts' unit embeddings (open_clip's `build_zero_shot_classifier`).
  */
 import { Option, type Command } from 'commander';
 
 import { printJson, type CommandContext } from '../context.js';
 import { usageError } from '../errors.js';
-import { topK, type Prediction } from '../index.js';
+import { classPrompts, topK, type Prediction } from '../index.js';
 import { parsePositiveInt } from '../options.js';
 import { startProgress } from '../ui/progress.js';
 import { bold, useColor } from '../ui/style.js';
@@ -24,8 +25,11 @@ export interface ClassifyReport {
   ok: true;
   schemaVersion: 1;
   model: string;
+  /** The first template (all of them in `templates`). */
   template: string;
+  templates: string[];
   labels: string[];
+  /** Label-major: every template of the first label, then of the next. */
   prompts: string[];
   /** Per input, every label (or the top k) by probability. */
   results: { input: string; predictions: Prediction[] }[];
@@ -33,8 +37,8 @@ export interface ClassifyReport {
 
 export async function classifyCommand(modelDir: string, inputs: string[], options: ClassifyCommandOptions, ctx: CommandContext): Promise<ClassifyReport> {
   if (options.labels === undefined) throw usageError('classify needs --labels (comma-separated, or a file with one label per line)');
-  const template = options.template ?? DEFAULT_TEMPLATE;
-  const model = await openModel(modelDir, { ...options, template });
+  const templates = options.template ?? [DEFAULT_TEMPLATE];
+  const model = await openModel(modelDir, { ...options, template: templates });
   const progress = startProgress(ctx, inputs.length, 'preprocessing');
   let batch;
   try {
@@ -52,9 +56,10 @@ export async function classifyCommand(modelDir: string, inputs: string[], option
     ok: true,
     schemaVersion: 1,
     model: modelDir,
-    template,
+    template: templates[0]!,
+    templates,
     labels,
-    prompts: labels.map((l) => template.split('{}').join(l)),
+    prompts: classPrompts(labels, templates),
     results: result.inputs.map((input, i) => ({ input, predictions: top[i] ?? [] })),
   };
 }

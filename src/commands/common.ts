@@ -63,7 +63,8 @@ export interface ModelOptions {
   dtype: string;
   imageSize?: [number, number];
   labels?: string[];
-  template?: string;
+  /** Prompt templates (several: averaged per label); default [DEFAULT_TEMPLATE]. */
+  template?: string[];
   probe?: string;
 }
 
@@ -84,7 +85,10 @@ export function probeOption(): Option {
 }
 
 export function templateOption(): Option {
-  return new Option('--template <text>', 'CLIP-style models: prompt for each label, {} = the label').default(DEFAULT_TEMPLATE);
+  return new Option(
+    '--template <text>',
+    `CLIP-style models: prompt for each label, {} = the label (default '${DEFAULT_TEMPLATE}'); repeat to average several prompts per label (prompt ensembling)`,
+  ).argParser((value: string, previous: string[] | undefined) => [...(previous ?? []), value]);
 }
 
 /** Adds the options every model-loading command takes (device, dtype, size, CLIP labels, probe). */
@@ -106,7 +110,7 @@ export async function openModel(dir: string, options: ModelOptions): Promise<Mod
     if (!model.info.hasTextTower) {
       throw usageError(`--labels is for CLIP-style models; ${dir} (${model.info.family}) has its own classes`);
     }
-    await model.setClassPrompts(options.labels, options.template ?? DEFAULT_TEMPLATE);
+    await model.setClassPrompts(options.labels, options.template ?? [DEFAULT_TEMPLATE]);
   }
   return model;
 }

@@ -112,7 +112,7 @@ export async function demo(options: DemoOptions, ctx: CommandContext): Promise<D
   const lensClip = await logitLensCommand(
     DEMO_MODELS.clip,
     [pair.clean, pair.corrupt],
-    { ...base, site: ['resid_post'], topK: 3, labels: colours, template: CLIP_TEMPLATE, out: join(out, 'lens-clip') },
+    { ...base, site: ['resid_post'], topK: 3, labels: colours, template: [CLIP_TEMPLATE], out: join(out, 'lens-clip') },
     quiet,
   );
   const clipTruth = [colours.indexOf(pair.from), colours.indexOf(pair.to)];

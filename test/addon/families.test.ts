@@ -83,6 +83,34 @@ describe('prisma classify (zero-shot)', () => {
     expect(worst).toBeLessThan(1e-4);
   });
 
+  it('several --template flags: probabilities equal open_clip build_zero_shot_classifier within 1e-4', () => {
+    const reference = readSafetensors(ref('clip-tiny-ensemble'));
+    const labels = JSON.parse(reference.metadata!['labels']!) as string[];
+    const templates = JSON.parse(reference.metadata!['templates']!) as string[];
+    expect(templates.length).toBeGreaterThan(1);
+    const flags = templates.flatMap((t) => ['--template', t]);
+    const r = prisma(['classify', model('clip-tiny'), ref('clip-tiny'), '--input-key', 'pixel_values', '--labels', labels.join(','), ...flags, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const doc = JSON.parse(r.stdout) as { templates: string[]; prompts: string[]; results: { predictions: { index: number; prob: number }[] }[] };
+    expect(doc.templates).toEqual(templates);
+    // Label-major: every template of the first label, then the next.
+    expect(doc.prompts.slice(0, templates.length)).toEqual(templates.map((t) => t.replace('{}', labels[0]!)));
+    expect(doc.prompts).toHaveLength(labels.length * templates.length);
+    const expected = reference.tensors.get('ensemble_probs')!;
+    const single = readSafetensors(ref('clip-tiny')).tensors.get('zero_shot_probs')!;
+    let worst = 0;
+    let fromSingle = 0;
+    doc.results.forEach((res, i) => {
+      for (const p of res.predictions) {
+        worst = Math.max(worst, Math.abs(p.prob - expected.data[i * labels.length + p.index]!));
+        fromSingle = Math.max(fromSingle, Math.abs(p.prob - single.data[i * labels.length + p.index]!));
+      }
+    });
+    expect(worst).toBeLessThan(1e-4);
+    // The ensemble is not the single-template answer (so the averaging is what was checked).
+    expect(fromSingle).toBeGreaterThan(1e-3);
+  });
+
   it('openclip-tiny: logits equal the reference open_clip logits within 1e-4', () => {
     const r = prisma(['classify', model('openclip-tiny'), ref('openclip-tiny'), '--input-key', 'pixel_values', ...CLIP_LABELS, '--json']);
     expect(r.code, r.stderr).toBe(0);

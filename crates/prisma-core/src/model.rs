@@ -25,10 +25,12 @@ pub struct ModelInfo {
     pub kind: Kind,
 }
 
-/// The text prompts a CLIP-style model currently classifies against.
+/// The text prompts a CLIP-style model currently classifies against: `per_label` prompts for each
+/// label, label-major (every template of label 0, then of label 1, ...).
 pub struct ClassPrompts {
     pub prompts: Vec<String>,
-    /// [C, T] token ids and attention mask, as fed to the text tower.
+    pub per_label: usize,
+    /// [prompts, tokens] token ids and attention mask, as fed to the text tower.
     pub ids: Tensor,
     pub attention_mask: Tensor,
 }
@@ -151,28 +153,45 @@ impl Model {
     }
 
     /// logit_scale × normalised text embeddings: the class directions image embeddings are scored on.
-    fn class_directions(&self, text_embeds: &Tensor) -> Result<Tensor> {
-        Ok(normalize_rows(text_embeds)?.f_mul_scalar(self.text_tower()?.weights.logit_scale)?)
+    /// Class directions [C, proj] from the prompts' text embeddings [C·per_label, proj]: each
+    /// prompt's unit embedding, averaged over a label's prompts and renormalised (CLIP's prompt
+    /// ensembling, as open_clip's `build_zero_shot_classifier`), times logit_scale.
+    fn class_directions(&self, text_embeds: &Tensor, per_label: usize) -> Result<Tensor> {
+        let unit = normalize_rows(text_embeds)?;
+        let classes = if per_label > 1 {
+            let size = unit.size();
+            let grouped = unit.f_reshape([size[0] / per_label as i64, per_label as i64, size[1]].as_slice())?;
+            normalize_rows(&grouped.f_mean_dim([1i64].as_slice(), false, None::<Kind>)?)?
+        } else {
+            unit
+        };
+        Ok(classes.f_mul_scalar(self.text_tower()?.weights.logit_scale)?)
     }
 
-    /// Makes a CLIP-style model a classifier over text prompts: `labels[i]` is scored with
-    /// `prompts[i]`. Every technique then reads logits = logit_scale · cos(image, prompt).
+    /// Makes a CLIP-style model a classifier over text prompts: label `i` is scored with
+    /// `prompts[i·k .. (i+1)·k]`, k = prompts / labels (k > 1 averages the prompts' embeddings).
+    /// Every technique then reads logits = logit_scale · cos(image, class direction).
     pub fn set_class_prompts(&mut self, labels: Vec<String>, prompts: Vec<String>) -> Result<()> {
-        if labels.len() != prompts.len() {
-            return Err(PrismaError::Argument(format!("{} labels but {} prompts", labels.len(), prompts.len())));
+        if labels.is_empty() || prompts.is_empty() || prompts.len() % labels.len() != 0 {
+            return Err(PrismaError::Argument(format!(
+                "{} prompts for {} labels: give the same number of prompts (one per template) for every label",
+                prompts.len(),
+                labels.len()
+            )));
         }
+        let per_label = prompts.len() / labels.len();
         let (ids, attention_mask) = self.tokenize(&prompts)?;
         let selection = HookSelection::none();
         let mut ctx = HookCtx::new(&selection, &[]);
         let embeds = tch::no_grad(|| self.text_tower()?.forward(&ids, &attention_mask, &mut ctx))?;
-        let classes = self.class_directions(&embeds)?;
+        let classes = self.class_directions(&embeds, per_label)?;
         let Head::Contrastive { classes: slot, .. } = &mut self.vit.weights.head else {
             return Err(PrismaError::Argument("only CLIP-style models take text prompts as classes".into()));
         };
         *slot = Some(classes);
         self.vit.cfg.n_classes = labels.len() as i64;
         self.info.labels = labels;
-        self.class_prompts = Some(ClassPrompts { prompts, ids, attention_mask });
+        self.class_prompts = Some(ClassPrompts { prompts, per_label, ids, attention_mask });
         Ok(())
     }
 
@@ -270,7 +289,7 @@ impl Model {
         let classes = match (&self.text, &self.class_prompts) {
             (Some(text), Some(prompts)) if text_active => {
                 let embeds = tch::no_grad(|| text.forward(&prompts.ids, &prompts.attention_mask, &mut ctx))?;
-                Some(self.class_directions(&embeds)?)
+                Some(self.class_directions(&embeds, prompts.per_label)?)
             }
             (Some(_), None) if text_active => {
                 return Err(PrismaError::Argument("text-tower hooks need class prompts (--labels / --template)".into()));
