@@ -118,6 +118,39 @@ fn batched_patching_equals_the_naive_loop() {
     }
 }
 
+/// Models whose head reads every token (mean pooling: timm avg-pool, VideoMAE without a class
+/// token) keep all rows in the last block, and rows entering after it (resid_post) join full-width.
+#[test]
+fn batched_patching_equals_the_naive_loop_when_the_head_reads_every_token() {
+    for name in ["timm-vit-gap", "videomae-tiny"] {
+        let model = load(name);
+        let (clean, corrupt) = if name == "videomae-tiny" {
+            // One reference clip; the corrupted clip plays its frames backwards.
+            let clip = reference(&format!("{name}.safetensors")).remove("pixel_values").unwrap();
+            (clip.shallow_clone(), clip.flip([1i64].as_slice()))
+        } else {
+            images(name)
+        };
+        let metric = MetricSpec { target: 1, baseline: Some(0) };
+        let n_layers = model.vit.cfg.n_layers;
+        for (what, by) in [(PatchWhat::ResidPre, PatchBy::LayerPos), (PatchWhat::ResidPost, PatchBy::LayerPos), (PatchWhat::HeadZ, PatchBy::LayerHead), (PatchWhat::HeadPattern, PatchBy::LayerHead)] {
+            let expected = naive(&model, &clean, &corrupt, what, by, metric);
+            let per_layer = expected.len() / n_layers;
+            for layers in [None, Some(vec![n_layers - 1, 0])] {
+                let opts = PatchOptions { what, by, metric, chunk: None, layers: layers.clone() };
+                let batched = activation_patching(&model, &clean, &corrupt, &opts).unwrap();
+                let wanted: Vec<f64> = match &layers {
+                    Some(ls) => ls.iter().flat_map(|&l| expected[l * per_layer..(l + 1) * per_layer].to_vec()).collect(),
+                    None => expected.clone(),
+                };
+                assert_eq!(batched.value.len(), wanted.len());
+                let worst = batched.value.iter().zip(&wanted).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+                assert!(worst <= 1e-4, "{name} {what:?} layers {layers:?}: batched differs from naive by {worst:e}");
+            }
+        }
+    }
+}
+
 #[test]
 fn patching_a_run_into_itself_gives_its_own_metric() {
     for name in ["vit-tiny-cls", "vit-odd"] {
