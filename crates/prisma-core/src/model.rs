@@ -172,7 +172,7 @@ impl Model {
     /// `prompts[i·k .. (i+1)·k]`, k = prompts / labels (k > 1 averages the prompts' embeddings).
     /// Every technique then reads logits = logit_scale · cos(image, class direction).
     pub fn set_class_prompts(&mut self, labels: Vec<String>, prompts: Vec<String>) -> Result<()> {
-        if labels.is_empty() || prompts.is_empty() || prompts.len() % labels.len() != 0 {
+        if labels.is_empty() || prompts.is_empty() || !prompts.len().is_multiple_of(labels.len()) {
             return Err(PrismaError::Argument(format!(
                 "{} prompts for {} labels: give the same number of prompts (one per template) for every label",
                 prompts.len(),

@@ -146,7 +146,7 @@ fn class_prompts_must_be_the_same_number_for_every_label() {
     let mut model = load_at("clip-tiny", None);
     let labels: Vec<String> = ["cat", "dog"].iter().map(|s| s.to_string()).collect();
     let three: Vec<String> = ["a cat", "a dog", "a cow"].iter().map(|s| s.to_string()).collect();
-    let err = model.set_class_prompts(labels.clone(), three).err().expect("3 prompts for 2 labels is refused");
+    let err = model.set_class_prompts(labels.clone(), three).expect_err("3 prompts for 2 labels is refused");
     assert!(matches!(err, prisma_core::PrismaError::Argument(_)), "{err}");
     assert!(model.set_class_prompts(labels, Vec::new()).is_err());
 }

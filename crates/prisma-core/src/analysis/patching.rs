@@ -290,80 +290,19 @@ fn sweep_from(
     let per_pass = rows_per_block.min(items.len()).max(1);
     let band = (rows_per_block / per_pass).max(1);
     // The last block can run for the class token alone unless a pattern is patched inside it.
-    let last = n_layers - 1;
-    let cls_only_last = model.vit.head_reads_class_token_only() && !(site == Site::Pattern && order.contains(&last));
+    let cls_only_last = model.vit.head_reads_class_token_only() && !(site == Site::Pattern && order.contains(&(n_layers - 1)));
     let patch_values = order
         .iter()
         .map(|&l| Ok(source.values(HookPoint::block(l, site))?.f_to_kind(model.info.kind)?.f_to_device(model.info.device)?))
         .collect::<Result<Vec<Tensor>>>()?;
 
-    let none = HookSelection::none();
+    let plan = SweepPlan { site, by: opts.by, cls_only_last, patch_values: &patch_values, base: &base };
     let mut results: Vec<Vec<MetricValue>> = vec![Vec::with_capacity(items.len()); order.len()];
     let mut batched_forwards = 0;
     let passes = order.chunks(band).enumerate().flat_map(|(b, layers)| items.chunks(per_pass).map(move |group| (b * band, layers, group)));
     for (first_slot, band_layers, group) in passes {
         let n = group.len();
-        let mask = patch_mask(model, site, opts.by, group)?;
-        let positions: Vec<i64> = group.iter().map(|(p, _)| p.unwrap_or(0)).collect();
-        let (logits, row_slots) = tch::no_grad(|| -> Result<(Tensor, Vec<usize>)> {
-            // Rows inside the forward at the current block's input, and which patched layer each
-            // block of `n` rows belongs to (rows that entered earlier come first).
-            let mut carried: Option<Tensor> = None;
-            let mut row_slots = Vec::with_capacity(band_layers.len());
-            for layer in band_layers[0]..n_layers {
-                let cls_only = cls_only_last && layer == last;
-                let mut after = None;
-                let mut interventions = Vec::new();
-                let entry = match band_layers.binary_search(&layer) {
-                    Err(_) => carried.take().map(BlockEntry::resid_pre),
-                    Ok(i) => {
-                        let slot = first_slot + i;
-                        row_slots.push(slot);
-                        match patch_entry(model, layer, site, opts.by, &patch_values[slot], &mask, &positions, &base)? {
-                            PatchEntry::Inside(entry) => Some(match carried.take() {
-                                Some(c) => model.vit.join(layer, c, entry, cls_only, &mut HookCtx::new(&none, &[]))?,
-                                None => entry,
-                            }),
-                            PatchEntry::AfterBlock(resid) => {
-                                after = Some(resid);
-                                carried.take().map(BlockEntry::resid_pre)
-                            }
-                            PatchEntry::Intervened { resid_pre, values, mask } => {
-                                let (resid_pre, mask) = match carried.take() {
-                                    Some(c) => {
-                                        // Carried rows pass the intervention unchanged.
-                                        let mut keep = mask.size();
-                                        keep[0] = c.size()[0];
-                                        let untouched = Tensor::f_zeros(keep.as_slice(), (Kind::Bool, mask.device()))?;
-                                        (Tensor::f_cat(&[&c, &resid_pre], 0)?, Tensor::f_cat(&[&untouched, &mask], 0)?)
-                                    }
-                                    None => (resid_pre, mask),
-                                };
-                                interventions.push(Intervention::masked_set(HookPoint::block(layer, site), values, mask));
-                                Some(BlockEntry::resid_pre(resid_pre))
-                            }
-                        }
-                    }
-                };
-                if let Some(entry) = entry {
-                    let mut ctx = HookCtx::new(&none, &interventions);
-                    carried = Some(model.vit.block(layer, entry, cls_only, &mut ctx)?);
-                }
-                if let Some(resid) = after {
-                    carried = Some(match carried {
-                        Some(c) => {
-                            // After a class-token-only last block only token 0 is carried.
-                            let resid = if c.size()[1] == 1 { resid.f_narrow(1, 0, 1)? } else { resid };
-                            Tensor::f_cat(&[&c, &resid], 0)?
-                        }
-                        None => resid,
-                    });
-                }
-            }
-            let resid = carried.ok_or_else(|| PrismaError::Internal("a patching pass ran no rows".into()))?;
-            let logits = model.vit.finalize(&resid, &mut HookCtx::new(&none, &[]))?.1;
-            Ok((logits, row_slots))
-        })?;
+        let (logits, row_slots) = tch::no_grad(|| run_pass(model, &plan, first_slot, band_layers, group))?;
         batched_forwards += 1;
         let metrics = opts.metric.values(&logits)?;
         for (slot, block) in row_slots.iter().zip(metrics.chunks(n)) {
@@ -395,6 +334,90 @@ fn sweep_from(
         normalised,
         batched_forwards,
     })
+}
+
+/// What every pass of one sweep shares.
+struct SweepPlan<'a> {
+    site: Site,
+    by: PatchBy,
+    /// Run the last block for the class token's query only.
+    cls_only_last: bool,
+    /// Per slot (a patched layer's index in forward order), the values patched in (broadcastable
+    /// to the site's activation).
+    patch_values: &'a [Tensor],
+    base: &'a CachedSource,
+}
+
+/// One pass: `group`'s items patched at each layer of `band_layers` (slots `first_slot..`), as one
+/// walk through the blocks from the band's first layer. Returns the logits of every row and the
+/// slot of each block of `group.len()` rows, in row order (rows that entered earlier first).
+fn run_pass(
+    model: &Model,
+    plan: &SweepPlan,
+    first_slot: usize,
+    band_layers: &[usize],
+    group: &[(Option<i64>, Option<i64>)],
+) -> Result<(Tensor, Vec<usize>)> {
+    let none = HookSelection::none();
+    let last = model.vit.cfg.n_layers - 1;
+    let mask = patch_mask(model, plan.site, plan.by, group)?;
+    let positions: Vec<i64> = group.iter().map(|(p, _)| p.unwrap_or(0)).collect();
+    // Rows inside the forward at the current block's input.
+    let mut carried: Option<Tensor> = None;
+    let mut row_slots = Vec::with_capacity(band_layers.len());
+    for layer in band_layers[0]..=last {
+        let cls_only = plan.cls_only_last && layer == last;
+        let mut after = None;
+        let mut interventions = Vec::new();
+        let entry = match band_layers.binary_search(&layer) {
+            Err(_) => carried.take().map(BlockEntry::resid_pre),
+            Ok(i) => {
+                let slot = first_slot + i;
+                row_slots.push(slot);
+                match patch_entry(model, layer, plan.site, plan.by, &plan.patch_values[slot], &mask, &positions, plan.base)? {
+                    PatchEntry::Inside(entry) => Some(match carried.take() {
+                        Some(c) => model.vit.join(layer, c, entry, cls_only, &mut HookCtx::new(&none, &[]))?,
+                        None => entry,
+                    }),
+                    PatchEntry::AfterBlock(resid) => {
+                        after = Some(resid);
+                        carried.take().map(BlockEntry::resid_pre)
+                    }
+                    PatchEntry::Intervened { resid_pre, values, mask } => {
+                        let (resid_pre, mask) = match carried.take() {
+                            Some(c) => {
+                                // Carried rows pass the intervention unchanged.
+                                let mut keep = mask.size();
+                                keep[0] = c.size()[0];
+                                let untouched = Tensor::f_zeros(keep.as_slice(), (Kind::Bool, mask.device()))?;
+                                (Tensor::f_cat(&[&c, &resid_pre], 0)?, Tensor::f_cat(&[&untouched, &mask], 0)?)
+                            }
+                            None => (resid_pre, mask),
+                        };
+                        interventions.push(Intervention::masked_set(HookPoint::block(layer, plan.site), values, mask));
+                        Some(BlockEntry::resid_pre(resid_pre))
+                    }
+                }
+            }
+        };
+        if let Some(entry) = entry {
+            let mut ctx = HookCtx::new(&none, &interventions);
+            carried = Some(model.vit.block(layer, entry, cls_only, &mut ctx)?);
+        }
+        if let Some(resid) = after {
+            carried = Some(match carried {
+                Some(c) => {
+                    // After a class-token-only last block only token 0 is carried.
+                    let resid = if c.size()[1] == 1 { resid.f_narrow(1, 0, 1)? } else { resid };
+                    Tensor::f_cat(&[&c, &resid], 0)?
+                }
+                None => resid,
+            });
+        }
+    }
+    let resid = carried.ok_or_else(|| PrismaError::Internal("a patching pass ran no rows".into()))?;
+    let logits = model.vit.finalize(&resid, &mut HookCtx::new(&none, &[]))?.1;
+    Ok((logits, row_slots))
 }
 
 /// Which values each run of a group patches: [n, ...] over the site's shape with only the batch,
