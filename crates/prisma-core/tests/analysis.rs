@@ -96,25 +96,39 @@ fn batched_patching_equals_the_naive_loop() {
         let model = load(name);
         let (clean, corrupt) = images(name);
         let metric = MetricSpec { target: 2, baseline: Some(0) };
-        let n_layers = model.vit.cfg.n_layers;
+        let last = model.vit.cfg.n_layers - 1;
         for (what, by) in cases {
-            let expected = naive(&model, &clean, &corrupt, what, by, metric);
-            let per_layer = expected.len() / n_layers;
             // The default runs every patch in one pass; a small chunk forces several passes (chunk
             // edges); a reordered subset of layers must come back in the order asked for.
-            let runs = [(None, None), (Some(7), None), (None, Some(vec![n_layers - 1, 0]))];
-            for (chunk, layers) in runs {
-                let opts = PatchOptions { what, by, metric, chunk, layers: layers.clone() };
-                let batched = activation_patching(&model, &clean, &corrupt, &opts).unwrap();
-                let wanted: Vec<f64> = match &layers {
-                    Some(ls) => ls.iter().flat_map(|&l| expected[l * per_layer..(l + 1) * per_layer].to_vec()).collect(),
-                    None => expected.clone(),
-                };
-                assert_eq!(batched.value.len(), wanted.len());
-                let worst = batched.value.iter().zip(&wanted).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-                assert!(worst <= 1e-4, "{name} {what:?} by {by:?} chunk {chunk:?} layers {layers:?}: batched differs from naive by {worst:e}");
-            }
+            let runs = [(None, None), (Some(7), None), (None, Some(vec![last, 0]))];
+            assert_batched_equals_naive(name, &model, (&clean, &corrupt), what, by, metric, &runs);
         }
+    }
+}
+
+/// Runs the sweep once per (chunk, layers) in `runs` and checks each against the naive loop's values
+/// for those layers, in the order asked for, within 1e-4.
+fn assert_batched_equals_naive(
+    name: &str,
+    model: &prisma_core::Model,
+    (clean, corrupt): (&Tensor, &Tensor),
+    what: PatchWhat,
+    by: PatchBy,
+    metric: MetricSpec,
+    runs: &[(Option<usize>, Option<Vec<usize>>)],
+) {
+    let expected = naive(model, clean, corrupt, what, by, metric);
+    let per_layer = expected.len() / model.vit.cfg.n_layers;
+    for (chunk, layers) in runs {
+        let opts = PatchOptions { what, by, metric, chunk: *chunk, layers: layers.clone() };
+        let batched = activation_patching(model, clean, corrupt, &opts).unwrap();
+        let wanted: Vec<f64> = match layers {
+            Some(ls) => ls.iter().flat_map(|&l| expected[l * per_layer..(l + 1) * per_layer].to_vec()).collect(),
+            None => expected.clone(),
+        };
+        assert_eq!(batched.value.len(), wanted.len());
+        let worst = batched.value.iter().zip(&wanted).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(worst <= 1e-4, "{name} {what:?} by {by:?} chunk {chunk:?} layers {layers:?}: batched differs from naive by {worst:e}");
     }
 }
 
@@ -132,21 +146,9 @@ fn batched_patching_equals_the_naive_loop_when_the_head_reads_every_token() {
             images(name)
         };
         let metric = MetricSpec { target: 1, baseline: Some(0) };
-        let n_layers = model.vit.cfg.n_layers;
+        let runs = [(None, None), (None, Some(vec![model.vit.cfg.n_layers - 1, 0]))];
         for (what, by) in [(PatchWhat::ResidPre, PatchBy::LayerPos), (PatchWhat::ResidPost, PatchBy::LayerPos), (PatchWhat::HeadZ, PatchBy::LayerHead), (PatchWhat::HeadPattern, PatchBy::LayerHead)] {
-            let expected = naive(&model, &clean, &corrupt, what, by, metric);
-            let per_layer = expected.len() / n_layers;
-            for layers in [None, Some(vec![n_layers - 1, 0])] {
-                let opts = PatchOptions { what, by, metric, chunk: None, layers: layers.clone() };
-                let batched = activation_patching(&model, &clean, &corrupt, &opts).unwrap();
-                let wanted: Vec<f64> = match &layers {
-                    Some(ls) => ls.iter().flat_map(|&l| expected[l * per_layer..(l + 1) * per_layer].to_vec()).collect(),
-                    None => expected.clone(),
-                };
-                assert_eq!(batched.value.len(), wanted.len());
-                let worst = batched.value.iter().zip(&wanted).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-                assert!(worst <= 1e-4, "{name} {what:?} layers {layers:?}: batched differs from naive by {worst:e}");
-            }
+            assert_batched_equals_naive(name, &model, (&clean, &corrupt), what, by, metric, &runs);
         }
     }
 }
