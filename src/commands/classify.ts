@@ -11,9 +11,8 @@ import { printJson, type CommandContext } from '../context.js';
 import { usageError } from '../errors.js';
 import { classPrompts, topK, type Prediction } from '../index.js';
 import { parsePositiveInt } from '../options.js';
-import { startProgress } from '../ui/progress.js';
 import { bold, useColor } from '../ui/style.js';
-import { argParser, deviceOption, dtypeOption, imageSizeOption, jsonOption, labelsOption, openModel, templateOption, DEFAULT_TEMPLATE, type ModelOptions } from './common.js';
+import { argParser, deviceOption, dtypeOption, imageSizeOption, jsonOption, labelsOption, loadInputsWithProgress, openModel, templateOption, DEFAULT_TEMPLATE, type ModelOptions } from './common.js';
 
 export interface ClassifyCommandOptions extends ModelOptions {
   topK?: number;
@@ -39,16 +38,7 @@ export async function classifyCommand(modelDir: string, inputs: string[], option
   if (options.labels === undefined) throw usageError('classify needs --labels (comma-separated, or a file with one label per line)');
   const templates = options.template ?? [DEFAULT_TEMPLATE];
   const model = await openModel(modelDir, { ...options, template: templates });
-  const progress = startProgress(ctx, inputs.length, 'preprocessing');
-  let batch;
-  try {
-    batch = await model.loadInputs(inputs, {
-      ...(options.inputKey === undefined ? {} : { inputKey: options.inputKey }),
-      onProgress: (done, _total, path) => progress.update(done, path),
-    });
-  } finally {
-    progress.stop();
-  }
+  const batch = await loadInputsWithProgress(model, inputs, options.inputKey, ctx);
   const result = await model.run(batch);
   const labels = model.info.labels;
   const top = topK(result.output, options.topK ?? labels.length, labels);

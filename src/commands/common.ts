@@ -4,8 +4,10 @@ import { InvalidArgumentError, Option, type Command } from 'commander';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 
 import { isPrismaError, usageError } from '../errors.js';
-import { loadModel, type Model } from '../index.js';
+import { loadModel, type Model, type PixelBatch } from '../index.js';
+import type { CommandContext } from '../context.js';
 import { normalizeDevice, normalizeDtype } from '../options.js';
+import { startProgress } from '../ui/progress.js';
 
 /** Adapt one of our option parsers to commander (its errors become usage errors, exit 2). */
 export function argParser<T>(parse: (value: string) => T): (value: string) => T {
@@ -113,4 +115,17 @@ export async function openModel(dir: string, options: ModelOptions): Promise<Mod
     await model.setClassPrompts(options.labels, options.template ?? [DEFAULT_TEMPLATE]);
   }
   return model;
+}
+
+/** Reads and preprocesses `inputs` as one batch, with a progress bar on stderr while it does. */
+export async function loadInputsWithProgress(model: Model, inputs: string[], inputKey: string | undefined, ctx: CommandContext): Promise<PixelBatch> {
+  const progress = startProgress(ctx, inputs.length, 'preprocessing');
+  try {
+    return await model.loadInputs(inputs, {
+      ...(inputKey === undefined ? {} : { inputKey }),
+      onProgress: (done, _total, path) => progress.update(done, path),
+    });
+  } finally {
+    progress.stop();
+  }
 }

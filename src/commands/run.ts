@@ -11,9 +11,8 @@ import { printJson, type CommandContext } from '../context.js';
 import { PrismaError, usageError } from '../errors.js';
 import { loadModel, saveTensors, topK, type Prediction, type Tensor } from '../index.js';
 import { parseCachePatterns, parseNonNegativeInt, parsePositiveInt } from '../options.js';
-import { startProgress } from '../ui/progress.js';
 import { VERSION } from '../version.js';
-import { argParser, jsonOption, openModel, withModelOptions, type ModelOptions } from './common.js';
+import { argParser, jsonOption, loadInputsWithProgress, openModel, withModelOptions, type ModelOptions } from './common.js';
 
 export interface RunCommandOptions extends ModelOptions {
   cache?: string[];
@@ -60,16 +59,7 @@ export async function runCommand(modelDir: string, inputs: string[], options: Ru
   if (patterns.length > 0) model.matchHooks(patterns);
   if (options.stopAtLayer !== undefined) model.checkLayer(options.stopAtLayer, 'stop-at-layer');
 
-  const progress = startProgress(ctx, inputs.length, 'preprocessing');
-  let batch;
-  try {
-    batch = await model.loadInputs(inputs, {
-      ...(options.inputKey === undefined ? {} : { inputKey: options.inputKey }),
-      onProgress: (done, _total, path) => progress.update(done, path),
-    });
-  } finally {
-    progress.stop();
-  }
+  const batch = await loadInputsWithProgress(model, inputs, options.inputKey, ctx);
 
   const result = await model.run(batch, {
     cache: patterns,
