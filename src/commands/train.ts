@@ -15,7 +15,7 @@ import { parsePositiveInt } from '../options.js';
 import { DEFAULT_ZERO_SHOT_TEMPLATE, loadCaptionData, trainClip, type ClipTrainSummary } from '../training/clip.js';
 import { loadTrainingData } from '../training/data.js';
 import { train, type TrainSummary } from '../training/loop.js';
-import type { ClipTrainConfig, TrainConfig } from '../training/trainer.js';
+import type { ClipTrainConfig, OptimiserSettings, TrainConfig, VisionSizes } from '../training/trainer.js';
 import { startProgress } from '../ui/progress.js';
 import { argParser, jsonOption } from './common.js';
 
@@ -84,7 +84,7 @@ function configFile<T>(options: TrainOptions): Partial<T> {
 }
 
 /** Architecture defaults per data source, overridable by --config and flags. */
-function architecture(options: TrainOptions, dataImageSize: number, defaultActivation = 'gelu'): Pick<TrainConfig, 'imageSize' | 'patchSize' | 'dModel' | 'nLayers' | 'nHeads' | 'dMlp' | 'activation'> {
+function architecture(options: TrainOptions, dataImageSize: number, defaultActivation = 'gelu'): Omit<VisionSizes, 'numChannels'> {
   const fromFile = configFile<TrainConfig>(options);
   const imageSize = options.imageSize ?? fromFile.imageSize ?? dataImageSize;
   const patchSize = options.patchSize ?? fromFile.patchSize ?? (imageSize % 7 === 0 ? 7 : 8);
@@ -108,6 +108,18 @@ function totalSteps(options: TrainOptions, nTrain: number): number {
   const perEpoch = Math.floor(nTrain / options.batchSize);
   if (perEpoch < 1) throw usageError(`--batch-size ${options.batchSize} is larger than the ${nTrain} training images`);
   return options.steps ?? perEpoch * (options.epochs ?? 2);
+}
+
+/** The optimiser flags both trainers take (warm-up: 10% of the steps, at most 100, by default). */
+function optimiserSettings(options: TrainOptions, steps: number): OptimiserSettings {
+  return {
+    batchSize: options.batchSize,
+    totalSteps: steps,
+    lr: options.lr,
+    weightDecay: options.weightDecay,
+    warmupSteps: options.warmup ?? Math.min(100, Math.floor(steps / 10)),
+    seed: options.seed,
+  };
 }
 
 /** The command line as the model card records it (without the flags that only steer this run). */
@@ -139,12 +151,7 @@ export async function trainClipCommand(options: TrainOptions, ctx: CommandContex
     contextLength: options.contextLength ?? fromFile.contextLength ?? 32,
     projectionDim: options.projectionDim ?? fromFile.projectionDim ?? arch.dModel,
     tokenizer: options.tokenizer,
-    batchSize: options.batchSize,
-    totalSteps: steps,
-    lr: options.lr,
-    weightDecay: options.weightDecay,
-    warmupSteps: options.warmup ?? Math.min(100, Math.floor(steps / 10)),
-    seed: options.seed,
+    ...optimiserSettings(options, steps),
   };
   const progress = startProgress(ctx, steps, 'train --clip');
   try {
@@ -183,12 +190,7 @@ export async function trainCommand(options: TrainOptions, ctx: CommandContext, a
     ...arch,
     numChannels: 3,
     labels: data.classes,
-    batchSize: options.batchSize,
-    totalSteps: steps,
-    lr: options.lr,
-    weightDecay: options.weightDecay,
-    warmupSteps: options.warmup ?? Math.min(100, Math.floor(steps / 10)),
-    seed: options.seed,
+    ...optimiserSettings(options, steps),
   };
   const progress = startProgress(ctx, steps, 'train');
   try {

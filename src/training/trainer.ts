@@ -6,8 +6,8 @@
 import { PrismaError } from '../errors.js';
 import { guard, guardAsync, rawBinding } from '../native.js';
 
-/** Mirrors prisma-core's TrainConfig (camelCase JSON). */
-export interface TrainConfig {
+/** The vision tower's sizes, the same fields in both trainers' configs. */
+export interface VisionSizes {
   imageSize: number;
   patchSize: number;
   numChannels: number;
@@ -16,13 +16,21 @@ export interface TrainConfig {
   nHeads: number;
   dMlp: number;
   activation: string;
-  labels: string[];
+}
+
+/** AdamW, schedule and seed, the same fields in both trainers' configs. */
+export interface OptimiserSettings {
   batchSize: number;
   totalSteps: number;
   lr: number;
   weightDecay: number;
   warmupSteps: number;
   seed: number;
+}
+
+/** Mirrors prisma-core's TrainConfig (camelCase JSON). */
+export interface TrainConfig extends VisionSizes, OptimiserSettings {
+  labels: string[];
 }
 
 export interface StepReport {
@@ -40,29 +48,15 @@ export interface EvalReport {
 }
 
 /** Mirrors prisma-core's ClipTrainConfig (camelCase JSON). */
-export interface ClipTrainConfig {
-  imageSize: number;
-  patchSize: number;
-  numChannels: number;
-  dModel: number;
-  nLayers: number;
-  nHeads: number;
-  dMlp: number;
+export interface ClipTrainConfig extends VisionSizes, OptimiserSettings {
   textDModel: number;
   textLayers: number;
   textHeads: number;
   textDMlp: number;
   contextLength: number;
   projectionDim: number;
-  activation: string;
   /** Folder holding the tokenizer.json captions are encoded with. */
   tokenizer: string;
-  batchSize: number;
-  totalSteps: number;
-  lr: number;
-  weightDecay: number;
-  warmupSteps: number;
-  seed: number;
 }
 
 export interface ClipStepReport extends StepReport {
