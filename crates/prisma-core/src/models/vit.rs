@@ -96,6 +96,53 @@ impl ViTConfig {
     }
 }
 
+/// The sizes of a CLIP-style vision tower, all that differs between the places that build one
+/// (the HF and open_clip loaders, the CLIP trainer).
+pub struct ClipVisionSizes {
+    pub image_size: [i64; 2],
+    pub patch_size: i64,
+    pub num_channels: i64,
+    pub d_model: i64,
+    pub n_heads: i64,
+    pub d_head: i64,
+    pub d_mlp: i64,
+    pub n_layers: usize,
+    pub layer_norm_eps: f64,
+    pub activation: Activation,
+}
+
+impl ViTConfig {
+    /// A CLIP-style vision tower: class token, ln_pre, plain MLP, the class token read by a
+    /// contrastive head (no classes until prompts are set). `final_norm` is where the loader's
+    /// library puts its last layer norm.
+    pub fn clip_vision(architecture: &str, s: ClipVisionSizes, final_norm: FinalNorm) -> ViTConfig {
+        ViTConfig {
+            architecture: architecture.into(),
+            image_size: s.image_size,
+            patch_size: s.patch_size,
+            num_channels: s.num_channels,
+            num_frames: 0,
+            tubelet_size: 1,
+            d_model: s.d_model,
+            n_heads: s.n_heads,
+            d_head: s.d_head,
+            d_mlp: s.d_mlp,
+            n_layers: s.n_layers,
+            layer_norm_eps: s.layer_norm_eps,
+            final_norm_eps: s.layer_norm_eps,
+            activation: s.activation,
+            gated_mlp: false,
+            has_class_token: true,
+            has_distillation_token: false,
+            n_registers: 0,
+            has_ln_pre: true,
+            pooling: Pooling::ClassToken,
+            final_norm,
+            n_classes: 0,
+        }
+    }
+}
+
 /// What turns the pooled, normalised vector into outputs.
 pub enum Head {
     None,
@@ -123,6 +170,31 @@ pub struct ViTWeights {
 }
 
 impl ViTWeights {
+    /// The weights of a `ViTConfig::clip_vision` tower: a bias-free patch convolution, a class
+    /// token, ln_pre, and `projection` [proj, d] to the shared embedding space.
+    pub fn clip_vision(
+        patch_weight: Tensor,
+        class_token: Tensor,
+        pos_embed: Tensor,
+        ln_pre: LayerNormWeights,
+        blocks: Vec<BlockWeights>,
+        ln_final: LayerNormWeights,
+        projection: Tensor,
+    ) -> ViTWeights {
+        ViTWeights {
+            patch_weight,
+            patch_bias: None,
+            class_token: Some(class_token),
+            distillation_token: None,
+            register_tokens: None,
+            pos_embed,
+            ln_pre: Some(ln_pre),
+            blocks,
+            ln_final,
+            head: Head::Contrastive { projection, classes: None },
+        }
+    }
+
     pub fn has_head(&self) -> bool {
         match &self.head {
             Head::None => false,

@@ -18,7 +18,7 @@ use super::optim::{block_params, init_block, layer_norm_init, trunc_normal, warm
 use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookSelection};
 use crate::models::text::{HookedTextEncoder, TextConfig, TextPooling, TextWeights};
-use crate::models::vit::{normalize_rows, FinalNorm, ForwardStart, Head, HookedViT, Pooling, ViTConfig, ViTWeights};
+use crate::models::vit::{normalize_rows, ClipVisionSizes, FinalNorm, ForwardStart, Head, HookedViT, ViTConfig, ViTWeights};
 use crate::weights::hf::parse_activation;
 use crate::weights::hf_clip_save::{save_clip_folder, TokenIds};
 use serde::{Deserialize, Serialize};
@@ -181,30 +181,20 @@ impl ClipTrainer {
         let token_ids = TokenIds { bos, eos, pad };
         let vocab = tokenizer.get_vocab_size(true) as i64;
 
-        let vcfg = ViTConfig {
-            architecture: "CLIPModel".into(),
+        let sizes = ClipVisionSizes {
             image_size: [cfg.image_size, cfg.image_size],
             patch_size: cfg.patch_size,
             num_channels: cfg.num_channels,
-            num_frames: 0,
-            tubelet_size: 1,
             d_model: cfg.d_model,
             n_heads: cfg.n_heads,
             d_head: cfg.d_model / cfg.n_heads,
             d_mlp: cfg.d_mlp,
             n_layers: cfg.n_layers,
             layer_norm_eps: 1e-5,
-            final_norm_eps: 1e-5,
             activation,
-            gated_mlp: false,
-            has_class_token: true,
-            has_distillation_token: false,
-            n_registers: 0,
-            has_ln_pre: true,
-            pooling: Pooling::ClassToken,
-            final_norm: FinalNorm::Pooled,
-            n_classes: 0,
         };
+        // Saved as an HF CLIPModel, whose post_layernorm reads the pooled class token.
+        let vcfg = ViTConfig::clip_vision("CLIPModel", sizes, FinalNorm::Pooled);
         let tcfg = TextConfig {
             d_model: cfg.text_d_model,
             n_heads: cfg.text_heads,
@@ -226,18 +216,15 @@ impl ClipTrainer {
         tch::manual_seed(cfg.seed);
         let (d, td, std) = (cfg.d_model, cfg.text_d_model, 0.02);
         let blocks = (0..cfg.n_layers).map(|_| init_block(d, cfg.d_mlp, std)).collect::<Result<Vec<_>>>()?;
-        let vweights = ViTWeights {
-            patch_weight: trunc_normal(&[d, cfg.num_channels, cfg.patch_size, cfg.patch_size], std)?,
-            patch_bias: None,
-            class_token: Some(trunc_normal(&[1, 1, d], std)?),
-            distillation_token: None,
-            register_tokens: None,
-            pos_embed: trunc_normal(&[1, vcfg.n_pos(), d], std)?,
-            ln_pre: Some(layer_norm_init(d)?),
+        let vweights = ViTWeights::clip_vision(
+            trunc_normal(&[d, cfg.num_channels, cfg.patch_size, cfg.patch_size], std)?,
+            trunc_normal(&[1, 1, d], std)?,
+            trunc_normal(&[1, vcfg.n_pos(), d], std)?,
+            layer_norm_init(d)?,
             blocks,
-            ln_final: layer_norm_init(d)?,
-            head: Head::Contrastive { projection: trunc_normal(&[cfg.projection_dim, d], (d as f64).powf(-0.5))?, classes: None },
-        };
+            layer_norm_init(d)?,
+            trunc_normal(&[cfg.projection_dim, d], (d as f64).powf(-0.5))?,
+        );
         let text_blocks = (0..cfg.text_layers).map(|_| init_block(td, cfg.text_d_mlp, std)).collect::<Result<Vec<_>>>()?;
         let tweights = TextWeights {
             token_embed: trunc_normal(&[vocab, td], std)?,

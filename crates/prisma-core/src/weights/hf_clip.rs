@@ -7,7 +7,7 @@ use super::pos_embed::{set_image_size, GridResample};
 use super::store::TensorStore;
 use crate::error::{PrismaError, Result};
 use crate::models::text::{HookedTextEncoder, TextConfig, TextPooling, TextWeights};
-use crate::models::vit::{BlockWeights, FinalNorm, Head, Pooling, ViTConfig, ViTWeights};
+use crate::models::vit::{BlockWeights, ClipVisionSizes, FinalNorm, ViTConfig, ViTWeights};
 use serde::Deserialize;
 use std::path::Path;
 use tch::Tensor;
@@ -151,31 +151,21 @@ pub fn load(dir: &Path, value: &serde_json::Value, store: &mut TensorStore, opts
     let image_size = v.image_size.pair().ok_or_else(|| bad("vision image_size must be a number or [h, w]".into()))?;
     let d = v.hidden_size;
     let p = v.patch_size;
-    let mut cfg = ViTConfig {
-        architecture: raw.architectures.first().cloned().unwrap_or_else(|| "CLIPModel".into()),
+    let architecture = raw.architectures.first().map_or("CLIPModel", String::as_str);
+    let sizes = ClipVisionSizes {
         image_size,
         patch_size: p,
         num_channels: v.num_channels,
-        num_frames: 0,
-        tubelet_size: 1,
         d_model: d,
         n_heads: v.num_attention_heads,
         d_head: d / v.num_attention_heads,
         d_mlp: v.intermediate_size,
         n_layers: v.num_hidden_layers,
         layer_norm_eps: v.layer_norm_eps,
-        final_norm_eps: v.layer_norm_eps,
         activation: act(&v.hidden_act)?,
-        gated_mlp: false,
-        has_class_token: true,
-        has_distillation_token: false,
-        n_registers: 0,
-        has_ln_pre: true,
-        pooling: Pooling::ClassToken,
-        // HF CLIP applies post_layernorm to the pooled class token only.
-        final_norm: FinalNorm::Pooled,
-        n_classes: 0,
     };
+    // HF CLIP applies post_layernorm to the pooled class token only.
+    let mut cfg = ViTConfig::clip_vision(architecture, sizes, FinalNorm::Pooled);
     let vm = |n: &str| format!("vision_model.{n}");
     let n_pos = cfg.n_pos();
     let patch_weight = store.take(&vm("embeddings.patch_embedding.weight"), &[d, cfg.num_channels, p, p])?;
@@ -223,18 +213,7 @@ pub fn load(dir: &Path, value: &serde_json::Value, store: &mut TensorStore, opts
         },
         weights: TextWeights { token_embed, pos_embed: text_pos, blocks: text_blocks, ln_final: text_ln, projection: text_projection, logit_scale },
     };
-    let mut weights = ViTWeights {
-        patch_weight,
-        patch_bias: None,
-        class_token: Some(class_token),
-        distillation_token: None,
-        register_tokens: None,
-        pos_embed,
-        ln_pre: Some(ln_pre),
-        blocks,
-        ln_final,
-        head: Head::Contrastive { projection, classes: None },
-    };
+    let mut weights = ViTWeights::clip_vision(patch_weight, class_token, pos_embed, ln_pre, blocks, ln_final, projection);
     if let Some(size) = opts.image_size {
         set_image_size(&mut cfg, &mut weights, size, GridResample::Bicubic, &config_path)?;
     }

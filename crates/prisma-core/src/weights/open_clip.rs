@@ -9,7 +9,7 @@ use super::pos_embed::{set_image_size, GridResample};
 use super::store::TensorStore;
 use crate::error::{PrismaError, Result};
 use crate::models::text::{HookedTextEncoder, TextConfig, TextPooling, TextWeights};
-use crate::models::vit::{Activation, BlockWeights, FinalNorm, Head, Pooling, ViTConfig, ViTWeights};
+use crate::models::vit::{Activation, BlockWeights, ClipVisionSizes, FinalNorm, ViTConfig, ViTWeights};
 use serde::Deserialize;
 use std::path::Path;
 use tch::{Device, Kind};
@@ -133,31 +133,20 @@ pub fn load(dir: &Path, config_text: &str, store: &mut TensorStore, opts: &LoadO
     let p = v.patch_size;
     let n_heads = d / v.head_width;
     let d_mlp = (d as f64 * v.mlp_ratio) as i64;
-    let mut cfg = ViTConfig {
-        architecture: "open_clip CLIP".into(),
+    let sizes = ClipVisionSizes {
         image_size,
         patch_size: p,
         num_channels: 3,
-        num_frames: 0,
-        tubelet_size: 1,
         d_model: d,
         n_heads,
         d_head: v.head_width,
         d_mlp,
         n_layers: v.layers,
         layer_norm_eps: 1e-5,
-        final_norm_eps: 1e-5,
         activation,
-        gated_mlp: false,
-        has_class_token: true,
-        has_distillation_token: false,
-        n_registers: 0,
-        has_ln_pre: true,
-        pooling: Pooling::ClassToken,
-        // open_clip applies ln_post to every token, then takes the class token.
-        final_norm: FinalNorm::AllTokens,
-        n_classes: 0,
     };
+    // open_clip applies ln_post to every token, then takes the class token.
+    let mut cfg = ViTConfig::clip_vision("open_clip CLIP", sizes, FinalNorm::AllTokens);
     let n_pos = cfg.n_pos();
     let patch_weight = store.take("visual.conv1.weight", &[d, 3, p, p])?;
     let class_token = store.take("visual.class_embedding", &[d])?.f_reshape([1, 1, d].as_slice())?;
@@ -200,18 +189,7 @@ pub fn load(dir: &Path, config_text: &str, store: &mut TensorStore, opts: &LoadO
         },
         weights: TextWeights { token_embed, pos_embed: text_pos, blocks: text_blocks, ln_final: text_ln, projection: text_projection, logit_scale },
     };
-    let mut weights = ViTWeights {
-        patch_weight,
-        patch_bias: None,
-        class_token: Some(class_token),
-        distillation_token: None,
-        register_tokens: None,
-        pos_embed,
-        ln_pre: Some(ln_pre),
-        blocks,
-        ln_final,
-        head: Head::Contrastive { projection, classes: None },
-    };
+    let mut weights = ViTWeights::clip_vision(patch_weight, class_token, pos_embed, ln_pre, blocks, ln_final, projection);
     if let Some(size) = opts.image_size {
         set_image_size(&mut cfg, &mut weights, size, GridResample::BicubicAntialias, &config_path)?;
     }
