@@ -6,6 +6,7 @@ use crate::error::{PrismaError, Result};
 use crate::model::to_f32_vec;
 use crate::models::vit::{BlockWeights, LayerNormWeights};
 use crate::tensor_file::save_safetensors;
+use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -72,7 +73,8 @@ impl ParamSet {
 
     /// Weights, AdamW moments, the step and the training config (JSON), in one safetensors file
     /// written atomically.
-    pub fn save_checkpoint(&self, path: &Path, step: i64, config_json: &str) -> Result<()> {
+    pub fn save_checkpoint(&self, path: &Path, step: i64, config: &impl Serialize) -> Result<()> {
+        let config_json = serde_json::to_string(config).map_err(|e| PrismaError::Internal(e.to_string()))?;
         let mut tensors = Vec::new();
         for p in &self.params {
             for (suffix, t) in [("", &p.value), (".adam_m", &p.m), (".adam_v", &p.v)] {
@@ -80,20 +82,23 @@ impl ParamSet {
                 tensors.push((format!("{}{suffix}", p.name), shape, data));
             }
         }
-        let meta = HashMap::from([("step".to_string(), step.to_string()), ("train_config".to_string(), config_json.to_string())]);
+        let meta = HashMap::from([("step".to_string(), step.to_string()), ("train_config".to_string(), config_json)]);
         save_safetensors(path, &tensors, Some(meta))
     }
 
-    /// Restores a checkpoint written by `save_checkpoint` with the same config; returns its step.
-    /// `same_config` compares the saved config JSON with the current one.
-    pub fn load_checkpoint(&mut self, path: &Path, same_config: impl Fn(&str) -> bool) -> Result<i64> {
+    /// Restores a checkpoint written by `save_checkpoint` with the same config as `current`; returns
+    /// its step. The saved config is read as a `C` (so fields with defaults compare as filled in)
+    /// and compared with `current` as JSON values, whatever the key order.
+    pub fn load_checkpoint<C: Serialize + DeserializeOwned>(&mut self, path: &Path, current: &C) -> Result<i64> {
         let bad = |reason: String| PrismaError::TensorFile { path: path.into(), reason };
         let bytes = std::fs::read(path).map_err(|e| PrismaError::Io { path: path.into(), reason: e.to_string() })?;
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a checkpoint ({e})")))?;
         let meta = meta.metadata().clone().unwrap_or_default();
         let step: i64 = meta.get("step").and_then(|s| s.parse().ok()).ok_or_else(|| bad("no step in the checkpoint".into()))?;
         let saved = meta.get("train_config").ok_or_else(|| bad("no training config in the checkpoint".into()))?;
-        if !same_config(saved) {
+        let as_value = |c: &C| serde_json::to_value(c).ok();
+        let same_config = serde_json::from_str::<C>(saved).ok().and_then(|c| as_value(&c));
+        if same_config.is_none() || same_config != as_value(current) {
             return Err(bad("the checkpoint was made with a different training config".into()));
         }
         let tensors: HashMap<String, Tensor> = crate::weights::store::read_safetensors_f32(path)?.into_iter().collect();
