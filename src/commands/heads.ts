@@ -51,10 +51,10 @@ async function sliceFrames(info: ModelInfo, display: DisplaySource): Promise<str
   const [h, w] = display.imageSize as [number, number];
   const frame = 3 * h * w;
   const tubelet = Math.max(1, info.tubeletSize ?? 1);
+  // The file shows the whole input; a slice's frame comes from the pixels.
+  const { path: _whole, ...pixelsOnly } = display;
   const frames: string[] = [];
   for (let t = 0; t < slices; t++) {
-    // The file shows the whole input; a slice's frame comes from the pixels.
-    const { path: _whole, ...pixelsOnly } = display;
     frames.push((await displayImage({ ...pixelsOnly, pixels: display.pixels.subarray(t * tubelet * frame, (t * tubelet + 1) * frame) }, 448)).dataUrl);
   }
   return frames;
