@@ -58,44 +58,6 @@ pub struct ViTConfig {
     pub n_classes: i64,
 }
 
-impl ViTConfig {
-    pub fn grid(&self) -> [i64; 2] {
-        [self.image_size[0] / self.patch_size, self.image_size[1] / self.patch_size]
-    }
-    /// Time slices of a video model (tokens are time-major); 1 for images.
-    pub fn time_slices(&self) -> i64 {
-        if self.num_frames > 0 {
-            self.num_frames / self.tubelet_size.max(1)
-        } else {
-            1
-        }
-    }
-    pub fn n_patches(&self) -> i64 {
-        let [h, w] = self.grid();
-        h * w * self.time_slices()
-    }
-    pub fn n_prefix_tokens(&self) -> i64 {
-        self.has_class_token as i64 + self.has_distillation_token as i64 + self.n_registers
-    }
-    pub fn n_pos(&self) -> i64 {
-        self.n_patches() + self.n_prefix_tokens()
-    }
-    pub fn dims(&self) -> BlockDims {
-        BlockDims {
-            tower: Tower::Vision,
-            d_model: self.d_model,
-            n_heads: self.n_heads,
-            d_head: self.d_head,
-            layer_norm_eps: self.layer_norm_eps,
-            activation: self.activation,
-            gated_mlp: self.gated_mlp,
-        }
-    }
-    fn final_dims(&self) -> BlockDims {
-        BlockDims { layer_norm_eps: self.final_norm_eps, ..self.dims() }
-    }
-}
-
 /// The sizes of a CLIP-style vision tower, all that differs between the places that build one
 /// (the HF and open_clip loaders, the CLIP trainer).
 pub struct ClipVisionSizes {
@@ -140,6 +102,42 @@ impl ViTConfig {
             final_norm,
             n_classes: 0,
         }
+    }
+
+    pub fn grid(&self) -> [i64; 2] {
+        [self.image_size[0] / self.patch_size, self.image_size[1] / self.patch_size]
+    }
+    /// Time slices of a video model (tokens are time-major); 1 for images.
+    pub fn time_slices(&self) -> i64 {
+        if self.num_frames > 0 {
+            self.num_frames / self.tubelet_size.max(1)
+        } else {
+            1
+        }
+    }
+    pub fn n_patches(&self) -> i64 {
+        let [h, w] = self.grid();
+        h * w * self.time_slices()
+    }
+    pub fn n_prefix_tokens(&self) -> i64 {
+        self.has_class_token as i64 + self.has_distillation_token as i64 + self.n_registers
+    }
+    pub fn n_pos(&self) -> i64 {
+        self.n_patches() + self.n_prefix_tokens()
+    }
+    pub fn dims(&self) -> BlockDims {
+        BlockDims {
+            tower: Tower::Vision,
+            d_model: self.d_model,
+            n_heads: self.n_heads,
+            d_head: self.d_head,
+            layer_norm_eps: self.layer_norm_eps,
+            activation: self.activation,
+            gated_mlp: self.gated_mlp,
+        }
+    }
+    fn final_dims(&self) -> BlockDims {
+        BlockDims { layer_norm_eps: self.final_norm_eps, ..self.dims() }
     }
 }
 
