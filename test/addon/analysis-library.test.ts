@@ -98,7 +98,9 @@ describe('patch', () => {
     const img = row(oddBatch, 1);
     const r = await patch(odd, img, img, { what, by, method: 'both', baseline: 0 });
     const clean = r.clean.metric.value;
-    expect(r.corrupt.metric.value).toBeCloseTo(clean, 6);
+    // The two runs are rows of one batch; MKL's kernels may round a row differently by where it
+    // sits in memory, so "the same metric" holds to float rounding, as for the patched values.
+    expect(Math.abs(r.corrupt.metric.value - clean)).toBeLessThan(1e-5);
     for (const v of r.exact!.value) expect(Math.abs(v - clean)).toBeLessThan(1e-5);
     for (const v of r.attribution!.value) expect(Math.abs(v - clean)).toBeLessThan(1e-5);
     const logits = (await logitsOf(odd, img))[0]!;
