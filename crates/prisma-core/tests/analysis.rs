@@ -98,7 +98,8 @@ fn batched_patching_equals_the_naive_loop() {
         let metric = MetricSpec { target: 2, baseline: Some(0) };
         let last = model.vit.cfg.n_layers - 1;
         for (what, by) in cases {
-            // The default runs every patch in one pass; a small chunk forces several passes (chunk
+            // The default runs every patch in one pass, with the clean and corrupted runs walking at
+            // its head; a small chunk forces several passes after separate reference runs (chunk
             // edges); a reordered subset of layers must come back in the order asked for.
             let runs = [(None, None), (Some(7), None), (None, Some(vec![last, 0]))];
             assert_batched_equals_naive(name, &model, (&clean, &corrupt), what, by, metric, &runs);
@@ -295,4 +296,25 @@ fn zero_ablation_sweep_equals_one_run_per_head() {
     let mean = AblationOptions { mode: AblationMode::Mean, ..opts };
     let refs = Tensor::cat(&[&img, &other], 0);
     assert_eq!(ablation_sweep(&model, &img, Some(&refs), &mean).unwrap().value.len(), i);
+}
+
+/// Resampling from another image is patching that image's activations in, through the ablation
+/// path (values from a separate cache, full width even where the sweep's last block runs for the
+/// class token alone): it must equal the naive one-patch-per-forward loop, in one pass and in many.
+#[test]
+fn resample_ablation_equals_the_naive_patching_loop() {
+    use prisma_core::analysis::ablation::{ablation_sweep, AblationMode, AblationOptions};
+    let model = load("vit-tiny-cls");
+    let (img, other) = images("vit-tiny-cls");
+    let metric = MetricSpec { target: 2, baseline: Some(0) };
+    for (what, by) in [(PatchWhat::ResidMid, PatchBy::LayerPos), (PatchWhat::MlpOut, PatchBy::LayerPos), (PatchWhat::HeadZ, PatchBy::LayerPosHead)] {
+        let expected = naive(&model, &other, &img, what, by, metric);
+        for chunk in [None, Some(7)] {
+            let opts = AblationOptions { mode: AblationMode::Resample, what, by, metric, resample_index: 0, chunk };
+            let swept = ablation_sweep(&model, &img, Some(&other), &opts).unwrap();
+            assert_eq!(swept.value.len(), expected.len());
+            let worst = swept.value.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            assert!(worst <= 1e-4, "{what:?} by {by:?} chunk {chunk:?}: resampled sweep differs from naive patching by {worst:e}");
+        }
+    }
 }

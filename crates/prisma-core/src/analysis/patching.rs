@@ -11,7 +11,7 @@ use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookPoint, HookSelection, Site};
 use crate::interventions::Intervention;
 use crate::model::Model;
-use crate::models::vit::{BlockEntry, ForwardPlan, ForwardStart};
+use crate::models::vit::{BlockEntry, EntryPoint, ForwardPlan, ForwardStart};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -163,36 +163,28 @@ pub(crate) fn result_axes(model: &Model, by: PatchBy, n_layers: usize) -> (Vec<S
 /// `clean` is the metric patching should restore (None: the base run's own, as for ablation); the
 /// base run's metric is the "corrupt" end of the normalisation.
 pub fn sweep(model: &Model, base: &Tensor, source: &dyn PatchSource, opts: &PatchOptions, clean: Option<MetricValue>) -> Result<PatchResult> {
-    let layers = check(model, opts)?;
-    let (base_run, _) = base_runs(model, base, None, &opts.metric)?;
-    sweep_from(model, &layers, base_run, source, opts, clean)
+    run_sweep(model, base, Source::Values(source), opts, clean)
 }
 
 /// Activation patching: clean activations patched into the corrupted run (TransformerLens's
 /// convention), normalised so that corrupted = 0 and clean = 1.
 pub fn activation_patching(model: &Model, clean: &Tensor, corrupt: &Tensor, opts: &PatchOptions) -> Result<PatchResult> {
-    let layers = check(model, opts)?;
-    let points: Vec<HookPoint> = layers.iter().map(|&l| HookPoint::block(l, opts.what.site())).collect();
-    let (base_run, clean_run) = base_runs(model, corrupt, Some((clean, &points)), &opts.metric)?;
-    let (clean_metric, clean_cache) = clean_run.ok_or_else(|| PrismaError::Internal("the clean run was not recorded".into()))?;
-    sweep_from(model, &layers, base_run, &clean_cache, opts, Some(clean_metric))
+    run_sweep(model, corrupt, Source::Image(clean), opts, None)
 }
 
-/// A reference run's metric and the values it kept.
-type RecordedRun = (MetricValue, CachedSource);
+/// Where the values patched in come from.
+enum Source<'a> {
+    /// Another image's run (activation patching: the clean image).
+    Image(&'a Tensor),
+    /// Values that need no run of their own (ablation: zeros, a mean, a reference image's cache).
+    Values(&'a dyn PatchSource),
+}
 
 /// What a patched run may start from: the base run's value at every block site.
 const BASE_SITES: [Site; 9] = [Site::ResidPre, Site::Q, Site::K, Site::V, Site::Z, Site::AttnOut, Site::ResidMid, Site::MlpOut, Site::ResidPost];
 
-/// The base (corrupted) run and, when given, the run that supplies the patched values (clean, kept
-/// at `points`), as one batched forward: one pass of fixed per-op costs instead of two, which is
-/// most of a small model's sweep.
-fn base_runs(
-    model: &Model,
-    base: &Tensor,
-    reference: Option<(&Tensor, &[HookPoint])>,
-    metric: &MetricSpec,
-) -> Result<(RecordedRun, Option<RecordedRun>)> {
+/// The base image, then the source image if there is one, as one batch of model pixels.
+fn reference_pixels(model: &Model, base: &Tensor, source: &Source) -> Result<Tensor> {
     let single = |t: &Tensor, what: &str| -> Result<()> {
         if t.size().first() != Some(&1) {
             return Err(PrismaError::Shape(format!("patching takes exactly one {what} image")));
@@ -201,44 +193,177 @@ fn base_runs(
     };
     let base = model_pixels(model, base)?;
     single(&base, "base")?;
-    let mut record = HookSelection::none();
-    for l in 0..model.vit.cfg.n_layers {
-        BASE_SITES.iter().for_each(|s| record.insert(HookPoint::block(l, *s)));
+    let Source::Image(reference) = source else { return Ok(base) };
+    let reference = model_pixels(model, reference)?;
+    single(&reference, "clean")?;
+    if reference.size() != base.size() {
+        return Err(PrismaError::Shape(format!("the clean and corrupted inputs differ in shape ({:?} vs {:?})", reference.size(), base.size())));
     }
-    let pixels = match reference {
-        Some((reference, points)) => {
-            let reference = model_pixels(model, reference)?;
-            single(&reference, "clean")?;
-            if reference.size() != base.size() {
-                return Err(PrismaError::Shape(format!(
-                    "the clean and corrupted inputs differ in shape ({:?} vs {:?})",
-                    reference.size(),
-                    base.size()
-                )));
-            }
-            points.iter().for_each(|p| record.insert(*p));
-            Tensor::f_cat(&[&base, &reference], 0)?
+    Ok(Tensor::f_cat(&[&base, &reference], 0)?)
+}
+
+/// One row of values recorded over a batch of reference runs: row 0 is the base run, row 1 the
+/// source image's run. Rows are cut out only when asked for: a sweep reads a few of the values.
+struct RowOf<'a> {
+    recorded: &'a [(HookPoint, Tensor)],
+    row: i64,
+}
+
+impl PatchSource for RowOf<'_> {
+    fn values(&self, point: HookPoint) -> Result<Tensor> {
+        let (_, t) = self.recorded.iter().find(|(p, _)| *p == point).ok_or_else(|| PrismaError::Internal(format!("no recorded value at {point}")))?;
+        Ok(t.f_narrow(0, self.row, 1)?)
+    }
+}
+
+/// One patched run within a layer: its position and/or head.
+type Item = (Option<i64>, Option<i64>);
+
+/// How a sweep's patched runs are grouped into passes.
+struct Layout {
+    /// Items within a layer, row-major.
+    items: Vec<Item>,
+    /// Patched layers in forward order.
+    order: Vec<usize>,
+    /// A pass takes up to `per_pass` items at each of `band` consecutive patched layers.
+    per_pass: usize,
+    band: usize,
+}
+
+impl Layout {
+    fn new(model: &Model, opts: &PatchOptions, layers: &[usize]) -> Self {
+        let cfg = &model.vit.cfg;
+        let (n_pos, n_heads) = (cfg.n_pos(), cfg.n_heads);
+        let items: Vec<Item> = match opts.by {
+            PatchBy::LayerPos => (0..n_pos).map(|p| (Some(p), None)).collect(),
+            PatchBy::LayerHead => (0..n_heads).map(|h| (None, Some(h))).collect(),
+            PatchBy::LayerPosHead => (0..n_pos).flat_map(|p| (0..n_heads).map(move |h| (Some(p), Some(h)))).collect(),
+        };
+        let mut order = layers.to_vec();
+        order.sort_unstable();
+        order.dedup();
+        let rows_per_block = opts.chunk.unwrap_or_else(|| {
+            let per_run = (n_pos * cfg.d_mlp.max(cfg.d_model * 4) * 4 * 3).max(1) as usize;
+            // ~128 MB of activations per batched block: measured fastest on ViT-B (chunk 16 vs 36: -12%).
+            ((128usize << 20) / per_run).clamp(1, 256)
+        });
+        // A pass's last blocks hold at most about `rows_per_block` rows. Big models get one layer per
+        // pass with many items (the GEMMs are what costs); small models get every layer in one pass.
+        let per_pass = rows_per_block.min(items.len()).max(1);
+        let band = (rows_per_block / per_pass).max(1);
+        Layout { items, order, per_pass, band }
+    }
+
+    /// (first slot, patched layers, items) of each pass.
+    fn passes(&self) -> impl Iterator<Item = (usize, &[usize], &[Item])> {
+        let band = self.band;
+        self.order.chunks(band).enumerate().flat_map(move |(b, layers)| self.items.chunks(self.per_pass).map(move |group| (b * band, layers, group)))
+    }
+
+    fn one_pass(&self) -> bool {
+        self.band >= self.order.len() && self.per_pass >= self.items.len()
+    }
+}
+
+/// The sweep itself. Patches are run in passes: each pass takes a group of items (positions,
+/// heads) at a band of consecutive patched layers, entering each layer's rows where their patch
+/// takes effect and carrying them on with the rows that entered earlier. Every row computes only
+/// the blocks after its patch, and a pass costs one walk through the blocks.
+///
+/// When the whole sweep is one pass (small models, where per-op costs dominate), the base run and
+/// the source image's run walk at the head of that pass and supply each layer's patches as they
+/// go: the sweep is then a single walk. Otherwise they run first, as one batched forward whose
+/// values every pass reads.
+fn run_sweep(model: &Model, base: &Tensor, source: Source, opts: &PatchOptions, clean: Option<MetricValue>) -> Result<PatchResult> {
+    let layers = check(model, opts)?;
+    let cfg = &model.vit.cfg;
+    let site = opts.what.site();
+    let n_layers = cfg.n_layers;
+    let (axis_names, dims) = result_axes(model, opts.by, layers.len());
+    let layout = Layout::new(model, opts, &layers);
+    // The last block can run for the class token alone unless a pattern is patched inside it.
+    let cls_only_last = model.vit.head_reads_class_token_only() && !(site == Site::Pattern && layout.order.contains(&(n_layers - 1)));
+    let pixels = reference_pixels(model, base, &source)?;
+    // Values given up front (ablation), or None: recorded from the source image (row 1).
+    let given_values = match source {
+        Source::Image(_) => None,
+        Source::Values(values) => Some(values),
+    };
+    let n_items = layout.items.len();
+    let mut results: Vec<Vec<MetricValue>> = vec![Vec::with_capacity(n_items); layout.order.len()];
+    let mut batched_forwards = 0;
+    let reference_metrics = if layout.one_pass() && site != Site::Pattern {
+        let plan = SweepPlan { site, by: opts.by, cls_only_last, values: PassValues::Walking { pixels: &pixels, source: given_values } };
+        let (logits, row_slots) = tch::no_grad(|| run_pass(model, &plan, 0, &layout.order, &layout.items))?;
+        batched_forwards += 1;
+        let metrics = opts.metric.values(&logits)?;
+        let n_reference = pixels.size()[0] as usize;
+        for (slot, block) in row_slots.iter().zip(metrics[n_reference..].chunks(n_items)) {
+            results[*slot].extend_from_slice(block);
         }
-        None => base,
+        metrics[..n_reference].to_vec()
+    } else {
+        let mut record = HookSelection::none();
+        for &l in &layout.order {
+            BASE_SITES.iter().for_each(|s| record.insert(HookPoint::block(l, *s)));
+            record.insert(HookPoint::block(l, site));
+        }
+        let mut recorded = Vec::new();
+        let reference_logits = tch::no_grad(|| -> Result<Tensor> {
+            let mut ctx = HookCtx::new(&record, &[]);
+            let (_, logits) = model.vit.forward(ForwardStart::Pixels(&pixels), None, &mut ctx)?;
+            recorded = ctx.recorded;
+            Ok(logits)
+        })?;
+        let reference_metrics = opts.metric.values(&reference_logits)?;
+        let base_values = RowOf { recorded: &recorded, row: 0 };
+        let source_values = RowOf { recorded: &recorded, row: 1 };
+        let source: &dyn PatchSource = given_values.unwrap_or(&source_values);
+        let patch_values = layout
+            .order
+            .iter()
+            .map(|&l| Ok(source.values(HookPoint::block(l, site))?.f_to_kind(model.info.kind)?.f_to_device(model.info.device)?))
+            .collect::<Result<Vec<Tensor>>>()?;
+        let plan = SweepPlan { site, by: opts.by, cls_only_last, values: PassValues::Recorded { patch_values: &patch_values, base: &base_values } };
+        for (first_slot, band_layers, group) in layout.passes() {
+            let (logits, row_slots) = tch::no_grad(|| run_pass(model, &plan, first_slot, band_layers, group))?;
+            batched_forwards += 1;
+            let metrics = opts.metric.values(&logits)?;
+            for (slot, block) in row_slots.iter().zip(metrics.chunks(group.len())) {
+                results[*slot].extend_from_slice(block);
+            }
+        }
+        reference_metrics
     };
-    let mut recorded = Vec::new();
-    let metrics = tch::no_grad(|| -> Result<Vec<MetricValue>> {
-        let mut ctx = HookCtx::new(&record, &[]);
-        let (_, logits) = model.vit.forward(ForwardStart::Pixels(&pixels), None, &mut ctx)?;
-        recorded = ctx.recorded;
-        metric.values(&logits)
-    })?;
-    let row = |i: i64, keep: &dyn Fn(&HookPoint) -> bool| -> Result<CachedSource> {
-        let values = recorded.iter().filter(|(p, _)| keep(p)).map(|(p, t)| Ok((*p, t.f_narrow(0, i, 1)?))).collect::<Result<Vec<_>>>()?;
-        Ok(CachedSource(values))
+    let metric_of = |i: usize| reference_metrics.get(i).cloned().ok_or_else(|| PrismaError::Internal("missing reference-run metric".into()));
+    let corrupt = metric_of(0)?;
+    let clean = match given_values {
+        None => metric_of(1)?,
+        Some(_) => clean.unwrap_or_else(|| corrupt.clone()),
     };
-    let metric_of = |i: usize| metrics.get(i).cloned().ok_or_else(|| PrismaError::Internal("missing base-run metric".into()));
-    let base_run = (metric_of(0)?, row(0, &|p| BASE_SITES.contains(&p.site))?);
-    let reference_run = match reference {
-        Some((_, points)) => Some((metric_of(1)?, row(1, &|p| points.contains(p))?)),
-        None => None,
-    };
-    Ok((base_run, reference_run))
+    // In the order the layers were asked for.
+    let mut value = Vec::with_capacity(layers.len() * n_items);
+    let mut prob = Vec::with_capacity(value.capacity());
+    for l in &layers {
+        let slot = layout.order.binary_search(l).map_err(|_| PrismaError::Internal(format!("layer {l} was not swept")))?;
+        value.extend(results[slot].iter().map(|m| m.value));
+        prob.extend(results[slot].iter().map(|m| m.prob));
+    }
+    let normalised = value.iter().map(|v| normalise(*v, clean.value, corrupt.value)).collect();
+    Ok(PatchResult {
+        what: opts.what,
+        by: opts.by,
+        axes: axis_names,
+        dims,
+        layers,
+        clean,
+        corrupt,
+        patched_runs: value.len(),
+        value,
+        prob,
+        normalised,
+        batched_forwards,
+    })
 }
 
 /// How one layer's patched runs enter the forward.
@@ -251,89 +376,25 @@ enum PatchEntry {
     Intervened { resid_pre: Tensor, values: Tensor, mask: Tensor },
 }
 
-/// The sweep itself. Patches are run in passes: each pass takes a group of items (positions,
-/// heads) at a band of consecutive patched layers, entering each layer's rows where their patch
-/// takes effect and carrying them on with the rows that entered earlier. Every row computes only
-/// the blocks after its patch, and a pass costs one walk through the blocks: on small models, where
-/// per-op costs dominate, the whole sweep is one pass.
-fn sweep_from(
-    model: &Model,
-    layers: &[usize],
-    (base_metric, base): RecordedRun,
-    source: &dyn PatchSource,
-    opts: &PatchOptions,
-    clean: Option<MetricValue>,
-) -> Result<PatchResult> {
-    let cfg = &model.vit.cfg;
-    let site = opts.what.site();
-    let n_layers = cfg.n_layers;
-    let (n_pos, n_heads) = (cfg.n_pos(), cfg.n_heads);
-    let (axis_names, dims) = result_axes(model, opts.by, layers.len());
-    // Items within a layer: (pos, head), row-major.
-    let items: Vec<(Option<i64>, Option<i64>)> = match opts.by {
-        PatchBy::LayerPos => (0..n_pos).map(|p| (Some(p), None)).collect(),
-        PatchBy::LayerHead => (0..n_heads).map(|h| (None, Some(h))).collect(),
-        PatchBy::LayerPosHead => (0..n_pos).flat_map(|p| (0..n_heads).map(move |h| (Some(p), Some(h)))).collect(),
-    };
-    // Patched layers in forward order.
-    let mut order = layers.to_vec();
-    order.sort_unstable();
-    order.dedup();
-    let rows_per_block = opts.chunk.unwrap_or_else(|| {
-        let per_run = (n_pos * cfg.d_mlp.max(cfg.d_model * 4) * 4 * 3).max(1) as usize;
-        // ~128 MB of activations per batched block: measured fastest on ViT-B (chunk 16 vs 36: -12%).
-        ((128usize << 20) / per_run).clamp(1, 256)
-    });
-    // A pass takes up to `per_pass` items at each of `band` consecutive patched layers, so its last
-    // blocks hold at most about `rows_per_block` rows. Big models get one layer per pass with many
-    // items (the GEMMs are what costs); small models get every layer in one pass.
-    let per_pass = rows_per_block.min(items.len()).max(1);
-    let band = (rows_per_block / per_pass).max(1);
-    // The last block can run for the class token alone unless a pattern is patched inside it.
-    let cls_only_last = model.vit.head_reads_class_token_only() && !(site == Site::Pattern && order.contains(&(n_layers - 1)));
-    let patch_values = order
-        .iter()
-        .map(|&l| Ok(source.values(HookPoint::block(l, site))?.f_to_kind(model.info.kind)?.f_to_device(model.info.device)?))
-        .collect::<Result<Vec<Tensor>>>()?;
+/// Where a site's patched runs enter block `layer`: inside it (see `patch_entry`), or after it
+/// (None). The pattern, which enters through an intervention, has no such point.
+fn entry_point(site: Site) -> Option<EntryPoint> {
+    match site {
+        Site::ResidPre | Site::Q | Site::K | Site::V => Some(EntryPoint::Qkv),
+        Site::Z => Some(EntryPoint::Z),
+        Site::ResidMid | Site::AttnOut => Some(EntryPoint::ResidMid),
+        _ => None,
+    }
+}
 
-    let plan = SweepPlan { site, by: opts.by, cls_only_last, patch_values: &patch_values, base: &base };
-    let mut results: Vec<Vec<MetricValue>> = vec![Vec::with_capacity(items.len()); order.len()];
-    let mut batched_forwards = 0;
-    let passes = order.chunks(band).enumerate().flat_map(|(b, layers)| items.chunks(per_pass).map(move |group| (b * band, layers, group)));
-    for (first_slot, band_layers, group) in passes {
-        let n = group.len();
-        let (logits, row_slots) = tch::no_grad(|| run_pass(model, &plan, first_slot, band_layers, group))?;
-        batched_forwards += 1;
-        let metrics = opts.metric.values(&logits)?;
-        for (slot, block) in row_slots.iter().zip(metrics.chunks(n)) {
-            results[*slot].extend_from_slice(block);
-        }
-    }
-    // In the order the layers were asked for.
-    let mut value = Vec::with_capacity(layers.len() * items.len());
-    let mut prob = Vec::with_capacity(value.capacity());
-    for l in layers {
-        let slot = order.binary_search(l).map_err(|_| PrismaError::Internal(format!("layer {l} was not swept")))?;
-        value.extend(results[slot].iter().map(|m| m.value));
-        prob.extend(results[slot].iter().map(|m| m.prob));
-    }
-    let corrupt = base_metric;
-    let clean = clean.unwrap_or_else(|| corrupt.clone());
-    let normalised = value.iter().map(|v| normalise(*v, clean.value, corrupt.value)).collect();
-    Ok(PatchResult {
-        what: opts.what,
-        by: opts.by,
-        axes: axis_names,
-        dims,
-        layers: layers.to_vec(),
-        clean,
-        corrupt,
-        patched_runs: value.len(),
-        value,
-        prob,
-        normalised,
-        batched_forwards,
-    })
+/// Where one pass finds the base run's values and the values it patches in.
+enum PassValues<'a> {
+    /// Recorded by reference runs made before the passes: per slot (a patched layer's index in
+    /// forward order) the values patched in, broadcastable to the site's activation.
+    Recorded { patch_values: &'a [Tensor], base: &'a dyn PatchSource },
+    /// Recorded on the way by reference rows at the head of the pass, from `pixels`: row 0 the base
+    /// image, row 1 the image whose values are patched in, unless `source` supplies them.
+    Walking { pixels: &'a Tensor, source: Option<&'a dyn PatchSource> },
 }
 
 /// What every pass of one sweep shares.
@@ -342,30 +403,38 @@ struct SweepPlan<'a> {
     by: PatchBy,
     /// Run the last block for the class token's query only.
     cls_only_last: bool,
-    /// Per slot (a patched layer's index in forward order), the values patched in (broadcastable
-    /// to the site's activation).
-    patch_values: &'a [Tensor],
-    base: &'a CachedSource,
+    values: PassValues<'a>,
 }
 
 /// One pass: `group`'s items patched at each layer of `band_layers` (slots `first_slot..`), as one
-/// walk through the blocks from the band's first layer. Returns the logits of every row and the
-/// slot of each block of `group.len()` rows, in row order (rows that entered earlier first).
+/// walk through the blocks from the band's first layer (from the embedding when reference rows
+/// walk with it). Returns the logits of every row (reference rows first) and the slot of each
+/// block of `group.len()` rows, in row order (rows that entered earlier first).
 fn run_pass(
     model: &Model,
     plan: &SweepPlan,
     first_slot: usize,
     band_layers: &[usize],
-    group: &[(Option<i64>, Option<i64>)],
+    group: &[Item],
 ) -> Result<(Tensor, Vec<usize>)> {
     let none = HookSelection::none();
     let last = model.vit.cfg.n_layers - 1;
     let mask = patch_mask(model, plan.site, plan.by, group)?;
     let positions: Vec<i64> = group.iter().map(|(p, _)| p.unwrap_or(0)).collect();
     // Rows inside the forward at the current block's input.
-    let mut carried: Option<Tensor> = None;
+    let (mut carried, first_layer, record) = match &plan.values {
+        PassValues::Walking { pixels, .. } => {
+            let (_, embedded) = model.vit.forward(ForwardStart::Pixels(pixels), Some(0), &mut HookCtx::new(&none, &[]))?;
+            let mut record = HookSelection::none();
+            for &l in band_layers {
+                BASE_SITES.iter().for_each(|s| record.insert(HookPoint::block(l, *s)));
+            }
+            (Some(embedded), 0, record)
+        }
+        PassValues::Recorded { .. } => (None, band_layers[0], HookSelection::none()),
+    };
     let mut row_slots = Vec::with_capacity(band_layers.len());
-    for layer in band_layers[0]..=last {
+    for layer in first_layer..=last {
         let cls_only = plan.cls_only_last && layer == last;
         let mut after = None;
         let mut interventions = Vec::new();
@@ -374,14 +443,48 @@ fn run_pass(
             Ok(i) => {
                 let slot = first_slot + i;
                 row_slots.push(slot);
-                match patch_entry(model, layer, plan.site, plan.by, &plan.patch_values[slot], &mask, &positions, plan.base)? {
+                let patch = |base: &dyn PatchSource, values: &Tensor| patch_entry(model, layer, plan.site, plan.by, values, &mask, &positions, base);
+                let entry = match &plan.values {
+                    PassValues::Recorded { patch_values, base } => patch(*base, &patch_values[slot])?,
+                    PassValues::Walking { source, .. } => {
+                        // Bring the carried rows (reference rows first) to where this layer's patches
+                        // enter, recording the values those patches are made of.
+                        let rows = carried.take().ok_or_else(|| PrismaError::Internal("no reference rows in the pass".into()))?;
+                        let mut ctx = HookCtx::new(&record, &[]);
+                        let point = entry_point(plan.site);
+                        let advanced = match point {
+                            Some(point) => Some(model.vit.advance(layer, rows, point, cls_only, &mut ctx)?),
+                            None => {
+                                carried = Some(model.vit.block(layer, BlockEntry::resid_pre(rows), cls_only, &mut ctx)?);
+                                None
+                            }
+                        };
+                        let recorded = ctx.recorded;
+                        let base = RowOf { recorded: &recorded, row: 0 };
+                        let at = HookPoint::block(layer, plan.site);
+                        let values = match source {
+                            Some(source) => source.values(at)?.f_to_kind(model.info.kind)?.f_to_device(model.info.device)?,
+                            None => RowOf { recorded: &recorded, row: 1 }.values(at)?,
+                        };
+                        match (patch(&base, &values)?, advanced) {
+                            (PatchEntry::Inside(entry), Some(advanced)) => PatchEntry::Inside(advanced.concat(entry, cls_only)?),
+                            (PatchEntry::AfterBlock(resid), None) => PatchEntry::AfterBlock(resid),
+                            _ => return Err(PrismaError::Internal(format!("{:?} patches do not enter where reference rows wait", plan.site))),
+                        }
+                    }
+                };
+                match entry {
                     PatchEntry::Inside(entry) => Some(match carried.take() {
                         Some(c) => model.vit.join(layer, c, entry, cls_only, &mut HookCtx::new(&none, &[]))?,
                         None => entry,
                     }),
                     PatchEntry::AfterBlock(resid) => {
                         after = Some(resid);
-                        carried.take().map(BlockEntry::resid_pre)
+                        // Walking reference rows have run this block already.
+                        match plan.values {
+                            PassValues::Walking { .. } => None,
+                            PassValues::Recorded { .. } => carried.take().map(BlockEntry::resid_pre),
+                        }
                     }
                     PatchEntry::Intervened { resid_pre, values, mask } => {
                         let (resid_pre, mask) = match carried.take() {
@@ -422,7 +525,7 @@ fn run_pass(
 
 /// Which values each run of a group patches: [n, ...] over the site's shape with only the batch,
 /// position and head axes spelled out (the others broadcast), true at the run's own position/head.
-fn patch_mask(model: &Model, site: Site, by: PatchBy, group: &[(Option<i64>, Option<i64>)]) -> Result<Tensor> {
+fn patch_mask(model: &Model, site: Site, by: PatchBy, group: &[Item]) -> Result<Tensor> {
     let axes = site.axes();
     let shape = model.vit.hook_shape(HookPoint::block(0, site), 1);
     let n = group.len() as i64;
@@ -467,7 +570,7 @@ fn patch_entry(
     values: &Tensor,
     mask: &Tensor,
     positions: &[i64],
-    base: &CachedSource,
+    base: &dyn PatchSource,
 ) -> Result<PatchEntry> {
     let n = mask.size()[0];
     let base_at = |s: Site| base.values(HookPoint::block(layer, s));
@@ -480,6 +583,10 @@ fn patch_entry(
         let base_value = base_at(s)?;
         let mut full = base_value.size();
         full[0] = n;
+        // A base run recorded in a class-token-only last block holds token 0 alone after
+        // attention; a source recorded elsewhere (a mean, another image) may hold every token.
+        let one_token = full.len() > 1 && full[1] == 1 && values.dim() == full.len() && values.size()[1] > 1;
+        let values = if one_token { values.f_narrow(1, 0, 1)? } else { values.shallow_clone() };
         Ok(values.f_broadcast_to(full.as_slice())?.f_where_self(mask, &base_value.f_expand(full.as_slice(), false)?)?)
     };
     Ok(match site {
@@ -521,7 +628,7 @@ pub fn reference_run(
 
 /// Entering block `layer` after patching one position per run in its input: every other position's
 /// q, k and v are the base run's, so only the patched rows go through ln1 and the projections.
-fn resid_pre_entry(model: &Model, layer: usize, resid: &Tensor, positions: &[i64], base: &CachedSource) -> Result<BlockEntry> {
+fn resid_pre_entry(model: &Model, layer: usize, resid: &Tensor, positions: &[i64], base: &dyn PatchSource) -> Result<BlockEntry> {
     let cfg = &model.vit.cfg;
     let w = &model.vit.weights.blocks[layer];
     let n = positions.len() as i64;

@@ -95,11 +95,67 @@ pub enum BlockEntry {
     ResidMid(Tensor),
 }
 
+/// The points at which rows can enter a block part-way (see `BlockEntry`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryPoint {
+    /// Nothing computed yet.
+    ResidPre,
+    Qkv,
+    Z,
+    ResidMid,
+}
+
 impl BlockEntry {
     /// Enter at `hook_resid_pre` (nothing known yet).
     pub fn resid_pre(resid_pre: Tensor) -> Self {
         BlockEntry::Qkv { resid_pre, q: Tensor::new(), k: Tensor::new(), v: Tensor::new() }
     }
+
+    pub fn point(&self) -> EntryPoint {
+        match self {
+            BlockEntry::Qkv { q, .. } if !q.defined() => EntryPoint::ResidPre,
+            BlockEntry::Qkv { .. } => EntryPoint::Qkv,
+            BlockEntry::Z { .. } => EntryPoint::Z,
+            BlockEntry::ResidMid(_) => EntryPoint::ResidMid,
+        }
+    }
+
+    /// This entry's rows, then `other`'s, entering at the same point. With `cls_only`, values after
+    /// attention exist for token 0 only, so both sides keep just that token.
+    pub fn concat(self, other: BlockEntry, cls_only: bool) -> Result<BlockEntry> {
+        let cat = |a: &Tensor, b: &Tensor| -> Result<Tensor> { Ok(Tensor::f_cat(&[a, b], 0)?) };
+        let first_token = |t: &Tensor| -> Result<Tensor> { if cls_only && t.size()[1] != 1 { Ok(t.f_narrow(1, 0, 1)?) } else { Ok(t.shallow_clone()) } };
+        let cat_first = |a: &Tensor, b: &Tensor| -> Result<Tensor> { cat(&first_token(a)?, &first_token(b)?) };
+        let (a, b) = (self.point(), other.point());
+        Ok(match (self, other) {
+            (BlockEntry::Qkv { resid_pre: r1, q: q1, k: k1, v: v1 }, BlockEntry::Qkv { resid_pre: r2, q: q2, k: k2, v: v2 }) if a == b => {
+                if a == EntryPoint::ResidPre {
+                    BlockEntry::resid_pre(cat(&r1, &r2)?)
+                } else {
+                    BlockEntry::Qkv { resid_pre: cat(&r1, &r2)?, q: cat(&q1, &q2)?, k: cat(&k1, &k2)?, v: cat(&v1, &v2)? }
+                }
+            }
+            (BlockEntry::Z { resid_pre: r1, z: z1 }, BlockEntry::Z { resid_pre: r2, z: z2 }) => BlockEntry::Z { resid_pre: cat(&r1, &r2)?, z: cat_first(&z1, &z2)? },
+            (BlockEntry::ResidMid(m1), BlockEntry::ResidMid(m2)) => BlockEntry::ResidMid(cat_first(&m1, &m2)?),
+            _ => return Err(PrismaError::Internal(format!("cannot join rows entering at {a:?} with rows entering at {b:?}"))),
+        })
+    }
+}
+
+/// Rows at block `layer`'s input (`hook_resid_pre`) brought up to `point`, hooks visited on the way.
+pub fn advance(dims: &BlockDims, w: &BlockWeights, layer: usize, resid_pre: Tensor, point: EntryPoint, cls_only: bool, ctx: &mut HookCtx) -> Result<BlockEntry> {
+    if point == EntryPoint::ResidPre {
+        return Ok(BlockEntry::resid_pre(resid_pre));
+    }
+    let (resid_pre, q, k, v) = qkv_of(dims, w, layer, resid_pre, ctx)?;
+    if point == EntryPoint::Qkv {
+        return Ok(BlockEntry::Qkv { resid_pre, q, k, v });
+    }
+    let z = attention_z(dims, layer, &q, &k, &v, cls_only, None, ctx)?;
+    if point == EntryPoint::Z {
+        return Ok(BlockEntry::Z { resid_pre, z });
+    }
+    Ok(BlockEntry::ResidMid(attention_output(dims, w, layer, &resid_pre, z, cls_only, ctx)?))
 }
 
 /// Runs block `layer` from `entry`. A `Qkv` entry with undefined q/k/v means "from resid_pre".
@@ -132,27 +188,7 @@ pub fn block_from(
 /// both go on as one batch, carried rows first. Patching sweeps use this to run patches that start
 /// at different layers in one pass. Hooks before the entry point see the carried rows only.
 pub fn join_entry(dims: &BlockDims, w: &BlockWeights, layer: usize, carried: Tensor, entry: BlockEntry, cls_only: bool, ctx: &mut HookCtx) -> Result<BlockEntry> {
-    let cat = |a: &Tensor, b: &Tensor| -> Result<Tensor> { Ok(Tensor::f_cat(&[a, b], 0)?) };
-    // With `cls_only` the carried rows' values after attention exist for token 0 only.
-    let first_token = |t: Tensor| -> Result<Tensor> { if cls_only && t.size()[1] != 1 { Ok(t.f_narrow(1, 0, 1)?) } else { Ok(t) } };
-    Ok(match entry {
-        BlockEntry::Qkv { resid_pre, q, .. } if !q.defined() => BlockEntry::resid_pre(cat(&carried, &resid_pre)?),
-        BlockEntry::Qkv { resid_pre, q, k, v } => {
-            let (carried, cq, ck, cv) = qkv_of(dims, w, layer, carried, ctx)?;
-            BlockEntry::Qkv { resid_pre: cat(&carried, &resid_pre)?, q: cat(&cq, &q)?, k: cat(&ck, &k)?, v: cat(&cv, &v)? }
-        }
-        BlockEntry::Z { resid_pre, z } => {
-            let (carried, q, k, v) = qkv_of(dims, w, layer, carried, ctx)?;
-            let cz = attention_z(dims, layer, &q, &k, &v, cls_only, None, ctx)?;
-            BlockEntry::Z { resid_pre: cat(&carried, &resid_pre)?, z: cat(&cz, &first_token(z)?)? }
-        }
-        BlockEntry::ResidMid(resid_mid) => {
-            let (carried, q, k, v) = qkv_of(dims, w, layer, carried, ctx)?;
-            let cz = attention_z(dims, layer, &q, &k, &v, cls_only, None, ctx)?;
-            let c_mid = attention_output(dims, w, layer, &carried, cz, cls_only, ctx)?;
-            BlockEntry::ResidMid(cat(&c_mid, &first_token(resid_mid)?)?)
-        }
-    })
+    advance(dims, w, layer, carried, entry.point(), cls_only, ctx)?.concat(entry, cls_only)
 }
 
 /// `hook_resid_pre` through ln1 and the fused projection: (resid_pre, q, k, v), each [B, pos, H, dh].

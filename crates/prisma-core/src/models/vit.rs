@@ -3,8 +3,8 @@
 //! struct covers every family we load (HF ViT/DeiT/DINOv2/CLIP vision, open_clip, timm, VideoMAE,
 //! ViViT): they differ only in the switches of `ViTConfig` and in which weights exist.
 
-pub use super::block::{Activation, BlockDims, BlockEntry, BlockWeights, LayerNormWeights};
-use super::block::{block_from, join_entry, layer_norm};
+pub use super::block::{Activation, BlockDims, BlockEntry, BlockWeights, EntryPoint, LayerNormWeights};
+use super::block::{advance, block_from, join_entry, layer_norm};
 use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookPoint, Site, Tower, BLOCK_SITES};
 use tch::{Kind, Tensor};
@@ -329,6 +329,11 @@ impl HookedViT {
     /// Runs block `layer` alone from `entry` (see `ForwardPlan` for `cls_only`).
     pub fn block(&self, layer: usize, entry: BlockEntry, cls_only: bool, ctx: &mut HookCtx) -> Result<Tensor> {
         block_from(&self.cfg.dims(), &self.weights.blocks[layer], layer, entry, cls_only, None, ctx)
+    }
+
+    /// Brings rows at block `layer`'s input up to `point` (see `advance`), visiting its hooks.
+    pub fn advance(&self, layer: usize, resid_pre: Tensor, point: EntryPoint, cls_only: bool, ctx: &mut HookCtx) -> Result<BlockEntry> {
+        advance(&self.cfg.dims(), &self.weights.blocks[layer], layer, resid_pre, point, cls_only, ctx)
     }
 
     /// Joins rows carried at block `layer`'s input with rows entering it part-way (see `join_entry`).
