@@ -1,7 +1,8 @@
-//! Analysis entry points: one AsyncTask that runs a technique in the core and hands back its
+//! Analysis entry points: one TorchTask that runs a technique in the core and hands back its
 //! result as JSON (the TypeScript layer owns the typed interfaces).
 
 use crate::convert::{guard, lock, to_js_error};
+use crate::torch_thread::TorchTask;
 use crate::NativeModel;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
@@ -78,14 +79,14 @@ impl Task for AnalysisTask {
 impl NativeModel {
     /// Logit lens over a batch; `targets[b]` < 0 means "the model's own top class".
     #[napi(ts_return_type = "Promise<string>")]
-    pub fn logit_lens(&self, pixels: Float32Array, shape: Vec<i64>, options_json: String, targets: Option<Vec<i64>>) -> AsyncTask<AnalysisTask> {
+    pub fn logit_lens(&self, pixels: Float32Array, shape: Vec<i64>, options_json: String, targets: Option<Vec<i64>>) -> TorchTask<AnalysisTask> {
         let targets = targets.unwrap_or_default().into_iter().map(|t| (t >= 0).then_some(t)).collect();
         self.analysis(Analysis::LogitLens { pixels: (shape, pixels.to_vec()), targets }, options_json)
     }
 
     /// Activation patching (clean into corrupted), exact or by attribution.
     #[napi(ts_return_type = "Promise<string>")]
-    pub fn patch(&self, clean: Float32Array, corrupt: Float32Array, shape: Vec<i64>, options_json: String, attribution: Option<bool>) -> AsyncTask<AnalysisTask> {
+    pub fn patch(&self, clean: Float32Array, corrupt: Float32Array, shape: Vec<i64>, options_json: String, attribution: Option<bool>) -> TorchTask<AnalysisTask> {
         self.analysis(
             Analysis::Patch { clean: (shape.clone(), clean.to_vec()), corrupt: (shape, corrupt.to_vec()), attribution: attribution.unwrap_or(false) },
             options_json,
@@ -93,12 +94,12 @@ impl NativeModel {
     }
 
     #[napi(ts_return_type = "Promise<string>")]
-    pub fn dla(&self, pixels: Float32Array, shape: Vec<i64>, options_json: String) -> AsyncTask<AnalysisTask> {
+    pub fn dla(&self, pixels: Float32Array, shape: Vec<i64>, options_json: String) -> TorchTask<AnalysisTask> {
         self.analysis(Analysis::Dla { pixels: (shape, pixels.to_vec()) }, options_json)
     }
 
     #[napi(ts_return_type = "Promise<string>")]
-    pub fn ablate(&self, pixels: Float32Array, shape: Vec<i64>, options_json: String, references: Option<Float32Array>, reference_shape: Option<Vec<i64>>) -> AsyncTask<AnalysisTask> {
+    pub fn ablate(&self, pixels: Float32Array, shape: Vec<i64>, options_json: String, references: Option<Float32Array>, reference_shape: Option<Vec<i64>>) -> TorchTask<AnalysisTask> {
         let references = match (references, reference_shape) {
             (Some(r), Some(s)) => Some((s, r.to_vec())),
             _ => None,
@@ -106,7 +107,7 @@ impl NativeModel {
         self.analysis(Analysis::Ablate { pixels: (shape, pixels.to_vec()), references }, options_json)
     }
 
-    fn analysis(&self, analysis: Analysis, options: String) -> AsyncTask<AnalysisTask> {
-        AsyncTask::new(AnalysisTask { model: self.inner.clone(), analysis, options })
+    fn analysis(&self, analysis: Analysis, options: String) -> TorchTask<AnalysisTask> {
+        TorchTask(AnalysisTask { model: self.inner.clone(), analysis, options })
     }
 }

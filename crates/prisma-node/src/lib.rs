@@ -1,5 +1,6 @@
 //! Node binding for prisma-core. No model logic lives here: argument conversion, one error
-//! conversion (`E_CODE: message`), and one AsyncTask per long operation so the JS thread stays free.
+//! conversion (`E_CODE: message`), and one task per long operation so the JS thread stays free
+//! (a `TorchTask` on the libtorch thread; an `AsyncTask` on the libuv pool for loading and saving).
 
 mod analysis;
 mod convert;
@@ -14,6 +15,7 @@ use prisma_core::model::to_f32_vec;
 use prisma_core::Model;
 use std::sync::{Arc, Mutex};
 use tasks::{LoadTask, RunTask, SaveTask};
+use torch_thread::TorchTask;
 
 #[napi(object)]
 pub struct LoadOptions {
@@ -152,8 +154,8 @@ impl NativeModel {
     /// Makes a CLIP-style model classify against text prompts (`labels[i]` ↔ `prompts[i]`): its
     /// logits become logit_scale · cos(image, prompt) for every later call.
     #[napi(ts_return_type = "Promise<void>")]
-    pub fn set_class_prompts(&self, labels: Vec<String>, prompts: Vec<String>) -> AsyncTask<tasks::PromptsTask> {
-        AsyncTask::new(tasks::PromptsTask { model: self.inner.clone(), labels, prompts })
+    pub fn set_class_prompts(&self, labels: Vec<String>, prompts: Vec<String>) -> TorchTask<tasks::PromptsTask> {
+        TorchTask(tasks::PromptsTask { model: self.inner.clone(), labels, prompts })
     }
 
     /// Gives a headless model a linear probe (`weight` [C, d], `bias` [C]) read from a tensor file.
@@ -169,7 +171,7 @@ impl NativeModel {
 
     /// Runs a hooked forward off the JS thread. Inputs are copied here, on the JS thread.
     #[napi(ts_return_type = "Promise<RunOutput>")]
-    pub fn run(&self, pixels: Float32Array, shape: Vec<i64>, options: Option<RunOptions>) -> Result<AsyncTask<RunTask>> {
+    pub fn run(&self, pixels: Float32Array, shape: Vec<i64>, options: Option<RunOptions>) -> Result<TorchTask<RunTask>> {
         guard(|| {
             let options = options.unwrap_or(RunOptions {
                 cache: None,
@@ -184,7 +186,7 @@ impl NativeModel {
             } else {
                 Some((shape, pixels.to_vec()))
             };
-            Ok(AsyncTask::new(RunTask {
+            Ok(TorchTask(RunTask {
                 model: self.inner.clone(),
                 pixels,
                 cache: options.cache.unwrap_or_default(),

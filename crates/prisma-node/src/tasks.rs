@@ -1,4 +1,5 @@
-//! Long operations as AsyncTasks: compute on the libuv pool, resolve on the JS thread.
+//! Long operations as napi Tasks: computed on the libtorch thread (`TorchTask`) or the libuv pool
+//! (`AsyncTask`: loading, saving), resolved on the JS thread.
 
 use crate::convert::{guard, lock, to_js_error, TensorData};
 use crate::{NativeModel, RunOutput};

@@ -3,6 +3,7 @@
 //! over both trainers (a ViT classifier, or a CLIP on image-caption pairs), so the loop is shared.
 
 use crate::convert::{guard, lock, to_js_error};
+use crate::torch_thread::TorchTask;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use prisma_core::training::clip::{captioned, ClipTrainConfig, ClipTrainer, ZeroShotTask};
@@ -147,29 +148,29 @@ impl NativeTrainer {
 
     /// Resolves to a JSON StepReport {step, loss, accuracy, lr} (CLIP: plus logitScale).
     #[napi(ts_return_type = "Promise<string>")]
-    pub fn train_steps(&self, n: u32) -> AsyncTask<TrainerTask> {
+    pub fn train_steps(&self, n: u32) -> TorchTask<TrainerTask> {
         self.task(TrainerOp::Steps(n as i64))
     }
 
     /// Resolves to a JSON EvalReport {step, loss, accuracy, n} (CLIP: plus zeroShot[]).
     #[napi(ts_return_type = "Promise<string>")]
-    pub fn evaluate(&self) -> AsyncTask<TrainerTask> {
+    pub fn evaluate(&self) -> TorchTask<TrainerTask> {
         self.task(TrainerOp::Evaluate)
     }
 
     #[napi(ts_return_type = "Promise<string>")]
-    pub fn save_model(&self, dir: String) -> AsyncTask<TrainerTask> {
+    pub fn save_model(&self, dir: String) -> TorchTask<TrainerTask> {
         self.task(TrainerOp::SaveModel(dir.into()))
     }
 
     #[napi(ts_return_type = "Promise<string>")]
-    pub fn save_checkpoint(&self, path: String) -> AsyncTask<TrainerTask> {
+    pub fn save_checkpoint(&self, path: String) -> TorchTask<TrainerTask> {
         self.task(TrainerOp::SaveCheckpoint(path.into()))
     }
 
     /// Resolves to the restored step (as a string).
     #[napi(ts_return_type = "Promise<string>")]
-    pub fn load_checkpoint(&self, path: String) -> AsyncTask<TrainerTask> {
+    pub fn load_checkpoint(&self, path: String) -> TorchTask<TrainerTask> {
         self.task(TrainerOp::LoadCheckpoint(path.into()))
     }
 
@@ -178,7 +179,7 @@ impl NativeTrainer {
         Ok(lock(&self.inner)?.step())
     }
 
-    fn task(&self, op: TrainerOp) -> AsyncTask<TrainerTask> {
-        AsyncTask::new(TrainerTask { trainer: self.inner.clone(), op })
+    fn task(&self, op: TrainerOp) -> TorchTask<TrainerTask> {
+        TorchTask(TrainerTask { trainer: self.inner.clone(), op })
     }
 }
