@@ -4,7 +4,7 @@
 use super::to_vec_f64;
 use crate::error::{PrismaError, Result};
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -41,11 +41,25 @@ impl MetricSpec {
         })
     }
 
+    /// The metric of each row of logits [N, C]. One copy of the logits to the host, then the
+    /// arithmetic here in f64 (the softmax as torch computes it: shifted by the row's maximum):
+    /// a handful of numbers per row, where each libtorch op would cost microseconds.
     pub fn values(&self, logits: &Tensor) -> Result<Vec<MetricValue>> {
-        let logits = logits.f_to_kind(Kind::Double)?;
-        let value = to_vec_f64(&self.tensor(&logits)?)?;
-        let prob = to_vec_f64(&logits.f_softmax(-1, None::<Kind>)?.f_select(1, self.target)?)?;
-        Ok(value.into_iter().zip(prob).map(|(value, prob)| MetricValue { value, prob }).collect())
+        let n_classes = logits.size().get(1).copied().unwrap_or(0).max(1) as usize;
+        let flat = to_vec_f64(logits)?;
+        let pick = |row: &[f64], c: i64| row.get(c as usize).copied().ok_or_else(|| PrismaError::Argument(format!("class {c} is out of range (0..{})", row.len() - 1)));
+        flat.chunks(n_classes)
+            .map(|row| {
+                let target = pick(row, self.target)?;
+                let value = match self.baseline {
+                    Some(b) => target - pick(row, b)?,
+                    None => target,
+                };
+                let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let total: f64 = row.iter().map(|x| (x - max).exp()).sum();
+                Ok(MetricValue { value, prob: (target - max).exp() / total })
+            })
+            .collect()
     }
 }
 
