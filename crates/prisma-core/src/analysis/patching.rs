@@ -538,7 +538,7 @@ fn patch_mask(model: &Model, site: Site, by: PatchBy, group: &[Item]) -> Result<
         mask_shape[a] = shape[a];
     }
     let per_item: i64 = mask_shape[1..].iter().product();
-    let mut flags = vec![0u8; (n * per_item) as usize];
+    let mut flags = vec![false; (n * per_item) as usize];
     for (i, (p, h)) in group.iter().enumerate() {
         // Strides of the mask, row-major.
         let mut offset = i as i64 * per_item;
@@ -554,9 +554,10 @@ fn patch_mask(model: &Model, site: Site, by: PatchBy, group: &[Item]) -> Result<
             };
             offset += index * stride;
         }
-        flags[offset as usize] = 1;
+        flags[offset as usize] = true;
     }
-    Ok(Tensor::from_slice(&flags).f_to_kind(Kind::Bool)?.f_reshape(mask_shape.as_slice())?.f_to_device(model.info.device)?)
+    let mask = Tensor::from_slice(&flags).f_reshape(mask_shape.as_slice())?;
+    Ok(if model.info.device == tch::Device::Cpu { mask } else { mask.f_to_device(model.info.device)? })
 }
 
 /// Where and how the runs patched at `layer` enter the forward: the patched value (`values` where
@@ -581,13 +582,13 @@ fn patch_entry(
     };
     let patched = |s: Site| -> Result<Tensor> {
         let base_value = base_at(s)?;
-        let mut full = base_value.size();
-        full[0] = n;
+        let base_size = base_value.size();
         // A base run recorded in a class-token-only last block holds token 0 alone after
         // attention; a source recorded elsewhere (a mean, another image) may hold every token.
-        let one_token = full.len() > 1 && full[1] == 1 && values.dim() == full.len() && values.size()[1] > 1;
+        let one_token = base_size.len() > 1 && base_size[1] == 1 && values.dim() == base_size.len() && values.size()[1] > 1;
         let values = if one_token { values.f_narrow(1, 0, 1)? } else { values.shallow_clone() };
-        Ok(values.f_broadcast_to(full.as_slice())?.f_where_self(mask, &base_value.f_expand(full.as_slice(), false)?)?)
+        // `where` broadcasts: the mask's n rows give the result its n runs.
+        Ok(values.f_where_self(mask, &base_value)?)
     };
     Ok(match site {
         Site::ResidPre if by == PatchBy::LayerPos => PatchEntry::Inside(resid_pre_entry(model, layer, &patched(Site::ResidPre)?, positions, base)?),
@@ -637,14 +638,14 @@ fn resid_pre_entry(model: &Model, layer: usize, resid: &Tensor, positions: &[i64
     let pos_idx = Tensor::from_slice(positions).f_to_device(device)?;
     let rows = resid.f_index(&[Some(&rows_idx), Some(&pos_idx)])?; // [n, d]
     let x = rows.f_layer_norm([cfg.d_model].as_slice(), Some(&w.ln1.weight), Some(&w.ln1.bias), cfg.layer_norm_eps, true)?;
-    let qkv = x.f_linear(&w.w_qkv, w.b_qkv.as_ref())?.f_split(cfg.d_model, -1)?;
+    let qkv = x.f_linear(&w.w_qkv, w.b_qkv.as_ref())?.f_reshape([n, 3, cfg.n_heads, cfg.d_head].as_slice())?.f_unbind(1)?;
     let mut out = Vec::with_capacity(3);
     for (part, site) in qkv.iter().zip([Site::Q, Site::K, Site::V]) {
         let full = base.values(HookPoint::block(layer, site))?;
         let mut size = full.size();
         size[0] = n;
         let mut t = full.f_expand(size.as_slice(), false)?.f_contiguous()?;
-        let _ = t.f_index_put_(&[Some(&rows_idx), Some(&pos_idx)], &part.f_reshape([n, cfg.n_heads, cfg.d_head].as_slice())?, false)?;
+        let _ = t.f_index_put_(&[Some(&rows_idx), Some(&pos_idx)], part, false)?;
         out.push(t);
     }
     let [q, k, v]: [Tensor; 3] = out.try_into().map_err(|_| PrismaError::Internal("qkv".into()))?;

@@ -197,12 +197,12 @@ fn qkv_of(dims: &BlockDims, w: &BlockWeights, layer: usize, resid_pre: Tensor, c
     let resid_pre = ctx.hook(at(Site::ResidPre), resid_pre)?;
     let x = layer_norm(dims, &resid_pre, &w.ln1, at(Site::Ln1Scale), at(Site::Ln1Normalized), ctx)?;
     let size = x.size();
-    let heads = [size[0], size[1], dims.n_heads, dims.d_head];
-    let qkv = x.f_linear(&w.w_qkv, w.b_qkv.as_ref())?.f_split(dims.d_model, -1)?;
-    let [q, k, v]: [Tensor; 3] = qkv.try_into().map_err(|_| PrismaError::Internal("qkv split did not give three parts".into()))?;
-    let q = ctx.hook(at(Site::Q), q.f_reshape(heads.as_slice())?)?;
-    let k = ctx.hook(at(Site::K), k.f_reshape(heads.as_slice())?)?;
-    let v = ctx.hook(at(Site::V), v.f_reshape(heads.as_slice())?)?;
+    // [B, pos, 3, H, dh] viewed apart: q, k and v as [B, pos, H, dh] in two ops, not four.
+    let qkv = x.f_linear(&w.w_qkv, w.b_qkv.as_ref())?.f_reshape([size[0], size[1], 3, dims.n_heads, dims.d_head].as_slice())?.f_unbind(2)?;
+    let [q, k, v]: [Tensor; 3] = qkv.try_into().map_err(|_| PrismaError::Internal("the qkv projection did not give three parts".into()))?;
+    let q = ctx.hook(at(Site::Q), q)?;
+    let k = ctx.hook(at(Site::K), k)?;
+    let v = ctx.hook(at(Site::V), v)?;
     Ok((resid_pre, q, k, v))
 }
 
