@@ -106,7 +106,20 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
   }
 }
 
+/**
+ * A reader that stops early (`prisma ... | head`) closes the pipe under us: stop quietly, as Unix
+ * tools do, instead of dying on an unhandled EPIPE with a stack trace. Report files are written
+ * atomically before anything is printed, so none is left half-written.
+ */
+function stopQuietlyOnClosedPipe(stream: NodeJS.WriteStream): void {
+  stream.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+    process.exit(EXIT_OK);
+  });
+}
+
 /** Entry point used by bin/prisma.js. */
 export async function main(argv: readonly string[] = process.argv.slice(2)): Promise<void> {
+  stopQuietlyOnClosedPipe(process.stdout);
   process.exitCode = await runCli(argv, { stdout: process.stdout, stderr: process.stderr, env: process.env, stdin: process.stdin });
 }

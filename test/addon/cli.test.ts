@@ -1,11 +1,12 @@
 // The built CLI, spawned (`node bin/prisma.js`): needs native/prisma.node and dist/ (npm run setup).
+import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { beforeAll, describe, expect, it } from 'vitest';
 
-import { FIXTURES, prisma, requireBuilt, stderrLines, type CliResult } from '../helpers/cli.js';
+import { BIN, FIXTURES, ROOT, prisma, requireBuilt, stderrLines, type CliResult } from '../helpers/cli.js';
 import { absDiff, readSafetensors } from '../helpers/safetensors.js';
 
 const MODELS = ['vit-tiny-cls', 'vit-tiny-base', 'vit-odd'] as const;
@@ -216,5 +217,18 @@ describe('bad inputs: exit != 0, one stderr line (+ hint), no output file', () =
     const r = prisma(['inspect', join(FIXTURES, 'bad', dir), '--json']);
     expect(r.code).toBe(1);
     expect((JSON.parse(r.stdout) as { error: { code: string } }).error.code).toBe(code);
+  });
+});
+
+describe('output into a closed pipe', () => {
+  it('a reader that stops early (`prisma ... | head`) ends the run quietly: exit 0, nothing on stderr', async () => {
+    const child = spawn(process.execPath, [BIN, 'inspect', model('vit-tiny-cls'), '--json'], { cwd: ROOT, env: { ...process.env, NO_COLOR: '1' } });
+    // Close our end before the CLI has started: its first write to stdout meets EPIPE.
+    child.stdout.destroy();
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const code = await new Promise<number | null>((resolve) => child.once('close', (c) => resolve(c)));
+    expect(stderr).toBe('');
+    expect(code).toBe(0);
   });
 });
