@@ -447,30 +447,11 @@ fn run_pass(
                 let entry = match &plan.values {
                     PassValues::Recorded { patch_values, base } => patch(*base, &patch_values[slot])?,
                     PassValues::Walking { source, .. } => {
-                        // Bring the carried rows (reference rows first) to where this layer's patches
-                        // enter, recording the values those patches are made of.
                         let rows = carried.take().ok_or_else(|| PrismaError::Internal("no reference rows in the pass".into()))?;
-                        let mut ctx = HookCtx::new(&record, &[]);
-                        let point = entry_point(plan.site);
-                        let advanced = match point {
-                            Some(point) => Some(model.vit.advance(layer, rows, point, cls_only, &mut ctx)?),
-                            None => {
-                                carried = Some(model.vit.block(layer, BlockEntry::resid_pre(rows), cls_only, &mut ctx)?);
-                                None
-                            }
-                        };
-                        let recorded = ctx.recorded;
-                        let base = RowOf { recorded: &recorded, row: 0 };
-                        let at = HookPoint::block(layer, plan.site);
-                        let values = match source {
-                            Some(source) => source.values(at)?.f_to_kind(model.info.kind)?.f_to_device(model.info.device)?,
-                            None => RowOf { recorded: &recorded, row: 1 }.values(at)?,
-                        };
-                        match (patch(&base, &values)?, advanced) {
-                            (PatchEntry::Inside(entry), Some(advanced)) => PatchEntry::Inside(advanced.concat(entry, cls_only)?),
-                            (PatchEntry::AfterBlock(resid), None) => PatchEntry::AfterBlock(resid),
-                            _ => return Err(PrismaError::Internal(format!("{:?} patches do not enter where reference rows wait", plan.site))),
-                        }
+                        let walked = walk_to_patches(model, plan.site, layer, rows, *source, &record, cls_only, &patch)?;
+                        // Rows whose patches enter after the block find it already run.
+                        carried = walked.after_block;
+                        walked.entry
                     }
                 };
                 match entry {
@@ -521,6 +502,48 @@ fn run_pass(
     let resid = carried.ok_or_else(|| PrismaError::Internal("a patching pass ran no rows".into()))?;
     let logits = model.vit.finalize(&resid, &mut HookCtx::new(&none, &[]))?.1;
     Ok((logits, row_slots))
+}
+
+/// What the walking reference rows leave at a patched layer: the rows to run on (all carried rows
+/// joined with this layer's patched runs), or, for patches that enter after the block, those runs
+/// plus the carried rows' output of the block.
+struct Walked {
+    entry: PatchEntry,
+    after_block: Option<Tensor>,
+}
+
+/// Brings the carried rows (the walking reference rows first) to where patches at `layer` enter,
+/// recording on the way (`record`) the values the patches are made of: the base run's (row 0) and,
+/// unless `source` gives them, the patched-in image's (row 1). `patch` builds the patched runs'
+/// entry from those values.
+#[allow(clippy::too_many_arguments)]
+fn walk_to_patches(
+    model: &Model,
+    site: Site,
+    layer: usize,
+    rows: Tensor,
+    source: Option<&dyn PatchSource>,
+    record: &HookSelection,
+    cls_only: bool,
+    patch: &dyn Fn(&dyn PatchSource, &Tensor) -> Result<PatchEntry>,
+) -> Result<Walked> {
+    let mut ctx = HookCtx::new(record, &[]);
+    let (advanced, after_block) = match entry_point(site) {
+        Some(point) => (Some(model.vit.advance(layer, rows, point, cls_only, &mut ctx)?), None),
+        None => (None, Some(model.vit.block(layer, BlockEntry::resid_pre(rows), cls_only, &mut ctx)?)),
+    };
+    let recorded = ctx.recorded;
+    let at = HookPoint::block(layer, site);
+    let values = match source {
+        Some(source) => source.values(at)?.f_to_kind(model.info.kind)?.f_to_device(model.info.device)?,
+        None => RowOf { recorded: &recorded, row: 1 }.values(at)?,
+    };
+    let entry = match (patch(&RowOf { recorded: &recorded, row: 0 }, &values)?, advanced) {
+        (PatchEntry::Inside(entry), Some(advanced)) => PatchEntry::Inside(advanced.concat(entry, cls_only)?),
+        (entry @ PatchEntry::AfterBlock(_), None) => entry,
+        _ => return Err(PrismaError::Internal(format!("{site:?} patches do not enter where the reference rows wait"))),
+    };
+    Ok(Walked { entry, after_block })
 }
 
 /// Which values each run of a group patches: [n, ...] over the site's shape with only the batch,
