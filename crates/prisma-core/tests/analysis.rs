@@ -318,3 +318,36 @@ fn resample_ablation_equals_the_naive_patching_loop() {
         }
     }
 }
+
+/// The same check on the other families' shapes: a CLIP vision tower (a norm before the blocks, the
+/// final norm on the pooled token, image-text logits) and DINOv2 with register tokens, read
+/// through a linear probe. One pass (reference rows walking with the patches) and several.
+#[test]
+fn batched_patching_equals_the_naive_loop_on_clip_and_dinov2() {
+    use tch::{Device, Kind};
+    let mut clip = load("clip-tiny");
+    let labels: Vec<String> = ["a cat", "a dog", "a person"].iter().map(|l| l.to_string()).collect();
+    clip.set_class_prompts(labels.clone(), labels.iter().map(|l| format!("a photo of {l}.")).collect()).unwrap();
+    let mut dino = load("dinov2-reg-tiny");
+    let probe = std::env::temp_dir().join(format!("prisma-probe-{}.safetensors", std::process::id()));
+    tch::manual_seed(0);
+    let d = dino.vit.cfg.d_model;
+    let (weight, bias) = (Tensor::randn([3, d], (Kind::Float, Device::Cpu)), Tensor::randn([3], (Kind::Float, Device::Cpu)));
+    Tensor::write_safetensors(&[("weight", &weight), ("bias", &bias)], &probe).unwrap();
+    dino.set_linear_probe(&probe, None).unwrap();
+    let _ = std::fs::remove_file(&probe);
+    let metric = MetricSpec { target: 1, baseline: Some(0) };
+    let cases = [
+        (PatchWhat::ResidPre, PatchBy::LayerPos),
+        (PatchWhat::AttnOut, PatchBy::LayerPos),
+        (PatchWhat::ResidPost, PatchBy::LayerPos),
+        (PatchWhat::HeadZ, PatchBy::LayerHead),
+        (PatchWhat::HeadV, PatchBy::LayerPosHead),
+    ];
+    for (name, model) in [("clip-tiny", &clip), ("dinov2-reg-tiny", &dino)] {
+        let (clean, corrupt) = images(name);
+        for (what, by) in cases {
+            assert_batched_equals_naive(name, model, (&clean, &corrupt), what, by, metric, &[(None, None), (Some(7), None)]);
+        }
+    }
+}
