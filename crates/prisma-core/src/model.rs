@@ -247,7 +247,8 @@ impl Model {
         parse_specs(json)
     }
 
-    fn to_model(&self, t: &Tensor) -> Result<Tensor> {
+    /// `t` on this model's device, in its dtype.
+    pub(crate) fn to_model(&self, t: &Tensor) -> Result<Tensor> {
         Ok(t.f_to_device(self.info.device)?.f_to_kind(self.info.kind)?)
     }
 

@@ -4,7 +4,6 @@
 
 use super::metric::MetricSpec;
 use super::patching::{sweep, CachedSource, PatchBy, PatchOptions, PatchResult, PatchSource, PatchWhat, ZeroSource};
-use super::model_pixels;
 use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookPoint, HookSelection};
 use crate::model::Model;
@@ -51,7 +50,7 @@ pub fn ablation_sweep(model: &Model, pixels: &Tensor, references: Option<&Tensor
         AblationMode::Zero => Box::new(ZeroSource),
         AblationMode::Mean | AblationMode::Resample => {
             let refs = references.ok_or_else(|| PrismaError::Argument(format!("--mode {:?} needs reference images", opts.mode).to_lowercase()))?;
-            let refs = model_pixels(model, refs)?;
+            let refs = model.to_model(refs)?;
             let n = refs.size()[0];
             if n == 0 {
                 return Err(PrismaError::Argument("no reference images".into()));

@@ -4,7 +4,7 @@
 
 use super::metric::normalise;
 use super::patching::{check, reference_run, result_axes, PatchOptions, PatchResult};
-use super::{model_pixels, to_vec_f64};
+use super::to_vec_f64;
 use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookPoint, HookSelection, Site};
 use crate::model::Model;
@@ -27,7 +27,7 @@ pub fn attribution_patching(model: &Model, clean: &Tensor, corrupt: &Tensor, opt
     // Corrupted forward with a graph that starts at block 0's input (embeddings computed without
     // grad): the backward computes activation gradients only, no weight gradients and nothing
     // through the patch-embedding convolution.
-    let pixels = model_pixels(model, corrupt)?;
+    let pixels = model.to_model(corrupt)?;
     let none = HookSelection::none();
     let embedded = tch::no_grad(|| -> Result<Tensor> {
         let mut ctx = HookCtx::new(&none, &[]);

@@ -6,7 +6,7 @@
 //! gives the model's own logit (difference) exactly, up to rounding.
 
 use super::metric::MetricSpec;
-use super::{model_pixels, require_head, to_vec_f64};
+use super::{require_head, to_vec_f64};
 use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookPoint, HookSelection, Site};
 use crate::model::Model;
@@ -59,7 +59,7 @@ pub fn direct_logit_attribution(model: &Model, pixels: &Tensor, opts: &DlaOption
         // Each token has its own layer-norm scale before the mean: no single linear read-out.
         return Err(PrismaError::Argument("DLA is not defined for models that normalise every token before mean pooling".into()));
     }
-    let pixels = model_pixels(model, pixels)?;
+    let pixels = model.to_model(pixels)?;
     if pixels.size()[0] != 1 {
         return Err(PrismaError::Shape("DLA takes one image at a time".into()));
     }

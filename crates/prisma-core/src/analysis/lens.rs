@@ -1,7 +1,7 @@
 //! Logit lens: read each layer's residual stream through the final layer norm and the head, at
 //! the pooled token (class token) and at every position.
 
-use super::{model_pixels, require_head, to_vec_f64};
+use super::{require_head, to_vec_f64};
 use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookPoint, HookSelection, Site};
 use crate::model::Model;
@@ -84,7 +84,7 @@ fn ranked(logits: &Tensor, k: usize) -> Result<Vec<Ranked>> {
 pub fn logit_lens(model: &Model, pixels: &Tensor, targets: &[Option<i64>], opts: &LensOptions) -> Result<Vec<LensImage>> {
     require_head(model, "the logit lens")?;
     let cfg = &model.vit.cfg;
-    let pixels = model_pixels(model, pixels)?;
+    let pixels = model.to_model(pixels)?;
     let mut record = HookSelection::none();
     for l in 0..cfg.n_layers {
         for s in &opts.sites {

@@ -13,10 +13,6 @@ use crate::error::{PrismaError, Result};
 use crate::model::Model;
 use tch::Tensor;
 
-/// Checks pixels against the model and moves them to its device and dtype.
-pub(crate) fn model_pixels(model: &Model, pixels: &Tensor) -> Result<Tensor> {
-    Ok(pixels.f_to_device(model.info.device)?.f_to_kind(model.info.kind)?)
-}
 
 pub(crate) fn require_head(model: &Model, what: &str) -> Result<()> {
     if !model.vit.weights.has_head() {

@@ -6,7 +6,7 @@
 //! source of values (zeros, a mean, another image) instead of the clean run.
 
 use super::metric::{normalise, MetricSpec, MetricValue};
-use super::{model_pixels, require_head};
+use super::require_head;
 use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookPoint, HookSelection, Site};
 use crate::interventions::Intervention;
@@ -183,6 +183,11 @@ enum Source<'a> {
 /// What a patched run may start from: the base run's value at every block site.
 const BASE_SITES: [Site; 9] = [Site::ResidPre, Site::Q, Site::K, Site::V, Site::Z, Site::AttnOut, Site::ResidMid, Site::MlpOut, Site::ResidPost];
 
+/// Every `BASE_SITES` point of these layers: what reference runs record for the patches.
+fn base_points(layers: &[usize]) -> Vec<HookPoint> {
+    layers.iter().flat_map(|&l| BASE_SITES.iter().map(move |s| HookPoint::block(l, *s))).collect()
+}
+
 /// The base image, then the source image if there is one, as one batch of model pixels.
 fn reference_pixels(model: &Model, base: &Tensor, source: &Source) -> Result<Tensor> {
     let single = |t: &Tensor, what: &str| -> Result<()> {
@@ -191,16 +196,19 @@ fn reference_pixels(model: &Model, base: &Tensor, source: &Source) -> Result<Ten
         }
         Ok(())
     };
-    let base = model_pixels(model, base)?;
+    let base = model.to_model(base)?;
     single(&base, "base")?;
     let Source::Image(reference) = source else { return Ok(base) };
-    let reference = model_pixels(model, reference)?;
+    let reference = model.to_model(reference)?;
     single(&reference, "clean")?;
     if reference.size() != base.size() {
         return Err(PrismaError::Shape(format!("the clean and corrupted inputs differ in shape ({:?} vs {:?})", reference.size(), base.size())));
     }
     Ok(Tensor::f_cat(&[&base, &reference], 0)?)
 }
+
+/// Values recorded at hook points over a batch of runs.
+type Recorded = Vec<(HookPoint, Tensor)>;
 
 /// One row of values recorded over a batch of reference runs: row 0 is the base run, row 1 the
 /// source image's run. Rows are cut out only when asked for: a sweep reads a few of the values.
@@ -303,26 +311,16 @@ fn run_sweep(model: &Model, base: &Tensor, source: Source, opts: &PatchOptions, 
         }
         metrics[..n_reference].to_vec()
     } else {
-        let mut record = HookSelection::none();
-        for &l in &layout.order {
-            BASE_SITES.iter().for_each(|s| record.insert(HookPoint::block(l, *s)));
-            record.insert(HookPoint::block(l, site));
-        }
-        let mut recorded = Vec::new();
-        let reference_logits = tch::no_grad(|| -> Result<Tensor> {
-            let mut ctx = HookCtx::new(&record, &[]);
-            let (_, logits) = model.vit.forward(ForwardStart::Pixels(&pixels), None, &mut ctx)?;
-            recorded = ctx.recorded;
-            Ok(logits)
-        })?;
-        let reference_metrics = opts.metric.values(&reference_logits)?;
+        let mut points = base_points(&layout.order);
+        points.extend(layout.order.iter().map(|&l| HookPoint::block(l, site)));
+        let (reference_metrics, recorded) = reference_runs(model, &pixels, &points, &opts.metric, ForwardPlan::default())?;
         let base_values = RowOf { recorded: &recorded, row: 0 };
         let source_values = RowOf { recorded: &recorded, row: 1 };
         let source: &dyn PatchSource = given_values.unwrap_or(&source_values);
         let patch_values = layout
             .order
             .iter()
-            .map(|&l| Ok(source.values(HookPoint::block(l, site))?.f_to_kind(model.info.kind)?.f_to_device(model.info.device)?))
+            .map(|&l| model.to_model(&source.values(HookPoint::block(l, site))?))
             .collect::<Result<Vec<Tensor>>>()?;
         let plan = SweepPlan { site, by: opts.by, cls_only_last, values: PassValues::Recorded { patch_values: &patch_values, base: &base_values } };
         for (first_slot, band_layers, group) in layout.passes() {
@@ -426,9 +424,7 @@ fn run_pass(
         PassValues::Walking { pixels, .. } => {
             let (_, embedded) = model.vit.forward(ForwardStart::Pixels(pixels), Some(0), &mut HookCtx::new(&none, &[]))?;
             let mut record = HookSelection::none();
-            for &l in band_layers {
-                BASE_SITES.iter().for_each(|s| record.insert(HookPoint::block(l, *s)));
-            }
+            base_points(band_layers).into_iter().for_each(|p| record.insert(p));
             (Some(embedded), 0, record)
         }
         PassValues::Recorded { .. } => (None, band_layers[0], HookSelection::none()),
@@ -535,7 +531,7 @@ fn walk_to_patches(
     let recorded = ctx.recorded;
     let at = HookPoint::block(layer, site);
     let values = match source {
-        Some(source) => source.values(at)?.f_to_kind(model.info.kind)?.f_to_device(model.info.device)?,
+        Some(source) => model.to_model(&source.values(at)?)?,
         None => RowOf { recorded: &recorded, row: 1 }.values(at)?,
     };
     let entry = match (patch(&RowOf { recorded: &recorded, row: 0 }, &values)?, advanced) {
@@ -636,8 +632,22 @@ pub fn reference_run(
     points: &[HookPoint],
     metric: &MetricSpec,
     plan: ForwardPlan,
-) -> Result<(MetricValue, Vec<(HookPoint, Tensor)>)> {
-    let pixels = model_pixels(model, pixels)?;
+) -> Result<(MetricValue, Recorded)> {
+    let (metrics, recorded) = reference_runs(model, pixels, points, metric, plan)?;
+    let m = metrics.into_iter().next().ok_or_else(|| PrismaError::Internal("empty batch".into()))?;
+    Ok((m, recorded))
+}
+
+/// `reference_run` over a batch: the metric of every image, and the values recorded at `points`
+/// for the whole batch.
+fn reference_runs(
+    model: &Model,
+    pixels: &Tensor,
+    points: &[HookPoint],
+    metric: &MetricSpec,
+    plan: ForwardPlan,
+) -> Result<(Vec<MetricValue>, Recorded)> {
+    let pixels = model.to_model(pixels)?;
     let mut record = HookSelection::none();
     for p in points {
         record.insert(*p);
@@ -645,8 +655,7 @@ pub fn reference_run(
     tch::no_grad(|| {
         let mut ctx = HookCtx::new(&record, &[]);
         let (_, logits) = model.vit.forward_planned(ForwardStart::Pixels(&pixels), None, plan, &mut ctx)?;
-        let m = metric.values(&logits)?.into_iter().next().ok_or_else(|| PrismaError::Internal("empty batch".into()))?;
-        Ok((m, ctx.recorded))
+        Ok((metric.values(&logits)?, ctx.recorded))
     })
 }
 
