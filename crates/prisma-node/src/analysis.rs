@@ -39,7 +39,7 @@ impl Task for AnalysisTask {
     type JsValue = String;
 
     fn compute(&mut self) -> Result<Self::Output> {
-        guard(|| crate::torch_thread::run(|| {
+        guard(|| {
             let model = lock(&self.model)?;
             model.use_threads();
             let t = |(shape, data): &Owned| from_f32(shape, data).map_err(to_js_error);
@@ -67,7 +67,7 @@ impl Task for AnalysisTask {
                     json(&ablation::ablation_sweep(&model, &t(pixels)?, refs.as_ref(), &opts).map_err(e)?)
                 }
             }
-        }))
+        })
     }
 
     fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {

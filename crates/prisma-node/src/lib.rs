@@ -1,6 +1,7 @@
 //! Node binding for prisma-core. No model logic lives here: argument conversion, one error
 //! conversion (`E_CODE: message`), and one task per long operation so the JS thread stays free
-//! (a `TorchTask` on the libtorch thread; an `AsyncTask` on the libuv pool for loading and saving).
+//! (a `TorchTask` on the libtorch thread; an `AsyncTask` on the libuv pool for saving, which touches
+//! no libtorch).
 
 mod analysis;
 mod convert;
@@ -88,9 +89,9 @@ pub struct NativeModel {
 impl NativeModel {
     /// Loads a model folder off the JS thread.
     #[napi(ts_return_type = "Promise<NativeModel>")]
-    pub fn load(dir: String, options: Option<LoadOptions>) -> AsyncTask<LoadTask> {
+    pub fn load(dir: String, options: Option<LoadOptions>) -> TorchTask<LoadTask> {
         let (device, dtype, image_size) = options.map(|o| (o.device, o.dtype, o.image_size)).unwrap_or((None, None, None));
-        AsyncTask::new(LoadTask { dir, device: device.unwrap_or_default(), dtype: dtype.unwrap_or_default(), image_size })
+        TorchTask(LoadTask { dir, device: device.unwrap_or_default(), dtype: dtype.unwrap_or_default(), image_size })
     }
 
     #[napi]

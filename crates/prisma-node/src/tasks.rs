@@ -1,5 +1,6 @@
-//! Long operations as napi Tasks: computed on the libtorch thread (`TorchTask`) or the libuv pool
-//! (`AsyncTask`: loading, saving), resolved on the JS thread.
+//! Long operations as napi Tasks, resolved on the JS thread: computed on the libtorch thread
+//! (`TorchTask`, so `compute` runs there), or on the libuv pool (`AsyncTask`) for file work that
+//! touches no libtorch (saving tensors from JS).
 
 use crate::convert::{guard, lock, to_js_error, TensorData};
 use crate::{NativeModel, RunOutput};
@@ -61,7 +62,7 @@ impl Task for RunTask {
     type JsValue = RunOutput;
 
     fn compute(&mut self) -> Result<Self::Output> {
-        guard(|| crate::torch_thread::run(|| {
+        guard(|| {
             let model = lock(&self.model)?;
             model.use_threads();
             let tensor = |(shape, data): &Owned| from_f32(shape, data).map_err(to_js_error);
@@ -91,7 +92,7 @@ impl Task for RunTask {
                 .map(|(p, t)| Ok((p.to_string(), to_f32_vec(t).map_err(to_js_error)?)))
                 .collect::<Result<Vec<_>>>()?;
             Ok(RunResult { output, cache })
-        }))
+        })
     }
 
     fn resolve(&mut self, _env: Env, out: Self::Output) -> Result<Self::JsValue> {
@@ -111,7 +112,8 @@ impl Task for SaveTask {
     type JsValue = ();
 
     fn compute(&mut self) -> Result<Self::Output> {
-        guard(|| crate::torch_thread::run(|| {
+        // Plain f32 buffers to a file: no libtorch, so no need to wait for its thread.
+        guard(|| {
             let tensors: Vec<prisma_core::tensor_file::NamedF32> = std::mem::take(&mut self.tensors)
                 .into_iter()
                 .enumerate()
@@ -119,7 +121,7 @@ impl Task for SaveTask {
                 .collect();
             prisma_core::tensor_file::save_safetensors(std::path::Path::new(&self.path), &tensors, self.metadata.take())
                 .map_err(to_js_error)
-        }))
+        })
     }
 
     fn resolve(&mut self, _env: Env, _out: Self::Output) -> Result<Self::JsValue> {
@@ -139,10 +141,8 @@ impl Task for PromptsTask {
 
     fn compute(&mut self) -> Result<Self::Output> {
         guard(|| {
-            crate::torch_thread::run(|| {
-                let mut model = lock(&self.model)?;
-                model.set_class_prompts(self.labels.clone(), self.prompts.clone()).map_err(to_js_error)
-            })
+            let mut model = lock(&self.model)?;
+            model.set_class_prompts(self.labels.clone(), self.prompts.clone()).map_err(to_js_error)
         })
     }
 

@@ -77,7 +77,7 @@ impl Task for TrainerTask {
     type JsValue = String;
 
     fn compute(&mut self) -> Result<Self::Output> {
-        guard(|| crate::torch_thread::run(|| lock(&self.trainer)?.run(&self.op).map_err(to_js_error)))
+        guard(|| lock(&self.trainer)?.run(&self.op).map_err(to_js_error))
     }
 
     fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
