@@ -55,7 +55,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let kind = if attribution { "attribution" } else { "exact" };
     let best = times.iter().copied().fold(f64::MAX, f64::min);
     let sweep_median = median(times);
-    println!("{what:?} {by:?} {kind}: {reps} runs, best {best:.5} s, median {sweep_median:.5} s");
+    println!("{what:?} {by:?} {kind}: {reps} runs, best {best:.6} s, median {sweep_median:.6} s");
     if attribution {
         let fwd = median(forwards);
         println!("plain forward median {fwd:.5} s -> {:.2} forward-equivalents", sweep_median / fwd);
