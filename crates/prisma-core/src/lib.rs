@@ -5,6 +5,7 @@ pub mod analysis;
 pub mod device;
 pub mod error;
 pub mod hooks;
+mod inference_mode;
 pub mod interventions;
 pub mod model;
 pub mod models;
