@@ -224,6 +224,25 @@ fn attribution_patching_tracks_exact_patching() {
     }
 }
 
+/// Sweeps run in libtorch's inference mode; leaving it, by success or by error, must give the thread
+/// its autograd back (attribution patching needs gradients).
+#[test]
+fn a_sweep_leaves_autograd_working_after_success_and_error() {
+    let model = load("vit-tiny-cls");
+    let (clean, corrupt) = images("vit-tiny-cls");
+    let metric = MetricSpec { target: 2, baseline: Some(0) };
+    let bad = PatchOptions { what: PatchWhat::HeadZ, by: PatchBy::LayerHead, metric, chunk: None, layers: Some(vec![99]) };
+    assert!(activation_patching(&model, &clean, &corrupt, &bad).is_err());
+    let good = PatchOptions { layers: None, ..bad };
+    activation_patching(&model, &clean, &corrupt, &good).unwrap();
+    let x = Tensor::ones([2], (tch::Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+    let y = (&x * &x).sum(tch::Kind::Float);
+    y.backward();
+    assert_eq!(Vec::<f32>::try_from(x.grad()).unwrap(), vec![2.0, 2.0]);
+    let approx = attribution_patching(&model, &clean, &corrupt, &good).unwrap();
+    assert_eq!(approx.value.len(), 2 * 4);
+}
+
 #[test]
 fn dla_components_sum_to_the_logit() {
     for name in ["vit-tiny-cls", "vit-odd"] {
