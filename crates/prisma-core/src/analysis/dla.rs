@@ -9,6 +9,7 @@ use super::metric::MetricSpec;
 use super::{require_head, to_vec_f64};
 use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookPoint, HookSelection, Site};
+use crate::inference_mode::inference_mode;
 use crate::model::Model;
 use crate::models::vit::{FinalNorm, ForwardStart, Head, Pooling};
 use serde::{Deserialize, Serialize};
@@ -52,6 +53,11 @@ pub struct DlaResult {
 }
 
 pub fn direct_logit_attribution(model: &Model, pixels: &Tensor, opts: &DlaOptions) -> Result<DlaResult> {
+    // Its tensors stay inside and the result is host values: inference mode (see inference_mode.rs).
+    inference_mode(|| direct_logit_attribution_here(model, pixels, opts))
+}
+
+fn direct_logit_attribution_here(model: &Model, pixels: &Tensor, opts: &DlaOptions) -> Result<DlaResult> {
     require_head(model, "direct logit attribution")?;
     let cfg = &model.vit.cfg;
     opts.metric.check(cfg.n_classes)?;

@@ -4,6 +4,7 @@
 use super::{require_head, to_vec_f64};
 use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookPoint, HookSelection, Site};
+use crate::inference_mode::inference_mode;
 use crate::model::Model;
 use crate::models::vit::ForwardStart;
 use serde::{Deserialize, Serialize};
@@ -82,6 +83,11 @@ fn ranked(logits: &Tensor, k: usize) -> Result<Vec<Ranked>> {
 
 /// `targets[b]` is image b's target class (defaults to the model's own top-1).
 pub fn logit_lens(model: &Model, pixels: &Tensor, targets: &[Option<i64>], opts: &LensOptions) -> Result<Vec<LensImage>> {
+    // Its tensors stay inside and the result is host values: inference mode (see inference_mode.rs).
+    inference_mode(|| logit_lens_here(model, pixels, targets, opts))
+}
+
+fn logit_lens_here(model: &Model, pixels: &Tensor, targets: &[Option<i64>], opts: &LensOptions) -> Result<Vec<LensImage>> {
     require_head(model, "the logit lens")?;
     let cfg = &model.vit.cfg;
     let pixels = model.to_model(pixels)?;
