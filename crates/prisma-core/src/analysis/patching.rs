@@ -285,7 +285,8 @@ impl Layout {
 /// values every pass reads.
 fn run_sweep(model: &Model, base: &Tensor, source: Source, opts: &PatchOptions, clean: Option<MetricValue>) -> Result<PatchResult> {
     // A sweep's tensors all stay inside it and its result is host values, which is what inference
-    // mode asks; on a tiny model it takes ~10% off a sweep that is mostly per-op overhead.
+    // mode asks; on a tiny model it takes ~10% off a sweep that is mostly per-op overhead. It also
+    // implies no_grad for everything below.
     inference_mode(|| run_sweep_here(model, base, source, opts, clean))
 }
 
@@ -309,7 +310,7 @@ fn run_sweep_here(model: &Model, base: &Tensor, source: Source, opts: &PatchOpti
     let mut batched_forwards = 0;
     let reference_metrics = if layout.one_pass() && site != Site::Pattern {
         let plan = SweepPlan { site, by: opts.by, cls_only_last, values: PassValues::Walking { pixels: &pixels, source: given_values } };
-        let (logits, row_slots) = tch::no_grad(|| run_pass(model, &plan, 0, &layout.order, &layout.items))?;
+        let (logits, row_slots) = run_pass(model, &plan, 0, &layout.order, &layout.items)?;
         batched_forwards += 1;
         let metrics = opts.metric.values(&logits)?;
         let n_reference = pixels.size()[0] as usize;
@@ -331,7 +332,7 @@ fn run_sweep_here(model: &Model, base: &Tensor, source: Source, opts: &PatchOpti
             .collect::<Result<Vec<Tensor>>>()?;
         let plan = SweepPlan { site, by: opts.by, cls_only_last, values: PassValues::Recorded { patch_values: &patch_values, base: &base_values } };
         for (first_slot, band_layers, group) in layout.passes() {
-            let (logits, row_slots) = tch::no_grad(|| run_pass(model, &plan, first_slot, band_layers, group))?;
+            let (logits, row_slots) = run_pass(model, &plan, first_slot, band_layers, group)?;
             batched_forwards += 1;
             let metrics = opts.metric.values(&logits)?;
             for (slot, block) in row_slots.iter().zip(metrics.chunks(group.len())) {
@@ -451,10 +452,7 @@ fn run_pass(
                     PassValues::Recorded { patch_values, base } => patch(*base, &patch_values[slot])?,
                     PassValues::Walking { source, .. } => {
                         let rows = carried.take().ok_or_else(|| PrismaError::Internal("no reference rows in the pass".into()))?;
-                        let walked = walk_to_patches(model, plan.site, layer, rows, *source, &record, cls_only, &patch)?;
-                        // Rows whose patches enter after the block find it already run.
-                        carried = walked.after_block;
-                        walked.entry
+                        walk_to_patches(model, plan.site, layer, rows, *source, &record, cls_only, &patch)?
                     }
                 };
                 match entry {
@@ -464,11 +462,7 @@ fn run_pass(
                     }),
                     PatchEntry::AfterBlock(resid) => {
                         after = Some(resid);
-                        // Walking reference rows have run this block already.
-                        match plan.values {
-                            PassValues::Walking { .. } => None,
-                            PassValues::Recorded { .. } => carried.take().map(BlockEntry::resid_pre),
-                        }
+                        carried.take().map(BlockEntry::resid_pre)
                     }
                     PatchEntry::Intervened { resid_pre, values, mask } => {
                         let (resid_pre, mask) = match carried.take() {
@@ -493,11 +487,7 @@ fn run_pass(
         }
         if let Some(resid) = after {
             carried = Some(match carried {
-                Some(c) => {
-                    // After a class-token-only last block only token 0 is carried.
-                    let resid = if c.size()[1] == 1 { resid.f_narrow(1, 0, 1)? } else { resid };
-                    Tensor::f_cat(&[&c, &resid], 0)?
-                }
+                Some(c) => join_after_block(c, resid)?,
                 None => resid,
             });
         }
@@ -507,18 +497,19 @@ fn run_pass(
     Ok((logits, row_slots))
 }
 
-/// What the walking reference rows leave at a patched layer: the rows to run on (all carried rows
-/// joined with this layer's patched runs), or, for patches that enter after the block, those runs
-/// plus the carried rows' output of the block.
-struct Walked {
-    entry: PatchEntry,
-    after_block: Option<Tensor>,
+/// Rows that have run block `layer` (`ran`) followed by rows that enter after it. After a
+/// class-token-only last block only token 0 goes on.
+fn join_after_block(ran: Tensor, resid: Tensor) -> Result<Tensor> {
+    let resid = if ran.size()[1] == 1 { resid.f_narrow(1, 0, 1)? } else { resid };
+    Ok(Tensor::f_cat(&[&ran, &resid], 0)?)
 }
 
 /// Brings the carried rows (the walking reference rows first) to where patches at `layer` enter,
 /// recording on the way (`record`) the values the patches are made of: the base run's (row 0) and,
 /// unless `source` gives them, the patched-in image's (row 1). `patch` builds the patched runs'
-/// entry from those values.
+/// entry from those values; the carried rows lead it, so nothing is left carried: inside the
+/// block they join the patched runs' entry, after it their output of the block leads the patched
+/// rows.
 #[allow(clippy::too_many_arguments)]
 fn walk_to_patches(
     model: &Model,
@@ -529,7 +520,7 @@ fn walk_to_patches(
     record: &HookSelection,
     cls_only: bool,
     patch: &dyn Fn(&dyn PatchSource, &Tensor) -> Result<PatchEntry>,
-) -> Result<Walked> {
+) -> Result<PatchEntry> {
     let mut ctx = HookCtx::new(record, &[]);
     let (advanced, after_block) = match entry_point(site) {
         Some(point) => (Some(model.vit.advance(layer, rows, point, cls_only, &mut ctx)?), None),
@@ -541,12 +532,11 @@ fn walk_to_patches(
         Some(source) => model.to_model(&source.values(at)?)?,
         None => RowOf { recorded: &recorded, row: 1 }.values(at)?,
     };
-    let entry = match (patch(&RowOf { recorded: &recorded, row: 0 }, &values)?, advanced) {
-        (PatchEntry::Inside(entry), Some(advanced)) => PatchEntry::Inside(advanced.concat(entry, cls_only)?),
-        (entry @ PatchEntry::AfterBlock(_), None) => entry,
+    Ok(match (patch(&RowOf { recorded: &recorded, row: 0 }, &values)?, advanced, after_block) {
+        (PatchEntry::Inside(entry), Some(advanced), None) => PatchEntry::Inside(advanced.concat(entry, cls_only)?),
+        (PatchEntry::AfterBlock(resid), None, Some(ran)) => PatchEntry::AfterBlock(join_after_block(ran, resid)?),
         _ => return Err(PrismaError::Internal(format!("{site:?} patches do not enter where the reference rows wait"))),
-    };
-    Ok(Walked { entry, after_block })
+    })
 }
 
 /// Which values each run of a group patches: [n, ...] over the site's shape with only the batch,
