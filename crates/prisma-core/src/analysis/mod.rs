@@ -13,7 +13,6 @@ use crate::error::{PrismaError, Result};
 use crate::model::Model;
 use tch::Tensor;
 
-
 pub(crate) fn require_head(model: &Model, what: &str) -> Result<()> {
     if !model.vit.weights.has_head() {
         if model.text.is_some() {
