@@ -1,11 +1,12 @@
 //! Records where libtorch's shared libraries live, so the core can find libtorch_cuda at run time
 //! (see device.rs) and the binding can embed an rpath. `scripts/setup.mjs` sets PRISMA_LIBTORCH_LIB;
-//! a user's own LIBTORCH is the fallback. Also compiles the one C++ shim the core needs
-//! (cpp/inference_mode.cpp) against the headers of the libtorch that torch-sys found.
+//! a user's own LIBTORCH is the fallback. Also compiles the C++ shims the core needs
+//! (cpp/inference_mode.cpp, cpp/onednn_linear.cpp) against the headers of the libtorch that torch-sys found.
 fn main() {
     println!("cargo:rerun-if-env-changed=PRISMA_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-changed=cpp/inference_mode.cpp");
+    println!("cargo:rerun-if-changed=cpp/onednn_linear.cpp");
     let dir = std::env::var("PRISMA_LIBTORCH_LIB")
         .ok()
         .or_else(|| std::env::var("LIBTORCH").ok().map(|l| format!("{l}/lib")));
@@ -22,5 +23,6 @@ fn main() {
         .std("c++17")
         .include(&include)
         .file("cpp/inference_mode.cpp")
+        .file("cpp/onednn_linear.cpp")
         .compile("prisma_native");
 }

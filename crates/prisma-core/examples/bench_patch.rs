@@ -1,9 +1,11 @@
 //! Core-only timing of one patching sweep (no Node):
 //!   bench_patch MODEL_DIR PIXELS.safetensors WHAT BY [REPS]
 //! Env: CHUNK=N sets the rows per batched block; ATTRIBUTION=1 times attribution patching instead and
-//! also reports it in forward-equivalents (its time over a plain batch-1 forward's, alternated).
+//! also reports it in forward-equivalents (its time over a plain batch-1 forward's, alternated);
+//! KERNELS=aten|onednn overrides the library the sweep's linear layers use (default: the model's).
 use prisma_core::analysis::attribution::attribution_patching;
 use prisma_core::analysis::metric::MetricSpec;
+use prisma_core::models::linear::LinearKernels;
 use prisma_core::analysis::patching::{activation_patching, PatchBy, PatchOptions, PatchResult, PatchWhat};
 use prisma_core::tensor_file::read_tensor_file;
 use prisma_core::{Model, RunRequest};
@@ -17,7 +19,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a: Vec<String> = std::env::args().collect();
-    let model = Model::load(std::path::Path::new(&a[1]), "cpu", "f32")?;
+    let mut model = Model::load(std::path::Path::new(&a[1]), "cpu", "f32")?;
+    match std::env::var("KERNELS").as_deref() {
+        Ok("aten") => model.sweep_kernels = LinearKernels::Aten,
+        Ok("onednn") => model.sweep_kernels = LinearKernels::OneDnn,
+        _ => {}
+    }
+    println!("sweep linears: {:?}", model.sweep_kernels);
     // The thread count the Node binding uses for this model (one thread for tiny models).
     model.use_threads();
     let px = read_tensor_file(std::path::Path::new(&a[2]))?.into_iter().find(|(n, _)| n == "pixel_values").ok_or("no pixel_values")?.1;

@@ -10,6 +10,7 @@ use prisma_core::analysis::dla::{direct_logit_attribution, DlaOptions};
 use prisma_core::analysis::lens::{logit_lens, LensOptions, LensSite};
 use prisma_core::analysis::metric::MetricSpec;
 use prisma_core::analysis::patching::{activation_patching, PatchBy, PatchOptions, PatchWhat};
+use prisma_core::models::linear::{onednn_available, LinearKernels};
 use prisma_core::interventions::{ActionKind, InterventionSpec, Selection};
 use prisma_core::RunRequest;
 use std::collections::HashMap;
@@ -135,6 +136,30 @@ fn assert_batched_equals_naive(
 
 /// Models whose head reads every token (mean pooling: timm avg-pool, VideoMAE without a class
 /// token) keep all rows in the last block, and rows entering after it (resid_post) join full-width.
+/// Large CPU models sweep with oneDNN's linear layers (GELU fused into the MLP's first product);
+/// forced here on fixture models, against the naive loop, which runs at::linear throughout. Covers
+/// erf GELU (vit-tiny-cls), tanh GELU (vit-odd), quick GELU (clip-tiny, not fused) and a gated
+/// MLP (dinov2-swiglu-tiny); the self-patching invariant holds within the oneDNN sweep too.
+#[test]
+fn sweeps_on_onednn_linears_equal_the_naive_loop() {
+    if !onednn_available() {
+        eprintln!("this libtorch has no oneDNN; nothing to check");
+        return;
+    }
+    let cases = [(PatchWhat::ResidPre, PatchBy::LayerPos), (PatchWhat::MlpOut, PatchBy::LayerPos), (PatchWhat::HeadZ, PatchBy::LayerHead), (PatchWhat::HeadPattern, PatchBy::LayerHead)];
+    for name in ["vit-tiny-cls", "vit-odd", "clip-tiny", "dinov2-swiglu-tiny"] {
+        let mut model = load_with_head(name);
+        model.sweep_kernels = LinearKernels::OneDnn;
+        let (clean, corrupt) = images(name);
+        let metric = MetricSpec { target: 1, baseline: Some(0) };
+        for (what, by) in cases {
+            assert_batched_equals_naive(name, &model, (&clean, &corrupt), what, by, metric, &[(None, None), (Some(7), None)]);
+        }
+        let itself = activation_patching(&model, &clean, &clean, &PatchOptions { what: PatchWhat::ResidPre, by: PatchBy::LayerPos, metric, chunk: None, layers: None }).unwrap();
+        assert!(itself.value.iter().all(|v| (v - itself.clean.value).abs() <= 1e-5), "{name}: clean into clean moved the metric");
+    }
+}
+
 #[test]
 fn batched_patching_equals_the_naive_loop_when_the_head_reads_every_token() {
     for name in ["timm-vit-gap", "videomae-tiny"] {
@@ -341,20 +366,29 @@ fn resample_ablation_equals_the_naive_patching_loop() {
 /// The same check on the other families' shapes: a CLIP vision tower (a norm before the blocks, the
 /// final norm on the pooled token, image-text logits) and DINOv2 with register tokens, read
 /// through a linear probe. One pass (reference rows walking with the patches) and several.
+/// A fixture model with a classifier to patch against: CLIP-style models classify three prompts, and
+/// headless backbones (DINOv2) get a random linear probe.
+fn load_with_head(name: &str) -> prisma_core::Model {
+    use tch::{Device, Kind};
+    let mut model = load(name);
+    if model.text.is_some() {
+        let labels: Vec<String> = ["a cat", "a dog", "a person"].iter().map(|l| l.to_string()).collect();
+        model.set_class_prompts(labels.clone(), labels.iter().map(|l| format!("a photo of {l}.")).collect()).unwrap();
+    } else if name.starts_with("dinov2") {
+        let probe = std::env::temp_dir().join(format!("prisma-probe-{name}-{}.safetensors", std::process::id()));
+        tch::manual_seed(0);
+        let d = model.vit.cfg.d_model;
+        let (weight, bias) = (Tensor::randn([3, d], (Kind::Float, Device::Cpu)), Tensor::randn([3], (Kind::Float, Device::Cpu)));
+        Tensor::write_safetensors(&[("weight", &weight), ("bias", &bias)], &probe).unwrap();
+        model.set_linear_probe(&probe, None).unwrap();
+        let _ = std::fs::remove_file(&probe);
+    }
+    model
+}
+
 #[test]
 fn batched_patching_equals_the_naive_loop_on_clip_and_dinov2() {
-    use tch::{Device, Kind};
-    let mut clip = load("clip-tiny");
-    let labels: Vec<String> = ["a cat", "a dog", "a person"].iter().map(|l| l.to_string()).collect();
-    clip.set_class_prompts(labels.clone(), labels.iter().map(|l| format!("a photo of {l}.")).collect()).unwrap();
-    let mut dino = load("dinov2-reg-tiny");
-    let probe = std::env::temp_dir().join(format!("prisma-probe-{}.safetensors", std::process::id()));
-    tch::manual_seed(0);
-    let d = dino.vit.cfg.d_model;
-    let (weight, bias) = (Tensor::randn([3, d], (Kind::Float, Device::Cpu)), Tensor::randn([3], (Kind::Float, Device::Cpu)));
-    Tensor::write_safetensors(&[("weight", &weight), ("bias", &bias)], &probe).unwrap();
-    dino.set_linear_probe(&probe, None).unwrap();
-    let _ = std::fs::remove_file(&probe);
+    let (clip, dino) = (load_with_head("clip-tiny"), load_with_head("dinov2-reg-tiny"));
     let metric = MetricSpec { target: 1, baseline: Some(0) };
     let cases = [
         (PatchWhat::ResidPre, PatchBy::LayerPos),

@@ -12,6 +12,7 @@ use crate::hooks::{HookCtx, HookPoint, HookSelection, Site};
 use crate::inference_mode::inference_mode;
 use crate::interventions::Intervention;
 use crate::model::Model;
+use crate::models::linear::with_linear_kernels;
 use crate::models::vit::{BlockEntry, EntryPoint, ForwardPlan, ForwardStart};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -287,7 +288,8 @@ fn run_sweep(model: &Model, base: &Tensor, source: Source, opts: &PatchOptions, 
     // A sweep's tensors all stay inside it and its result is host values, which is what inference
     // mode asks; on a tiny model it takes ~10% off a sweep that is mostly per-op overhead. It also
     // implies no_grad for everything below.
-    inference_mode(|| run_sweep_here(model, base, source, opts, clean))
+    // On large CPU models its linear layers also run on oneDNN (see models/linear.rs).
+    inference_mode(|| with_linear_kernels(model.sweep_kernels, || run_sweep_here(model, base, source, opts, clean)))
 }
 
 fn run_sweep_here(model: &Model, base: &Tensor, source: Source, opts: &PatchOptions, clean: Option<MetricValue>) -> Result<PatchResult> {

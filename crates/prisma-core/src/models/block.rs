@@ -4,6 +4,7 @@
 
 use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookPoint, Site, Tower};
+use super::linear::{linear, linear_then};
 use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,7 +199,7 @@ fn qkv_of(dims: &BlockDims, w: &BlockWeights, layer: usize, resid_pre: Tensor, c
     let x = layer_norm(dims, &resid_pre, &w.ln1, at(Site::Ln1Scale), at(Site::Ln1Normalized), ctx)?;
     let size = x.size();
     // [B, pos, 3, H, dh] viewed apart: q, k and v as [B, pos, H, dh] in two ops, not four.
-    let qkv = x.f_linear(&w.w_qkv, w.b_qkv.as_ref())?.f_reshape([size[0], size[1], 3, dims.n_heads, dims.d_head].as_slice())?.f_unbind(2)?;
+    let qkv = linear(&x, &w.w_qkv, w.b_qkv.as_ref())?.f_reshape([size[0], size[1], 3, dims.n_heads, dims.d_head].as_slice())?.f_unbind(2)?;
     let [q, k, v]: [Tensor; 3] = qkv.try_into().map_err(|_| PrismaError::Internal("the qkv projection did not give three parts".into()))?;
     let q = ctx.hook(at(Site::Q), q)?;
     let k = ctx.hook(at(Site::K), k)?;
@@ -239,16 +240,22 @@ fn mlp_half(dims: &BlockDims, w: &BlockWeights, layer: usize, resid_mid: Tensor,
     let at = |site| HookPoint::in_tower(dims.tower, Some(layer), site);
     let x = layer_norm(dims, &resid_mid, &w.ln2, at(Site::Ln2Scale), at(Site::Ln2Normalized), ctx)?;
     let post = if dims.gated_mlp {
-        let both = x.f_linear(&w.w_in, Some(&w.b_in))?;
+        let both = linear(&x, &w.w_in, Some(&w.b_in))?;
         let half = both.size()[2] / 2;
         let gate = ctx.hook(at(Site::MlpPre), both.f_narrow(-1, 0, half)?)?;
-        let linear = ctx.hook(at(Site::MlpPreLinear), both.f_narrow(-1, half, half)?)?;
-        ctx.hook(at(Site::MlpPost), dims.activation.apply(&gate)?.f_mul(&linear)?)?
+        let linear_part = ctx.hook(at(Site::MlpPreLinear), both.f_narrow(-1, half, half)?)?;
+        ctx.hook(at(Site::MlpPost), dims.activation.apply(&gate)?.f_mul(&linear_part)?)?
     } else {
-        let pre = ctx.hook(at(Site::MlpPre), x.f_linear(&w.w_in, Some(&w.b_in))?)?;
-        ctx.hook(at(Site::MlpPost), dims.activation.apply(&pre)?)?
+        let post = if ctx.active(at(Site::MlpPre)) {
+            let pre = ctx.hook(at(Site::MlpPre), linear(&x, &w.w_in, Some(&w.b_in))?)?;
+            dims.activation.apply(&pre)?
+        } else {
+            // Nobody reads the pre-activation: the GELU can ride on the product (oneDNN).
+            linear_then(&x, &w.w_in, Some(&w.b_in), dims.activation)?
+        };
+        ctx.hook(at(Site::MlpPost), post)?
     };
-    let mlp_out = ctx.hook(at(Site::MlpOut), post.f_linear(&w.w_out, Some(&w.b_out))?)?;
+    let mlp_out = ctx.hook(at(Site::MlpOut), linear(&post, &w.w_out, Some(&w.b_out))?)?;
     ctx.hook(at(Site::ResidPost), resid_mid.f_add(&mlp_out)?)
 }
 
@@ -272,7 +279,7 @@ fn attention_output(
         let result = ctx.hook(at(Site::Result), result)?;
         result.f_sum_dim_intlist([2i64].as_slice(), false, None::<Kind>)?.f_add(&w.b_o)?
     } else {
-        z.f_reshape([batch, pos, dims.d_model].as_slice())?.f_linear(&w.w_o, Some(&w.b_o))?
+        linear(&z.f_reshape([batch, pos, dims.d_model].as_slice())?, &w.w_o, Some(&w.b_o))?
     };
     let attn_out = ctx.hook(at(Site::AttnOut), attn_out)?;
     let resid_pre = if cls_only { resid_pre.f_narrow(1, 0, 1)? } else { resid_pre.shallow_clone() };

@@ -1,3 +1,4 @@
 pub mod block;
+pub mod linear;
 pub mod text;
 pub mod vit;
