@@ -175,6 +175,10 @@ pub fn block_from(
         BlockEntry::ResidMid(resid_mid) if cls_only => resid_mid.f_narrow(1, 0, 1)?,
         BlockEntry::ResidMid(resid_mid) => resid_mid,
         BlockEntry::Z { resid_pre, z } => attention_output(dims, w, layer, &resid_pre, z, cls_only, ctx)?,
+        BlockEntry::Qkv { resid_pre, q, .. } if !q.defined() && cls_only && mask.is_none() && !watches_qkv(dims, layer, ctx) => {
+            let (resid_pre, z) = class_token_z(dims, w, layer, resid_pre, ctx)?;
+            attention_output(dims, w, layer, &resid_pre, z, cls_only, ctx)?
+        }
         BlockEntry::Qkv { resid_pre, q, k, v } => {
             let (resid_pre, q, k, v) = if q.defined() { (resid_pre, q, k, v) } else { qkv_of(dims, w, layer, resid_pre, ctx)? };
             let z = attention_z(dims, layer, &q, &k, &v, cls_only, mask, ctx)?;
@@ -205,6 +209,44 @@ fn qkv_of(dims: &BlockDims, w: &BlockWeights, layer: usize, resid_pre: Tensor, c
     let k = ctx.hook(at(Site::K), k)?;
     let v = ctx.hook(at(Site::V), v)?;
     Ok((resid_pre, q, k, v))
+}
+
+/// Whether anything reads or edits this block's q, k, v, scores or pattern.
+fn watches_qkv(dims: &BlockDims, layer: usize, ctx: &HookCtx) -> bool {
+    [Site::Q, Site::K, Site::V, Site::AttnScores, Site::Pattern].into_iter().any(|site| ctx.active(HookPoint::in_tower(dims.tower, Some(layer), site)))
+}
+
+/// The class token's z [B, 1, H, dh] straight from `hook_resid_pre`, for a block whose only query is
+/// the class token and whose q, k and v nobody watches (the last block of a patching sweep). Keys and
+/// values are never projected for every token: with x_j the ln1 output, per head
+///   q·k_j = (W_K^T q)·x_j + q·b_K, and the second term is the same for every key (softmax drops it);
+///   Σ_j a_j v_j = W_V (Σ_j a_j x_j) + b_V, as the weights sum to one.
+/// That is O(H·pos·d) a row instead of the 2·pos·d² of projecting k and v (ViT-B: 1/4 of the block
+/// it replaces), and the same values to float rounding. Returns (hooked resid_pre, hooked z).
+fn class_token_z(dims: &BlockDims, w: &BlockWeights, layer: usize, resid_pre: Tensor, ctx: &mut HookCtx) -> Result<(Tensor, Tensor)> {
+    let at = |site| HookPoint::in_tower(dims.tower, Some(layer), site);
+    let resid_pre = ctx.hook(at(Site::ResidPre), resid_pre)?;
+    let x = layer_norm(dims, &resid_pre, &w.ln1, at(Site::Ln1Scale), at(Site::Ln1Normalized), ctx)?;
+    let (batch, d, h, dh) = (x.size()[0], dims.d_model, dims.n_heads, dims.d_head);
+    // The fused projection's rows are q, then k, then v; within each, head-major.
+    let part = |i: i64| w.w_qkv.f_narrow(0, i * d, d);
+    let bias = |i: i64| w.b_qkv.as_ref().map(|b| b.f_narrow(0, i * d, d)).transpose();
+    let (w_k, w_v) = (part(1)?.f_reshape([h, dh, d].as_slice())?, part(2)?.f_reshape([h, dh, d].as_slice())?);
+    // [H, B, dh]: the class token's query, head-major for the per-head products below.
+    let q = linear(&x.f_select(1, 0)?, &part(0)?, bias(0)?.as_ref())?.f_reshape([batch, h, dh].as_slice())?.f_transpose(0, 1)?;
+    // [B, H, d]: each head's query carried back through its key projection.
+    let query_in_x = q.f_bmm(&w_k)?.f_transpose(0, 1)?;
+    let scores = query_in_x.f_bmm(&x.f_transpose(1, 2)?)?.f_mul_scalar(1.0 / (dh as f64).sqrt())?;
+    let pattern = scores.f_softmax(-1, None::<Kind>)?;
+    // [H, B, d] attention-weighted ln1 outputs, then each head's value projection: [H, B, dh].
+    let mixed = pattern.f_bmm(&x)?.f_transpose(0, 1)?;
+    let z = mixed.f_bmm(&w_v.f_transpose(1, 2)?)?.f_transpose(0, 1)?;
+    let z = match bias(2)? {
+        Some(b_v) => z.f_add(&b_v.f_reshape([h, dh].as_slice())?)?,
+        None => z,
+    };
+    let z = ctx.hook(at(Site::Z), z.f_reshape([batch, 1, h, dh].as_slice())?)?;
+    Ok((resid_pre, z))
 }
 
 /// Attention from hooked q, k, v to z [B, pos (1 with `cls_only`), H, dh]. The fused kernel
