@@ -18,6 +18,8 @@ import { join } from 'node:path';
 const native = createRequire(import.meta.url)('../native/prisma.node');
 const args = process.argv.slice(2);
 const skipVitB = args.includes('--skip-vitb');
+// Our sweeps with their linear layers on oneDNN (PatchOptions.fastLinear); rows are labelled so.
+const fastLinear = args.includes('--fast-linear');
 const tlSample = Number(args[args.indexOf('--tl-sample') + 1]) || 48;
 // Alternating Python/ours rounds on the small model (see below).
 const pairs = args.includes('--rounds') ? Number(args[args.indexOf('--rounds') + 1]) : 7;
@@ -122,9 +124,9 @@ for (const c of cases) {
       const tlArgs = ['--model', c.dir, '--sweep', sweep, '--pixels', c.pixels, '--target', String(best.target), '--baseline', String(best.baseline), '--repeat', big ? '1' : '5'];
       const sampled = big && sweep === 'resid' ? [...tlArgs, '--sample', String(tlSample)] : tlArgs;
       tl = fresh ? py('patch_tl_way.py', sampled) : pyResult(c.key, sweep, 'tl', sampled);
-      const opts = JSON.stringify({ what, by, target: best.target, baseline: best.baseline });
+      const opts = JSON.stringify({ what, by, target: best.target, baseline: best.baseline, ...(fastLinear ? { fastLinear } : {}) });
       // Warm-up on the last layer only; then the median of several full sweeps (one for ViT-B).
-      await model.patch(clean, corrupt, shape, JSON.stringify({ what, by, target: best.target, baseline: best.baseline, layers: [info.nLayers - 1] }), false);
+      await model.patch(clean, corrupt, shape, JSON.stringify({ what, by, target: best.target, baseline: best.baseline, layers: [info.nLayers - 1], ...(fastLinear ? { fastLinear } : {}) }), false);
       const times = [];
       for (let rep = 0; rep < (big ? 1 : 50); rep++) {
         t = performance.now();
@@ -155,7 +157,7 @@ for (const c of cases) {
     const range = (xs) => (xs.length > 1 ? `${Math.min(...xs).toFixed(1)}-${Math.max(...xs).toFixed(1)}` : '');
     rows.push({
       model: c.name,
-      sweep: `${sweep} (${ours.dims.join('x')})`,
+      sweep: `${sweep} (${ours.dims.join('x')})${fastLinear ? ' fast-linear' : ''}`,
       oursS: +oursSeconds.toFixed(4),
       oursNaiveS: +nv.seconds.toFixed(3) + (nv.sampled ? '*' : ''),
       tlWayS: +median(measured.map((m) => m.tl)).toFixed(3) + (tl.sampled ? '*' : ''),

@@ -110,6 +110,8 @@ export interface NativePatchOptions {
   baseline?: number;
   chunk?: number;
   layers?: number[];
+  /** Compute the sweep's linear layers with oneDNN (f32 CPU models): faster on large models, equal to the default kernels only to float rounding. */
+  fastLinear?: boolean;
 }
 export interface NativeDlaOptions {
   target: number;
@@ -124,6 +126,8 @@ export interface NativeAblateOptions {
   baseline?: number;
   resampleIndex?: number;
   chunk?: number;
+  /** Compute the sweep's linear layers with oneDNN (f32 CPU models): faster on large models, equal to the default kernels only to float rounding. */
+  fastLinear?: boolean;
 }
 
 export interface Ranked {

@@ -31,6 +31,8 @@ export interface AblateCommon {
   /** Default: the image's own top-1. */
   target?: ClassRef;
   baseline?: ClassRef | null;
+  /** Head sweeps only: linear layers on oneDNN, as `PatchOptions.fastLinear`. */
+  fastLinear?: boolean;
 }
 
 export interface AblateOptions extends AblateCommon {
@@ -209,6 +211,7 @@ export async function ablateSweep(model: Model, input: string | PixelBatch, opti
       target,
       ...(baseline === null ? {} : { baseline }),
       ...(resample ? { resampleIndex: resample.index } : {}),
+      ...(options.fastLinear ? { fastLinear: true } : {}),
     },
     refs ? { data: refs.data, shape: [...refs.shape] } : undefined,
   );

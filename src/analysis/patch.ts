@@ -58,6 +58,11 @@ export interface PatchOptions {
   layers?: number[];
   /** Patched runs per batched forward (default: sized by the addon). */
   chunk?: number;
+  /**
+   * Exact patching's linear layers on oneDNN (f32 CPU models only): ~15-20% faster on ViT-B-sized
+   * models, but equal to transformers' values only to float rounding, which a model can amplify.
+   */
+  fastLinear?: boolean;
 }
 
 export interface PatchMatrix {
@@ -154,6 +159,7 @@ export async function patch(model: Model, clean: string | PixelBatch, corrupt: s
     layers,
     ...(baseline === null ? {} : { baseline }),
     ...(options.chunk === undefined ? {} : { chunk: options.chunk }),
+    ...(options.fastLinear ? { fastLinear: true } : {}),
   };
   const shape = [...cleanBatch.shape];
   const exact = method === 'attribution' ? undefined : await model.native.patch(cleanBatch.data, corruptBatch.data, shape, nativeOptions, false);

@@ -42,6 +42,7 @@ export interface AblateCommandOptions extends ModelOptions {
   target?: string;
   baseline?: string;
   sweep?: string;
+  fastLinear?: boolean;
   out?: string;
   resume?: boolean;
   json?: boolean;
@@ -51,7 +52,7 @@ export type AblateItem = (Omit<AblateAnalysis, 'input'> & { kind: 'specs' }) | (
 
 export interface AblateReport extends ReportBase {
   command: 'ablate';
-  options: { ablate: string[]; sweep: string | null; mode: AblationMode; reference: string | null; seed: number; target: string | null; baseline: string | null };
+  options: { ablate: string[]; sweep: string | null; mode: AblationMode; reference: string | null; seed: number; target: string | null; baseline: string | null; fastLinear: boolean };
   results: (AblateItem & { input: string; name: string; figures: string[] })[];
 }
 
@@ -142,6 +143,7 @@ export async function ablateCommand(modelDir: string, inputArgs: string[], optio
     ...(references ? { references } : {}),
     ...(options.target === undefined ? {} : { target: options.target }),
     ...(options.baseline === undefined ? {} : { baseline: options.baseline }),
+    ...(options.fastLinear ? { fastLinear: true } : {}),
   };
   const outcome = await runBatch<AblateItem>({
     command: 'ablate',
@@ -149,7 +151,7 @@ export async function ablateCommand(modelDir: string, inputArgs: string[], optio
     files,
     ...(out === undefined ? {} : { outDir: out }),
     resume: options.resume ?? false,
-    key: { specs: specs.map((s) => s.text), sweep, mode: options.mode, reference: options.reference ?? null, seed: options.seed, target: options.target ?? null, baseline: options.baseline ?? null },
+    key: { specs: specs.map((s) => s.text), sweep, mode: options.mode, reference: options.reference ?? null, seed: options.seed, target: options.target ?? null, baseline: options.baseline ?? null, ...(options.fastLinear ? { fastLinear: true } : {}) },
     ctx,
     process: async (item, w) => {
       if (sweep) {
@@ -174,6 +176,7 @@ export async function ablateCommand(modelDir: string, inputArgs: string[], optio
       seed: options.seed,
       target: options.target ?? null,
       baseline: options.baseline ?? null,
+      fastLinear: options.fastLinear ?? false,
     },
     ...batchReportFields(outcome),
   };
@@ -204,6 +207,7 @@ export function registerAblate(program: Command, ctx: CommandContext): void {
       .addOption(targetOption())
       .addOption(baselineOption())
       .addOption(new Option('--sweep <what>', "'heads': ablate every head in turn (the default without --ablate)"))
+      .addOption(new Option('--fast-linear', 'compute a head sweep\'s linear layers with oneDNN (f32 CPU models): faster on large models, equal to the default only to float rounding'))
       .addOption(outOption())
       .addOption(resumeOption()),
   )

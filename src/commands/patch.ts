@@ -32,6 +32,7 @@ export interface PatchCommandOptions extends ModelOptions {
   by: PatchBy;
   method: PatchMethod;
   layers?: number[];
+  fastLinear?: boolean;
   out?: string;
   json?: boolean;
 }
@@ -47,6 +48,7 @@ export interface PatchReport extends ReportBase {
     target: string | null;
     baseline: string | null;
     layers: number[] | null;
+    fastLinear: boolean;
   };
   result: PatchAnalysis & { figureNotes: string[] };
 }
@@ -210,6 +212,7 @@ export async function patchCommand(modelDir: string, options: PatchCommandOption
     ...(options.target === undefined ? {} : { target: options.target }),
     ...(options.baseline === undefined ? {} : { baseline: baselineNone ? null : options.baseline }),
     ...(options.layers === undefined ? {} : { layers: options.layers }),
+    ...(options.fastLinear ? { fastLinear: true } : {}),
   });
   const figures: Figure[] = [];
   const notes = [NOTES[options.by].replace(/<method>/g, options.method === 'both' ? '{exact,attribution}' : options.method)];
@@ -249,6 +252,7 @@ export async function patchCommand(modelDir: string, options: PatchCommandOption
       target: options.target ?? null,
       baseline: options.baseline ?? null,
       layers: options.layers ?? null,
+      fastLinear: options.fastLinear ?? false,
     },
     result: { ...analysis, figureNotes: notes },
     errors: [],
@@ -278,6 +282,7 @@ export function registerPatch(program: Command, ctx: CommandContext): void {
       .addOption(new Option('--by <axes>', 'layer,pos | layer,head | layer,pos,head').makeOptionMandatory().argParser(argParser(parsePatchBy)))
       .addOption(new Option('--method <method>', 'exact, attribution (one gradient) or both').default('exact').argParser(argParser(parsePatchMethod)))
       .addOption(layersOption())
+      .addOption(new Option('--fast-linear', 'compute the sweep\'s linear layers with oneDNN (f32 CPU models): faster on large models, equal to the default only to float rounding'))
       .addOption(outOption()),
   )
     .addOption(jsonOption())

@@ -77,6 +77,17 @@ describe('prisma patch', () => {
     expect(doc.figures.map((f) => f.path)).toEqual(['patch-exact-heads.png']);
   });
 
+  it('--fast-linear (oneDNN linears) gives the default values to float rounding, and says so in the report', async () => {
+    const args = [CLS, ...pair, '--what', 'head_z', '--by', 'layer,head', '--target', '1', '--baseline', '3'];
+    const values = (doc: Report) => (doc.result as { exact: { value: number[] } }).exact.value;
+    const plain = await runReport('patch', args);
+    const fast = await runReport('patch', [...args, '--fast-linear']);
+    expect((plain.doc.options as { fastLinear: boolean }).fastLinear).toBe(false);
+    expect((fast.doc.options as { fastLinear: boolean }).fastLinear).toBe(true);
+    expect(values(fast.doc)).toHaveLength(8);
+    values(fast.doc).forEach((v, i) => expect(Math.abs(v - values(plain.doc)[i]!)).toBeLessThanOrEqual(1e-4));
+  });
+
   it('head_v by layer,pos,head: per-head matrix panels and a summed overlay', async () => {
     const { doc } = await runReport('patch', [CLS, ...pair, '--what', 'head_v', '--by', 'layer,pos,head']);
     const res = doc.result as { exact: { dims: number[] }; figureNotes: string[] };

@@ -49,6 +49,7 @@ describe('analysis errors: one line, an E_ code, nothing written', () => {
     ['bad layer in --layers (patch)', ['patch', CLS, ...pair, '--what', 'resid_pre', '--by', 'layer,pos', '--layers', '0,5'], 'E_LAYER_RANGE', 1],
     ['bad layer in --layers (heads)', ['heads', CLS, image('coffee.png'), '--layers', '2'], 'E_LAYER_RANGE', 1],
     ['query patch out of range', ['heads', CLS, image('coffee.png'), '--query', '16'], 'E_ARGUMENT', 2],
+    ['--fast-linear on a half-precision model', ['patch', CLS, ...pair, '--what', 'head_z', '--by', 'layer,head', '--dtype', 'f16', '--fast-linear'], 'E_ARGUMENT', 2],
     ['unknown hook in --ablate', ['ablate', CLS, image('coffee.png'), '--ablate', 'blocks.0.attn.hook_nope[head=1]'], 'E_UNKNOWN_HOOK', 1],
     ['malformed --ablate', ['ablate', CLS, image('coffee.png'), '--ablate', 'blocks.0.attn.hook_z[head=1'], 'E_USAGE', 2],
     ['mean without --reference', ['ablate', CLS, image('coffee.png'), '--mode', 'mean'], 'E_USAGE', 2],

@@ -4,7 +4,6 @@ use crate::device::{device_name, dtype_name, parse_device, parse_dtype};
 use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookPoint, HookSelection, Site, Tower};
 use crate::interventions::{parse_specs, Intervention, InterventionSpec};
-use crate::models::linear::LinearKernels;
 use crate::models::text::HookedTextEncoder;
 use crate::models::vit::{normalize_rows, ForwardPlan, ForwardStart, Head, HookedViT};
 use crate::weights::family::{load_dir, LoadOptions};
@@ -42,9 +41,6 @@ pub struct Model {
     pub text: Option<HookedTextEncoder>,
     pub tokenizer: Option<tokenizers::Tokenizer>,
     pub class_prompts: Option<ClassPrompts>,
-    /// The library patching and ablation sweeps compute linear layers with (chosen at load by
-    /// `LinearKernels::for_sweeps`); every other forward uses at::linear.
-    pub sweep_kernels: LinearKernels,
 }
 
 /// One forward request. `pixels` is [B, C, H, W] (or [B, T, C, H, W] for video) float32 on the
@@ -94,8 +90,7 @@ impl Model {
             device,
             kind,
         };
-        let sweep_kernels = LinearKernels::for_sweeps(device, kind, loaded.vit.cfg.d_model);
-        Ok(Model { info, vit: loaded.vit, text: loaded.text, tokenizer, class_prompts: None, sweep_kernels })
+        Ok(Model { info, vit: loaded.vit, text: loaded.text, tokenizer, class_prompts: None })
     }
 
     /// Gives a headless model (e.g. a DINOv2 backbone) a linear probe on its pooled, normalised

@@ -10,7 +10,7 @@ use prisma_core::analysis::dla::{direct_logit_attribution, DlaOptions};
 use prisma_core::analysis::lens::{logit_lens, LensOptions, LensSite};
 use prisma_core::analysis::metric::MetricSpec;
 use prisma_core::analysis::patching::{activation_patching, PatchBy, PatchOptions, PatchWhat};
-use prisma_core::models::linear::{onednn_available, LinearKernels};
+use prisma_core::models::linear::onednn_available;
 use prisma_core::interventions::{ActionKind, InterventionSpec, Selection};
 use prisma_core::RunRequest;
 use std::collections::HashMap;
@@ -103,13 +103,14 @@ fn batched_patching_equals_the_naive_loop() {
             // its head; a small chunk forces several passes after separate reference runs (chunk
             // edges); a reordered subset of layers must come back in the order asked for.
             let runs = [(None, None), (Some(7), None), (None, Some(vec![last, 0]))];
-            assert_batched_equals_naive(name, &model, (&clean, &corrupt), what, by, metric, &runs);
+            assert_batched_equals_naive(name, &model, (&clean, &corrupt), what, by, metric, &runs, false);
         }
     }
 }
 
 /// Runs the sweep once per (chunk, layers) in `runs` and checks each against the naive loop's values
 /// for those layers, in the order asked for, within 1e-4.
+#[allow(clippy::too_many_arguments)]
 fn assert_batched_equals_naive(
     name: &str,
     model: &prisma_core::Model,
@@ -118,11 +119,12 @@ fn assert_batched_equals_naive(
     by: PatchBy,
     metric: MetricSpec,
     runs: &[(Option<usize>, Option<Vec<usize>>)],
+    fast_linear: bool,
 ) {
     let expected = naive(model, clean, corrupt, what, by, metric);
     let per_layer = expected.len() / model.vit.cfg.n_layers;
     for (chunk, layers) in runs {
-        let opts = PatchOptions { what, by, metric, chunk: *chunk, layers: layers.clone() };
+        let opts = PatchOptions { what, by, metric, chunk: *chunk, layers: layers.clone(), fast_linear };
         let batched = activation_patching(model, clean, corrupt, &opts).unwrap();
         let wanted: Vec<f64> = match layers {
             Some(ls) => ls.iter().flat_map(|&l| expected[l * per_layer..(l + 1) * per_layer].to_vec()).collect(),
@@ -136,8 +138,8 @@ fn assert_batched_equals_naive(
 
 /// Models whose head reads every token (mean pooling: timm avg-pool, VideoMAE without a class
 /// token) keep all rows in the last block, and rows entering after it (resid_post) join full-width.
-/// Large CPU models sweep with oneDNN's linear layers (GELU fused into the MLP's first product);
-/// forced here on fixture models, against the naive loop, which runs at::linear throughout. Covers
+/// Sweeps asked for fast linear layers run them on oneDNN (GELU fused into the MLP's first
+/// product), against the naive loop, which runs at::linear throughout. Covers
 /// erf GELU (vit-tiny-cls), tanh GELU (vit-odd), quick GELU (clip-tiny, not fused) and a gated
 /// MLP (dinov2-swiglu-tiny); the self-patching invariant holds within the oneDNN sweep too.
 #[test]
@@ -148,16 +150,21 @@ fn sweeps_on_onednn_linears_equal_the_naive_loop() {
     }
     let cases = [(PatchWhat::ResidPre, PatchBy::LayerPos), (PatchWhat::MlpOut, PatchBy::LayerPos), (PatchWhat::HeadZ, PatchBy::LayerHead), (PatchWhat::HeadPattern, PatchBy::LayerHead)];
     for name in ["vit-tiny-cls", "vit-odd", "clip-tiny", "dinov2-swiglu-tiny"] {
-        let mut model = load_with_head(name);
-        model.sweep_kernels = LinearKernels::OneDnn;
+        let model = load_with_head(name);
         let (clean, corrupt) = images(name);
         let metric = MetricSpec { target: 1, baseline: Some(0) };
         for (what, by) in cases {
-            assert_batched_equals_naive(name, &model, (&clean, &corrupt), what, by, metric, &[(None, None), (Some(7), None)]);
+            assert_batched_equals_naive(name, &model, (&clean, &corrupt), what, by, metric, &[(None, None), (Some(7), None)], true);
         }
-        let itself = activation_patching(&model, &clean, &clean, &PatchOptions { what: PatchWhat::ResidPre, by: PatchBy::LayerPos, metric, chunk: None, layers: None }).unwrap();
+        let itself = activation_patching(&model, &clean, &clean, &PatchOptions { what: PatchWhat::ResidPre, by: PatchBy::LayerPos, metric, chunk: None, layers: None, fast_linear: true }).unwrap();
         assert!(itself.value.iter().all(|v| (v - itself.clean.value).abs() <= 1e-5), "{name}: clean into clean moved the metric");
     }
+    // Only f32 CPU models have them: asking on a half-precision model is an argument error.
+    let half = prisma_core::Model::load(&fixtures().join("models").join("vit-tiny-cls"), "cpu", "f16").unwrap();
+    let (clean, corrupt) = images("vit-tiny-cls");
+    let opts = PatchOptions { what: PatchWhat::HeadZ, by: PatchBy::LayerHead, metric: MetricSpec { target: 1, baseline: None }, chunk: None, layers: None, fast_linear: true };
+    let err = activation_patching(&half, &clean, &corrupt, &opts).unwrap_err();
+    assert_eq!(err.code(), "E_ARGUMENT", "{err}");
 }
 
 #[test]
@@ -174,7 +181,7 @@ fn batched_patching_equals_the_naive_loop_when_the_head_reads_every_token() {
         let metric = MetricSpec { target: 1, baseline: Some(0) };
         let runs = [(None, None), (None, Some(vec![model.vit.cfg.n_layers - 1, 0]))];
         for (what, by) in [(PatchWhat::ResidPre, PatchBy::LayerPos), (PatchWhat::ResidPost, PatchBy::LayerPos), (PatchWhat::HeadZ, PatchBy::LayerHead), (PatchWhat::HeadPattern, PatchBy::LayerHead)] {
-            assert_batched_equals_naive(name, &model, (&clean, &corrupt), what, by, metric, &runs);
+            assert_batched_equals_naive(name, &model, (&clean, &corrupt), what, by, metric, &runs, false);
         }
     }
 }
@@ -188,7 +195,7 @@ fn patching_a_run_into_itself_gives_its_own_metric() {
         for what in [PatchWhat::ResidPre, PatchWhat::AttnOut, PatchWhat::HeadZ, PatchWhat::HeadPattern] {
             let by = if what == PatchWhat::HeadZ || what == PatchWhat::HeadPattern { PatchBy::LayerHead } else { PatchBy::LayerPos };
             for img in [&clean, &corrupt] {
-                let r = activation_patching(&model, img, img, &PatchOptions { what, by, metric, chunk: None, layers: None }).unwrap();
+                let r = activation_patching(&model, img, img, &PatchOptions { what, by, metric, chunk: None, layers: None, fast_linear: false }).unwrap();
                 let own = r.clean.value;
                 // Equal up to float rounding: batch size and fused vs explicit attention kernels
                 // change the summation order, never the value beyond ~1e-6.
@@ -210,7 +217,7 @@ fn attribution_patching_is_exact_to_first_order() {
         let (_, corrupt) = images(name);
         let clean = &corrupt + Tensor::randn_like(&corrupt) * 1e-3;
         for (what, by) in [(PatchWhat::ResidPre, PatchBy::LayerPos), (PatchWhat::HeadZ, PatchBy::LayerHead), (PatchWhat::HeadPattern, PatchBy::LayerPosHead), (PatchWhat::MlpOut, PatchBy::LayerPos), (PatchWhat::HeadK, PatchBy::LayerPosHead)] {
-            let opts = PatchOptions { what, by, metric: MetricSpec { target: 2, baseline: Some(0) }, chunk: None, layers: None };
+            let opts = PatchOptions { what, by, metric: MetricSpec { target: 2, baseline: Some(0) }, chunk: None, layers: None, fast_linear: false };
             let exact = activation_patching(&model, &clean, &corrupt, &opts).unwrap();
             let approx = attribution_patching(&model, &clean, &corrupt, &opts).unwrap();
             let base = exact.corrupt.value;
@@ -234,7 +241,7 @@ fn attribution_patching_tracks_exact_patching() {
     ] {
         let model = load(name);
         let (clean, corrupt) = images(name);
-        let opts = PatchOptions { what, by, metric: MetricSpec { target: 2, baseline: Some(0) }, chunk: None, layers: None };
+        let opts = PatchOptions { what, by, metric: MetricSpec { target: 2, baseline: Some(0) }, chunk: None, layers: None, fast_linear: false };
         let exact = activation_patching(&model, &clean, &corrupt, &opts).unwrap();
         let approx = attribution_patching(&model, &clean, &corrupt, &opts).unwrap();
         assert_eq!(exact.dims, approx.dims);
@@ -256,7 +263,7 @@ fn a_sweep_leaves_autograd_working_after_success_and_error() {
     let model = load("vit-tiny-cls");
     let (clean, corrupt) = images("vit-tiny-cls");
     let metric = MetricSpec { target: 2, baseline: Some(0) };
-    let bad = PatchOptions { what: PatchWhat::HeadZ, by: PatchBy::LayerHead, metric, chunk: None, layers: Some(vec![99]) };
+    let bad = PatchOptions { what: PatchWhat::HeadZ, by: PatchBy::LayerHead, metric, chunk: None, layers: Some(vec![99]), fast_linear: false };
     assert!(activation_patching(&model, &clean, &corrupt, &bad).is_err());
     let good = PatchOptions { layers: None, ..bad };
     activation_patching(&model, &clean, &corrupt, &good).unwrap();
@@ -313,7 +320,7 @@ fn zero_ablation_sweep_equals_one_run_per_head() {
     let model = load("vit-odd");
     let (img, other) = images("vit-odd");
     let metric = MetricSpec { target: 4, baseline: None };
-    let opts = AblationOptions { mode: AblationMode::Zero, what: PatchWhat::HeadZ, by: PatchBy::LayerHead, metric, resample_index: 0, chunk: Some(2) };
+    let opts = AblationOptions { mode: AblationMode::Zero, what: PatchWhat::HeadZ, by: PatchBy::LayerHead, metric, resample_index: 0, chunk: Some(2), fast_linear: false };
     let swept = ablation_sweep(&model, &img, None, &opts).unwrap();
     let cfg = &model.vit.cfg;
     let mut i = 0;
@@ -354,7 +361,7 @@ fn resample_ablation_equals_the_naive_patching_loop() {
     for (what, by) in [(PatchWhat::ResidMid, PatchBy::LayerPos), (PatchWhat::MlpOut, PatchBy::LayerPos), (PatchWhat::HeadZ, PatchBy::LayerPosHead)] {
         let expected = naive(&model, &other, &img, what, by, metric);
         for chunk in [None, Some(7)] {
-            let opts = AblationOptions { mode: AblationMode::Resample, what, by, metric, resample_index: 0, chunk };
+            let opts = AblationOptions { mode: AblationMode::Resample, what, by, metric, resample_index: 0, chunk, fast_linear: false };
             let swept = ablation_sweep(&model, &img, Some(&other), &opts).unwrap();
             assert_eq!(swept.value.len(), expected.len());
             let worst = swept.value.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
@@ -400,7 +407,7 @@ fn batched_patching_equals_the_naive_loop_on_clip_and_dinov2() {
     for (name, model) in [("clip-tiny", &clip), ("dinov2-reg-tiny", &dino)] {
         let (clean, corrupt) = images(name);
         for (what, by) in cases {
-            assert_batched_equals_naive(name, model, (&clean, &corrupt), what, by, metric, &[(None, None), (Some(7), None)]);
+            assert_batched_equals_naive(name, model, (&clean, &corrupt), what, by, metric, &[(None, None), (Some(7), None)], false);
         }
     }
 }

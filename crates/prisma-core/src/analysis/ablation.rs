@@ -33,6 +33,9 @@ pub struct AblationOptions {
     #[serde(default)]
     pub resample_index: usize,
     pub chunk: Option<usize>,
+    /// As `PatchOptions::fast_linear`.
+    #[serde(default)]
+    pub fast_linear: bool,
 }
 
 fn default_what() -> PatchWhat {
@@ -78,7 +81,7 @@ pub fn ablation_sweep(model: &Model, pixels: &Tensor, references: Option<&Tensor
             Box::new(CachedSource(reduced))
         }
     };
-    let patch_opts = PatchOptions { what: opts.what, by: opts.by, metric: opts.metric, chunk: opts.chunk, layers: None };
+    let patch_opts = PatchOptions { what: opts.what, by: opts.by, metric: opts.metric, chunk: opts.chunk, layers: None, fast_linear: opts.fast_linear };
     // "clean" is the unablated image; "corrupt" is unused for ablation and mirrors it.
     sweep(model, pixels, source.as_ref(), &patch_opts, None)
 }

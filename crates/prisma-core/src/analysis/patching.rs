@@ -12,7 +12,7 @@ use crate::hooks::{HookCtx, HookPoint, HookSelection, Site};
 use crate::inference_mode::inference_mode;
 use crate::interventions::Intervention;
 use crate::model::Model;
-use crate::models::linear::with_linear_kernels;
+use crate::models::linear::{with_linear_kernels, LinearKernels};
 use crate::models::vit::{BlockEntry, EntryPoint, ForwardPlan, ForwardStart};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -78,6 +78,10 @@ pub struct PatchOptions {
     pub chunk: Option<usize>,
     /// Restrict to these layers (default: all).
     pub layers: Option<Vec<usize>>,
+    /// Compute the sweep's linear layers with oneDNN (f32 CPU models only; see models/linear.rs):
+    /// faster on large models, equal to at::linear only to float rounding.
+    #[serde(default)]
+    pub fast_linear: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -288,8 +292,9 @@ fn run_sweep(model: &Model, base: &Tensor, source: Source, opts: &PatchOptions, 
     // A sweep's tensors all stay inside it and its result is host values, which is what inference
     // mode asks; on a tiny model it takes ~10% off a sweep that is mostly per-op overhead. It also
     // implies no_grad for everything below.
-    // On large CPU models its linear layers also run on oneDNN (see models/linear.rs).
-    inference_mode(|| with_linear_kernels(model.sweep_kernels, || run_sweep_here(model, base, source, opts, clean)))
+    // With fast_linear its linear layers run on oneDNN (see models/linear.rs).
+    let kernels = if opts.fast_linear { LinearKernels::onednn_for(model.info.device, model.info.kind)? } else { LinearKernels::Aten };
+    inference_mode(|| with_linear_kernels(kernels, || run_sweep_here(model, base, source, opts, clean)))
 }
 
 fn run_sweep_here(model: &Model, base: &Tensor, source: Source, opts: &PatchOptions, clean: Option<MetricValue>) -> Result<PatchResult> {
