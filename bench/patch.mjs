@@ -7,7 +7,7 @@
 //   python best   batched patches, skipping unchanged layers     (bench/python/patch_best.py)
 //   attribution   gradient estimate over all (layer, pos), reported in forward-equivalents
 // and checks every implementation's values against ours (max |diff| <= 1e-4).
-// Usage: node bench/patch.mjs [--skip-vitb] [--tl-sample K] [--rounds R] [--python-results DIR]   (after `npm run setup`; needs the
+// Usage: node bench/patch.mjs [--skip-vitb] [--skip-tiny] [--vitb DIR] [--fast-linear] [--tl-sample K] [--rounds R] [--python-results DIR]   (after `npm run setup`; needs the
 // fixtures venv with transformers, see fixtures/README.md, and bench/python/make_random_vit.py).
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -18,6 +18,7 @@ import { join } from 'node:path';
 const native = createRequire(import.meta.url)('../native/prisma.node');
 const args = process.argv.slice(2);
 const skipVitB = args.includes('--skip-vitb');
+const skipTiny = args.includes('--skip-tiny');
 // Our sweeps with their linear layers on oneDNN (PatchOptions.fastLinear); rows are labelled so.
 const fastLinear = args.includes('--fast-linear');
 const tlSample = Number(args[args.indexOf('--tl-sample') + 1]) || 48;
@@ -31,7 +32,9 @@ const sweeps = args.includes('--sweeps') ? args[args.indexOf('--sweeps') + 1].sp
 // ViT-B's best-Python resid sweep alone takes ~5 minutes.
 const reuse = args.includes('--python-results') ? args[args.indexOf('--python-results') + 1] : null;
 const python = process.env.PRISMA_PYTHON ?? join(homedir(), '.cache/vit-prisma/torch-2.11.0/bin/python');
-const vitb = join(homedir(), '.cache/vit-prisma/bench/vit-b16');
+// --vitb DIR: another ViT-B/16 folder (e.g. make_random_vit.py DIR 0.02), its rows named after it.
+const vitbArg = args.includes('--vitb') ? args[args.indexOf('--vitb') + 1] : null;
+const vitb = vitbArg ?? join(homedir(), '.cache/vit-prisma/bench/vit-b16');
 const work = join(tmpdir(), `prisma-bench-${process.pid}`);
 mkdirSync(work, { recursive: true });
 
@@ -77,10 +80,10 @@ async function naive(model, clean, corrupt, shape, sweep, info, target, baseline
 }
 
 const rows = [];
-const cases = [{ name: 'vit-tiny-cls', key: 'tiny', dir: 'fixtures/models/vit-tiny-cls', pixels: 'fixtures/reference/vit-tiny-cls.safetensors' }];
+const cases = skipTiny ? [] : [{ name: 'vit-tiny-cls', key: 'tiny', dir: 'fixtures/models/vit-tiny-cls', pixels: 'fixtures/reference/vit-tiny-cls.safetensors' }];
 if (!skipVitB && existsSync(join(vitb, 'model.safetensors'))) {
   const pixels = reuse && existsSync(join(reuse, 'vitb-pixels.safetensors')) ? join(reuse, 'vitb-pixels.safetensors') : join(work, 'vitb-pixels.safetensors');
-  cases.push({ name: 'ViT-B/16 (random)', key: 'vitb', dir: vitb, pixels, random: !pixels.startsWith(reuse ?? '\0') });
+  cases.push({ name: vitbArg ? `ViT-B/16 (random, ${vitbArg.split('/').filter(Boolean).at(-1)})` : 'ViT-B/16 (random)', key: 'vitb', dir: vitb, pixels, random: !pixels.startsWith(reuse ?? '\0') });
 }
 /** Python result: reused from --python-results when present, else run now. */
 function pyResult(key, sweep, impl, runArgs) {
