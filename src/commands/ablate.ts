@@ -124,6 +124,7 @@ export async function ablateCommand(modelDir: string, inputArgs: string[], optio
   if (options.sweep !== undefined && options.sweep !== 'heads') throw usageError(`unknown --sweep '${options.sweep}'`, 'use --sweep heads');
   if (options.sweep !== undefined && specs.length > 0) throw usageError('give either --ablate specs or --sweep heads, not both');
   const sweep = specs.length === 0;
+  if (options.fastLinear && !sweep) throw usageError('--fast-linear applies to head sweeps (--sweep heads), not to --ablate specs');
   if (options.mode !== 'zero' && options.reference === undefined) {
     throw usageError(`--mode ${options.mode} needs --reference DIR (images to take the ${options.mode === 'mean' ? 'mean' : 'values'} from)`);
   }

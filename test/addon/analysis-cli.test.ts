@@ -161,6 +161,15 @@ describe('prisma ablate', () => {
     expect(doc.figures.map((f) => f.path)).toEqual(['ablate-chelsea-heads.png']);
   });
 
+  it('--sweep heads --fast-linear equals the --ablate run of a head (1e-4) and says so in the report', async () => {
+    const sweep = (await runReport('ablate', [ODD, image('chelsea.jpg'), '--sweep', 'heads', '--fast-linear'])).doc;
+    const one = (await runReport('ablate', [ODD, image('chelsea.jpg'), '--ablate', 'blocks.1.attn.hook_z[head=2]'])).doc;
+    expect((sweep.options as { fastLinear: boolean }).fastLinear).toBe(true);
+    const s = (sweep.results as { value: number[]; dims: number[] }[])[0]!;
+    const o = (one.results as { after: { value: number } }[])[0]!;
+    expect(Math.abs(o.after.value - s.value[1 * s.dims[1]! + 2]!)).toBeLessThan(1e-4);
+  });
+
   it('--ablate one head (zero) equals the sweep entry for that head (1e-4)', async () => {
     const sweep = (await runReport('ablate', [ODD, image('chelsea.jpg'), '--sweep', 'heads'])).doc;
     const one = (await runReport('ablate', [ODD, image('chelsea.jpg'), '--ablate', 'blocks.2.attn.hook_z[head=1]'])).doc;

@@ -53,6 +53,7 @@ describe('analysis errors: one line, an E_ code, nothing written', () => {
     ['unknown hook in --ablate', ['ablate', CLS, image('coffee.png'), '--ablate', 'blocks.0.attn.hook_nope[head=1]'], 'E_UNKNOWN_HOOK', 1],
     ['malformed --ablate', ['ablate', CLS, image('coffee.png'), '--ablate', 'blocks.0.attn.hook_z[head=1'], 'E_USAGE', 2],
     ['mean without --reference', ['ablate', CLS, image('coffee.png'), '--mode', 'mean'], 'E_USAGE', 2],
+    ['--fast-linear with --ablate specs', ['ablate', CLS, image('coffee.png'), '--ablate', 'blocks.0.attn.hook_z[head=1]', '--fast-linear'], 'E_USAGE', 2],
     ['bad --what', ['patch', CLS, ...pair, '--what', 'nope', '--by', 'layer,pos'], 'E_USAGE', 2],
     ['bad --site', ['logit-lens', CLS, image('coffee.png'), '--site', 'resid_nope'], 'E_USAGE', 2],
   ];
