@@ -127,9 +127,10 @@ for (const c of cases) {
       const tlArgs = ['--model', c.dir, '--sweep', sweep, '--pixels', c.pixels, '--target', String(best.target), '--baseline', String(best.baseline), '--repeat', big ? '1' : '5'];
       const sampled = big && sweep === 'resid' ? [...tlArgs, '--sample', String(tlSample)] : tlArgs;
       tl = fresh ? py('patch_tl_way.py', sampled) : pyResult(c.key, sweep, 'tl', sampled);
-      const opts = JSON.stringify({ what, by, target: best.target, baseline: best.baseline, ...(fastLinear ? { fastLinear } : {}) });
+      const sweepOptions = { what, by, target: best.target, baseline: best.baseline, ...(fastLinear ? { fastLinear } : {}) };
+      const opts = JSON.stringify(sweepOptions);
       // Warm-up on the last layer only; then the median of several full sweeps (one for ViT-B).
-      await model.patch(clean, corrupt, shape, JSON.stringify({ what, by, target: best.target, baseline: best.baseline, layers: [info.nLayers - 1], ...(fastLinear ? { fastLinear } : {}) }), false);
+      await model.patch(clean, corrupt, shape, JSON.stringify({ ...sweepOptions, layers: [info.nLayers - 1] }), false);
       const times = [];
       for (let rep = 0; rep < (big ? 1 : 50); rep++) {
         t = performance.now();

@@ -18,7 +18,7 @@ pub fn attribution_patching(model: &Model, clean: &Tensor, corrupt: &Tensor, opt
     let points: Vec<HookPoint> = layers.iter().map(|&l| HookPoint::block(l, site)).collect();
     // Both runs compute the last block for the class token only (the metric reads nothing else)
     // unless a swept value lives after that block's attention, where it would lose its other rows.
-    // Gradients to every position still flow through the last block's keys and values.
+    // Gradients to every position still flow through the last block's attention over them.
     let last = model.vit.cfg.n_layers - 1;
     let full_rows_before_attention = matches!(site, Site::ResidPre | Site::Q | Site::K | Site::V);
     let plan = ForwardPlan { last_block_class_token_only: full_rows_before_attention || !layers.contains(&last) };

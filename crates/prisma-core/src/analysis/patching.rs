@@ -291,8 +291,8 @@ impl Layout {
 fn run_sweep(model: &Model, base: &Tensor, source: Source, opts: &PatchOptions, clean: Option<MetricValue>) -> Result<PatchResult> {
     // A sweep's tensors all stay inside it and its result is host values, which is what inference
     // mode asks; on a tiny model it takes ~10% off a sweep that is mostly per-op overhead. It also
-    // implies no_grad for everything below.
-    // With fast_linear its linear layers run on oneDNN (see models/linear.rs).
+    // implies no_grad for everything below. With fast_linear its linear layers run on oneDNN (see
+    // models/linear.rs).
     let kernels = if opts.fast_linear { LinearKernels::onednn_for(model.info.device, model.info.kind)? } else { LinearKernels::Aten };
     inference_mode(|| with_linear_kernels(kernels, || run_sweep_here(model, base, source, opts, clean)))
 }
