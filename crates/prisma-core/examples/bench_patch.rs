@@ -4,7 +4,7 @@
 //! also reports it in forward-equivalents (its time over a plain batch-1 forward's, alternated);
 //! FAST_LINEAR=1 runs the sweep's linear layers on oneDNN (PatchOptions::fast_linear);
 //! VALUES=FILE writes the sweep's values there as JSON; TARGET and BASELINE set the metric's classes
-//! (default 1 and 2).
+//! (default 1 and 2); LAYERS=a,b,... restricts the sweep to those layers.
 use prisma_core::analysis::attribution::attribution_patching;
 use prisma_core::analysis::metric::MetricSpec;
 use prisma_core::analysis::patching::{activation_patching, PatchBy, PatchOptions, PatchResult, PatchWhat};
@@ -34,7 +34,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let reps: usize = a.get(5).map(|s| s.parse()).transpose()?.unwrap_or(5);
     let chunk = std::env::var("CHUNK").ok().and_then(|c| c.parse().ok());
     let attribution = std::env::var("ATTRIBUTION").is_ok_and(|v| v == "1");
-    let opts = PatchOptions { what, by, metric: MetricSpec { target: env_or("TARGET", 1), baseline: Some(env_or("BASELINE", 2)) }, chunk, layers: None, fast_linear };
+    let layers = std::env::var("LAYERS").ok().map(|v| v.split(',').map(|l| l.trim().parse()).collect::<Result<Vec<usize>, _>>()).transpose()?;
+    let opts = PatchOptions { what, by, metric: MetricSpec { target: env_or("TARGET", 1), baseline: Some(env_or("BASELINE", 2)) }, chunk, layers, fast_linear };
     let (clean, corrupt) = (px.i(0..1), px.i(1..2));
     let sweep = || -> Result<PatchResult, prisma_core::PrismaError> {
         if attribution {
