@@ -86,93 +86,92 @@ fn direct_logit_attribution_here(model: &Model, pixels: &Tensor, opts: &DlaOptio
             record.insert(HookPoint::block(l, s));
         }
     }
-    tch::no_grad(|| {
-        let mut ctx = HookCtx::new(&record, &[]);
-        let (_, logits) = model.vit.forward(ForwardStart::Pixels(&pixels), None, &mut ctx)?;
-        let get = |p: HookPoint| -> Result<Tensor> {
-            ctx.recorded
-                .iter()
-                .find(|(q, _)| *q == p)
-                .map(|(_, t)| t.f_get(0).map_err(Into::into))
-                .ok_or_else(|| PrismaError::Internal(format!("{p} not recorded")))?
-        };
-        let dbl = |t: &Tensor| t.f_to_kind(Kind::Double);
-        // Logit direction and constant.
-        let (direction, head_bias) = model.vit.logit_direction(opts.metric.target, opts.metric.baseline)?;
-        let mut direction = dbl(&direction)?;
-        if contrastive {
-            // CLIP scores the normalised image embedding: freeze its norm from this run, like the LN scale.
-            let embeds = dbl(&get(HookPoint::global(Site::ImageEmbeds))?)?;
-            direction = direction.f_div(&embeds.f_norm_scalaropt_dim(2.0, [-1i64].as_slice(), false)?)?;
-        }
-        let ln_w = dbl(&w.ln_final.weight)?;
-        let constant = dbl(&w.ln_final.bias)?.f_dot(&direction)?.double_value(&[]) + head_bias;
-        // Pooled position(s): the class token, or the mean of the patches.
-        let pool = |t: &Tensor| -> Result<Tensor> {
-            // t: [pos, ...]
-            Ok(match cfg.pooling {
-                Pooling::ClassToken => dbl(&t.f_get(0)?)?,
-                Pooling::MeanPatches => dbl(&t.f_narrow(0, cfg.n_prefix_tokens(), cfg.n_patches())?.f_mean_dim([0i64].as_slice(), false, None::<Kind>)?)?,
-            })
-        };
-        let scale = get(HookPoint::global(Site::LnFinalScale))?; // [pos, 1], or [1] where the norm follows pooling
-        let scale = match cfg.final_norm {
-            FinalNorm::AllTokens => dbl(&scale.f_get(0)?)?.f_reshape([1i64].as_slice())?,
-            FinalNorm::Pooled => dbl(&scale)?.f_reshape([1i64].as_slice())?,
-        };
-        // Project any [..., d] on the direction through the cached LN scale: centre, /scale, *w.
-        let project = |x: &Tensor| -> Result<Tensor> {
-            let centred = x.f_sub(&x.f_mean_dim([-1i64].as_slice(), true, None::<Kind>)?)?;
-            Ok(centred.f_div(&scale)?.f_mul(&ln_w)?.f_matmul(&direction)?)
-        };
-        let mut components = Vec::new();
-        if cfg.has_ln_pre {
-            // ln_pre is not linear: its output (block 0's input) is the embeddings' one component.
-            let embedded = get(HookPoint::block(0, Site::ResidPre))?;
-            components.push(Component { name: "ln_pre".into(), kind: "embed".into(), layer: None, head: None, value: project(&pool(&embedded)?)?.double_value(&[]) });
-        } else {
-            let full = get(HookPoint::global(Site::FullEmbed))?;
-            let pos = get(HookPoint::global(Site::PosEmbed))?;
-            let token_embed = full.f_sub(&pos)?;
-            components.push(Component { name: "embed".into(), kind: "embed".into(), layer: None, head: None, value: project(&pool(&token_embed)?)?.double_value(&[]) });
-            components.push(Component { name: "pos_embed".into(), kind: "pos_embed".into(), layer: None, head: None, value: project(&pool(&pos)?)?.double_value(&[]) });
-        }
-        let mut heads = Vec::new();
-        let mut head_positions = Vec::new();
-        for l in 0..cfg.n_layers {
-            let result = pool(&get(HookPoint::block(l, Site::Result))?)?; // [H, d]
-            let per_head = to_vec_f64(&project(&result)?)?;
-            for (h, v) in per_head.iter().enumerate() {
-                components.push(Component { name: format!("L{l}H{h}"), kind: "head".into(), layer: Some(l), head: Some(h as i64), value: *v });
-            }
-            heads.extend(per_head);
-            let b_o = dbl(&w.blocks[l].b_o)?;
-            components.push(Component { name: format!("L{l}.attn_bias"), kind: "attn_bias".into(), layer: Some(l), head: None, value: project(&b_o)?.double_value(&[]) });
-            let mlp = pool(&get(HookPoint::block(l, Site::MlpOut))?)?;
-            components.push(Component { name: format!("L{l}.mlp"), kind: "mlp".into(), layer: Some(l), head: None, value: project(&mlp)?.double_value(&[]) });
-            if opts.per_position {
-                if cfg.pooling != Pooling::ClassToken {
-                    return Err(PrismaError::Argument("per-position DLA needs a class-token model".into()));
-                }
-                // Head h's output at the class token = sum_k pattern[h, 0, k] * v[k, h] W_O[h].
-                let pattern = dbl(&get(HookPoint::block(l, Site::Pattern))?.f_select(1, 0)?)?; // [H, k]
-                let v = dbl(&get(HookPoint::block(l, Site::V))?)?; // [k, H, dh]
-                let w_o = dbl(&w.blocks[l].w_o_heads)?; // [H, dh, d]
-                let per_source = Tensor::f_einsum("hk,khd,hdm->hkm", &[&pattern, &v, &w_o], None::<&[i64]>)?;
-                head_positions.extend(to_vec_f64(&project(&per_source)?)?);
-            }
-        }
-        let sum_of_components: f64 = components.iter().map(|c| c.value).sum();
-        let logit = opts.metric.values(&logits)?.into_iter().next().map(|m| m.value).unwrap_or(f64::NAN);
-        Ok(DlaResult {
-            target: opts.metric.target,
-            baseline: opts.metric.baseline,
-            components,
-            heads,
-            head_positions: opts.per_position.then_some(head_positions),
-            constant,
-            sum_of_components,
-            logit,
+    // No no_grad needed: the caller runs this in inference mode, which implies it.
+    let mut ctx = HookCtx::new(&record, &[]);
+    let (_, logits) = model.vit.forward(ForwardStart::Pixels(&pixels), None, &mut ctx)?;
+    let get = |p: HookPoint| -> Result<Tensor> {
+        ctx.recorded
+            .iter()
+            .find(|(q, _)| *q == p)
+            .map(|(_, t)| t.f_get(0).map_err(Into::into))
+            .ok_or_else(|| PrismaError::Internal(format!("{p} not recorded")))?
+    };
+    let dbl = |t: &Tensor| t.f_to_kind(Kind::Double);
+    // Logit direction and constant.
+    let (direction, head_bias) = model.vit.logit_direction(opts.metric.target, opts.metric.baseline)?;
+    let mut direction = dbl(&direction)?;
+    if contrastive {
+        // CLIP scores the normalised image embedding: freeze its norm from this run, like the LN scale.
+        let embeds = dbl(&get(HookPoint::global(Site::ImageEmbeds))?)?;
+        direction = direction.f_div(&embeds.f_norm_scalaropt_dim(2.0, [-1i64].as_slice(), false)?)?;
+    }
+    let ln_w = dbl(&w.ln_final.weight)?;
+    let constant = dbl(&w.ln_final.bias)?.f_dot(&direction)?.double_value(&[]) + head_bias;
+    // Pooled position(s): the class token, or the mean of the patches.
+    let pool = |t: &Tensor| -> Result<Tensor> {
+        // t: [pos, ...]
+        Ok(match cfg.pooling {
+            Pooling::ClassToken => dbl(&t.f_get(0)?)?,
+            Pooling::MeanPatches => dbl(&t.f_narrow(0, cfg.n_prefix_tokens(), cfg.n_patches())?.f_mean_dim([0i64].as_slice(), false, None::<Kind>)?)?,
         })
+    };
+    let scale = get(HookPoint::global(Site::LnFinalScale))?; // [pos, 1], or [1] where the norm follows pooling
+    let scale = match cfg.final_norm {
+        FinalNorm::AllTokens => dbl(&scale.f_get(0)?)?.f_reshape([1i64].as_slice())?,
+        FinalNorm::Pooled => dbl(&scale)?.f_reshape([1i64].as_slice())?,
+    };
+    // Project any [..., d] on the direction through the cached LN scale: centre, /scale, *w.
+    let project = |x: &Tensor| -> Result<Tensor> {
+        let centred = x.f_sub(&x.f_mean_dim([-1i64].as_slice(), true, None::<Kind>)?)?;
+        Ok(centred.f_div(&scale)?.f_mul(&ln_w)?.f_matmul(&direction)?)
+    };
+    let mut components = Vec::new();
+    if cfg.has_ln_pre {
+        // ln_pre is not linear: its output (block 0's input) is the embeddings' one component.
+        let embedded = get(HookPoint::block(0, Site::ResidPre))?;
+        components.push(Component { name: "ln_pre".into(), kind: "embed".into(), layer: None, head: None, value: project(&pool(&embedded)?)?.double_value(&[]) });
+    } else {
+        let full = get(HookPoint::global(Site::FullEmbed))?;
+        let pos = get(HookPoint::global(Site::PosEmbed))?;
+        let token_embed = full.f_sub(&pos)?;
+        components.push(Component { name: "embed".into(), kind: "embed".into(), layer: None, head: None, value: project(&pool(&token_embed)?)?.double_value(&[]) });
+        components.push(Component { name: "pos_embed".into(), kind: "pos_embed".into(), layer: None, head: None, value: project(&pool(&pos)?)?.double_value(&[]) });
+    }
+    let mut heads = Vec::new();
+    let mut head_positions = Vec::new();
+    for l in 0..cfg.n_layers {
+        let result = pool(&get(HookPoint::block(l, Site::Result))?)?; // [H, d]
+        let per_head = to_vec_f64(&project(&result)?)?;
+        for (h, v) in per_head.iter().enumerate() {
+            components.push(Component { name: format!("L{l}H{h}"), kind: "head".into(), layer: Some(l), head: Some(h as i64), value: *v });
+        }
+        heads.extend(per_head);
+        let b_o = dbl(&w.blocks[l].b_o)?;
+        components.push(Component { name: format!("L{l}.attn_bias"), kind: "attn_bias".into(), layer: Some(l), head: None, value: project(&b_o)?.double_value(&[]) });
+        let mlp = pool(&get(HookPoint::block(l, Site::MlpOut))?)?;
+        components.push(Component { name: format!("L{l}.mlp"), kind: "mlp".into(), layer: Some(l), head: None, value: project(&mlp)?.double_value(&[]) });
+        if opts.per_position {
+            if cfg.pooling != Pooling::ClassToken {
+                return Err(PrismaError::Argument("per-position DLA needs a class-token model".into()));
+            }
+            // Head h's output at the class token = sum_k pattern[h, 0, k] * v[k, h] W_O[h].
+            let pattern = dbl(&get(HookPoint::block(l, Site::Pattern))?.f_select(1, 0)?)?; // [H, k]
+            let v = dbl(&get(HookPoint::block(l, Site::V))?)?; // [k, H, dh]
+            let w_o = dbl(&w.blocks[l].w_o_heads)?; // [H, dh, d]
+            let per_source = Tensor::f_einsum("hk,khd,hdm->hkm", &[&pattern, &v, &w_o], None::<&[i64]>)?;
+            head_positions.extend(to_vec_f64(&project(&per_source)?)?);
+        }
+    }
+    let sum_of_components: f64 = components.iter().map(|c| c.value).sum();
+    let logit = opts.metric.values(&logits)?.into_iter().next().map(|m| m.value).unwrap_or(f64::NAN);
+    Ok(DlaResult {
+        target: opts.metric.target,
+        baseline: opts.metric.baseline,
+        components,
+        heads,
+        head_positions: opts.per_position.then_some(head_positions),
+        constant,
+        sum_of_components,
+        logit,
     })
 }

@@ -97,61 +97,60 @@ fn logit_lens_here(model: &Model, pixels: &Tensor, targets: &[Option<i64>], opts
             record.insert(HookPoint::block(l, site_of(*s)));
         }
     }
-    tch::no_grad(|| {
-        let mut ctx = HookCtx::new(&record, &[]);
-        let (_, logits) = model.vit.forward(ForwardStart::Pixels(&pixels), None, &mut ctx)?;
-        let logits = logits.f_to_kind(Kind::Float)?;
-        let batch = logits.size()[0];
-        let mut images = Vec::new();
-        for b in 0..batch {
-            let own = logits.f_get(b)?;
-            let target = match targets.get(b as usize).copied().flatten().or(opts.target) {
-                Some(t) => t,
-                None => own.f_argmax(-1, false)?.int64_value(&[]),
-            };
-            if target < 0 || target >= cfg.n_classes {
-                return Err(PrismaError::Argument(format!("target class {target} is out of range (0..{})", cfg.n_classes - 1)));
-            }
-            let mut layers = Vec::new();
-            for (point, resid) in &ctx.recorded {
-                let resid = resid.f_get(b)?; // [pos, d]
-                // Per position: each token read as if it were the pooled one (final norm, then head).
-                let per_pos = model.vit.head_logits(&model.vit.final_layer_norm(&resid)?)?.f_to_kind(Kind::Float)?; // [pos, C]
-                // Pooled: exactly the model's own read-out from this residual (norm and pooling in its order).
-                let none = HookSelection::none();
-                let mut quiet = HookCtx::new(&none, &[]);
-                let (_, pooled) = model.vit.finalize(&resid.f_unsqueeze(0)?, &mut quiet)?;
-                let pooled = pooled.f_get(0)?.f_to_kind(Kind::Float)?;
-                let pooled_probs = pooled.f_softmax(-1, None::<Kind>)?;
-                let target_logit = pooled.f_get(target)?.double_value(&[]);
-                let target_rank = pooled.f_gt(target_logit)?.f_sum(Kind::Int64)?.int64_value(&[]);
-                let pos_logit = per_pos.f_select(1, target)?;
-                let pos_probs = per_pos.f_softmax(-1, None::<Kind>)?.f_select(1, target)?;
-                let pos_rank = per_pos.f_gt_tensor(&pos_logit.f_unsqueeze(1)?)?.f_sum_dim_intlist([1i64].as_slice(), false, Kind::Int64)?;
-                let pos_top1 = per_pos.f_argmax(-1, false)?;
-                let site = match point.site {
-                    Site::ResidPre => LensSite::ResidPre,
-                    Site::ResidMid => LensSite::ResidMid,
-                    _ => LensSite::ResidPost,
-                };
-                layers.push(LensLayer {
-                    layer: point.layer.unwrap_or(0),
-                    site,
-                    hook: point.to_string(),
-                    top_k: ranked(&pooled, opts.top_k)?,
-                    target_logit,
-                    target_prob: pooled_probs.f_get(target)?.double_value(&[]),
-                    target_rank,
-                    pos_target_logit: to_vec_f64(&pos_logit)?,
-                    pos_target_prob: to_vec_f64(&pos_probs)?,
-                    pos_target_rank: Vec::<i64>::try_from(&pos_rank).map_err(|e| PrismaError::Internal(e.to_string()))?,
-                    pos_top1: Vec::<i64>::try_from(&pos_top1).map_err(|e| PrismaError::Internal(e.to_string()))?,
-                });
-            }
-            images.push(LensImage { target, logits_top_k: ranked(&own, opts.top_k)?, layers });
+    // No no_grad needed: the caller runs this in inference mode, which implies it.
+    let mut ctx = HookCtx::new(&record, &[]);
+    let (_, logits) = model.vit.forward(ForwardStart::Pixels(&pixels), None, &mut ctx)?;
+    let logits = logits.f_to_kind(Kind::Float)?;
+    let batch = logits.size()[0];
+    let mut images = Vec::new();
+    for b in 0..batch {
+        let own = logits.f_get(b)?;
+        let target = match targets.get(b as usize).copied().flatten().or(opts.target) {
+            Some(t) => t,
+            None => own.f_argmax(-1, false)?.int64_value(&[]),
+        };
+        if target < 0 || target >= cfg.n_classes {
+            return Err(PrismaError::Argument(format!("target class {target} is out of range (0..{})", cfg.n_classes - 1)));
         }
-        Ok(images)
-    })
+        let mut layers = Vec::new();
+        for (point, resid) in &ctx.recorded {
+            let resid = resid.f_get(b)?; // [pos, d]
+            // Per position: each token read as if it were the pooled one (final norm, then head).
+            let per_pos = model.vit.head_logits(&model.vit.final_layer_norm(&resid)?)?.f_to_kind(Kind::Float)?; // [pos, C]
+            // Pooled: exactly the model's own read-out from this residual (norm and pooling in its order).
+            let none = HookSelection::none();
+            let mut quiet = HookCtx::new(&none, &[]);
+            let (_, pooled) = model.vit.finalize(&resid.f_unsqueeze(0)?, &mut quiet)?;
+            let pooled = pooled.f_get(0)?.f_to_kind(Kind::Float)?;
+            let pooled_probs = pooled.f_softmax(-1, None::<Kind>)?;
+            let target_logit = pooled.f_get(target)?.double_value(&[]);
+            let target_rank = pooled.f_gt(target_logit)?.f_sum(Kind::Int64)?.int64_value(&[]);
+            let pos_logit = per_pos.f_select(1, target)?;
+            let pos_probs = per_pos.f_softmax(-1, None::<Kind>)?.f_select(1, target)?;
+            let pos_rank = per_pos.f_gt_tensor(&pos_logit.f_unsqueeze(1)?)?.f_sum_dim_intlist([1i64].as_slice(), false, Kind::Int64)?;
+            let pos_top1 = per_pos.f_argmax(-1, false)?;
+            let site = match point.site {
+                Site::ResidPre => LensSite::ResidPre,
+                Site::ResidMid => LensSite::ResidMid,
+                _ => LensSite::ResidPost,
+            };
+            layers.push(LensLayer {
+                layer: point.layer.unwrap_or(0),
+                site,
+                hook: point.to_string(),
+                top_k: ranked(&pooled, opts.top_k)?,
+                target_logit,
+                target_prob: pooled_probs.f_get(target)?.double_value(&[]),
+                target_rank,
+                pos_target_logit: to_vec_f64(&pos_logit)?,
+                pos_target_prob: to_vec_f64(&pos_probs)?,
+                pos_target_rank: Vec::<i64>::try_from(&pos_rank).map_err(|e| PrismaError::Internal(e.to_string()))?,
+                pos_top1: Vec::<i64>::try_from(&pos_top1).map_err(|e| PrismaError::Internal(e.to_string()))?,
+            });
+        }
+        images.push(LensImage { target, logits_top_k: ranked(&own, opts.top_k)?, layers });
+    }
+    Ok(images)
 }
 
 fn site_of(s: LensSite) -> Site {

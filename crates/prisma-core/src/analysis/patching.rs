@@ -321,9 +321,7 @@ fn run_sweep_here(model: &Model, base: &Tensor, source: Source, opts: &PatchOpti
         batched_forwards += 1;
         let metrics = opts.metric.values(&logits)?;
         let n_reference = pixels.size()[0] as usize;
-        for (slot, block) in row_slots.iter().zip(metrics[n_reference..].chunks(n_items)) {
-            results[*slot].extend_from_slice(block);
-        }
+        file_by_slot(&mut results, &row_slots, &metrics[n_reference..], n_items);
         metrics[..n_reference].to_vec()
     } else {
         let mut points = base_points(&layout.order);
@@ -341,10 +339,7 @@ fn run_sweep_here(model: &Model, base: &Tensor, source: Source, opts: &PatchOpti
         for (first_slot, band_layers, group) in layout.passes() {
             let (logits, row_slots) = run_pass(model, &plan, first_slot, band_layers, group)?;
             batched_forwards += 1;
-            let metrics = opts.metric.values(&logits)?;
-            for (slot, block) in row_slots.iter().zip(metrics.chunks(group.len())) {
-                results[*slot].extend_from_slice(block);
-            }
+            file_by_slot(&mut results, &row_slots, &opts.metric.values(&logits)?, group.len());
         }
         reference_metrics
     };
@@ -377,6 +372,14 @@ fn run_sweep_here(model: &Model, base: &Tensor, source: Source, opts: &PatchOpti
         normalised,
         batched_forwards,
     })
+}
+
+/// Files a pass's metrics (its patched rows, `per_slot` at a time, in `row_slots` order) under the
+/// slot of the layer each block of rows was patched at.
+fn file_by_slot(results: &mut [Vec<MetricValue>], row_slots: &[usize], metrics: &[MetricValue], per_slot: usize) {
+    for (slot, block) in row_slots.iter().zip(metrics.chunks(per_slot)) {
+        results[*slot].extend_from_slice(block);
+    }
 }
 
 /// How one layer's patched runs enter the forward.
