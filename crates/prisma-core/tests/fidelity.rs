@@ -43,6 +43,36 @@ fn every_hook_matches_the_reference() {
     }
 }
 
+/// Small CPU batches embed their patches with one matrix product instead of the convolution
+/// (models/vit.rs, `small_patch_product`); large ones run the convolution. Both must agree: one image
+/// alone against the same image inside a batch big enough to take the convolution.
+#[test]
+fn patch_product_of_small_batches_equals_the_convolution() {
+    for name in MODELS {
+        let model = load(name);
+        if model.vit.cfg.num_frames > 0 {
+            continue; // video models always run their 3-d convolution
+        }
+        let pixels = reference(&format!("{name}.safetensors"))["pixel_values"].i(0..1);
+        let cfg = &model.vit.cfg;
+        let per_image = cfg.image_size[0] * cfg.image_size[1] * cfg.num_channels * cfg.d_model;
+        // Past the product's threshold (2M multiply-adds) for every fixture.
+        let big = (2_000_000 / per_image + 1).max(2);
+        let embed = |pixels: &Tensor| {
+            let out = model.run(RunRequest { pixels: Some(pixels.shallow_clone()), cache: vec!["hook_embed".into()], ..Default::default() }).expect("forward runs");
+            out.cache.into_iter().find(|(p, _)| *p == HookPoint::global(prisma_core::hooks::Site::Embed)).expect("hook_embed cached").1
+        };
+        let alone = embed(&pixels);
+        let in_batch = embed(&pixels.repeat([big, 1, 1, 1].as_slice()));
+        assert_eq!(alone.size()[1..], in_batch.size()[1..], "{name}: embedding shapes");
+        // Equal to float rounding: the two kernels sum C*p*p products in different orders.
+        let diff = max_abs_diff(&alone, &in_batch.i(0..1));
+        let scale = alone.abs().max().double_value(&[]);
+        assert!(diff <= 1e-6 * scale.max(1.0), "{name}: product and convolution differ by {diff:e} (values up to {scale})");
+        eprintln!("{name}: product and convolution within {diff:e} (values up to {scale:.1})");
+    }
+}
+
 #[test]
 fn batch_of_three_equals_three_single_runs() {
     for name in MODELS {

@@ -9,6 +9,10 @@ use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookPoint, Site, Tower, BLOCK_SITES};
 use tch::{Kind, Tensor};
 
+/// Below this many multiply-adds a CPU patch embedding runs as one matrix product (see
+/// `HookedViT::small_patch_product`).
+const SMALL_PATCH_PRODUCT: i64 = 2_000_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pooling {
     /// Head reads the class token.
@@ -434,15 +438,41 @@ impl HookedViT {
         }
     }
 
+    /// The patch embedding of a small batch as one matrix product, [B, patches, d]; None where the
+    /// convolution should run. Patches never overlap, so the convolution is a product of each
+    /// flattened patch with the flattened kernel. The reference libraries run oneDNN's convolution,
+    /// whose setup costs ~40 us a call on CPU: most of a small model's embedding (a 32x32 image
+    /// with 8x8 patches: 54 us against 16 us), nothing on ViT-B (1.3 ms either way). The product
+    /// rounds differently (within 7e-7 of their size on the fixtures' embeddings), so it is taken only below
+    /// `SMALL_PATCH_PRODUCT` multiply-adds, where the setup dominates: large models keep the
+    /// reference's own kernel and its bits, which a chaotic random-init ViT-B amplifies (a 1e-6
+    /// relative change of its pixels moves a logit by 0.04, see docs/benchmarks.md).
+    fn small_patch_product(&self, pixels: &Tensor) -> Result<Option<Tensor>> {
+        let c = &self.cfg;
+        let w = &self.weights;
+        let size = pixels.size();
+        let (batch, channels, height, width, p) = (size[0], size[1], size[2], size[3], c.patch_size);
+        if pixels.device() != tch::Device::Cpu || height % p != 0 || width % p != 0 {
+            return Ok(None);
+        }
+        let (rows, cols) = (height / p, width / p);
+        let patch_len = channels * p * p;
+        if batch * rows * cols * patch_len * c.d_model >= SMALL_PATCH_PRODUCT {
+            return Ok(None);
+        }
+        // [B, C, rows, p, cols, p] -> [B, rows, cols, C, p, p]: each patch's values in the kernel's order.
+        let flat = pixels
+            .f_reshape([batch, channels, rows, p, cols, p].as_slice())?
+            .f_permute([0i64, 2, 4, 1, 3, 5].as_slice())?
+            .f_reshape([batch, rows * cols, patch_len].as_slice())?;
+        Ok(Some(flat.f_linear(&w.patch_weight.f_reshape([c.d_model, patch_len].as_slice())?, w.patch_bias.as_ref())?))
+    }
+
     fn embed(&self, pixels: &Tensor, ctx: &mut HookCtx) -> Result<Tensor> {
         let c = &self.cfg;
         let size = pixels.size();
         let w = &self.weights;
         let p = c.patch_size;
-        // The patch convolution, as the reference libraries run it, although patches never overlap
-        // and a reshape + one matrix product gives the same sums ~40 us sooner on a tiny model: the
-        // product rounds differently (3e-5 on a random ViT-B/16's embeddings, 1e-6 relative), and
-        // a random-init ViT-B amplified that to 0.1 in patching metrics against transformers.
         let patches = if c.num_frames > 0 {
             if size.len() != 5 || size[1] != c.num_frames || size[2] != c.num_channels || size[3] != c.image_size[0] || size[4] != c.image_size[1] {
                 return Err(PrismaError::Shape(format!(
@@ -459,6 +489,8 @@ impl HookedViT {
                 [1i64, 1, 1].as_slice(),
                 1,
             )?
+            .f_flatten(2, -1)?
+            .f_transpose(1, 2)?
         } else {
             if size.len() != 4 || size[1] != c.num_channels || size[2] != c.image_size[0] || size[3] != c.image_size[1] {
                 return Err(PrismaError::Shape(format!(
@@ -466,9 +498,14 @@ impl HookedViT {
                     c.num_channels, c.image_size[0], c.image_size[1]
                 )));
             }
-            pixels.f_conv2d(&w.patch_weight, w.patch_bias.as_ref(), [p, p].as_slice(), [0i64, 0].as_slice(), [1i64, 1].as_slice(), 1)?
+            if let Some(patches) = self.small_patch_product(pixels)? {
+                patches
+            } else {
+                pixels.f_conv2d(&w.patch_weight, w.patch_bias.as_ref(), [p, p].as_slice(), [0i64, 0].as_slice(), [1i64, 1].as_slice(), 1)?.f_flatten(2, -1)?.f_transpose(1, 2)?
+            }
         };
-        let patches = ctx.hook(HookPoint::global(Site::Embed), patches.f_flatten(2, -1)?.f_transpose(1, 2)?)?;
+        // [B, patches, d]
+        let patches = ctx.hook(HookPoint::global(Site::Embed), patches)?;
         let batch = size[0];
         let mut tokens: Vec<Tensor> = Vec::with_capacity(4);
         for token in [&w.class_token, &w.distillation_token, &w.register_tokens].into_iter().flatten() {
