@@ -136,8 +136,6 @@ fn assert_batched_equals_naive(
     }
 }
 
-/// Models whose head reads every token (mean pooling: timm avg-pool, VideoMAE without a class
-/// token) keep all rows in the last block, and rows entering after it (resid_post) join full-width.
 /// Sweeps asked for fast linear layers run them on oneDNN (GELU fused into the MLP's first
 /// product), against the naive loop, which runs at::linear throughout. Covers
 /// erf GELU (vit-tiny-cls), tanh GELU (vit-odd), quick GELU (clip-tiny, not fused) and a gated
@@ -167,6 +165,8 @@ fn sweeps_on_onednn_linears_equal_the_naive_loop() {
     assert_eq!(err.code(), "E_ARGUMENT", "{err}");
 }
 
+/// Models whose head reads every token (mean pooling: timm avg-pool, VideoMAE without a class
+/// token) keep all rows in the last block, and rows entering after it (resid_post) join full-width.
 #[test]
 fn batched_patching_equals_the_naive_loop_when_the_head_reads_every_token() {
     for name in ["timm-vit-gap", "videomae-tiny"] {
@@ -370,9 +370,6 @@ fn resample_ablation_equals_the_naive_patching_loop() {
     }
 }
 
-/// The same check on the other families' shapes: a CLIP vision tower (a norm before the blocks, the
-/// final norm on the pooled token, image-text logits) and DINOv2 with register tokens, read
-/// through a linear probe. One pass (reference rows walking with the patches) and several.
 /// A fixture model with a classifier to patch against: CLIP-style models classify three prompts, and
 /// headless backbones (DINOv2) get a random linear probe.
 fn load_with_head(name: &str) -> prisma_core::Model {
@@ -393,6 +390,9 @@ fn load_with_head(name: &str) -> prisma_core::Model {
     model
 }
 
+/// The same check on the other families' shapes: a CLIP vision tower (a norm before the blocks, the
+/// final norm on the pooled token, image-text logits) and DINOv2 with register tokens, read
+/// through a linear probe. One pass (reference rows walking with the patches) and several.
 #[test]
 fn batched_patching_equals_the_naive_loop_on_clip_and_dinov2() {
     let (clip, dino) = (load_with_head("clip-tiny"), load_with_head("dinov2-reg-tiny"));

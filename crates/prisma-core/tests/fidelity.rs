@@ -4,6 +4,7 @@
 mod common;
 use common::*;
 use prisma_core::hooks::HookPoint;
+use prisma_core::models::vit::SMALL_PATCH_PRODUCT;
 use prisma_core::interventions::{ActionKind, InterventionSpec, Selection};
 use prisma_core::RunRequest;
 use std::collections::HashMap;
@@ -56,8 +57,8 @@ fn patch_product_of_small_batches_equals_the_convolution() {
         let pixels = reference(&format!("{name}.safetensors"))["pixel_values"].i(0..1);
         let cfg = &model.vit.cfg;
         let per_image = cfg.image_size[0] * cfg.image_size[1] * cfg.num_channels * cfg.d_model;
-        // Past the product's threshold (2M multiply-adds) for every fixture.
-        let big = (2_000_000 / per_image + 1).max(2);
+        // Past the product's threshold for every fixture.
+        let big = (SMALL_PATCH_PRODUCT / per_image + 1).max(2);
         let embed = |pixels: &Tensor| {
             let out = model.run(RunRequest { pixels: Some(pixels.shallow_clone()), cache: vec!["hook_embed".into()], ..Default::default() }).expect("forward runs");
             out.cache.into_iter().find(|(p, _)| *p == HookPoint::global(prisma_core::hooks::Site::Embed)).expect("hook_embed cached").1

@@ -11,7 +11,7 @@ use tch::{Kind, Tensor};
 
 /// Below this many multiply-adds a CPU patch embedding runs as one matrix product (see
 /// `HookedViT::small_patch_product`).
-const SMALL_PATCH_PRODUCT: i64 = 2_000_000;
+pub const SMALL_PATCH_PRODUCT: i64 = 2_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pooling {
