@@ -59,7 +59,7 @@ export interface PatchOptions {
   /** Patched runs per batched forward (default: sized by the addon). */
   chunk?: number;
   /**
-   * Exact patching's linear layers on oneDNN (f32 CPU models only): ~15-20% faster on ViT-B-sized
+   * Exact patching's linear layers on oneDNN (f32 CPU models only): 10-20% faster on ViT-B-sized
    * models, but equal to transformers' values only to float rounding, which a model can amplify.
    */
   fastLinear?: boolean;

@@ -1,7 +1,7 @@
 // A linear layer through oneDNN (libtorch's `mkldnn::_linear_pointwise`, the op TorchInductor emits
 // for CPU linears), which tch cannot reach: it is registered by libtorch's mkldnn library, not
 // declared among ATen's native functions that tch generates bindings for. On this project's CPU its
-// AVX-512 f32 kernels run ViT-B's large matrix products ~15-20% faster than the MKL sgemm behind
+// AVX-512 f32 kernels run ViT-B's sweeps 10-20% faster than the MKL sgemm behind
 // at::linear, and an erf/tanh GELU after the product comes free in the same pass.
 //
 // Called boxed through the dispatcher, so no C++ signature of the kernel is assumed. Tensors cross as

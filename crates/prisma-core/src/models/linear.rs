@@ -2,7 +2,7 @@
 //!
 //! By default every linear is `at::linear`: on the CPU that is MKL's sgemm, the same kernel (and so
 //! the same bits) as transformers. A sweep asked for `fast_linear` switches its thread to oneDNN's
-//! f32 linear (cpp/onednn_linear.cpp), whose AVX-512 kernels run ViT-B's products ~15-20% faster on
+//! f32 linear (cpp/onednn_linear.cpp), whose AVX-512 kernels run ViT-B's sweeps 10-20% faster on
 //! this project's CPU, with the GELU after the MLP's first product fused into it. The two agree to
 //! float rounding, not bit for bit, and a model can amplify that: the random-init ViT-B of
 //! bench/ (initializer_range 0.2) turns a 1e-6 relative change of its input into 0.04 in a logit,
@@ -86,9 +86,10 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tenso
 
 /// `activation(x @ w^T + b)`, the GELU fused into the product where oneDNN computes it.
 pub(crate) fn linear_then(x: &Tensor, w: &Tensor, b: Option<&Tensor>, activation: Activation) -> Result<Tensor> {
+    // oneDNN's names for GELU's two forms: "none" is the exact (erf) one.
     let fused = match activation {
-        Activation::Gelu => Some("none"),
-        Activation::GeluTanh => Some("tanh"),
+        Activation::Gelu => Some(c"none"),
+        Activation::GeluTanh => Some(c"tanh"),
         _ => None,
     };
     match (KERNELS.with(Cell::get), fused) {
@@ -97,12 +98,11 @@ pub(crate) fn linear_then(x: &Tensor, w: &Tensor, b: Option<&Tensor>, activation
     }
 }
 
-/// One call of the shim; `gelu` is GELU's algorithm ("none" = erf, or "tanh") when one is fused.
-fn onednn_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, gelu: Option<&str>) -> Result<Tensor> {
-    let (post, algorithm): (&CStr, &CStr) = match gelu {
+/// One call of the shim; `gelu` is GELU's algorithm (as `linear_then` names it) when one is fused.
+fn onednn_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, gelu: Option<&CStr>) -> Result<Tensor> {
+    let (post, algorithm) = match gelu {
         None => (c"none", c""),
-        Some("tanh") => (c"gelu", c"tanh"),
-        Some(_) => (c"gelu", c"none"),
+        Some(algorithm) => (c"gelu", algorithm),
     };
     let mut out: *mut C_tensor = std::ptr::null_mut();
     let mut err = [0 as c_char; 512];
