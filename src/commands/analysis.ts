@@ -7,11 +7,11 @@ import { mkdirSync, statSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 
-import { InvalidArgumentError, Option } from 'commander';
+import { Option } from 'commander';
 
 import { tokenLabels } from '../analysis/common.js';
 import { printJson, type CommandContext, type Io } from '../context.js';
-import { isPrismaError, PrismaError, usageError } from '../errors.js';
+import { PrismaError, usageError } from '../errors.js';
 import { expandInputs } from '../image/preprocess.js';
 import type { Model } from '../index.js';
 import type { BatchOutcome, InputError } from '../report/batch.js';
@@ -20,7 +20,7 @@ import { validateReport, type ReportCommand } from '../report/schema.js';
 import { writeJsonAtomic } from '../report/write.js';
 import { dim, useColor } from '../ui/style.js';
 import { VERSION } from '../version.js';
-import { argParser } from './common.js';
+import { argParser, asOptionError } from './common.js';
 
 export interface ReportModel {
   dir: string;
@@ -140,7 +140,7 @@ export function collect<T>(parse: (value: string) => T): (value: string, previou
       const parts = value.split(',').map((v) => v.trim()).filter((v) => v.length > 0);
       return [...(previous ?? []), ...parts.map(parse)];
     } catch (err) {
-      throw new InvalidArgumentError(isPrismaError(err) ? err.message : String(err));
+      throw asOptionError(err);
     }
   };
 }

@@ -9,15 +9,25 @@ import type { CommandContext } from '../context.js';
 import { normalizeDevice, normalizeDtype } from '../options.js';
 import { startProgress } from '../ui/progress.js';
 
-/** Adapt one of our option parsers to commander (its errors become usage errors, exit 2). */
+/**
+ * Adapt one of our option parsers to commander. Our parsers' errors already name the flag and the
+ * value and carry a hint with the valid choices, so they go to the CLI's error report as they are
+ * (exit 2); wrapped in commander's InvalidArgumentError they would repeat the value
+ * ("argument 'x' is invalid. unknown --what 'x'") and lose the hint.
+ */
 export function argParser<T>(parse: (value: string) => T): (value: string) => T {
   return (value: string) => {
     try {
       return parse(value);
     } catch (err) {
-      throw new InvalidArgumentError(isPrismaError(err) ? err.message : String(err));
+      throw asOptionError(err);
     }
   };
+}
+
+/** A parser's error as the CLI reports it: ours unchanged, anything else as commander's usage error. */
+export function asOptionError(err: unknown): Error {
+  return isPrismaError(err) ? err : new InvalidArgumentError(String(err));
 }
 
 export function deviceOption(): Option {

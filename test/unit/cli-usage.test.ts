@@ -29,13 +29,22 @@ describe('prisma CLI usage errors', () => {
     [['run', 'm', 'a.png', '--top-k', 'abc'], /--top-k must be a non-negative integer/],
     [['run', 'm', 'a.png', '--top-k', '0'], /--top-k must be at least 1/],
     [['run', 'm', 'a.png', '--stop-at-layer', '-1'], /unknown option '-1'|--stop-at-layer/],
-    [['run', 'm', 'a.png', '--dtype', 'int8'], /unknown dtype 'int8'/],
-    [['run', 'm', 'a.png', '--device', 'tpu'], /unknown device 'tpu'/],
     [['run', 'm', 'a.png', '--out', 'acts.npz'], /--out must name a .safetensors file/],
     [['frobnicate'], /unknown command 'frobnicate'/],
     [['inspect', 'a', 'b'], /too many arguments/],
   ])('%j -> exit 2 with one error line and a hint', async (argv, pattern) => {
     await expectUsageError(argv, pattern, /^hint: run `prisma .*--help`$/);
+  });
+
+  it.each([
+    [['run', 'm', 'a.png', '--dtype', 'int8'], 'int8', 'hint: use f32, f16 or bf16'],
+    [['run', 'm', 'a.png', '--device', 'tpu'], 'tpu', 'hint: use cpu, cuda, cuda:N, mps or auto'],
+    [['patch', 'm', '--what', 'bogus'], 'bogus', /^hint: use one of resid_pre, .*head_pattern$/],
+    [['patch', 'm', '--by', 'layer'], 'layer', 'hint: use layer,pos or layer,head or layer,pos,head'],
+    [['logit-lens', 'm', 'a.png', '--site', 'resid_bogus'], 'resid_bogus', 'hint: use resid_pre, resid_mid, resid_post'],
+    [['ablate', 'm', 'a.png', '--mode', 'avg'], 'avg', 'hint: use zero, mean or resample'],
+  ])('%j -> one error line naming the bad value once, and the valid choices as the hint', async (argv, value, hint) => {
+    await expectUsageError(argv, new RegExp(`^prisma: [^']*'${value}'[^']*$`), hint);
   });
 
   it('--json reports usage errors as JSON on stdout', async () => {
