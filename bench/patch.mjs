@@ -176,6 +176,8 @@ for (const c of cases) {
       forwardS: +forward.toFixed(4),
       floorS: +(forward * (sweep === 'resid' ? info.nPos : info.nHeads) * (info.nLayers + 1) / 2).toFixed(3),
       attributionFwdEq: attribution ? +attribution.forwardEquivalents.toFixed(2) : '',
+      // Each alternated round's times (s), so that a wide range can be traced to one side.
+      ...(rounds > 1 ? { perRound: measured.map((m) => ({ ours: +m.ours.toPrecision(3), tl: +m.tl.toPrecision(3), best: +m.best.toPrecision(3) })) } : {}),
     });
     console.error(JSON.stringify(rows.at(-1)));
   }
