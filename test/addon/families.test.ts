@@ -139,6 +139,14 @@ describe('prisma classify (zero-shot)', () => {
     expect(insp.hooks.find((h) => h.name === 'hook_pos_embed')!.shape).toEqual([1, 37, 32]);
   });
 
+  it('an --image-size beyond any machine\'s memory is one usage error, not a process killed for memory', () => {
+    const r = prisma(['run', model('vit-tiny-cls'), image('coffee.png'), '--image-size', '1000000']);
+    expect(r.code).toBe(2);
+    const lines = r.stderr.trim().split('\n');
+    expect(lines).toHaveLength(2);
+    expect(lines[0]).toMatch(/^prisma: image size 1000000x1000000 .* GB of memory; use a smaller image size$/);
+  });
+
   it('--image-size 48 interpolates position embeddings like transformers (image embeddings within 1e-4)', () => {
     const out = join(tmp(), 'acts.safetensors');
     const r = prisma(['run', model('clip-tiny'), ref('clip-tiny'), '--input-key', 'pixel_values_48', '--image-size', '48', '--cache', 'hook_image_embeds', '--out', out]);

@@ -118,6 +118,20 @@ fn clip_at_another_resolution_interpolates_like_transformers() {
     assert!(n >= 3, "only {n} res48 keys compared");
 }
 
+/// An image size no machine could run (a typo) is refused before the position table is resized,
+/// where the interpolation alone would get the process killed for memory.
+#[test]
+fn an_image_size_beyond_memory_is_refused_before_resizing() {
+    let dir = fixtures().join("models").join("vit-tiny-cls");
+    // 3e12 pixels alone: ~11 TB in f32.
+    let err = Model::load_with(&dir, "cpu", "f32", &LoadOptions { image_size: Some([1_000_000, 1_000_000]) }).err().expect("refused");
+    assert_eq!(err.code(), "E_ARGUMENT", "{err}");
+    let text = err.to_string();
+    assert!(text.contains("1000000x1000000") && text.contains("GB of memory"), "{text}");
+    // A large size that fits still loads.
+    load_at("vit-tiny-cls", Some([256, 256]));
+}
+
 #[test]
 fn unsupported_folders_name_the_supported_families() {
     for bad in ["bad/swin-model", "bad/text-model"] {

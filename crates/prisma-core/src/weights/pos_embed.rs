@@ -73,7 +73,49 @@ pub fn set_image_size(cfg: &mut ViTConfig, weights: &mut ViTWeights, size: [i64;
     }
     let from = cfg.grid();
     let to = [size[0] / p, size[1] / p];
+    fits_in_memory(cfg, size, to)?;
     weights.pos_embed = resize_grid(&weights.pos_embed, cfg.n_prefix_tokens(), from, to, how)?;
     cfg.image_size = size;
     Ok(())
+}
+
+/// Refuses a size at which even one image's forward cannot fit in this machine's memory. The table
+/// is resized here, before any image is read, and at an absurd size (100000 typed for 1000) the
+/// interpolation alone would have the process killed by the OS, with no message. The estimate is a
+/// floor, in f32: four copies of the pixels (on the way from Node: the JS array, the binding's copy,
+/// the tensor, one conversion), the position table, and one block's widest activations (the residual
+/// stream and its layer-norm output, q, k, v, z and the attention output; the MLP's hidden layer
+/// before and after its activation). Sizes that pass may still be slow: attention is quadratic in
+/// the number of positions.
+fn fits_in_memory(cfg: &ViTConfig, size: [i64; 2], grid: [i64; 2]) -> Result<()> {
+    let Some(memory) = physical_memory() else { return Ok(()) };
+    let n_pos = (grid[0] * grid[1] + cfg.n_prefix_tokens()) as f64;
+    let pixels = (cfg.num_channels * size[0] * size[1]) as f64;
+    let needed = 4.0 * (4.0 * pixels + n_pos * (9 * cfg.d_model + 2 * cfg.d_mlp) as f64);
+    if needed <= memory as f64 {
+        return Ok(());
+    }
+    let gb = |bytes: f64| bytes / (1u64 << 30) as f64;
+    Err(PrismaError::Argument(format!(
+        "image size {}x{} ({} positions): one image's forward needs at least {:.1} GB, more than this machine's {:.1} GB of memory; use a smaller image size",
+        size[0],
+        size[1],
+        n_pos as u64,
+        gb(needed),
+        gb(memory as f64)
+    )))
+}
+
+/// Physical memory in bytes, where the system reports it.
+fn physical_memory() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf only reads the system's configuration.
+        let (pages, page_size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+        (pages > 0 && page_size > 0).then(|| pages as u64 * page_size as u64)
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
 }
