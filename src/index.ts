@@ -6,7 +6,7 @@
  *   topK(output, 5, model.info.labels);
  */
 import { PrismaError, usageError } from './errors.js';
-import { loadInputs, readPreprocessSpec, withImageSize, type LoadInputsOptions, type PreprocessSpec } from './image/preprocess.js';
+import { loadInputs, planInputs, readPreprocessSpec, withImageSize, type InputPlan, type LoadInputsOptions, type PreprocessSpec } from './image/preprocess.js';
 import { serializeInterventions, type Intervention, type TensorLike } from './interventions.js';
 import {
   NativeModelHandle,
@@ -25,6 +25,7 @@ import { checkTensor, formatShape, numel, type PixelBatch, type Tensor, type Ten
 export { PrismaError, usageError, isPrismaError, type ErrorJson } from './errors.js';
 export {
   loadInputs,
+  planInputs,
   preprocessImage,
   parsePreprocessorConfig,
   defaultPreprocessSpec,
@@ -32,6 +33,7 @@ export {
   expandInputs,
   type PreprocessSpec,
   type LoadInputsOptions,
+  type InputPlan,
   type InputTarget,
   type Resample,
   type SharpKernel,
@@ -41,6 +43,7 @@ export type { HookShape, ModelInfo, TensorData } from './native.js';
 export type { Tensor, TensorInput, PixelBatch } from './tensor.js';
 export type { Dtype } from './options.js';
 export { VERSION } from './version.js';
+export { SafetensorsWriter, type TensorSpec } from './safetensors-writer.js';
 export * from './analysis/index.js';
 export type { LensSite, PatchWhat, PatchBy, MetricValue, DlaComponent, LensImage, PatchResult, DlaResult } from './native.js';
 export { cudaAvailable, libtorchVersion };
@@ -170,6 +173,11 @@ export class Model {
   /** Images, folders and tensor files -> one `[B, C, H, W]` batch for this model. */
   loadInputs(paths: readonly string[], options: Omit<LoadInputsOptions, 'preprocess'> = {}): Promise<PixelBatch> {
     return loadInputs(paths, this, { ...options, preprocess: () => this.preprocessSpec() });
+  }
+
+  /** The same inputs as `loadInputs`, listed now and preprocessed `maxRows` at a time (see `planInputs`). */
+  planInputs(paths: readonly string[], maxRows: number, options: Omit<LoadInputsOptions, 'preprocess' | 'onProgress'> = {}): Promise<InputPlan> {
+    return planInputs(paths, this, maxRows, { ...options, preprocess: () => this.preprocessSpec() });
   }
 
   /** Validate `stopAtLayer` / `startAtLayer` against the model (E_LAYER_RANGE). */

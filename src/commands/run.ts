@@ -3,16 +3,20 @@
  * write the recorded activations to a .safetensors file, and print a JSON summary to stdout.
  */
 import { statSync } from 'node:fs';
+import { totalmem } from 'node:os';
 import { dirname, extname, resolve } from 'node:path';
 
 import { Option, type Command } from 'commander';
 
 import { printJson, type CommandContext } from '../context.js';
 import { PrismaError, usageError } from '../errors.js';
-import { loadModel, saveTensors, topK, type Prediction, type Tensor } from '../index.js';
+import { topK, type Model, type Prediction, type Tensor } from '../index.js';
 import { parseCachePatterns, parseNonNegativeInt, parsePositiveInt } from '../options.js';
+import { SafetensorsWriter } from '../safetensors-writer.js';
+import { numel } from '../tensor.js';
+import { startProgress } from '../ui/progress.js';
 import { VERSION } from '../version.js';
-import { argParser, jsonOption, loadInputsWithProgress, openModel, withModelOptions, type ModelOptions } from './common.js';
+import { argParser, jsonOption, openModel, withModelOptions, type ModelOptions } from './common.js';
 
 export interface RunCommandOptions extends ModelOptions {
   cache?: string[];
@@ -20,6 +24,7 @@ export interface RunCommandOptions extends ModelOptions {
   topK: number;
   stopAtLayer?: number;
   inputKey?: string;
+  batchSize?: number;
   json?: boolean;
 }
 
@@ -50,46 +55,110 @@ export function checkOutPath(out: string): string {
   return out;
 }
 
+/** Bytes one batch may hold: its recorded activations (in the core and copied to JS) and its forward's own. */
+const BATCH_BYTES = Math.min(2 ** 30, totalmem() / 8);
+/** Entries a batch takes at most: enough for the products to run at full speed. */
+const MAX_ROWS = 64;
+
+/**
+ * Inputs per forward so that a batch stays within `BATCH_BYTES`: a folder of any size runs in
+ * batches, and what it records streams to the output file, instead of every image's activations
+ * being held at once (ViT-B with `--cache '*'` records ~270 MB an image). Every row of a forward is
+ * computed on its own, so the batch size changes values by float rounding at most (a product with
+ * fewer rows may take another kernel).
+ */
+export function rowsPerBatch(model: Model, recorded: readonly string[]): number {
+  const wanted = new Set(recorded);
+  const perInput = perInputHooks(model);
+  const recordedValues = model.hookShapes(1).reduce((sum, h) => sum + (wanted.has(h.name) && perInput.has(h.name) ? numel(h.shape) : 0), 0);
+  const { nPos, dModel, dMlp } = model.info;
+  // A block's forward holds about 9·d_model + 2·d_mlp values a position (as the core estimates).
+  const perRow = 4 * (numel(model.inputShape()) + 2 * recordedValues + nPos * (9 * dModel + 2 * dMlp));
+  return Math.max(1, Math.min(MAX_ROWS, Math.floor(BATCH_BYTES / perRow)));
+}
+
+/**
+ * Hooks with a row per input. The others (a CLIP model's text tower, run on its prompts) are the
+ * same for every batch: the file gets them once, from the first.
+ */
+function perInputHooks(model: Model): Set<string> {
+  const two = new Map(model.hookShapes(2).map((h) => [h.name, h.shape[0]]));
+  return new Set(model.hookShapes(1).filter((h) => two.get(h.name) !== h.shape[0]).map((h) => h.name));
+}
+
 export async function runCommand(modelDir: string, inputs: string[], options: RunCommandOptions, ctx: CommandContext): Promise<RunSummary> {
   if (options.out !== undefined) checkOutPath(options.out);
   const patterns = parseCachePatterns(options.cache);
 
   const model = await openModel(modelDir, options);
   // Everything that can be checked against the model is checked before any input is read.
-  if (patterns.length > 0) model.matchHooks(patterns);
+  const recorded = patterns.length > 0 ? model.matchHooks(patterns) : [];
   if (options.stopAtLayer !== undefined) model.checkLayer(options.stopAtLayer, 'stop-at-layer');
 
-  const batch = await loadInputsWithProgress(model, inputs, options.inputKey, ctx);
-
-  const result = await model.run(batch, {
-    cache: patterns,
-    ...(options.stopAtLayer === undefined ? {} : { stopAtLayer: options.stopAtLayer }),
-  });
+  const perInput = perInputHooks(model);
+  const hooks = new Set(model.hookNames());
+  // An output that is not a hook is taken to have a row per input.
+  const byInput = (name: string) => perInput.has(name) || !hooks.has(name);
+  const plan = await model.planInputs(inputs, options.batchSize ?? rowsPerBatch(model, recorded), options.inputKey === undefined ? {} : { inputKey: options.inputKey });
+  const progress = startProgress(ctx, plan.total, 'running');
+  let writer: SafetensorsWriter | undefined;
+  // Names and shapes from the first batch (its values are not kept: they are written and dropped).
+  type Named = { name: string; shape: number[] };
+  let first: { output: Named; cached: string[]; written: Named[] } | undefined;
+  const predictions: Prediction[][] = [];
+  let row = 0;
+  try {
+    for await (const batch of plan.batches()) {
+      const result = await model.run(batch, {
+        cache: patterns,
+        ...(options.stopAtLayer === undefined ? {} : { stopAtLayer: options.stopAtLayer }),
+      });
+      const tensors: Tensor[] = [...result.cache.values()];
+      if (!result.cache.has(result.output.name)) tensors.push(result.output);
+      if (first === undefined) {
+        const named = (t: Tensor): Named => ({ name: t.name, shape: [...t.shape] });
+        first = { output: named(result.output), cached: [...result.cache.keys()], written: tensors.map(named) };
+        if (options.out !== undefined) {
+          const specs = tensors.map((t) => ({ name: t.name, shape: byInput(t.name) ? [plan.total, ...t.shape.slice(1)] : [...t.shape] }));
+          writer = await SafetensorsWriter.create(options.out, specs, {
+            generator: `vit-prisma ${VERSION}`,
+            model: modelDir,
+            inputs: JSON.stringify(plan.labels),
+            device: model.info.device,
+            dtype: model.info.dtype,
+          });
+        }
+      }
+      if (writer) {
+        for (const t of tensors) {
+          if (byInput(t.name)) await writer.writeRows(t.name, row, t.data);
+          else if (row === 0) await writer.writeRows(t.name, 0, t.data);
+        }
+      }
+      if (model.info.nClasses > 0 && result.output.name === 'hook_logits') predictions.push(...topK(result.output, options.topK, model.info.labels));
+      row += batch.shape[0];
+      progress.update(row, batch.labels.at(-1));
+    }
+    await writer?.finish();
+  } catch (err) {
+    await writer?.abort();
+    throw err;
+  } finally {
+    progress.stop();
+  }
+  if (first === undefined) throw new PrismaError('E_INPUT', 'no inputs given');
+  const full = (t: Named) => (byInput(t.name) ? [plan.total, ...t.shape.slice(1)] : t.shape);
 
   const summary: RunSummary = {
     ok: true,
     schemaVersion: 1,
     model: modelDir,
-    inputs: result.inputs,
-    output: { name: result.output.name, shape: result.output.shape },
-    cached: [...result.cache.keys()],
+    inputs: plan.labels,
+    output: { name: first.output.name, shape: full(first.output) },
+    cached: first.cached,
   };
-  if (model.info.nClasses > 0 && result.output.name === 'hook_logits') {
-    const top = topK(result.output, options.topK, model.info.labels);
-    summary.predictions = result.inputs.map((input, i) => ({ input, topK: top[i] ?? [] }));
-  }
-  if (options.out !== undefined) {
-    const tensors: Tensor[] = [...result.cache.values()];
-    if (!result.cache.has(result.output.name)) tensors.push(result.output);
-    await saveTensors(options.out, tensors, {
-      generator: `vit-prisma ${VERSION}`,
-      model: modelDir,
-      inputs: JSON.stringify(result.inputs),
-      device: model.info.device,
-      dtype: model.info.dtype,
-    });
-    summary.written = { path: options.out, tensors: tensors.map((t) => ({ name: t.name, shape: t.shape })) };
-  }
+  if (predictions.length > 0) summary.predictions = plan.labels.map((input, i) => ({ input, topK: predictions[i] ?? [] }));
+  if (options.out !== undefined) summary.written = { path: options.out, tensors: first.written.map((t) => ({ name: t.name, shape: full(t) })) };
   return summary;
 }
 
@@ -108,7 +177,12 @@ export function registerRun(program: Command, ctx: CommandContext): void {
       .addOption(
         new Option('--stop-at-layer <n>', 'run blocks [0, n) only').argParser(argParser((v) => parseNonNegativeInt(v, '--stop-at-layer'))),
       )
-      .addOption(new Option('--input-key <name>', "tensor to use from .safetensors inputs holding several (default 'pixel_values')")),
+      .addOption(new Option('--input-key <name>', "tensor to use from .safetensors inputs holding several (default 'pixel_values')"))
+      .addOption(
+        new Option('--batch-size <n>', 'inputs per forward (default: as many as fit in about 1 GB with what is recorded, at most 64); recorded values stream to --out').argParser(
+          argParser((v) => parsePositiveInt(v, '--batch-size')),
+        ),
+      ),
   )
     .addOption(jsonOption())
     .addHelpText(

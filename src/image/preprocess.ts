@@ -251,3 +251,67 @@ export async function loadInputs(paths: readonly string[], model: InputTarget, o
   }
   return concatBatches(parts);
 }
+
+/** Inputs known by count and label before any image is decoded, read a batch at a time. */
+export interface InputPlan {
+  /** Batch entries in all (images, clips, rows of tensor files). */
+  total: number;
+  /** One per batch entry, in order (as `PixelBatch.labels`). */
+  labels: string[];
+  /** The inputs as batches of at most `maxRows` entries, each preprocessed when it is reached. */
+  batches(): AsyncGenerator<PixelBatch>;
+}
+
+type PlannedInput = { kind: 'tensor'; batch: PixelBatch } | { kind: 'file'; path: string };
+
+/**
+ * `loadInputs` for inputs too many to hold at once: tensor files are read now (their rows are
+ * their count), images and clips are only listed, and `batches()` preprocesses them `maxRows` at a
+ * time. The batches, concatenated, are what `loadInputs` gives.
+ */
+export async function planInputs(paths: readonly string[], model: InputTarget, maxRows: number, options: LoadInputsOptions = {}): Promise<InputPlan> {
+  const info = model.info;
+  const video = isVideoModel(info);
+  const units: PlannedInput[] = [];
+  for (const path of video ? paths : await expandInputs(paths)) {
+    if (video) {
+      try {
+        await stat(path);
+      } catch {
+        throw new PrismaError('E_INPUT', `input not found: ${path}`, { data: { path } });
+      }
+    }
+    units.push(inputKind(path) === 'tensor' ? { kind: 'tensor', batch: tensorInput(path, info, options.inputKey) } : { kind: 'file', path });
+  }
+  if (units.length === 0) throw new PrismaError('E_INPUT', 'no inputs given');
+  const labels = units.flatMap((u) => (u.kind === 'tensor' ? u.batch.labels : [u.path]));
+  const rows = Math.max(1, Math.floor(maxRows));
+  async function* batches(): AsyncGenerator<PixelBatch> {
+    let files: string[] = [];
+    const flush = async (): Promise<PixelBatch> => {
+      const batch = await loadInputs(files, model, options);
+      files = [];
+      return batch;
+    };
+    for (const unit of units) {
+      if (unit.kind === 'file') {
+        files.push(unit.path);
+        if (files.length === rows) yield await flush();
+        continue;
+      }
+      if (files.length > 0) yield await flush();
+      const { batch } = unit;
+      const item = numel(batch.shape.slice(1));
+      for (let start = 0; start < batch.shape[0]; start += rows) {
+        const end = Math.min(batch.shape[0], start + rows);
+        yield {
+          data: batch.data.subarray(start * item, end * item),
+          shape: [end - start, ...batch.shape.slice(1)] as PixelBatch['shape'],
+          labels: batch.labels.slice(start, end),
+        };
+      }
+    }
+    if (files.length > 0) yield await flush();
+  }
+  return { total: labels.length, labels, batches };
+}

@@ -160,6 +160,39 @@ describe('prisma run', () => {
     expect(absDiff(got.data, want.data).max).toBeLessThanOrEqual(ATOL);
   });
 
+  it('--batch-size: a tensor file and a folder run a batch at a time give what one batch gives', () => {
+    const name = 'vit-tiny-cls';
+    const inputs = [reference(name), join(FIXTURES, 'images')];
+    const dir = tmp();
+    const [one, many] = [join(dir, 'one.safetensors'), join(dir, 'many.safetensors')];
+    const whole = ok(prisma(['run', model(name), ...inputs, '--cache', '*', '--out', one, '--batch-size', '64']));
+    const rows = readSafetensors(reference(name)).tensors.get('pixel_values')!.shape[0]!;
+    expect(whole.inputs.length).toBe(rows + 3);
+    // Batches of 2 split the tensor file's rows and the folder's three images.
+    expect(rows % 2).toBe(1);
+    const split = ok(prisma(['run', model(name), ...inputs, '--cache', '*', '--out', many, '--batch-size', '2']));
+    // The same summary, to float rounding: a row's products may take another kernel at another batch size.
+    const { predictions: wholeTop, ...wholeRest } = whole;
+    const { predictions: splitTop, ...splitRest } = split;
+    expect({ ...splitRest, written: { ...splitRest.written, path: one } }).toEqual(wholeRest);
+    splitTop!.forEach((p, i) => {
+      expect(p.input).toBe(wholeTop![i]!.input);
+      p.topK.forEach((t, k) => {
+        expect(t.index).toBe(wholeTop![i]!.topK[k]!.index);
+        expect(Math.abs(t.logit - wholeTop![i]!.topK[k]!.logit)).toBeLessThan(1e-5);
+      });
+    });
+    const [a, b] = [readSafetensors(one), readSafetensors(many)];
+    expect(b.metadata).toEqual(a.metadata);
+    expect([...b.tensors.keys()]).toEqual([...a.tensors.keys()]);
+    for (const [key, t] of a.tensors) {
+      const u = b.tensors.get(key)!;
+      expect(u.shape, key).toEqual(t.shape);
+      expect(u.shape[0], key).toBe(whole.inputs.length);
+      expect(absDiff(u.data, t.data).max, key).toBeLessThan(1e-5);
+    }
+  });
+
   it('writes nothing without --out', () => {
     const cwd = tmp();
     ok(prisma(['run', model('vit-tiny-cls'), reference('vit-tiny-cls'), '--cache', '*'], {}, cwd));

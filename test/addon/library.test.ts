@@ -1,11 +1,11 @@
 // The library API against the addon: error codes, runs, interventions vs the HF reference.
-import { mkdtempSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { beforeAll, describe, expect, it } from 'vitest';
 
-import { PrismaError, loadModel, readTensors, saveTensors, type Model, type PixelBatch } from '../../src/index.js';
+import { PrismaError, SafetensorsWriter, loadModel, readTensors, saveTensors, type Model, type PixelBatch } from '../../src/index.js';
 import { FIXTURES, requireBuilt } from '../helpers/cli.js';
 import { absDiff, readSafetensors, type StTensor } from '../helpers/safetensors.js';
 
@@ -161,6 +161,32 @@ describe('tensor files', () => {
     expect(t).toMatchObject({ name: 'x', shape: [2, 3], dtype: 'float32' });
     expect(t!.data).toEqual(data);
     expect(readSafetensors(path).metadata['note']).toBe('hi');
+  });
+
+  it('SafetensorsWriter: rows written a batch at a time, in any order, give the bytes of saveTensors', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'prisma-lib-'));
+    const zeta = Float32Array.from({ length: 4 * 3 }, (_, i) => i / 4 - 1);
+    const alpha = Float32Array.from({ length: 4 * 2 * 2 }, (_, i) => Math.sin(i));
+    const metadata = { generator: 'test', inputs: JSON.stringify(['a.png', 'b "quoted".png']), note: 'déjà vu' };
+    const whole = join(dir, 'whole.safetensors');
+    await saveTensors(whole, [{ name: 'zeta', shape: [4, 3], data: zeta }, { name: 'alpha', shape: [4, 2, 2], data: alpha }], metadata);
+    const rows = join(dir, 'rows.safetensors');
+    const writer = await SafetensorsWriter.create(rows, [{ name: 'zeta', shape: [4, 3] }, { name: 'alpha', shape: [4, 2, 2] }], metadata);
+    await writer.writeRows('alpha', 2, alpha.subarray(8));
+    await writer.writeRows('zeta', 0, zeta.subarray(0, 6));
+    await writer.writeRows('zeta', 2, zeta.subarray(6));
+    await writer.writeRows('alpha', 0, alpha.subarray(0, 8));
+    expect(existsSync(rows)).toBe(false);
+    await writer.finish();
+    expect(Buffer.compare(readFileSync(rows), readFileSync(whole))).toBe(0);
+  });
+
+  it('SafetensorsWriter: rows past the end are refused; abort leaves no file behind', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'prisma-lib-'));
+    const writer = await SafetensorsWriter.create(join(dir, 'x.safetensors'), [{ name: 'x', shape: [2, 3] }]);
+    await expect(writer.writeRows('x', 1, new Float32Array(6))).rejects.toMatchObject({ code: 'E_SHAPE' });
+    await writer.abort();
+    expect(readdirSync(dir)).toEqual([]);
   });
 
   it('readTensors on a missing file -> PrismaError', () => {
