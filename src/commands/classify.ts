@@ -11,8 +11,9 @@ import { printJson, type CommandContext } from '../context.js';
 import { usageError } from '../errors.js';
 import { classPrompts, topK, type Prediction } from '../index.js';
 import { parsePositiveInt } from '../options.js';
+import { startProgress } from '../ui/progress.js';
 import { bold, useColor } from '../ui/style.js';
-import { argParser, deviceOption, dtypeOption, imageSizeOption, jsonOption, labelsOption, loadInputsWithProgress, openModel, templateOption, DEFAULT_TEMPLATE, type ModelOptions } from './common.js';
+import { argParser, deviceOption, dtypeOption, imageSizeOption, jsonOption, labelsOption, openModel, rowsPerBatch, templateOption, DEFAULT_TEMPLATE, type ModelOptions } from './common.js';
 
 export interface ClassifyCommandOptions extends ModelOptions {
   topK?: number;
@@ -38,10 +39,19 @@ export async function classifyCommand(modelDir: string, inputs: string[], option
   if (options.labels === undefined) throw usageError('classify needs --labels (comma-separated, or a file with one label per line)');
   const templates = options.template ?? [DEFAULT_TEMPLATE];
   const model = await openModel(modelDir, { ...options, template: templates });
-  const batch = await loadInputsWithProgress(model, inputs, options.inputKey, ctx);
-  const result = await model.run(batch);
   const labels = model.info.labels;
-  const top = topK(result.output, options.topK ?? labels.length, labels);
+  // A batch at a time, like `prisma run`: a folder of any size fits in memory.
+  const plan = await model.planInputs(inputs, rowsPerBatch(model, []), options.inputKey === undefined ? {} : { inputKey: options.inputKey });
+  const top: Prediction[][] = [];
+  const progress = startProgress(ctx, plan.total, 'classifying');
+  try {
+    for await (const batch of plan.batches()) {
+      top.push(...topK((await model.run(batch)).output, options.topK ?? labels.length, labels));
+      progress.update(top.length, batch.labels.at(-1));
+    }
+  } finally {
+    progress.stop();
+  }
   return {
     ok: true,
     schemaVersion: 1,
@@ -50,7 +60,7 @@ export async function classifyCommand(modelDir: string, inputs: string[], option
     templates,
     labels,
     prompts: classPrompts(labels, templates),
-    results: result.inputs.map((input, i) => ({ input, predictions: top[i] ?? [] })),
+    results: plan.labels.map((input, i) => ({ input, predictions: top[i] ?? [] })),
   };
 }
 
