@@ -11,7 +11,6 @@ import { parseAblateSpec, type AblateSpec } from '../analysis/ablate-spec.js';
 import { requireHead, resolveClass } from '../analysis/common.js';
 import type { CommandContext } from '../context.js';
 import { usageError } from '../errors.js';
-import { loadModel } from '../index.js';
 import { runBatch, type BatchItem } from '../report/batch.js';
 import { barChartSvg } from '../report/chart.js';
 import { scaleFor } from '../report/colormap.js';

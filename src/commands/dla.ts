@@ -7,7 +7,7 @@ import { Option, type Command } from 'commander';
 import { firstPatchToken, requireHead, resolveClass, slicePanels } from '../analysis/common.js';
 import { dla, type DlaAnalysis } from '../analysis/dla.js';
 import type { CommandContext } from '../context.js';
-import { loadModel, type Model } from '../index.js';
+import type { Model } from '../index.js';
 import { runBatch, type BatchItem } from '../report/batch.js';
 import { barChartSvg } from '../report/chart.js';
 import { scaleFor } from '../report/colormap.js';

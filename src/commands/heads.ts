@@ -9,7 +9,7 @@ import { checkLayers, firstPatchToken, slicePanels, sumOverSlices, timeSlices } 
 import { heads, parseHeadsQuery, resolveQuery, type HeadsAnalysis, type HeadsQuery, type HeadsResult } from '../analysis/heads.js';
 import type { CommandContext } from '../context.js';
 import { PrismaError } from '../errors.js';
-import { loadModel, type Model, type ModelInfo } from '../index.js';
+import type { Model, ModelInfo } from '../index.js';
 import { runBatch, type BatchItem } from '../report/batch.js';
 import type { ColorScale } from '../report/colormap.js';
 import type { Figure, FigureWriter } from '../report/figures.js';
@@ -63,7 +63,6 @@ async function sliceFrames(info: ModelInfo, display: DisplaySource): Promise<str
 async function headsFigures(model: Model, item: BatchItem, r: HeadsResult, w: FigureWriter): Promise<Figure[]> {
   const info = model.info;
   const first = firstPatchToken(info);
-  const [gh, gw] = r.grid;
   const dir = `heads/${item.name}`;
   const image = await displayImage(item.display, 224);
   const mark = r.query.patch ?? undefined;

@@ -10,7 +10,7 @@ import { firstPatchToken, patchGrid, requireHead, resolveClass, slicePanels } fr
 import type { CommandContext } from '../context.js';
 import { findPatchLabels, loadPatchLabels, type PatchLabelsEntry } from '../dataset/patch-labels.js';
 import { PrismaError } from '../errors.js';
-import { loadModel, type Model } from '../index.js';
+import type { Model } from '../index.js';
 import type { LensSite } from '../native.js';
 import { parsePositiveInt } from '../options.js';
 import { runBatch, type BatchItem } from '../report/batch.js';
@@ -84,7 +84,6 @@ async function lensFigures(model: Model, item: BatchItem, r: LogitLensResult, si
   const figures = [await w.png(`lens-${item.name}-prob.png`, 'lens-prob', chart)];
 
   const image = await displayImage(item.display, 224);
-  const first = firstPatchToken(info);
   const gh = Math.floor(info.imageSize[0]! / info.patchSize);
   const gw = Math.floor(info.imageSize[1]! / info.patchSize);
   const panels = sites.flatMap((site) =>

@@ -10,7 +10,7 @@ import { checkWhatBy, parsePatchBy, parsePatchMethod, parsePatchWhat, patch, typ
 import { checkLayers } from '../analysis/common.js';
 import type { CommandContext } from '../context.js';
 import { usageError } from '../errors.js';
-import { loadModel, type Model } from '../index.js';
+import type { Model } from '../index.js';
 import type { PatchBy, PatchWhat } from '../native.js';
 import type { PixelBatch } from '../tensor.js';
 import { scatterSvg } from '../report/chart.js';
