@@ -10,7 +10,8 @@
  * `finish()`; `abort()` (or a failed write) removes it, so an interrupted run leaves no partial file.
  */
 import { randomBytes } from 'node:crypto';
-import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
+import { unlinkSync } from 'node:fs';
+import { open, readdir, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
 import { PrismaError } from './errors.js';
@@ -70,30 +71,44 @@ function layout(specs: readonly TensorSpec[], metadata: Record<string, string>):
 }
 
 export class SafetensorsWriter {
-  private constructor(
+  private readonly tmp: string;
+  private readonly header: Buffer;
+  private readonly placements: Map<string, Placement>;
+  private file: FileHandle | undefined;
+
+  /**
+   * Plans the file (its header and where each tensor goes) and names its temporary file; nothing is
+   * written until `open()`. From here on `discardSync()` knows what to remove.
+   */
+  constructor(
     private readonly path: string,
-    private readonly tmp: string,
-    private readonly file: FileHandle,
-    private readonly placements: Map<string, Placement>,
-  ) {}
+    specs: readonly TensorSpec[],
+    metadata: Record<string, string> = {},
+  ) {
+    ({ header: this.header, placements: this.placements } = layout(specs, metadata));
+    this.tmp = join(dirname(path), `${TEMP_PREFIX}${basename(path)}.${process.pid}.${randomBytes(4).toString('hex')}`);
+  }
+
+  /** A writer with its file open: `new SafetensorsWriter(...)` then `open()`. */
+  static async create(path: string, specs: readonly TensorSpec[], metadata: Record<string, string> = {}): Promise<SafetensorsWriter> {
+    const writer = new SafetensorsWriter(path, specs, metadata);
+    await writer.open();
+    return writer;
+  }
 
   /** Creates the temporary file with its header; every tensor's rows are then written with `writeRows`. */
-  static async create(path: string, specs: readonly TensorSpec[], metadata: Record<string, string> = {}): Promise<SafetensorsWriter> {
-    const { header, placements } = layout(specs, metadata);
-    const tmp = join(dirname(path), `${TEMP_PREFIX}${basename(path)}.${process.pid}.${randomBytes(4).toString('hex')}`);
-    let file: FileHandle | undefined;
+  async open(): Promise<void> {
+    await removeOrphans(this.path);
     try {
-      file = await open(tmp, 'w');
-      await file.write(header, 0, header.length, 0);
-      const end = [...placements.values()].reduce((m, p) => Math.max(m, p.start + numel(p.shape) * 4), header.length);
+      this.file = await open(this.tmp, 'w');
+      await this.file.write(this.header, 0, this.header.length, 0);
+      const end = [...this.placements.values()].reduce((m, p) => Math.max(m, p.start + numel(p.shape) * 4), this.header.length);
       // The full length up front: a tensor with no rows written yet reads as zeros, not as a short file.
-      await file.truncate(end);
+      await this.file.truncate(end);
     } catch (err) {
-      await file?.close().catch(() => {});
-      await unlink(tmp).catch(() => {});
-      throw ioError(path, err);
+      await this.abort();
+      throw ioError(this.path, err);
     }
-    return new SafetensorsWriter(path, tmp, file, placements);
   }
 
   /** Writes `data` as rows `firstRow..` of tensor `name` (whole rows, row-major). */
@@ -104,6 +119,7 @@ export class SafetensorsWriter {
     if (!Number.isInteger(rows) || firstRow < 0 || firstRow + rows > (p.shape[0] ?? 0)) {
       throw new PrismaError('E_SHAPE', `tensor '${name}' ${formatShape(p.shape)}: cannot write ${data.length} values at row ${firstRow}`);
     }
+    if (!this.file) throw new PrismaError('E_INTERNAL', `${this.path}: writeRows before open()`);
     const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
     try {
       await this.file.write(bytes, 0, bytes.length, p.start + firstRow * p.rowValues * 4);
@@ -116,6 +132,7 @@ export class SafetensorsWriter {
   /** Closes the file and moves it to its destination. */
   async finish(): Promise<void> {
     try {
+      if (!this.file) throw new PrismaError('E_INTERNAL', `${this.path}: finish before open()`);
       await this.file.close();
       await rename(this.tmp, this.path);
     } catch (err) {
@@ -124,9 +141,18 @@ export class SafetensorsWriter {
     }
   }
 
+  /** Removes the temporary file at once, for a process about to end (see `cleanUpOnSignal`). */
+  discardSync(): void {
+    try {
+      unlinkSync(this.tmp);
+    } catch {
+      // already gone
+    }
+  }
+
   /** Closes and removes the temporary file (idempotent). */
   async abort(): Promise<void> {
-    await this.file.close().catch(() => {});
+    await this.file?.close().catch(() => {});
     await unlink(this.tmp).catch(() => {});
   }
 }
@@ -135,3 +161,32 @@ function ioError(path: string, err: unknown): PrismaError {
   if (err instanceof PrismaError) return err;
   return new PrismaError('E_IO', `cannot write ${path}: ${(err as Error).message ?? String(err)}`, { cause: err });
 }
+
+/**
+ * Removes temporary files for `path` left by runs that were killed outright (SIGKILL, a crash):
+ * those whose process is gone. A run writing the same file right now keeps its own.
+ */
+async function removeOrphans(path: string): Promise<void> {
+  const prefix = `${TEMP_PREFIX}${basename(path)}.`;
+  let names: string[];
+  try {
+    names = await readdir(dirname(path));
+  } catch {
+    return;
+  }
+  for (const name of names.filter((n) => n.startsWith(prefix))) {
+    const pid = Number(name.slice(prefix.length).split('.')[0]);
+    if (Number.isInteger(pid) && pid > 0 && !processAlive(pid)) await unlink(join(dirname(path), name)).catch(() => {});
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    // EPERM: it exists but belongs to someone else.
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+

@@ -11,6 +11,7 @@ import { printJson, type CommandContext } from '../context.js';
 import { PrismaError, usageError } from '../errors.js';
 import { topK, type Prediction, type Tensor } from '../index.js';
 import { parseCachePatterns, parseNonNegativeInt, parsePositiveInt } from '../options.js';
+import { cleanUpOnSignal } from '../report/write.js';
 import { SafetensorsWriter } from '../safetensors-writer.js';
 import { startProgress } from '../ui/progress.js';
 import { VERSION } from '../version.js';
@@ -69,6 +70,8 @@ export async function runCommand(modelDir: string, inputs: string[], options: Ru
   const plan = await model.planInputs(inputs, options.batchSize ?? rowsPerBatch(model, recorded), options.inputKey === undefined ? {} : { inputKey: options.inputKey });
   const progress = startProgress(ctx, plan.total, 'running');
   let writer: SafetensorsWriter | undefined;
+  // Ctrl-C mid-run must not leave a temporary file of gigabytes behind.
+  const stopWatching = cleanUpOnSignal(() => writer?.discardSync());
   // Names and shapes from the first batch (its values are not kept: they are written and dropped).
   type Named = { name: string; shape: number[] };
   let first: { output: Named; cached: string[]; written: Named[] } | undefined;
@@ -87,13 +90,14 @@ export async function runCommand(modelDir: string, inputs: string[], options: Ru
         first = { output: named(result.output), cached: [...result.cache.keys()], written: tensors.map(named) };
         if (options.out !== undefined) {
           const specs = tensors.map((t) => ({ name: t.name, shape: byInput(t.name) ? [plan.total, ...t.shape.slice(1)] : [...t.shape] }));
-          writer = await SafetensorsWriter.create(options.out, specs, {
+          writer = new SafetensorsWriter(options.out, specs, {
             generator: `vit-prisma ${VERSION}`,
             model: modelDir,
             inputs: JSON.stringify(plan.labels),
             device: model.info.device,
             dtype: model.info.dtype,
           });
+          await writer.open();
         }
       }
       if (writer) {
@@ -111,6 +115,7 @@ export async function runCommand(modelDir: string, inputs: string[], options: Ru
     await writer?.abort();
     throw err;
   } finally {
+    stopWatching();
     progress.stop();
   }
   if (first === undefined) throw new PrismaError('E_INPUT', 'no inputs given');

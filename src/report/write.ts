@@ -51,3 +51,23 @@ export async function removeStaleTemps(dir: string): Promise<void> {
   }
   await Promise.all(names.filter((n) => n.startsWith(TEMP_PREFIX)).map((n) => unlink(join(dir, n)).catch(() => {})));
 }
+
+/**
+ * Runs `cleanup` (synchronous: the process is about to end) if SIGINT or SIGTERM arrives before the
+ * returned function is called, then lets the signal end the process as it would have. For work
+ * that keeps a large temporary file open for minutes (`prisma run --out` streaming activations).
+ */
+export function cleanUpOnSignal(cleanup: () => void): () => void {
+  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM'];
+  const handler = (signal: NodeJS.Signals): void => {
+    dispose();
+    cleanup();
+    process.kill(process.pid, signal);
+  };
+  const dispose = (): void => {
+    for (const s of signals) process.off(s, handler);
+  };
+  for (const s of signals) process.once(s, handler);
+  return dispose;
+}
+

@@ -1,12 +1,13 @@
 // The built CLI, spawned (`node bin/prisma.js`): needs native/prisma.node and dist/ (npm run setup).
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 
 import { beforeAll, describe, expect, it } from 'vitest';
 
-import { BIN, FIXTURES, ROOT, prisma, requireBuilt, stderrLines, type CliResult } from '../helpers/cli.js';
+import { saveTensors } from '../../src/index.js';
+import { BIN, FIXTURES, ROOT, prisma, requireBuilt, spawnAndKillWhen, stderrLines, type CliResult } from '../helpers/cli.js';
 import { absDiff, readSafetensors } from '../helpers/safetensors.js';
 
 const MODELS = ['vit-tiny-cls', 'vit-tiny-base', 'vit-odd'] as const;
@@ -191,6 +192,29 @@ describe('prisma run', () => {
       expect(u.shape[0], key).toBe(whole.inputs.length);
       expect(absDiff(u.data, t.data).max, key).toBeLessThan(1e-5);
     }
+  });
+
+  it('Ctrl-C while activations stream to --out ends the run and leaves no temporary file', async () => {
+    const dir = tmp();
+    // 3000 rows of the reference image, one forward each: seconds of work.
+    const px = readSafetensors(reference('vit-tiny-cls')).tensors.get('pixel_values')!;
+    const row = px.data.length / px.shape[0]!;
+    const rows = 3000;
+    const many = new Float32Array(rows * row);
+    for (let i = 0; i < rows; i++) many.set(px.data.subarray(0, row), i * row);
+    const input = join(dir, 'many.safetensors');
+    await saveTensors(input, [{ name: 'pixel_values', shape: [rows, ...px.shape.slice(1)], data: many }]);
+    const out = join(dir, 'out');
+    mkdirSync(out);
+    // A temporary file of a run killed outright (no such process) is removed; one of a live process stays.
+    const orphan = join(out, `.prisma-tmp-acts.safetensors.${2 ** 22 + 7}.00000000`);
+    const live = join(out, `.prisma-tmp-acts.safetensors.${process.pid}.00000000`);
+    writeFileSync(orphan, 'x');
+    writeFileSync(live, 'x');
+    const streaming = () => readdirSync(out).some((n) => n.startsWith(`.prisma-tmp-acts.safetensors.`) && !n.endsWith('.00000000'));
+    const ended = await spawnAndKillWhen(['run', model('vit-tiny-cls'), input, '--cache', '*', '--batch-size', '1', '--out', join(out, 'acts.safetensors')], streaming, 'no temporary file', 5, 60_000, 'SIGINT');
+    expect(ended.signal).toBe('SIGINT');
+    expect(readdirSync(out).sort()).toEqual([basename(live)]);
   });
 
   it('writes nothing without --out', () => {

@@ -39,19 +39,26 @@ export function stderrLines(r: CliResult): string[] {
 }
 
 /**
- * Spawn the CLI and kill it hard (SIGKILL, no clean-up) as soon as `ready()` holds, polled every
- * `pollMs`. Resolves once the process has exited (also when it finished on its own first); rejects
- * when `ready()` has not held within `timeoutMs`.
+ * Spawn the CLI and kill it hard (SIGKILL, no clean-up; or `signal`) as soon as `ready()` holds,
+ * polled every `pollMs`. Resolves once the process has exited (also when it finished on its own
+ * first) with how it ended; rejects when `ready()` has not held within `timeoutMs`.
  */
-export async function spawnAndKillWhen(args: string[], ready: () => boolean, what: string, pollMs = 5, timeoutMs = 60_000): Promise<void> {
+export async function spawnAndKillWhen(
+  args: string[],
+  ready: () => boolean,
+  what: string,
+  pollMs = 5,
+  timeoutMs = 60_000,
+  signal: NodeJS.Signals = 'SIGKILL',
+): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
   const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env: { ...process.env, NO_COLOR: '1' }, stdio: 'ignore' });
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, sig) => resolve({ code, signal: sig })));
   await new Promise<void>((resolve, reject) => {
     const started = Date.now();
     const timer = setInterval(() => {
       if (ready()) {
         clearInterval(timer);
-        child.kill('SIGKILL');
+        child.kill(signal);
         resolve();
       } else if (Date.now() - started > timeoutMs) {
         clearInterval(timer);
@@ -64,5 +71,5 @@ export async function spawnAndKillWhen(args: string[], ready: () => boolean, wha
       resolve();
     });
   });
-  await exited;
+  return exited;
 }
