@@ -66,3 +66,14 @@ export function concatBatches(parts: PixelBatch[]): PixelBatch {
   }
   return { data, shape: [b, ...rest] as PixelShape, labels: parts.flatMap((p) => p.labels) };
 }
+
+/** Entries `start..end` of a batch, as views of its data. */
+export function batchRows(batch: PixelBatch, start: number, end: number): PixelBatch {
+  const item = itemSize(batch.shape);
+  return {
+    data: batch.data.subarray(start * item, end * item),
+    shape: [end - start, ...batch.shape.slice(1)] as PixelShape,
+    labels: batch.labels.slice(start, end),
+  };
+}
+

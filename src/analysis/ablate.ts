@@ -4,11 +4,13 @@
  * measure the target logit (difference) before and after. `ablateSweep` ablates every head in
  * turn (batched in the addon).
  */
+import { rowsPerBatch } from '../batching.js';
 import { PrismaError, usageError } from '../errors.js';
+import { planBatch, type InputPlan } from '../image/preprocess.js';
 import { softmax, type Model } from '../index.js';
 import type { Intervention, TensorLike } from '../interventions.js';
 import type { AblationMode, MetricValue } from '../native.js';
-import type { PixelBatch } from '../tensor.js';
+import { batchRows, type PixelBatch } from '../tensor.js';
 import { formatAblateSpec, parseAblateSpec, type AblateSpec } from './ablate-spec.js';
 import { argmax, classInfo, oneImage, requireHead, resolveClass, seededRandom, type ClassInfo, type ClassRef } from './common.js';
 
@@ -98,9 +100,49 @@ async function loadReferences(model: Model, refs: AblateCommon['references'], mo
   return batch;
 }
 
-function resampleChoice(refs: PixelBatch, seed: number): ResampleChoice {
-  const index = Math.floor(seededRandom(seed)() * refs.shape[0]);
-  return { seed, index, reference: refs.labels[index] ?? `[${index}]` };
+function resampleChoice(labels: readonly string[], seed: number): ResampleChoice {
+  const index = Math.floor(seededRandom(seed)() * labels.length);
+  return { seed, index, reference: labels[index] ?? `[${index}]` };
+}
+
+/** Reference inputs for mean / resample, listed now and read a batch at a time. */
+async function referencePlan(model: Model, refs: AblateCommon['references'], mode: AblationMode, hooks: readonly string[]): Promise<InputPlan | undefined> {
+  if (mode === 'zero') return undefined;
+  if (refs === undefined || (Array.isArray(refs) && refs.length === 0)) {
+    throw usageError(`--mode ${mode} needs reference images`, 'pass --reference DIR (a folder of images)');
+  }
+  const rows = rowsPerBatch(model, hooks);
+  const plan = Array.isArray(refs) ? await model.planInputs(refs as readonly string[], rows) : planBatch(refs as PixelBatch, rows);
+  if (plan.total === 0) throw usageError('no reference images');
+  return plan;
+}
+
+/**
+ * The reference values the ablation puts in, per hook, as [1, ...]: their mean over every reference
+ * (summed in float64 a batch at a time, so a large folder never runs as one forward), or the chosen
+ * reference's own (only that image is run).
+ */
+async function referenceValues(model: Model, plan: InputPlan, mode: 'mean' | 'resample', hooks: string[], index: number): Promise<Map<string, TensorLike>> {
+  const sums = new Map<string, { shape: number[]; sum: Float64Array }>();
+  let row = 0;
+  for await (const batch of plan.batches()) {
+    const first = row;
+    row += batch.shape[0];
+    let rows = batch;
+    if (mode === 'resample') {
+      if (index < first || index >= row) continue;
+      rows = batchRows(batch, index - first, index - first + 1);
+    }
+    const { cache } = await model.run(rows, { cache: hooks });
+    for (const [name, t] of cache) {
+      const per = t.data.length / t.shape[0]!;
+      const entry = sums.get(name) ?? { shape: [1, ...t.shape.slice(1)], sum: new Float64Array(per) };
+      for (let r = 0; r < t.shape[0]!; r++) for (let i = 0; i < per; i++) entry.sum[i]! += t.data[r * per + i]!;
+      sums.set(name, entry);
+    }
+  }
+  const count = mode === 'mean' ? plan.total : 1;
+  return new Map([...sums].map(([name, { shape, sum }]) => [name, { shape, data: Float32Array.from(sum, (v) => v / count) }]));
 }
 
 async function resolveMetric(model: Model, options: AblateCommon, logits: Float32Array): Promise<{ m: Metric; target: number; baseline: number | null }> {
@@ -138,19 +180,15 @@ export async function ablate(model: Model, input: string | PixelBatch, options: 
   const mode = options.mode ?? 'zero';
   const resolved = resolveAblations(model, options.ablate);
   const batch = await oneImage(model, input, 'ablation');
-  const refs = await loadReferences(model, options.references, mode);
+  const hooks = [...new Set(resolved.flatMap((r) => r.hooks))];
+  const refs = await referencePlan(model, options.references, mode, hooks);
   const seed = options.seed ?? 0;
 
   const before = await model.run(batch);
   const { m, target, baseline } = await resolveMetric(model, options, before.output.data);
 
-  const hooks = [...new Set(resolved.flatMap((r) => r.hooks))];
-  let cache = new Map<string, { shape: number[]; data: Float32Array }>();
-  let resample: ResampleChoice | undefined;
-  if (refs) {
-    cache = (await model.run(refs, { cache: hooks })).cache;
-    if (mode === 'resample') resample = resampleChoice(refs, seed);
-  }
+  const resample = refs && mode === 'resample' ? resampleChoice(refs.labels, seed) : undefined;
+  const cache = refs && mode !== 'zero' ? await referenceValues(model, refs, mode, hooks, resample?.index ?? 0) : new Map<string, TensorLike>();
   const interventions: Intervention[] = [];
   const tensors: Record<string, TensorLike> = {};
   for (const { spec, hooks: names } of resolved) {
@@ -162,16 +200,9 @@ export async function ablate(model: Model, input: string | PixelBatch, options: 
       }
       const t = cache.get(hook);
       if (!t) throw new PrismaError('E_INTERNAL', `reference run did not record ${hook}`);
-      if (mode === 'mean') {
-        // [runs, ...hook shape without batch]: the addon takes the mean over runs.
-        tensors[`mean:${hook}`] ??= { shape: t.shape, data: t.data };
-        interventions.push({ hook, action: 'mean', tensor: `mean:${hook}`, ...select });
-      } else {
-        const per = t.data.length / t.shape[0]!;
-        const i = resample!.index;
-        tensors[`resample:${hook}`] ??= { shape: [1, ...t.shape.slice(1)], data: t.data.slice(i * per, (i + 1) * per) };
-        interventions.push({ hook, action: 'set', tensor: `resample:${hook}`, ...select });
-      }
+      // [1, ...hook shape without batch]: the references' mean, or the chosen reference's values.
+      tensors[`${mode}:${hook}`] ??= t;
+      interventions.push({ hook, action: mode === 'mean' ? 'mean' : 'set', tensor: `${mode}:${hook}`, ...select });
     }
   }
   const after = await model.run(batch, { interventions, tensors });
@@ -185,7 +216,7 @@ export async function ablate(model: Model, input: string | PixelBatch, options: 
     before: b,
     after: a,
     effect: a.value - b.value,
-    references: refs?.shape[0] ?? 0,
+    references: refs?.total ?? 0,
   };
   if (resample) out.resample = resample;
   return out;
@@ -200,7 +231,7 @@ export async function ablateSweep(model: Model, input: string | PixelBatch, opti
   const seed = options.seed ?? 0;
   const before = await model.run(batch);
   const { m, target, baseline } = await resolveMetric(model, options, before.output.data);
-  const resample = refs && mode === 'resample' ? resampleChoice(refs, seed) : undefined;
+  const resample = refs && mode === 'resample' ? resampleChoice(refs.labels, seed) : undefined;
   const r = await model.native.ablate(
     batch.data,
     [...batch.shape],

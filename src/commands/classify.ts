@@ -13,7 +13,8 @@ import { classPrompts, topK, type Prediction } from '../index.js';
 import { parsePositiveInt } from '../options.js';
 import { startProgress } from '../ui/progress.js';
 import { bold, useColor } from '../ui/style.js';
-import { argParser, deviceOption, dtypeOption, imageSizeOption, jsonOption, labelsOption, openModel, rowsPerBatch, templateOption, DEFAULT_TEMPLATE, type ModelOptions } from './common.js';
+import { rowsPerBatch } from '../batching.js';
+import { argParser, deviceOption, dtypeOption, imageSizeOption, jsonOption, labelsOption, openModel, templateOption, DEFAULT_TEMPLATE, type ModelOptions } from './common.js';
 
 export interface ClassifyCommandOptions extends ModelOptions {
   topK?: number;

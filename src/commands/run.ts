@@ -15,7 +15,8 @@ import { cleanUpOnSignal } from '../report/write.js';
 import { SafetensorsWriter } from '../safetensors-writer.js';
 import { startProgress } from '../ui/progress.js';
 import { VERSION } from '../version.js';
-import { argParser, jsonOption, openModel, perInputHooks, rowsPerBatch, withModelOptions, type ModelOptions } from './common.js';
+import { perInputHooks, rowsPerBatch } from '../batching.js';
+import { argParser, jsonOption, openModel, withModelOptions, type ModelOptions } from './common.js';
 
 export interface RunCommandOptions extends ModelOptions {
   cache?: string[];

@@ -16,7 +16,7 @@ import { extname, join } from 'node:path';
 
 import { PrismaError } from '../errors.js';
 import { readTensorFile, type ModelInfo, type TensorData } from '../native.js';
-import { concatBatches, formatShape, numel, type PixelBatch } from '../tensor.js';
+import { batchRows, concatBatches, formatShape, numel, type PixelBatch } from '../tensor.js';
 import { readPreprocessSpec } from './family-preprocess.js';
 import { IMAGE_EXTENSIONS, preprocessImage } from './pixels.js';
 import { specOutputSize, type PreprocessSpec } from './spec.js';
@@ -300,18 +300,21 @@ export async function planInputs(paths: readonly string[], model: InputTarget, m
         continue;
       }
       if (files.length > 0) yield await flush();
-      const { batch } = unit;
-      const item = numel(batch.shape.slice(1));
-      for (let start = 0; start < batch.shape[0]; start += rows) {
-        const end = Math.min(batch.shape[0], start + rows);
-        yield {
-          data: batch.data.subarray(start * item, end * item),
-          shape: [end - start, ...batch.shape.slice(1)] as PixelBatch['shape'],
-          labels: batch.labels.slice(start, end),
-        };
-      }
+      yield* sliceRows(unit.batch, rows);
     }
     if (files.length > 0) yield await flush();
   }
   return { total: labels.length, labels, batches };
 }
+
+/** A batch already in memory as an `InputPlan` (the library's references may be given so). */
+export function planBatch(batch: PixelBatch, maxRows: number): InputPlan {
+  const rows = Math.max(1, Math.floor(maxRows));
+  return { total: batch.shape[0], labels: batch.labels, batches: async function* () { yield* sliceRows(batch, rows); } };
+}
+
+/** `batch` as views of at most `rows` entries each. */
+function* sliceRows(batch: PixelBatch, rows: number): Generator<PixelBatch> {
+  for (let start = 0; start < batch.shape[0]; start += rows) yield batchRows(batch, start, Math.min(batch.shape[0], start + rows));
+}
+

@@ -157,6 +157,25 @@ describe('ablate', () => {
     }
   });
 
+  it('mean over 130 references, read in batches, is the mean over the two images they repeat (1e-5)', async () => {
+    const img = row(oddBatch, 0);
+    const [a, b] = [row(oddBatch, 1), row(oddBatch, 2)];
+    const n = a.data.length;
+    const many = new Float32Array(130 * n);
+    for (let i = 0; i < 130; i++) many.set((i % 2 === 0 ? a : b).data, i * n);
+    const references: PixelBatch = { data: many, shape: [130, ...a.shape.slice(1)] as PixelBatch['shape'], labels: Array.from({ length: 130 }, (_, i) => `r${i}`) };
+    const pair: PixelBatch = { data: Float32Array.from([...a.data, ...b.data]), shape: [2, ...a.shape.slice(1)] as PixelBatch['shape'], labels: ['a', 'b'] };
+    const spec = { mode: 'mean' as const, ablate: ['blocks.1.attn.hook_z[head=2]', 'blocks.0.hook_mlp_out'] };
+    const overMany = await ablate(odd, img, { ...spec, references });
+    const overPair = await ablate(odd, img, { ...spec, references: pair });
+    expect(overMany.references).toBe(130);
+    expect(Math.abs(overMany.after.value - overPair.after.value)).toBeLessThan(1e-5);
+    expect(Math.abs(overMany.after.value - overMany.before.value)).toBeGreaterThan(1e-4);
+    const sweepMany = await ablateSweep(odd, img, { mode: 'mean', references });
+    const sweepPair = await ablateSweep(odd, img, { mode: 'mean', references: pair });
+    sweepMany.value.forEach((v, i) => expect(Math.abs(v - sweepPair.value[i]!)).toBeLessThan(1e-5));
+  });
+
   it('zeroing every head of the last layer equals an intervention run', async () => {
     const img = row(clsBatch, 2);
     const a = await ablate(cls, img, { ablate: ['blocks.1.attn.hook_z'] });

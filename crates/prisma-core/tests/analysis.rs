@@ -344,9 +344,24 @@ fn zero_ablation_sweep_equals_one_run_per_head() {
     let same = AblationOptions { mode: AblationMode::Resample, ..opts.clone() };
     let r = ablation_sweep(&model, &img, Some(&img), &same).unwrap();
     assert!(r.value.iter().all(|v| (v - r.clean.value).abs() <= 1e-5));
-    let mean = AblationOptions { mode: AblationMode::Mean, ..opts };
+    let mean = AblationOptions { mode: AblationMode::Mean, ..opts.clone() };
     let refs = Tensor::cat(&[&img, &other], 0);
-    assert_eq!(ablation_sweep(&model, &img, Some(&refs), &mean).unwrap().value.len(), i);
+    let pair = ablation_sweep(&model, &img, Some(&refs), &mean).unwrap();
+    assert_eq!(pair.value.len(), i);
+    // The mean over 20 references, run 16 at a time, is the mean over the two images they repeat.
+    let twenty = Tensor::cat(&(0..10).flat_map(|_| [&img, &other]).collect::<Vec<_>>(), 0);
+    let many = ablation_sweep(&model, &img, Some(&twenty), &mean).unwrap();
+    let worst = many.value.iter().zip(&pair.value).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(worst <= 1e-5, "mean over 20 references differs from the mean over their 2 images by {worst:e}");
+    // The mean over copies of one image is that image: resampling it.
+    let copies = Tensor::cat(&[&other, &other, &other], 0);
+    let resampled = ablation_sweep(&model, &img, Some(&other), &AblationOptions { mode: AblationMode::Resample, ..opts.clone() }).unwrap();
+    let averaged = ablation_sweep(&model, &img, Some(&copies), &mean).unwrap();
+    let worst = averaged.value.iter().zip(&resampled.value).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(worst <= 1e-5, "mean over copies of an image differs from resampling it by {worst:e}");
+    // Resampling runs only the chosen reference: index 1 of [img, other] is `other`.
+    let second = ablation_sweep(&model, &img, Some(&refs), &AblationOptions { mode: AblationMode::Resample, resample_index: 1, ..opts }).unwrap();
+    assert_eq!(second.value, resampled.value);
 }
 
 /// Resampling from another image is patching that image's activations in, through the ablation

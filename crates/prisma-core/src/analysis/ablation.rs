@@ -45,6 +45,10 @@ fn default_by() -> PatchBy {
     PatchBy::LayerHead
 }
 
+/// Reference images per forward when their values are averaged: a large reference folder costs
+/// this many images' activations at a time, not all of them at once.
+const REFERENCE_ROWS: i64 = 16;
+
 /// `references` is [N, C, H, W] (needed for mean and resample).
 pub fn ablation_sweep(model: &Model, pixels: &Tensor, references: Option<&Tensor>, opts: &AblationOptions) -> Result<PatchResult> {
     let n_layers = model.vit.cfg.n_layers;
@@ -58,30 +62,49 @@ pub fn ablation_sweep(model: &Model, pixels: &Tensor, references: Option<&Tensor
             if n == 0 {
                 return Err(PrismaError::Argument("no reference images".into()));
             }
-            let mut record = HookSelection::none();
-            points.iter().for_each(|p| record.insert(*p));
-            let recorded = tch::no_grad(|| -> Result<Vec<(HookPoint, Tensor)>> {
-                let mut ctx = HookCtx::new(&record, &[]);
-                let _ = model.vit.forward(ForwardStart::Pixels(&refs), None, &mut ctx)?;
-                Ok(ctx.recorded)
-            })?;
-            let reduced = recorded
-                .into_iter()
-                .map(|(p, t)| {
-                    let v = match opts.mode {
-                        AblationMode::Mean => t.f_mean_dim([0i64].as_slice(), true, Kind::Float)?.f_to_kind(t.kind())?,
-                        _ => {
-                            let i = (opts.resample_index as i64) % n;
-                            t.f_narrow(0, i, 1)?
-                        }
-                    };
-                    Ok((p, v))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Box::new(CachedSource(reduced))
+            let values = match opts.mode {
+                AblationMode::Mean => reference_mean(model, &refs, &points)?,
+                // Only the chosen image is run.
+                _ => reference_values(model, &refs.f_narrow(0, (opts.resample_index as i64) % n, 1)?, &points)?,
+            };
+            Box::new(CachedSource(values))
         }
     };
     let patch_opts = PatchOptions { what: opts.what, by: opts.by, metric: opts.metric, chunk: opts.chunk, layers: None, fast_linear: opts.fast_linear };
     // "clean" is the unablated image; "corrupt" is unused for ablation and mirrors it.
     sweep(model, pixels, source.as_ref(), &patch_opts, None)
 }
+
+/// The values at `points` of a forward over `pixels`.
+fn reference_values(model: &Model, pixels: &Tensor, points: &[HookPoint]) -> Result<Vec<(HookPoint, Tensor)>> {
+    let mut record = HookSelection::none();
+    points.iter().for_each(|p| record.insert(*p));
+    tch::no_grad(|| {
+        let mut ctx = HookCtx::new(&record, &[]);
+        let _ = model.vit.forward(ForwardStart::Pixels(pixels), None, &mut ctx)?;
+        Ok(ctx.recorded)
+    })
+}
+
+/// The mean over the reference images of the values at `points` ([1, ...]), run `REFERENCE_ROWS`
+/// images at a time and summed in float64.
+fn reference_mean(model: &Model, refs: &Tensor, points: &[HookPoint]) -> Result<Vec<(HookPoint, Tensor)>> {
+    let n = refs.size()[0];
+    let mut sums: Vec<(HookPoint, Tensor)> = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let rows = REFERENCE_ROWS.min(n - start);
+        let recorded = reference_values(model, &refs.f_narrow(0, start, rows)?, points)?;
+        for (point, t) in recorded {
+            let sum = t.f_sum_dim_intlist([0i64].as_slice(), true, Kind::Double)?;
+            match sums.iter_mut().find(|(p, _)| *p == point) {
+                Some((_, acc)) => *acc = acc.f_add(&sum)?,
+                None => sums.push((point, sum)),
+            }
+        }
+        start += rows;
+    }
+    let kind = model.info.kind;
+    sums.into_iter().map(|(p, s)| Ok((p, s.f_div_scalar(n as f64)?.f_to_kind(kind)?))).collect()
+}
+
