@@ -10,7 +10,7 @@ import { planBatch, type InputPlan } from '../image/preprocess.js';
 import { softmax, type Model } from '../index.js';
 import type { Intervention, TensorLike } from '../interventions.js';
 import type { AblationMode, MetricValue } from '../native.js';
-import { batchRows, type PixelBatch } from '../tensor.js';
+import { batchRows, concatBatches, type PixelBatch } from '../tensor.js';
 import { formatAblateSpec, parseAblateSpec, type AblateSpec } from './ablate-spec.js';
 import { argmax, classInfo, oneImage, requireHead, resolveClass, seededRandom, type ClassInfo, type ClassRef } from './common.js';
 
@@ -90,14 +90,13 @@ function metricOf(logits: ArrayLike<number>, target: number, baseline: number | 
   return { value: logits[target]! - (baseline === null ? 0 : logits[baseline]!), prob: probs[target]! };
 }
 
+/** Every reference as one batch, for the sweep in the addon (which averages them 16 at a time). */
 async function loadReferences(model: Model, refs: AblateCommon['references'], mode: AblationMode): Promise<PixelBatch | undefined> {
-  if (mode === 'zero') return undefined;
-  if (refs === undefined || (Array.isArray(refs) && refs.length === 0)) {
-    throw usageError(`--mode ${mode} needs reference images`, 'pass --reference DIR (a folder of images)');
-  }
-  const batch = Array.isArray(refs) ? await model.loadInputs(refs as readonly string[]) : (refs as PixelBatch);
-  if (batch.shape[0] === 0) throw usageError('no reference images');
-  return batch;
+  const plan = await referencePlan(model, refs, mode, []);
+  if (!plan) return undefined;
+  const parts: PixelBatch[] = [];
+  for await (const batch of plan.batches()) parts.push(batch);
+  return concatBatches(parts);
 }
 
 function resampleChoice(labels: readonly string[], seed: number): ResampleChoice {

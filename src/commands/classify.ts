@@ -7,13 +7,13 @@
  */
 import { Option, type Command } from 'commander';
 
+import { rowsPerBatch } from '../batching.js';
 import { printJson, type CommandContext } from '../context.js';
 import { usageError } from '../errors.js';
 import { classPrompts, topK, type Prediction } from '../index.js';
 import { parsePositiveInt } from '../options.js';
 import { startProgress } from '../ui/progress.js';
 import { bold, useColor } from '../ui/style.js';
-import { rowsPerBatch } from '../batching.js';
 import { argParser, deviceOption, dtypeOption, imageSizeOption, jsonOption, labelsOption, openModel, templateOption, DEFAULT_TEMPLATE, type ModelOptions } from './common.js';
 
 export interface ClassifyCommandOptions extends ModelOptions {
