@@ -20,7 +20,7 @@ import {
   type TensorData,
 } from './native.js';
 import { normalizeDevice, normalizeDtype } from './options.js';
-import { checkTensor, formatShape, numel, type PixelBatch, type Tensor, type TensorInput } from './tensor.js';
+import { checkFinite, checkTensor, formatShape, numel, type PixelBatch, type Tensor, type TensorInput } from './tensor.js';
 
 export { PrismaError, usageError, isPrismaError, type ErrorJson } from './errors.js';
 export {
@@ -247,6 +247,7 @@ export class Model {
       throw new PrismaError('E_SHAPE', `pixel batch has shape ${formatShape(batch.shape)}, the model needs [B, ${want.join(', ')}]`);
     }
     checkTensor({ name: 'pixels', shape: batch.shape, data: batch.data });
+    checkFinite(batch.data, 'pixel batch');
   }
 }
 

@@ -46,6 +46,16 @@ export function checkTensor(t: { name: string; shape: readonly number[]; data: F
   }
 }
 
+/**
+ * Throw E_INPUT when pixels hold NaN or infinite values: every output would be NaN (printed as
+ * null), which says nothing about where the input went wrong.
+ */
+export function checkFinite(data: Float32Array, what: string): void {
+  let bad = 0;
+  for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i]!)) bad++;
+  if (bad > 0) throw new PrismaError('E_INPUT', `${what}: ${bad} of ${data.length} values are NaN or infinite`);
+}
+
 /** Concatenate `[Bi, ...rest]` batches along the first axis (rest must agree: same rank and sizes). */
 export function concatBatches(parts: PixelBatch[]): PixelBatch {
   if (parts.length === 0) throw new PrismaError('E_INPUT', 'no inputs');

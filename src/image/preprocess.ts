@@ -16,7 +16,7 @@ import { extname, join } from 'node:path';
 
 import { PrismaError } from '../errors.js';
 import { readTensorFile, type ModelInfo, type TensorData } from '../native.js';
-import { batchRows, concatBatches, formatShape, numel, type PixelBatch } from '../tensor.js';
+import { batchRows, checkFinite, concatBatches, formatShape, numel, type PixelBatch } from '../tensor.js';
 import { readPreprocessSpec } from './family-preprocess.js';
 import { IMAGE_EXTENSIONS, preprocessImage } from './pixels.js';
 import { specOutputSize, type PreprocessSpec } from './spec.js';
@@ -158,6 +158,7 @@ export function tensorToBatch(t: Pick<TensorData, 'name' | 'shape' | 'data'>, pa
 function tensorInput(path: string, info: InputTarget['info'], inputKey: string | undefined): PixelBatch {
   const tensors = readTensorFile(path);
   const t = extname(path).toLowerCase() === '.safetensors' ? pickInputTensor(tensors, path, inputKey) : pickInputTensor(tensors.slice(0, 1), path);
+  checkFinite(t.data, `${path}: tensor '${t.name}'`);
   return tensorToBatch(t, path, info);
 }
 

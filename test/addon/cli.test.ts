@@ -1,6 +1,6 @@
 // The built CLI, spawned (`node bin/prisma.js`): needs native/prisma.node and dist/ (npm run setup).
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 
@@ -221,6 +221,56 @@ describe('prisma run', () => {
     const cwd = tmp();
     ok(prisma(['run', model('vit-tiny-cls'), reference('vit-tiny-cls'), '--cache', '*'], {}, cwd));
     expect(readdirSync(cwd)).toEqual([]);
+  });
+});
+
+/** A .npy file (format 1.0) holding `values` as `descr` ('<f4', '>f4', '<f8', '<i8'). */
+function writeNpy(path: string, descr: string, shape: readonly number[], values: ArrayLike<number>): void {
+  const size = Number(descr.slice(2));
+  const body = Buffer.alloc(values.length * size);
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i]!;
+    if (descr === '<f4') body.writeFloatLE(v, i * 4);
+    else if (descr === '>f4') body.writeFloatBE(v, i * 4);
+    else if (descr === '<f8') body.writeDoubleLE(v, i * 8);
+    else body.writeBigInt64LE(BigInt(Math.round(v)), i * 8);
+  }
+  let header = `{'descr': '${descr}', 'fortran_order': False, 'shape': (${shape.join(', ')},), }`;
+  header += ' '.repeat(63 - ((10 + header.length) % 64)) + '\n';
+  const prefix = Buffer.from([0x93, ...Buffer.from('NUMPY'), 1, 0, header.length & 0xff, header.length >> 8]);
+  writeFileSync(path, Buffer.concat([prefix, Buffer.from(header, 'latin1'), body]));
+}
+
+describe('.npy inputs', () => {
+  const cls = model('vit-tiny-cls');
+  const px = () => readSafetensors(reference('vit-tiny-cls')).tensors.get('pixel_values')!;
+  const logits = (r: CliResult) => (ok(r).predictions ?? []).map((p) => p.topK.map((t) => [t.index, t.logit]));
+
+  it.each(['<f4', '>f4', '<f8'])('%s pixels give the logits of the same pixels in .safetensors, exactly', (descr) => {
+    const path = join(tmp(), 'px.npy');
+    writeNpy(path, descr, px().shape, px().data);
+    expect(logits(prisma(['run', cls, path]))).toEqual(logits(prisma(['run', cls, reference('vit-tiny-cls')])));
+  });
+
+  it.each([
+    ['integer pixels', '<i8', (d: Float32Array) => d, /dtype '<i8' is not supported; use float32/],
+    ['NaN pixels', '<f4', (d: Float32Array) => d.map((v, i) => (i % 7 === 0 ? Number.NaN : v)), /tensor 'pixel_values': \d+ of \d+ values are NaN or infinite$/],
+  ] as const)('%s: one error line, exit 1', (_what, descr, edit, pattern) => {
+    const path = join(tmp(), 'px.npy');
+    writeNpy(path, descr, px().shape, edit(px().data));
+    const r = prisma(['run', cls, path]);
+    expect(r.code).toBe(1);
+    expect(stderrLines(r)).toHaveLength(1);
+    expect(stderrLines(r)[0]).toMatch(pattern);
+  });
+
+  it('a truncated .npy: one error line, exit 1', () => {
+    const path = join(tmp(), 'px.npy');
+    writeNpy(path, '<f4', px().shape, px().data);
+    writeFileSync(path, readFileSync(path).subarray(0, 300));
+    const r = prisma(['run', cls, path]);
+    expect(r.code).toBe(1);
+    expect(stderrLines(r)[0]).toMatch(/unreadable or truncated data/);
   });
 });
 

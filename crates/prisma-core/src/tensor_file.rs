@@ -25,13 +25,17 @@ fn read_npy(path: &Path) -> Result<Tensor> {
         return Err(bad("Fortran-ordered arrays are not supported; save with np.ascontiguousarray".into()));
     }
     let shape: Vec<i64> = npy.shape().iter().map(|&d| d as i64).collect();
-    let type_str = npy.dtype().descr();
-    let values: Vec<f32> = if type_str.ends_with("f4") {
-        npy.into_vec::<f32>().map_err(|e| bad(e.to_string()))?
-    } else if type_str.ends_with("f8") {
-        npy.into_vec::<f64>().map_err(|e| bad(e.to_string()))?.into_iter().map(|v| v as f32).collect()
-    } else {
-        return Err(bad(format!("dtype {type_str} is not supported; use float32")));
+    // Matched on the parsed type, not on `descr()`, which is the Python literal with its quotes
+    // ("'<f4'"). Either byte order reads.
+    let float_bytes = match npy.dtype() {
+        npyz::DType::Plain(t) if t.type_char() == npyz::TypeChar::Float => Some(t.size_field()),
+        _ => None,
+    };
+    let unreadable = |e: std::io::Error| bad(format!("unreadable or truncated data ({e})"));
+    let values: Vec<f32> = match float_bytes {
+        Some(4) => npy.into_vec::<f32>().map_err(unreadable)?,
+        Some(8) => npy.into_vec::<f64>().map_err(unreadable)?.into_iter().map(|v| v as f32).collect(),
+        _ => return Err(bad(format!("dtype {} is not supported; use float32 (or float64)", npy.dtype().descr()))),
     };
     Ok(Tensor::from_slice(&values).f_reshape(shape)?)
 }
