@@ -3,7 +3,7 @@ import { InvalidArgumentError, Option, type Command } from 'commander';
 
 import { existsSync, readFileSync, statSync } from 'node:fs';
 
-import { isPrismaError, usageError } from '../errors.js';
+import { isPrismaError, PrismaError, usageError } from '../errors.js';
 import { loadModel, type Model } from '../index.js';
 import { normalizeDevice, normalizeDtype } from '../options.js';
 
@@ -62,6 +62,10 @@ export function parseLabels(value: string): string[] {
       .map((l) => l.trim())
       .filter((l) => l.length > 0 && !l.startsWith('#'));
   } else {
+    // A mistyped file name must not become a single label scoring 100%.
+    if (!value.includes(',') && /^(\.{0,2}\/|~)|\.(txt|csv|tsv|lst|labels)$/i.test(value.trim())) {
+      throw new PrismaError('E_INPUT', `labels file not found: ${value}`, { hint: 'give --labels as comma-separated labels, or the path of a file with one label per line' });
+    }
     labels = value.split(',').map((l) => l.trim()).filter((l) => l.length > 0);
   }
   if (labels.length === 0) throw usageError(`--labels gave no labels ('${value}')`);

@@ -1,7 +1,7 @@
 // The CLI in process, for paths that fail before the addon is needed (usage errors, --help).
 import { describe, expect, it } from 'vitest';
 
-import { EXIT_OK, EXIT_USAGE, runCli } from '../../src/cli.js';
+import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, runCli } from '../../src/cli.js';
 import { formatJson } from '../../src/context.js';
 import { expectUsageError, memoryIo } from '../helpers/io.js';
 
@@ -45,6 +45,14 @@ describe('prisma CLI usage errors', () => {
     [['ablate', 'm', 'a.png', '--mode', 'avg'], 'avg', 'hint: use zero, mean or resample'],
   ])('%j -> one error line naming the bad value once, and the valid choices as the hint', async (argv, value, hint) => {
     await expectUsageError(argv, new RegExp(`^prisma: [^']*'${value}'[^']*$`), hint);
+  });
+
+  it('a --labels value that names a missing file is an error, not a single label', async () => {
+    for (const value of ['/no/such/labels.txt', 'labels.txt', './classes']) {
+      const io = memoryIo();
+      expect(await runCli(['classify', 'm', 'a.png', '--labels', value], io)).toBe(EXIT_FAILURE);
+      expect(io.err().split('\n')[0]).toBe(`prisma: labels file not found: ${value}`);
+    }
   });
 
   it('--json reports usage errors as JSON on stdout', async () => {
