@@ -68,7 +68,7 @@ export function readClevrFolder(dir: string): { meta: ClevrMeta; records: ClevrR
       .map((l) => JSON.parse(l) as ClevrRecord);
     return { meta, records };
   } catch (err) {
-    throw usageError(`${dir} is not a clevr-lite folder (${err instanceof Error ? err.message : String(err)})`, 'make one with `prisma dataset clevr-lite --n N --out DIR`');
+    throw usageError(`${dir} is not a clevr-lite folder (${err instanceof Error ? err.message : String(err)})`, 'make one with `prisma dataset clevr-lite --n N --seed S --out DIR`');
   }
 }
 
@@ -134,6 +134,10 @@ export async function loadTrainingData(req: DataRequest): Promise<TrainingData> 
       std: STD,
     };
   }
-  if (!req.question) throw usageError('--question is required for a clevr-lite folder', 'e.g. --question largest_colour');
+  if (!req.question) {
+    // The folder first: a wrong --data path is the error to report, and a right one lists its questions.
+    const { meta } = readClevrFolder(req.source);
+    throw usageError('--question is required for a clevr-lite folder', `choose one of: ${Object.keys(meta.questions).join(', ')}`);
+  }
   return clevr(req.source, req.question, req.limit, req.evalFraction);
 }

@@ -42,6 +42,16 @@ describe('prisma train', () => {
     expect(info.model.nLayers).toBe(2);
   }, 180_000);
 
+  it('without --question: a missing folder is reported as such, a clevr-lite folder lists its questions', () => {
+    const missing = prisma(['train', '--data', join(work, 'nope'), '--out', join(work, 'q1')]);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toMatch(/^prisma: \S+nope is not a clevr-lite folder/);
+    expect(missing.stderr).toContain('hint: make one with `prisma dataset clevr-lite --n N --seed S --out DIR`');
+    const noQuestion = prisma(['train', '--data', data, '--out', join(work, 'q2')]);
+    expect(noQuestion.code).toBe(2);
+    expect(noQuestion.stderr).toContain('hint: choose one of: largest_colour, count, has_red_circle');
+  });
+
   it('continues a killed run from its last checkpoint to the same weights', async () => {
     const out = join(work, 'killed');
     // Kill it hard as soon as a checkpoint exists (well before the 120 steps are done).
