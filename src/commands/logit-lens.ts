@@ -169,7 +169,7 @@ export async function logitLensCommand(modelDir: string, inputArgs: string[], op
     const bad = patchFile.images.find((e) => e.grid[0] !== gh || e.grid[1] !== gw);
     if (bad) {
       throw new PrismaError('E_SHAPE', `patch labels for ${bad.image} use a ${bad.grid.join('x')} grid; this model's is ${gh}x${gw}`, {
-        hint: `make them with \`prisma dataset patch-labels --model ${modelDir}\``,
+        hint: `make them with \`prisma dataset patch-labels --annotations XML_DIR --model ${modelDir} --out FILE\``,
       });
     }
     if (!patchFile.classes.some((c) => model.info.labels.includes(c))) {
