@@ -10,8 +10,8 @@ import { normalizeDevice, normalizeDtype } from '../options.js';
 /**
  * Adapt one of our option parsers to commander. Our parsers' errors already name the flag and the
  * value and carry a hint with the valid choices, so they go to the CLI's error report as they are
- * (exit 2); wrapped in commander's InvalidArgumentError they would repeat the value
- * ("argument 'x' is invalid. unknown --what 'x'") and lose the hint.
+ * (with their own code and exit status); wrapped in commander's InvalidArgumentError they would
+ * repeat the value ("argument 'x' is invalid. unknown --what 'x'") and lose the hint.
  */
 export function argParser<T>(parse: (value: string) => T): (value: string) => T {
   return (value: string) => {
