@@ -3,11 +3,11 @@
 //! measure the metric. Same batched engine as patching, with a different source of values.
 
 use super::metric::MetricSpec;
-use super::patching::{sweep, CachedSource, PatchBy, PatchOptions, PatchResult, PatchSource, PatchWhat, ZeroSource};
+use super::patching::{recorded_run, sweep, CachedSource, PatchBy, PatchOptions, PatchResult, PatchSource, PatchWhat, ZeroSource};
 use crate::error::{PrismaError, Result};
-use crate::hooks::{HookCtx, HookPoint, HookSelection};
+use crate::hooks::HookPoint;
 use crate::model::Model;
-use crate::models::vit::ForwardStart;
+use crate::models::vit::ForwardPlan;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -77,13 +77,7 @@ pub fn ablation_sweep(model: &Model, pixels: &Tensor, references: Option<&Tensor
 
 /// The values at `points` of a forward over `pixels`.
 fn reference_values(model: &Model, pixels: &Tensor, points: &[HookPoint]) -> Result<Vec<(HookPoint, Tensor)>> {
-    let mut record = HookSelection::none();
-    points.iter().for_each(|p| record.insert(*p));
-    tch::no_grad(|| {
-        let mut ctx = HookCtx::new(&record, &[]);
-        let _ = model.vit.forward(ForwardStart::Pixels(pixels), None, &mut ctx)?;
-        Ok(ctx.recorded)
-    })
+    Ok(recorded_run(model, pixels, points, ForwardPlan::default())?.1)
 }
 
 /// The mean over the reference images of the values at `points` ([1, ...]), run `REFERENCE_ROWS`
@@ -107,4 +101,3 @@ fn reference_mean(model: &Model, refs: &Tensor, points: &[HookPoint]) -> Result<
     let kind = model.info.kind;
     sums.into_iter().map(|(p, s)| Ok((p, s.f_div_scalar(n as f64)?.f_to_kind(kind)?))).collect()
 }
-

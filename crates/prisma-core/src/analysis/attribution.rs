@@ -34,8 +34,7 @@ pub fn attribution_patching(model: &Model, clean: &Tensor, corrupt: &Tensor, opt
         Ok(model.vit.forward(ForwardStart::Pixels(&pixels), Some(0), &mut ctx)?.1)
     })?;
     let resid0 = embedded.f_detach()?.f_set_requires_grad(true)?;
-    let mut record = HookSelection::none();
-    points.iter().for_each(|p| record.insert(*p));
+    let record: HookSelection = points.iter().copied().collect();
     let mut ctx = HookCtx::new(&record, &[]);
     let (_, logits) = model.vit.forward_planned(ForwardStart::Resid { layer: 0, resid: &resid0 }, None, plan, &mut ctx)?;
     let corrupt_metric = opts.metric.values(&logits.f_detach()?)?.into_iter().next().ok_or_else(|| PrismaError::Internal("empty batch".into()))?;

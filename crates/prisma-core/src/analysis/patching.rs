@@ -441,9 +441,7 @@ fn run_pass(
     let (mut carried, first_layer, record) = match &plan.values {
         PassValues::Walking { pixels, .. } => {
             let (_, embedded) = model.vit.forward(ForwardStart::Pixels(pixels), Some(0), &mut HookCtx::new(&none, &[]))?;
-            let mut record = HookSelection::none();
-            base_points(band_layers).into_iter().for_each(|p| record.insert(p));
-            (Some(embedded), 0, record)
+            (Some(embedded), 0, base_points(band_layers).into_iter().collect())
         }
         PassValues::Recorded { .. } => (None, band_layers[0], HookSelection::none()),
     };
@@ -654,15 +652,19 @@ fn reference_runs(
     metric: &MetricSpec,
     plan: ForwardPlan,
 ) -> Result<(Vec<MetricValue>, Recorded)> {
+    let (logits, recorded) = recorded_run(model, pixels, points, plan)?;
+    Ok((metric.values(&logits)?, recorded))
+}
+
+/// One forward of `pixels` without gradients: its logits, and the values at `points` for the
+/// whole batch.
+pub(crate) fn recorded_run(model: &Model, pixels: &Tensor, points: &[HookPoint], plan: ForwardPlan) -> Result<(Tensor, Recorded)> {
     let pixels = model.to_model(pixels)?;
-    let mut record = HookSelection::none();
-    for p in points {
-        record.insert(*p);
-    }
+    let record: HookSelection = points.iter().copied().collect();
     tch::no_grad(|| {
         let mut ctx = HookCtx::new(&record, &[]);
         let (_, logits) = model.vit.forward_planned(ForwardStart::Pixels(&pixels), None, plan, &mut ctx)?;
-        Ok((metric.values(&logits)?, ctx.recorded))
+        Ok((logits, ctx.recorded))
     })
 }
 

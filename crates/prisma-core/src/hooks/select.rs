@@ -11,6 +11,13 @@ pub struct HookSelection {
     points: BTreeSet<HookPoint>,
 }
 
+/// Exactly these points (analyses that know what they record).
+impl FromIterator<HookPoint> for HookSelection {
+    fn from_iter<I: IntoIterator<Item = HookPoint>>(points: I) -> Self {
+        HookSelection { points: points.into_iter().collect() }
+    }
+}
+
 impl HookSelection {
     pub fn none() -> Self {
         Self::default()

@@ -443,9 +443,9 @@ impl HookedViT {
     /// flattened patch with the flattened kernel. The reference libraries run oneDNN's convolution,
     /// whose setup costs ~40 us a call on CPU: most of a small model's embedding (a 32x32 image
     /// with 8x8 patches: 54 us against 16 us), nothing on ViT-B (1.3 ms either way). The product
-    /// rounds differently (within 7e-7 of their size on the fixtures' embeddings), so it is taken only below
-    /// `SMALL_PATCH_PRODUCT` multiply-adds, where the setup dominates: large models keep the
-    /// reference's own kernel and its bits, which a chaotic random-init ViT-B amplifies (a 1e-6
+    /// rounds differently (within 7e-7 of their size on the fixtures' embeddings), so it is taken
+    /// only below `SMALL_PATCH_PRODUCT` multiply-adds, where the setup dominates: large models keep
+    /// the reference's own kernel and its bits, which a chaotic random-init ViT-B amplifies (a 1e-6
     /// relative change of its pixels moves a logit by 0.04, see docs/benchmarks.md).
     fn small_patch_product(&self, pixels: &Tensor) -> Result<Option<Tensor>> {
         let c = &self.cfg;
@@ -473,6 +473,8 @@ impl HookedViT {
         let size = pixels.size();
         let w = &self.weights;
         let p = c.patch_size;
+        // A convolution's output [B, d, grid...] as [B, patches, d].
+        let tokens_of = |conv: Tensor| -> Result<Tensor> { Ok(conv.f_flatten(2, -1)?.f_transpose(1, 2)?) };
         let patches = if c.num_frames > 0 {
             if size.len() != 5 || size[1] != c.num_frames || size[2] != c.num_channels || size[3] != c.image_size[0] || size[4] != c.image_size[1] {
                 return Err(PrismaError::Shape(format!(
@@ -481,16 +483,14 @@ impl HookedViT {
                 )));
             }
             let t = c.tubelet_size;
-            pixels.f_permute([0i64, 2, 1, 3, 4].as_slice())?.f_conv3d(
+            tokens_of(pixels.f_permute([0i64, 2, 1, 3, 4].as_slice())?.f_conv3d(
                 &w.patch_weight,
                 w.patch_bias.as_ref(),
                 [t, p, p].as_slice(),
                 [0i64, 0, 0].as_slice(),
                 [1i64, 1, 1].as_slice(),
                 1,
-            )?
-            .f_flatten(2, -1)?
-            .f_transpose(1, 2)?
+            )?)?
         } else {
             if size.len() != 4 || size[1] != c.num_channels || size[2] != c.image_size[0] || size[3] != c.image_size[1] {
                 return Err(PrismaError::Shape(format!(
@@ -501,7 +501,7 @@ impl HookedViT {
             if let Some(patches) = self.small_patch_product(pixels)? {
                 patches
             } else {
-                pixels.f_conv2d(&w.patch_weight, w.patch_bias.as_ref(), [p, p].as_slice(), [0i64, 0].as_slice(), [1i64, 1].as_slice(), 1)?.f_flatten(2, -1)?.f_transpose(1, 2)?
+                tokens_of(pixels.f_conv2d(&w.patch_weight, w.patch_bias.as_ref(), [p, p].as_slice(), [0i64, 0].as_slice(), [1i64, 1].as_slice(), 1)?)?
             }
         };
         // [B, patches, d]
