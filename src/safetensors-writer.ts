@@ -9,14 +9,12 @@
  * The file is written under a temporary name in the destination's folder and renamed over it by
  * `finish()`; `abort()` (or a failed write) removes it, so an interrupted run leaves no partial file.
  */
-import { randomBytes } from 'node:crypto';
 import { unlinkSync } from 'node:fs';
-import { open, readdir, rename, unlink, type FileHandle } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 
 import { PrismaError } from './errors.js';
-import { TEMP_PREFIX } from './report/write.js';
-import { formatShape, numel } from './tensor.js';
+import { cannotWrite, removeOrphanTemps, tempPathFor } from './report/write.js';
+import { checkShape, formatShape, numel } from './tensor.js';
 
 /** One tensor of the file: its name and full shape, batch axis first. */
 export interface TensorSpec {
@@ -39,41 +37,39 @@ function sortedKeys(value: unknown): unknown {
   return Object.fromEntries(entries.map(([k, v]) => [k, sortedKeys(v)]));
 }
 
-/** The header bytes (length prefix included) and where each tensor's data starts. */
-function layout(specs: readonly TensorSpec[], metadata: Record<string, string>): { header: Buffer; placements: Map<string, Placement> } {
+/** The header bytes (length prefix included), where each tensor's data starts, and the file's size. */
+function layout(specs: readonly TensorSpec[], metadata: Record<string, string>): { header: Buffer; placements: Map<string, Placement>; size: number } {
   const names = specs.map((s) => s.name);
   if (new Set(names).size !== names.length) throw new PrismaError('E_ARGUMENT', `duplicate tensor names in ${names.join(', ')}`);
   const ordered = [...specs].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   const entries: Record<string, unknown> = {};
   if (Object.keys(metadata).length > 0) entries.__metadata__ = metadata;
   let offset = 0;
-  const relative = new Map<string, [number, TensorSpec]>();
-  for (const spec of ordered) {
-    if (!spec.shape.every((d) => Number.isInteger(d) && d >= 0) || spec.shape.length === 0) {
-      throw new PrismaError('E_SHAPE', `tensor '${spec.name}' has an invalid shape ${formatShape(spec.shape)}`);
-    }
+  // Each tensor's data offset from the end of the header, in `ordered`'s order.
+  const starts = ordered.map((spec) => {
+    checkShape(spec.name, spec.shape);
+    // A row axis is needed: rows are what `writeRows` places.
+    if (spec.shape.length === 0) throw new PrismaError('E_SHAPE', `tensor '${spec.name}' has an invalid shape ${formatShape(spec.shape)}`);
     const bytes = numel(spec.shape) * 4;
-    entries[spec.name] = { dtype: 'F32', shape: [...spec.shape], data_offsets: [offset, offset + bytes] };
-    relative.set(spec.name, [offset, spec]);
+    const start = offset;
+    entries[spec.name] = { dtype: 'F32', shape: [...spec.shape], data_offsets: [start, start + bytes] };
     offset += bytes;
-  }
+    return start;
+  });
   const json = Buffer.from(JSON.stringify(sortedKeys(entries)), 'utf8');
-  const padded = Buffer.alloc(json.length + ((8 - (json.length % 8)) % 8), ' ');
-  json.copy(padded);
-  const header = Buffer.alloc(8 + padded.length);
-  header.writeBigUInt64LE(BigInt(padded.length), 0);
-  padded.copy(header, 8);
-  const placements = new Map<string, Placement>();
-  for (const [name, [start, spec]] of relative) {
-    placements.set(name, { shape: spec.shape, start: header.length + start, rowValues: numel(spec.shape.slice(1)) });
-  }
-  return { header, placements };
+  const padded = json.length + ((8 - (json.length % 8)) % 8);
+  const header = Buffer.alloc(8 + padded, ' ');
+  header.writeBigUInt64LE(BigInt(padded), 0);
+  json.copy(header, 8);
+  const placements = new Map(ordered.map((spec, i) => [spec.name, { shape: spec.shape, start: header.length + starts[i]!, rowValues: numel(spec.shape.slice(1)) }]));
+  return { header, placements, size: header.length + offset };
 }
 
 export class SafetensorsWriter {
   private readonly tmp: string;
   private readonly header: Buffer;
   private readonly placements: Map<string, Placement>;
+  private readonly size: number;
   private file: FileHandle | undefined;
 
   /**
@@ -85,8 +81,8 @@ export class SafetensorsWriter {
     specs: readonly TensorSpec[],
     metadata: Record<string, string> = {},
   ) {
-    ({ header: this.header, placements: this.placements } = layout(specs, metadata));
-    this.tmp = join(dirname(path), `${TEMP_PREFIX}${basename(path)}.${process.pid}.${randomBytes(4).toString('hex')}`);
+    ({ header: this.header, placements: this.placements, size: this.size } = layout(specs, metadata));
+    this.tmp = tempPathFor(path);
   }
 
   /** A writer with its file open: `new SafetensorsWriter(...)` then `open()`. */
@@ -98,16 +94,15 @@ export class SafetensorsWriter {
 
   /** Creates the temporary file with its header; every tensor's rows are then written with `writeRows`. */
   async open(): Promise<void> {
-    await removeOrphans(this.path);
+    await removeOrphanTemps(this.path);
     try {
       this.file = await open(this.tmp, 'w');
       await this.file.write(this.header, 0, this.header.length, 0);
-      const end = [...this.placements.values()].reduce((m, p) => Math.max(m, p.start + numel(p.shape) * 4), this.header.length);
       // The full length up front: a tensor with no rows written yet reads as zeros, not as a short file.
-      await this.file.truncate(end);
+      await this.file.truncate(this.size);
     } catch (err) {
       await this.abort();
-      throw ioError(this.path, err);
+      throw cannotWrite(this.path, err);
     }
   }
 
@@ -125,19 +120,19 @@ export class SafetensorsWriter {
       await this.file.write(bytes, 0, bytes.length, p.start + firstRow * p.rowValues * 4);
     } catch (err) {
       await this.abort();
-      throw ioError(this.path, err);
+      throw cannotWrite(this.path, err);
     }
   }
 
   /** Closes the file and moves it to its destination. */
   async finish(): Promise<void> {
+    if (!this.file) throw new PrismaError('E_INTERNAL', `${this.path}: finish before open()`);
     try {
-      if (!this.file) throw new PrismaError('E_INTERNAL', `${this.path}: finish before open()`);
       await this.file.close();
       await rename(this.tmp, this.path);
     } catch (err) {
       await unlink(this.tmp).catch(() => {});
-      throw ioError(this.path, err);
+      throw cannotWrite(this.path, err);
     }
   }
 
@@ -156,37 +151,3 @@ export class SafetensorsWriter {
     await unlink(this.tmp).catch(() => {});
   }
 }
-
-function ioError(path: string, err: unknown): PrismaError {
-  if (err instanceof PrismaError) return err;
-  return new PrismaError('E_IO', `cannot write ${path}: ${(err as Error).message ?? String(err)}`, { cause: err });
-}
-
-/**
- * Removes temporary files for `path` left by runs that were killed outright (SIGKILL, a crash):
- * those whose process is gone. A run writing the same file right now keeps its own.
- */
-async function removeOrphans(path: string): Promise<void> {
-  const prefix = `${TEMP_PREFIX}${basename(path)}.`;
-  let names: string[];
-  try {
-    names = await readdir(dirname(path));
-  } catch {
-    return;
-  }
-  for (const name of names.filter((n) => n.startsWith(prefix))) {
-    const pid = Number(name.slice(prefix.length).split('.')[0]);
-    if (Number.isInteger(pid) && pid > 0 && !processAlive(pid)) await unlink(join(dirname(path), name)).catch(() => {});
-  }
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    // EPERM: it exists but belongs to someone else.
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-

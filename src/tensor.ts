@@ -33,11 +33,16 @@ export function sameShape(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((v, i) => v === b[i]);
 }
 
+/** Throw E_SHAPE unless every size of `shape` is a non-negative integer. */
+export function checkShape(name: string, shape: readonly number[]): void {
+  if (!shape.every((d) => Number.isInteger(d) && d >= 0)) {
+    throw new PrismaError('E_SHAPE', `tensor '${name}' has an invalid shape ${formatShape(shape)}`);
+  }
+}
+
 /** Throw E_SHAPE unless `data.length` matches `shape`. */
 export function checkTensor(t: { name: string; shape: readonly number[]; data: Float32Array }): void {
-  if (!t.shape.every((d) => Number.isInteger(d) && d >= 0)) {
-    throw new PrismaError('E_SHAPE', `tensor '${t.name}' has an invalid shape ${formatShape(t.shape)}`);
-  }
+  checkShape(t.name, t.shape);
   if (numel(t.shape) !== t.data.length) {
     throw new PrismaError(
       'E_SHAPE',
@@ -86,4 +91,3 @@ export function batchRows(batch: PixelBatch, start: number, end: number): PixelB
     labels: batch.labels.slice(start, end),
   };
 }
-

@@ -201,7 +201,7 @@ export async function ablate(model: Model, input: string | PixelBatch, options: 
       if (!t) throw new PrismaError('E_INTERNAL', `reference run did not record ${hook}`);
       // [1, ...hook shape without batch]: the references' mean, or the chosen reference's values.
       tensors[`${mode}:${hook}`] ??= t;
-      interventions.push({ hook, action: mode === 'mean' ? 'mean' : 'set', tensor: `${mode}:${hook}`, ...select });
+      interventions.push({ hook, action: 'set', tensor: `${mode}:${hook}`, ...select });
     }
   }
   const after = await model.run(batch, { interventions, tensors });

@@ -2,7 +2,7 @@
 import { PrismaError } from '../errors.js';
 import type { Model } from '../index.js';
 import type { ModelInfo } from '../native.js';
-import { itemSize, type PixelBatch } from '../tensor.js';
+import type { PixelBatch } from '../tensor.js';
 
 /** A class by index or by its id2label name. */
 export type ClassRef = number | string;
@@ -76,12 +76,6 @@ export function checkLayers(layers: readonly number[], nLayers: number): number[
     }
   }
   return [...new Set(layers)].sort((a, b) => a - b);
-}
-
-/** One row of a pixel batch as its own batch. */
-export function batchRow(batch: PixelBatch, i: number): PixelBatch {
-  const size = itemSize(batch.shape);
-  return { data: batch.data.subarray(i * size, (i + 1) * size), shape: [1, ...batch.shape.slice(1)] as PixelBatch['shape'], labels: [batch.labels[i] ?? `[${i}]`] };
 }
 
 /** Accept paths or a batch; paths are loaded and preprocessed for `model`. */

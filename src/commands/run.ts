@@ -69,12 +69,14 @@ export async function runCommand(modelDir: string, inputs: string[], options: Ru
   // An output that is not a hook is taken to have a row per input.
   const byInput = (name: string) => perInput.has(name) || !hooks.has(name);
   const plan = await model.planInputs(inputs, options.batchSize ?? rowsPerBatch(model, recorded), options.inputKey === undefined ? {} : { inputKey: options.inputKey });
+  // A tensor's shape in the file and the summary: all inputs' rows, or as it is.
+  type Named = { name: string; shape: readonly number[] };
+  const full = (t: Named) => (byInput(t.name) ? [plan.total, ...t.shape.slice(1)] : [...t.shape]);
   const progress = startProgress(ctx, plan.total, 'running');
   let writer: SafetensorsWriter | undefined;
   // Ctrl-C mid-run must not leave a temporary file of gigabytes behind.
   const stopWatching = cleanUpOnSignal(() => writer?.discardSync());
   // Names and shapes from the first batch (its values are not kept: they are written and dropped).
-  type Named = { name: string; shape: number[] };
   let first: { output: Named; cached: string[]; written: Named[] } | undefined;
   const predictions: Prediction[][] = [];
   let row = 0;
@@ -90,8 +92,7 @@ export async function runCommand(modelDir: string, inputs: string[], options: Ru
         const named = (t: Tensor): Named => ({ name: t.name, shape: [...t.shape] });
         first = { output: named(result.output), cached: [...result.cache.keys()], written: tensors.map(named) };
         if (options.out !== undefined) {
-          const specs = tensors.map((t) => ({ name: t.name, shape: byInput(t.name) ? [plan.total, ...t.shape.slice(1)] : [...t.shape] }));
-          writer = new SafetensorsWriter(options.out, specs, {
+          writer = new SafetensorsWriter(options.out, tensors.map((t) => ({ name: t.name, shape: full(t) })), {
             generator: `vit-prisma ${VERSION}`,
             model: modelDir,
             inputs: JSON.stringify(plan.labels),
@@ -120,7 +121,6 @@ export async function runCommand(modelDir: string, inputs: string[], options: Ru
     progress.stop();
   }
   if (first === undefined) throw new PrismaError('E_INPUT', 'no inputs given');
-  const full = (t: Named) => (byInput(t.name) ? [plan.total, ...t.shape.slice(1)] : t.shape);
 
   const summary: RunSummary = {
     ok: true,

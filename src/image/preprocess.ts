@@ -11,6 +11,7 @@
  * - `pixels.ts`: decoding, resizing, cropping and normalising with sharp;
  * - `video.ts`: clips (frame folders, animated GIF/WebP) and frame sampling.
  */
+import type { Stats } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
 import { extname, join } from 'node:path';
 
@@ -61,15 +62,19 @@ export function isImageFile(name: string): boolean {
 }
 
 /** Expand folders (image files only, sorted by code point, not recursive); keep files as given. */
+/** The input's file status, or E_INPUT when it does not exist. */
+async function statInput(path: string): Promise<Stats> {
+  try {
+    return await stat(path);
+  } catch {
+    throw new PrismaError('E_INPUT', `input not found: ${path}`, { data: { path } });
+  }
+}
+
 export async function expandInputs(paths: readonly string[]): Promise<string[]> {
   const out: string[] = [];
   for (const p of paths) {
-    let st;
-    try {
-      st = await stat(p);
-    } catch {
-      throw new PrismaError('E_INPUT', `input not found: ${p}`, { data: { path: p } });
-    }
+    const st = await statInput(p);
     if (st.isDirectory()) {
       const names = (await readdir(p, { withFileTypes: true }))
         .filter((e) => e.isFile() && isImageFile(e.name))
@@ -190,11 +195,7 @@ async function loadClips(paths: readonly string[], info: InputTarget['info'], op
   const parts: PixelBatch[] = [];
   let done = 0;
   for (const path of paths) {
-    try {
-      await stat(path);
-    } catch {
-      throw new PrismaError('E_INPUT', `input not found: ${path}`, { data: { path } });
-    }
+    await statInput(path);
     if (inputKind(path) === 'tensor') {
       parts.push(tensorInput(path, info, options.inputKey));
     } else {
@@ -275,13 +276,7 @@ export async function planInputs(paths: readonly string[], model: InputTarget, m
   const video = isVideoModel(info);
   const units: PlannedInput[] = [];
   for (const path of video ? paths : await expandInputs(paths)) {
-    if (video) {
-      try {
-        await stat(path);
-      } catch {
-        throw new PrismaError('E_INPUT', `input not found: ${path}`, { data: { path } });
-      }
-    }
+    if (video) await statInput(path);
     units.push(inputKind(path) === 'tensor' ? { kind: 'tensor', batch: tensorInput(path, info, options.inputKey) } : { kind: 'file', path });
   }
   if (units.length === 0) throw new PrismaError('E_INPUT', 'no inputs given');
@@ -318,4 +313,3 @@ export function planBatch(batch: PixelBatch, maxRows: number): InputPlan {
 function* sliceRows(batch: PixelBatch, rows: number): Generator<PixelBatch> {
   for (let start = 0; start < batch.shape[0]; start += rows) yield batchRows(batch, start, Math.min(batch.shape[0], start + rows));
 }
-

@@ -12,7 +12,7 @@ import type { CommandContext } from '../context.js';
 import { PrismaError, toPrismaError } from '../errors.js';
 import { inputKind } from '../image/preprocess.js';
 import type { Model } from '../index.js';
-import { itemSize, type PixelBatch } from '../tensor.js';
+import { batchRows, type PixelBatch } from '../tensor.js';
 import { startProgress } from '../ui/progress.js';
 import { FigureWriter, sanitizeName, type Figure } from './figures.js';
 import type { DisplaySource } from './overlay.js';
@@ -158,20 +158,20 @@ export async function runBatch<R>(spec: BatchSpec<R>): Promise<BatchOutcome<R>> 
         continue;
       }
       const rows = batch.shape[0];
-      const size = itemSize(batch.shape);
       const [h, w] = batch.shape.slice(-2) as [number, number];
       for (let i = 0; i < rows; i++) {
         const label = batch.labels[i] ?? file;
         if (!isImage && (await tryResume(label))) continue;
         const base = names.get(file) ?? 'input';
+        const row = batchRows(batch, i, i + 1);
         const item: BatchItem = {
           input: label,
           file,
           id: itemId(label),
           name: rows > 1 ? `${base}-${i}` : base,
-          batch: { data: batch.data.subarray(i * size, (i + 1) * size), shape: [1, ...batch.shape.slice(1)] as PixelBatch['shape'], labels: [label] },
+          batch: { ...row, labels: [label] },
           // A video clip is shown by its first frame (frames come first in [T, C, H, W]).
-          display: { ...(isImage ? { path: file } : {}), pixels: batch.data.subarray(i * size, (i + 1) * size), imageSize: [h, w], ...(spec0 ? { spec: spec0 } : {}) },
+          display: { ...(isImage ? { path: file } : {}), pixels: row.data, imageSize: [h, w], ...(spec0 ? { spec: spec0 } : {}) },
         };
         let done: { result: R; figures: Figure[] };
         try {

@@ -13,21 +13,27 @@ import { PrismaError } from '../errors.js';
 /** Temporary names start with this prefix (and never end in .json / .png). */
 export const TEMP_PREFIX = '.prisma-tmp-';
 
-function ioError(path: string, err: unknown): PrismaError {
+/** E_IO for a failed write of `path`. */
+export function cannotWrite(path: string, err: unknown): PrismaError {
   return new PrismaError('E_IO', `cannot write ${path}: ${(err as Error).message ?? String(err)}`, { cause: err });
+}
+
+/** A temporary name for `path`, in its folder: the prefix, its name, this process's id, a random tag. */
+export function tempPathFor(path: string): string {
+  return join(dirname(path), `${TEMP_PREFIX}${basename(path)}.${process.pid}.${randomBytes(4).toString('hex')}`);
 }
 
 /** Write `data` to `path` atomically, creating its folder when needed. */
 export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
   const dir = dirname(path);
-  const tmp = join(dir, `${TEMP_PREFIX}${basename(path)}.${process.pid}.${randomBytes(4).toString('hex')}`);
+  const tmp = tempPathFor(path);
   try {
     await mkdir(dir, { recursive: true });
     await writeFile(tmp, data);
     await rename(tmp, path);
   } catch (err) {
     await unlink(tmp).catch(() => {});
-    throw ioError(path, err);
+    throw cannotWrite(path, err);
   }
 }
 
@@ -53,6 +59,34 @@ export async function removeStaleTemps(dir: string): Promise<void> {
 }
 
 /**
+ * Removes temporary files for `path` (named by `tempPathFor`) left by runs that were killed outright
+ * (SIGKILL, a crash): those whose process is gone. A run writing the same file right now keeps its own.
+ */
+export async function removeOrphanTemps(path: string): Promise<void> {
+  const prefix = `${TEMP_PREFIX}${basename(path)}.`;
+  let names: string[];
+  try {
+    names = await readdir(dirname(path));
+  } catch {
+    return;
+  }
+  for (const name of names.filter((n) => n.startsWith(prefix))) {
+    const pid = Number(name.slice(prefix.length).split('.')[0]);
+    if (Number.isInteger(pid) && pid > 0 && !processAlive(pid)) await unlink(join(dirname(path), name)).catch(() => {});
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    // EPERM: it exists but belongs to someone else.
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
  * Runs `cleanup` (synchronous: the process is about to end) if SIGINT or SIGTERM arrives before the
  * returned function is called, then lets the signal end the process as it would have. For work
  * that keeps a large temporary file open for minutes (`prisma run --out` streaming activations).
@@ -70,4 +104,3 @@ export function cleanUpOnSignal(cleanup: () => void): () => void {
   for (const s of signals) process.once(s, handler);
   return dispose;
 }
-
