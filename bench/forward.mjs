@@ -38,7 +38,15 @@ for (const dir of dirs) {
     const iters = big ? 5 : 50;
     const plain = await median(() => model.run(pixels), iters);
     const all = await median(() => model.run(pixels, { cache: ['*'] }), iters);
-    rows.push({ model: dir, layers: nLayers, dModel, batch, plainMs: +plain.toFixed(2), cacheAllMs: +all.toFixed(2), ratio: +(all / plain).toFixed(2) });
+    rows.push({
+      model: dir,
+      layers: nLayers,
+      dModel,
+      batch,
+      plainMs: +plain.toFixed(2),
+      cacheAllMs: +all.toFixed(2),
+      ratio: +(all / plain).toFixed(2),
+    });
   }
 }
 console.table(rows);

@@ -80,14 +80,26 @@ async function naive(model, clean, corrupt, shape, sweep, info, target, baseline
 }
 
 const rows = [];
-const cases = skipTiny ? [] : [{ name: 'vit-tiny-cls', key: 'tiny', dir: 'fixtures/models/vit-tiny-cls', pixels: 'fixtures/reference/vit-tiny-cls.safetensors' }];
+const cases = skipTiny
+  ? []
+  : [{ name: 'vit-tiny-cls', key: 'tiny', dir: 'fixtures/models/vit-tiny-cls', pixels: 'fixtures/reference/vit-tiny-cls.safetensors' }];
 if (!skipVitB && existsSync(join(vitb, 'model.safetensors'))) {
-  const pixels = reuse && existsSync(join(reuse, 'vitb-pixels.safetensors')) ? join(reuse, 'vitb-pixels.safetensors') : join(work, 'vitb-pixels.safetensors');
-  cases.push({ name: vitbArg ? `ViT-B/16 (random, ${vitbArg.split('/').filter(Boolean).at(-1)})` : 'ViT-B/16 (random)', key: 'vitb', dir: vitb, pixels, random: !pixels.startsWith(reuse ?? '\0') });
+  const pixels =
+    reuse && existsSync(join(reuse, 'vitb-pixels.safetensors'))
+      ? join(reuse, 'vitb-pixels.safetensors')
+      : join(work, 'vitb-pixels.safetensors');
+  cases.push({
+    name: vitbArg ? `ViT-B/16 (random, ${vitbArg.split('/').filter(Boolean).at(-1)})` : 'ViT-B/16 (random)',
+    key: 'vitb',
+    dir: vitb,
+    pixels,
+    random: !pixels.startsWith(reuse ?? '\0'),
+  });
 }
 /** Python result: reused from --python-results when present, else run now. */
 function pyResult(key, sweep, impl, runArgs) {
-  const names = impl === 'best' ? [`${key}-${sweep}-best.json`] : [`${key}-${sweep}-tl_way.json`, `${key}-${sweep}-tl_way-sample${tlSample}.json`];
+  const names =
+    impl === 'best' ? [`${key}-${sweep}-best.json`] : [`${key}-${sweep}-tl_way.json`, `${key}-${sweep}-tl_way-sample${tlSample}.json`];
   for (const n of names) if (reuse && existsSync(join(reuse, n))) return JSON.parse(readFileSync(join(reuse, n), 'utf8'));
   return py(impl === 'best' ? 'patch_best.py' : 'patch_tl_way.py', runArgs);
 }
@@ -95,7 +107,8 @@ function pyResult(key, sweep, impl, runArgs) {
 const pyTotal = (r) => (r.seconds_extrapolated ?? r.seconds) + (r.seconds_cache ?? 0);
 
 for (const c of cases) {
-  if (c.random) py('patch_best.py', ['--model', c.dir, '--sweep', 'head', '--random-224', '0', '--save-pixels', c.pixels, '--max-layers', '1']);
+  if (c.random)
+    py('patch_best.py', ['--model', c.dir, '--sweep', 'head', '--random-224', '0', '--save-pixels', c.pixels, '--max-layers', '1']);
   const model = await native.NativeModel.load(c.dir);
   const info = model.info();
   const px = native.readTensorFile(c.pixels).find((t) => t.name === 'pixel_values');
@@ -124,7 +137,20 @@ for (const c of cases) {
     let tl;
     for (let round = 0; round < rounds; round++) {
       best = fresh ? py('patch_best.py', bestArgs) : pyResult(c.key, sweep, 'best', bestArgs);
-      const tlArgs = ['--model', c.dir, '--sweep', sweep, '--pixels', c.pixels, '--target', String(best.target), '--baseline', String(best.baseline), '--repeat', big ? '1' : '5'];
+      const tlArgs = [
+        '--model',
+        c.dir,
+        '--sweep',
+        sweep,
+        '--pixels',
+        c.pixels,
+        '--target',
+        String(best.target),
+        '--baseline',
+        String(best.baseline),
+        '--repeat',
+        big ? '1' : '5',
+      ];
       const sampled = big && sweep === 'resid' ? [...tlArgs, '--sample', String(tlSample)] : tlArgs;
       tl = fresh ? py('patch_tl_way.py', sampled) : pyResult(c.key, sweep, 'tl', sampled);
       const sweepOptions = { what, by, target: best.target, baseline: best.baseline, ...(fastLinear ? { fastLinear } : {}) };
@@ -174,16 +200,20 @@ for (const c of cases) {
       maxDiffTl: maxDiff(ours.value, tl.values).max.toExponential(1),
       maxDiffNaive: maxDiff(ours.value, nv.values).max.toExponential(1),
       forwardS: +forward.toFixed(4),
-      floorS: +(forward * (sweep === 'resid' ? info.nPos : info.nHeads) * (info.nLayers + 1) / 2).toFixed(3),
+      floorS: +((forward * (sweep === 'resid' ? info.nPos : info.nHeads) * (info.nLayers + 1)) / 2).toFixed(3),
       attributionFwdEq: attribution ? +attribution.forwardEquivalents.toFixed(2) : '',
       // Each alternated round's times (s), so that a wide range can be traced to one side.
-      ...(rounds > 1 ? { perRound: measured.map((m) => ({ ours: +m.ours.toPrecision(3), tl: +m.tl.toPrecision(3), best: +m.best.toPrecision(3) })) } : {}),
+      ...(rounds > 1
+        ? { perRound: measured.map((m) => ({ ours: +m.ours.toPrecision(3), tl: +m.tl.toPrecision(3), best: +m.best.toPrecision(3) })) }
+        : {}),
     });
     console.error(JSON.stringify(rows.at(-1)));
   }
 }
 console.table(rows);
-console.log('* sampled and extrapolated. All times include caching the clean/corrupt runs. floorS = sum of the partial forwards the sweep needs, at our batch-1 forward speed.');
+console.log(
+  '* sampled and extrapolated. All times include caching the clean/corrupt runs. floorS = sum of the partial forwards the sweep needs, at our batch-1 forward speed.',
+);
 mkdirSync('bench/results', { recursive: true });
 // Rows measured now replace the same (model, sweep) rows of the previous results; the others stay.
 const resultsFile = join('bench/results', 'patch-latest.json');

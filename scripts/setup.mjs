@@ -22,7 +22,12 @@ function step(msg) {
   process.stderr.write(`[setup] ${msg}\n`);
 }
 function run(cmd, args, opts = {}) {
-  const r = spawnSync(cmd, args, { cwd: root, stdio: opts.capture ? ['ignore', 'pipe', 'pipe'] : 'inherit', encoding: 'utf8', env: opts.env ?? process.env });
+  const r = spawnSync(cmd, args, {
+    cwd: root,
+    stdio: opts.capture ? ['ignore', 'pipe', 'pipe'] : 'inherit',
+    encoding: 'utf8',
+    env: opts.env ?? process.env,
+  });
   if (r.error) return { ok: false, out: '', err: String(r.error) };
   return { ok: r.status === 0, out: r.stdout ?? '', err: r.stderr ?? '' };
 }
@@ -61,7 +66,14 @@ const mtime = (p) => (existsSync(p) ? statSync(p).mtimeMs : 0);
 
 // 2. libtorch ---------------------------------------------------------------------------------
 function pythonTorch(python) {
-  const r = run(python, ['-c', 'import sys, os, torch; print(torch.__version__); print(sys.prefix); print(os.path.join(os.path.dirname(torch.__file__), "lib"))'], { capture: true });
+  const r = run(
+    python,
+    [
+      '-c',
+      'import sys, os, torch; print(torch.__version__); print(sys.prefix); print(os.path.join(os.path.dirname(torch.__file__), "lib"))',
+    ],
+    { capture: true },
+  );
   if (!r.ok) return null;
   const [version, prefix, lib] = r.out.trim().split('\n');
   return { python, version, prefix, lib };
@@ -105,7 +117,9 @@ function findLibtorch() {
 }
 function pythonEnv(t) {
   // torch-sys runs `python` (with VIRTUAL_ENV set) from PATH to ask torch for its paths.
-  const binDir = dirname(t.python.includes('/') ? t.python : (run('sh', ['-c', `command -v ${t.python}`], { capture: true }).out.trim() || t.python));
+  const binDir = dirname(
+    t.python.includes('/') ? t.python : run('sh', ['-c', `command -v ${t.python}`], { capture: true }).out.trim() || t.python,
+  );
   return {
     env: { LIBTORCH_USE_PYTORCH: '1', VIRTUAL_ENV: t.prefix, PATH: `${binDir}:${process.env.PATH}`, PRISMA_LIBTORCH_LIB: t.lib },
     lib: t.lib,
@@ -126,14 +140,34 @@ const torch = findLibtorch();
     step('building the native addon (cargo --release; the first build takes a few minutes)');
     const env = { ...process.env, ...torch.env, CARGO_TARGET_DIR: process.env.CARGO_TARGET_DIR ?? join(cacheDir, 'target') };
     mkdirSync(join(root, 'native'), { recursive: true });
-    must('npx', ['napi', 'build', '--release', '--manifest-path', 'crates/prisma-node/Cargo.toml', '--package-json-path', 'package.json', '--output-dir', 'native', '--no-js', '--dts', 'prisma.d.ts'], { env });
+    must(
+      'npx',
+      [
+        'napi',
+        'build',
+        '--release',
+        '--manifest-path',
+        'crates/prisma-node/Cargo.toml',
+        '--package-json-path',
+        'package.json',
+        '--output-dir',
+        'native',
+        '--no-js',
+        '--dts',
+        'prisma.d.ts',
+      ],
+      { env },
+    );
     // napi names the file after package.json's napi.binaryName (+ platform when asked); normalise.
     const built = readdirSync(join(root, 'native')).find((f) => f.endsWith('.node') && f !== 'prisma.node');
     if (built) copyFileSync(join(root, 'native', built), addon);
     writeFileSync(stampFile, stamp);
   }
   // The Rust test runner (scripts/cargo-test.mjs) needs the same libtorch environment.
-  writeFileSync(join(root, 'native', '.build-env.json'), JSON.stringify({ ...torch.env, CARGO_TARGET_DIR: process.env.CARGO_TARGET_DIR ?? join(cacheDir, 'target') }, null, 2));
+  writeFileSync(
+    join(root, 'native', '.build-env.json'),
+    JSON.stringify({ ...torch.env, CARGO_TARGET_DIR: process.env.CARGO_TARGET_DIR ?? join(cacheDir, 'target') }, null, 2),
+  );
 }
 
 // 4. TypeScript -------------------------------------------------------------------------------

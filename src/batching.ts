@@ -32,5 +32,10 @@ export function rowsPerBatch(model: Model, recorded: readonly string[]): number 
  */
 export function perInputHooks(model: Model): Set<string> {
   const two = new Map(model.hookShapes(2).map((h) => [h.name, h.shape[0]]));
-  return new Set(model.hookShapes(1).filter((h) => two.get(h.name) !== h.shape[0]).map((h) => h.name));
+  return new Set(
+    model
+      .hookShapes(1)
+      .filter((h) => two.get(h.name) !== h.shape[0])
+      .map((h) => h.name),
+  );
 }

@@ -100,7 +100,8 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
       return EXIT_USAGE;
     }
     let pe = toPrismaError(err);
-    if ((pe.code === 'E_USAGE' || pe.code === 'E_ARGUMENT') && pe.hint === undefined) pe = new PrismaError(pe.code, pe.message, { hint: helpHint(argv), cause: pe });
+    if ((pe.code === 'E_USAGE' || pe.code === 'E_ARGUMENT') && pe.hint === undefined)
+      pe = new PrismaError(pe.code, pe.message, { hint: helpHint(argv), cause: pe });
     report(pe, ctx);
     return exitCodeFor(pe);
   }

@@ -6,15 +6,26 @@
 
 /** Codes produced by the native addon (see docs/native-api.md). */
 export const NATIVE_CODES = [
-  'E_MODEL_DIR', 'E_CONFIG', 'E_UNSUPPORTED_MODEL', 'E_WEIGHTS_MISSING', 'E_WEIGHTS_SHAPE',
-  'E_WEIGHTS_FORMAT', 'E_UNKNOWN_HOOK', 'E_LAYER_RANGE', 'E_SHAPE', 'E_INTERVENTION',
-  'E_TENSOR_FILE', 'E_DEVICE', 'E_DTYPE', 'E_IO', 'E_ARGUMENT', 'E_INTERNAL',
+  'E_MODEL_DIR',
+  'E_CONFIG',
+  'E_UNSUPPORTED_MODEL',
+  'E_WEIGHTS_MISSING',
+  'E_WEIGHTS_SHAPE',
+  'E_WEIGHTS_FORMAT',
+  'E_UNKNOWN_HOOK',
+  'E_LAYER_RANGE',
+  'E_SHAPE',
+  'E_INTERVENTION',
+  'E_TENSOR_FILE',
+  'E_DEVICE',
+  'E_DTYPE',
+  'E_IO',
+  'E_ARGUMENT',
+  'E_INTERNAL',
 ] as const;
 
 /** Codes produced by the TypeScript layer. */
-export const TS_CODES = [
-  'E_USAGE', 'E_NATIVE_MISSING', 'E_NATIVE_LOAD', 'E_IMAGE_DECODE', 'E_INPUT', 'E_PREPROCESS_CONFIG',
-] as const;
+export const TS_CODES = ['E_USAGE', 'E_NATIVE_MISSING', 'E_NATIVE_LOAD', 'E_IMAGE_DECODE', 'E_INPUT', 'E_PREPROCESS_CONFIG'] as const;
 
 export type ErrorCode = (typeof NATIVE_CODES)[number] | (typeof TS_CODES)[number];
 

@@ -6,7 +6,15 @@
  *   topK(output, 5, model.info.labels);
  */
 import { PrismaError, usageError } from './errors.js';
-import { loadInputs, planInputs, readPreprocessSpec, withImageSize, type InputPlan, type LoadInputsOptions, type PreprocessSpec } from './image/preprocess.js';
+import {
+  loadInputs,
+  planInputs,
+  readPreprocessSpec,
+  withImageSize,
+  type InputPlan,
+  type LoadInputsOptions,
+  type PreprocessSpec,
+} from './image/preprocess.js';
 import { serializeInterventions, type Intervention, type TensorLike } from './interventions.js';
 import {
   NativeModelHandle,
@@ -176,7 +184,11 @@ export class Model {
   }
 
   /** The same inputs as `loadInputs`, listed now and preprocessed `maxRows` at a time (see `planInputs`). */
-  planInputs(paths: readonly string[], maxRows: number, options: Omit<LoadInputsOptions, 'preprocess' | 'onProgress'> = {}): Promise<InputPlan> {
+  planInputs(
+    paths: readonly string[],
+    maxRows: number,
+    options: Omit<LoadInputsOptions, 'preprocess' | 'onProgress'> = {},
+  ): Promise<InputPlan> {
     return planInputs(paths, this, maxRows, { ...options, preprocess: () => this.preprocessSpec() });
   }
 
@@ -200,8 +212,12 @@ export class Model {
     const resuming = options.startAtLayer !== undefined;
     if (resuming) {
       this.checkLayer(options.startAtLayer!, 'start-at-layer');
-      if (!options.startResid) throw usageError('startAtLayer needs startResid (that block\'s hook_resid_pre)');
-      const resid: TensorInput = { name: options.startResid.name ?? 'start_resid', shape: [...options.startResid.shape], data: options.startResid.data };
+      if (!options.startResid) throw usageError("startAtLayer needs startResid (that block's hook_resid_pre)");
+      const resid: TensorInput = {
+        name: options.startResid.name ?? 'start_resid',
+        shape: [...options.startResid.shape],
+        data: options.startResid.data,
+      };
       checkTensor(resid);
       native.startAtLayer = options.startAtLayer!;
       native.startResid = resid;
@@ -227,9 +243,10 @@ export class Model {
 
     const pixels = resuming ? new Float32Array(0) : batch.data;
     const out = await this.handle.run(pixels, [...batch.shape], native);
-    const labels = resuming && batch.labels.length === 0
-      ? Array.from({ length: options.startResid!.shape[0] ?? 0 }, (_, i) => `resid[${i}]`)
-      : batch.labels;
+    const labels =
+      resuming && batch.labels.length === 0
+        ? Array.from({ length: options.startResid!.shape[0] ?? 0 }, (_, i) => `resid[${i}]`)
+        : batch.labels;
     return { output: out.output, cache: new Map(out.cache.map((t) => [t.name, t])), inputs: labels };
   }
 
@@ -305,7 +322,9 @@ export function topK(logits: Pick<Tensor, 'shape' | 'data'>, k: number, labels: 
     const row = logits.data.subarray(r * n, (r + 1) * n);
     const probs = softmax(row);
     const order = Array.from({ length: n }, (_, i) => i).sort((x, y) => row[y]! - row[x]! || x - y);
-    out.push(order.slice(0, kk).map((index) => ({ index, label: labels[index] ?? String(index), logit: row[index]!, prob: probs[index]! })));
+    out.push(
+      order.slice(0, kk).map((index) => ({ index, label: labels[index] ?? String(index), logit: row[index]!, prob: probs[index]! })),
+    );
   }
   return out;
 }

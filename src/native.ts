@@ -93,8 +93,16 @@ export interface NativeLoadOptions {
 
 export type LensSite = 'resid_pre' | 'resid_mid' | 'resid_post';
 export type PatchWhat =
-  | 'resid_pre' | 'resid_mid' | 'resid_post' | 'attn_out' | 'mlp_out'
-  | 'head_z' | 'head_q' | 'head_k' | 'head_v' | 'head_pattern';
+  | 'resid_pre'
+  | 'resid_mid'
+  | 'resid_post'
+  | 'attn_out'
+  | 'mlp_out'
+  | 'head_z'
+  | 'head_q'
+  | 'head_k'
+  | 'head_v'
+  | 'head_pattern';
 export type PatchBy = 'layer_pos' | 'layer_head' | 'layer_pos_head';
 export type AblationMode = 'zero' | 'mean' | 'resample';
 
@@ -335,7 +343,13 @@ export class NativeModelHandle {
   }
 
   /** Activation patching of one clean image into one corrupted image (`shape` = [1, C, H, W]). */
-  async patch(clean: Float32Array, corrupt: Float32Array, shape: number[], options: NativePatchOptions, attribution = false): Promise<PatchResult> {
+  async patch(
+    clean: Float32Array,
+    corrupt: Float32Array,
+    shape: number[],
+    options: NativePatchOptions,
+    attribution = false,
+  ): Promise<PatchResult> {
     const json = JSON.stringify(options);
     return parseResult<PatchResult>(await guardAsync(() => this.raw.patch(clean, corrupt, shape, json, attribution)), 'patch');
   }
@@ -374,11 +388,7 @@ export function readTensorFile(path: string): TensorData[] {
   return guard(() => b.readTensorFile(path));
 }
 
-export function saveSafetensors(
-  path: string,
-  tensors: TensorInput[],
-  metadata: Record<string, string> = {},
-): Promise<void> {
+export function saveSafetensors(path: string, tensors: TensorInput[], metadata: Record<string, string> = {}): Promise<void> {
   const b = load();
   return guardAsync(() => b.saveSafetensors(path, tensors, metadata));
 }

@@ -4,9 +4,16 @@ import { usageError } from './errors.js';
 export type Dtype = 'float32' | 'float16' | 'bfloat16';
 
 const DTYPE_ALIASES: Record<string, Dtype> = {
-  f32: 'float32', fp32: 'float32', float32: 'float32', float: 'float32',
-  f16: 'float16', fp16: 'float16', float16: 'float16', half: 'float16',
-  bf16: 'bfloat16', bfloat16: 'bfloat16',
+  f32: 'float32',
+  fp32: 'float32',
+  float32: 'float32',
+  float: 'float32',
+  f16: 'float16',
+  fp16: 'float16',
+  float16: 'float16',
+  half: 'float16',
+  bf16: 'bfloat16',
+  bfloat16: 'bfloat16',
 };
 
 /** 'f32' | 'f16' | 'bf16' (and long spellings) -> addon dtype name. */

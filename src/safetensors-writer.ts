@@ -38,7 +38,10 @@ function sortedKeys(value: unknown): unknown {
 }
 
 /** The header bytes (length prefix included), where each tensor's data starts, and the file's size. */
-function layout(specs: readonly TensorSpec[], metadata: Record<string, string>): { header: Buffer; placements: Map<string, Placement>; size: number } {
+function layout(
+  specs: readonly TensorSpec[],
+  metadata: Record<string, string>,
+): { header: Buffer; placements: Map<string, Placement>; size: number } {
   const names = specs.map((s) => s.name);
   if (new Set(names).size !== names.length) throw new PrismaError('E_ARGUMENT', `duplicate tensor names in ${names.join(', ')}`);
   const ordered = [...specs].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
@@ -61,7 +64,9 @@ function layout(specs: readonly TensorSpec[], metadata: Record<string, string>):
   const header = Buffer.alloc(8 + padded, ' ');
   header.writeBigUInt64LE(BigInt(padded), 0);
   json.copy(header, 8);
-  const placements = new Map(ordered.map((spec, i) => [spec.name, { shape: spec.shape, start: header.length + starts[i]!, rowValues: numel(spec.shape.slice(1)) }]));
+  const placements = new Map(
+    ordered.map((spec, i) => [spec.name, { shape: spec.shape, start: header.length + starts[i]!, rowValues: numel(spec.shape.slice(1)) }]),
+  );
   return { header, placements, size: header.length + offset };
 }
 

@@ -7,9 +7,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-changed=cpp/inference_mode.cpp");
     println!("cargo:rerun-if-changed=cpp/onednn_linear.cpp");
-    let dir = std::env::var("PRISMA_LIBTORCH_LIB")
-        .ok()
-        .or_else(|| std::env::var("LIBTORCH").ok().map(|l| format!("{l}/lib")));
+    let dir = std::env::var("PRISMA_LIBTORCH_LIB").ok().or_else(|| std::env::var("LIBTORCH").ok().map(|l| format!("{l}/lib")));
     if let Some(dir) = dir {
         println!("cargo:rustc-env=PRISMA_LIBTORCH_LIB={dir}");
     }

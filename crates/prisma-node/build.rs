@@ -3,9 +3,7 @@ fn main() {
     napi_build::setup();
     println!("cargo:rerun-if-env-changed=PRISMA_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
-    let dir = std::env::var("PRISMA_LIBTORCH_LIB")
-        .ok()
-        .or_else(|| std::env::var("LIBTORCH").ok().map(|l| format!("{l}/lib")));
+    let dir = std::env::var("PRISMA_LIBTORCH_LIB").ok().or_else(|| std::env::var("LIBTORCH").ok().map(|l| format!("{l}/lib")));
     if let Some(dir) = dir {
         println!("cargo:rustc-link-arg-cdylib=-Wl,-rpath,{dir}");
     }

@@ -103,7 +103,8 @@ export function parseAblateSpec(text: string): AblateSpec {
     sc.expect('[');
     for (;;) {
       const key = sc.word();
-      if (key.length === 0) sc.fail(sc.done() ? "expected 'head', 'pos' or 'batch' at the end" : `expected 'head', 'pos' or 'batch', found '${sc.peek()}'`);
+      if (key.length === 0)
+        sc.fail(sc.done() ? "expected 'head', 'pos' or 'batch' at the end" : `expected 'head', 'pos' or 'batch', found '${sc.peek()}'`);
       if (!(SELECT_KEYS as readonly string[]).includes(key)) {
         sc.i -= key.length;
         sc.fail(`unknown key '${key}' (use head, pos or batch)`);

@@ -105,7 +105,12 @@ function resampleChoice(labels: readonly string[], seed: number): ResampleChoice
 }
 
 /** Reference inputs for mean / resample, listed now and read a batch at a time. */
-async function referencePlan(model: Model, refs: AblateCommon['references'], mode: AblationMode, hooks: readonly string[]): Promise<InputPlan | undefined> {
+async function referencePlan(
+  model: Model,
+  refs: AblateCommon['references'],
+  mode: AblationMode,
+  hooks: readonly string[],
+): Promise<InputPlan | undefined> {
   if (mode === 'zero') return undefined;
   if (refs === undefined || (Array.isArray(refs) && refs.length === 0)) {
     throw usageError(`--mode ${mode} needs reference images`, 'pass --reference DIR (a folder of images)');
@@ -121,7 +126,13 @@ async function referencePlan(model: Model, refs: AblateCommon['references'], mod
  * (summed in float64 a batch at a time, so a large folder never runs as one forward), or the chosen
  * reference's own (only that image is run).
  */
-async function referenceValues(model: Model, plan: InputPlan, mode: 'mean' | 'resample', hooks: string[], index: number): Promise<Map<string, TensorLike>> {
+async function referenceValues(
+  model: Model,
+  plan: InputPlan,
+  mode: 'mean' | 'resample',
+  hooks: string[],
+  index: number,
+): Promise<Map<string, TensorLike>> {
   const sums = new Map<string, { shape: number[]; sum: Float64Array }>();
   let row = 0;
   for await (const batch of plan.batches()) {
@@ -136,7 +147,7 @@ async function referenceValues(model: Model, plan: InputPlan, mode: 'mean' | 're
     for (const [name, t] of cache) {
       const per = t.data.length / t.shape[0]!;
       const entry = sums.get(name) ?? { shape: [1, ...t.shape.slice(1)], sum: new Float64Array(per) };
-      for (let r = 0; r < t.shape[0]!; r++) for (let i = 0; i < per; i++) entry.sum[i]! += t.data[r * per + i]!;
+      for (let r = 0; r < t.shape[0]!; r++) for (let i = 0; i < per; i++) entry.sum[i]! += t.data[r * per + i];
       sums.set(name, entry);
     }
   }
@@ -144,13 +155,20 @@ async function referenceValues(model: Model, plan: InputPlan, mode: 'mean' | 're
   return new Map([...sums].map(([name, { shape, sum }]) => [name, { shape, data: Float32Array.from(sum, (v) => v / count) }]));
 }
 
-async function resolveMetric(model: Model, options: AblateCommon, logits: Float32Array): Promise<{ m: Metric; target: number; baseline: number | null }> {
+async function resolveMetric(
+  model: Model,
+  options: AblateCommon,
+  logits: Float32Array,
+): Promise<{ m: Metric; target: number; baseline: number | null }> {
   const info = model.info;
   const given = options.target === undefined ? undefined : resolveClass(options.target, info, 'target');
   const baseline = options.baseline === undefined || options.baseline === null ? null : resolveClass(options.baseline, info, 'baseline');
   const target = given ?? argmax(logits);
   if (baseline !== null && baseline === target) {
-    throw new PrismaError('E_ARGUMENT', `--baseline is the target class (${classInfo(info, target).label}); the logit difference would be 0`);
+    throw new PrismaError(
+      'E_ARGUMENT',
+      `--baseline is the target class (${classInfo(info, target).label}); the logit difference would be 0`,
+    );
   }
   return {
     target,
@@ -187,7 +205,8 @@ export async function ablate(model: Model, input: string | PixelBatch, options: 
   const { m, target, baseline } = await resolveMetric(model, options, before.output.data);
 
   const resample = refs && mode === 'resample' ? resampleChoice(refs.labels, seed) : undefined;
-  const cache = refs && mode !== 'zero' ? await referenceValues(model, refs, mode, hooks, resample?.index ?? 0) : new Map<string, TensorLike>();
+  const cache =
+    refs && mode !== 'zero' ? await referenceValues(model, refs, mode, hooks, resample?.index ?? 0) : new Map<string, TensorLike>();
   const interventions: Intervention[] = [];
   const tensors: Record<string, TensorLike> = {};
   for (const { spec, hooks: names } of resolved) {

@@ -45,7 +45,10 @@ export function resolveClass(ref: ClassRef, info: Pick<ModelInfo, 'labels' | 'nC
   if (index < 0) {
     const some = info.labels.slice(0, 6).join(', ');
     throw new PrismaError('E_ARGUMENT', `unknown --${flag} '${ref}': not a class index (${range}) or a label of this model`, {
-      hint: info.labels.length > 0 ? `labels: ${some}${info.labels.length > 6 ? ', …' : ''} (see \`prisma inspect MODEL_DIR --json\`)` : 'the model has no labels',
+      hint:
+        info.labels.length > 0
+          ? `labels: ${some}${info.labels.length > 6 ? ', …' : ''} (see \`prisma inspect MODEL_DIR --json\`)`
+          : 'the model has no labels',
     });
   }
   return index;
@@ -155,7 +158,9 @@ export function timeSlices(info: Pick<ModelInfo, 'numFrames' | 'tubeletSize'>): 
 }
 
 /** A label per token position: cls, dist, reg0.., then patches r{row}c{col} (video: t{slice}:r{row}c{col}). */
-export function tokenLabels(info: Pick<ModelInfo, 'hasClassToken' | 'nPrefixTokens' | 'nRegisters' | 'imageSize' | 'patchSize' | 'numFrames' | 'tubeletSize'>): string[] {
+export function tokenLabels(
+  info: Pick<ModelInfo, 'hasClassToken' | 'nPrefixTokens' | 'nRegisters' | 'imageSize' | 'patchSize' | 'numFrames' | 'tubeletSize'>,
+): string[] {
   const out: string[] = [];
   if (info.hasClassToken) out.push('cls');
   const registers = info.nRegisters ?? 0;

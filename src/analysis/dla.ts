@@ -41,7 +41,10 @@ export async function dla(model: Model, input: string | PixelBatch, options: Dla
   const [logits] = await modelLogits(model, batch);
   const target = givenTarget ?? argmax(logits!);
   if (baseline !== null && baseline === target) {
-    throw new PrismaError('E_ARGUMENT', `--baseline is the target class (${classInfo(info, target).label}); the logit difference would be 0`);
+    throw new PrismaError(
+      'E_ARGUMENT',
+      `--baseline is the target class (${classInfo(info, target).label}); the logit difference would be 0`,
+    );
   }
   const r = await model.native.dla(batch.data, [...batch.shape], {
     target,

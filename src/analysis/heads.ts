@@ -70,7 +70,10 @@ export function resolveQuery(model: Pick<Model, 'info'>, q: HeadsQuery | undefin
     return { kind: 'cls', token: 0, patch: null };
   }
   if (!Number.isInteger(query) || query < 0 || query >= info.nPatches) {
-    throw new PrismaError('E_ARGUMENT', `--query patch ${query} is out of range: the model has ${info.nPatches} patches (0..${info.nPatches - 1})`);
+    throw new PrismaError(
+      'E_ARGUMENT',
+      `--query patch ${query} is out of range: the model has ${info.nPatches} patches (0..${info.nPatches - 1})`,
+    );
   }
   return { kind: 'patch', token: first + query, patch: query };
 }
@@ -137,7 +140,8 @@ export function headStats(
 
 export async function heads(model: Model, input: string | PixelBatch, options: HeadsOptions = {}): Promise<HeadsResult> {
   const info = model.info;
-  const layers = options.layers === undefined ? Array.from({ length: info.nLayers }, (_, i) => i) : checkLayers(options.layers, info.nLayers);
+  const layers =
+    options.layers === undefined ? Array.from({ length: info.nLayers }, (_, i) => i) : checkLayers(options.layers, info.nLayers);
   if (layers.length === 0) throw new PrismaError('E_USAGE', '--layers names no layer');
   const query = resolveQuery(model, options.query);
   const batch = await oneImage(model, input, 'heads');

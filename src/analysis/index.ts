@@ -1,5 +1,13 @@
 /** Analysis functions on a loaded model; each returns a typed result (the CLI writes them as reports). */
-export { logitLens, parseLensSite, LENS_SITES, type LogitLensOptions, type LogitLensResult, type LensLayerResult, type RankedClass } from './lens.js';
+export {
+  logitLens,
+  parseLensSite,
+  LENS_SITES,
+  type LogitLensOptions,
+  type LogitLensResult,
+  type LensLayerResult,
+  type RankedClass,
+} from './lens.js';
 export {
   patch,
   parsePatchWhat,
@@ -30,5 +38,15 @@ export {
   type ResampleChoice,
 } from './ablate.js';
 export { parseAblateSpec, formatAblateSpec, type AblateSpec } from './ablate-spec.js';
-export { heads, headStats, entropy, parseHeadsQuery, type HeadsOptions, type HeadsQuery, type HeadStats, type HeadsAnalysis, type HeadsResult } from './heads.js';
+export {
+  heads,
+  headStats,
+  entropy,
+  parseHeadsQuery,
+  type HeadsOptions,
+  type HeadsQuery,
+  type HeadStats,
+  type HeadsAnalysis,
+  type HeadsResult,
+} from './heads.js';
 export { resolveClass, checkLayers, pearson, seededRandom, patchGrid, type ClassRef, type ClassInfo } from './common.js';

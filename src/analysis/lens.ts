@@ -51,21 +51,37 @@ export interface LogitLensResult {
 }
 
 export function parseLensSite(value: string): LensSite {
-  const v = value.trim().toLowerCase().replace(/^hook_/, '');
+  const v = value
+    .trim()
+    .toLowerCase()
+    .replace(/^hook_/, '');
   if ((LENS_SITES as readonly string[]).includes(v)) return v as LensSite;
   throw new PrismaError('E_USAGE', `unknown --site '${value}'`, { hint: `use ${LENS_SITES.join(', ')}` });
 }
 
-export async function logitLens(model: Model, inputs: readonly string[] | PixelBatch, options: LogitLensOptions = {}): Promise<LogitLensResult[]> {
+export async function logitLens(
+  model: Model,
+  inputs: readonly string[] | PixelBatch,
+  options: LogitLensOptions = {},
+): Promise<LogitLensResult[]> {
   requireHead(model, 'the logit lens');
   const info = model.info;
   const sites = options.sites && options.sites.length > 0 ? [...new Set(options.sites)] : ['resid_post' as const];
-  sites.forEach((s) => parseLensSite(s));
+  for (const s of sites) parseLensSite(s);
   const target = options.target === undefined ? undefined : resolveClass(options.target, info, 'target');
   const topK = Math.max(1, Math.min(options.topK ?? 5, info.nClasses));
   const batch = await toBatch(model, inputs);
-  const images = await model.native.logitLens(batch.data, [...batch.shape], { sites: [...sites], topK, ...(target === undefined ? {} : { target }) });
-  const named = (r: Ranked): RankedClass => ({ index: r.index, label: info.labels[r.index] ?? String(r.index), logit: r.logit, prob: r.prob });
+  const images = await model.native.logitLens(batch.data, [...batch.shape], {
+    sites: [...sites],
+    topK,
+    ...(target === undefined ? {} : { target }),
+  });
+  const named = (r: Ranked): RankedClass => ({
+    index: r.index,
+    label: info.labels[r.index] ?? String(r.index),
+    logit: r.logit,
+    prob: r.prob,
+  });
   return images.map((img, b) => ({
     input: batch.labels[b] ?? `[${b}]`,
     target: classInfo(info, img.target),

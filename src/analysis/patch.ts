@@ -8,10 +8,30 @@ import { PrismaError } from '../errors.js';
 import type { Model } from '../index.js';
 import type { MetricValue, PatchBy, PatchResult, PatchWhat } from '../native.js';
 import { concatBatches, type PixelBatch } from '../tensor.js';
-import { argmax, checkLayers, classInfo, modelLogits, oneImage, pearson, requireHead, resolveClass, type ClassInfo, type ClassRef } from './common.js';
+import {
+  argmax,
+  checkLayers,
+  classInfo,
+  modelLogits,
+  oneImage,
+  pearson,
+  requireHead,
+  resolveClass,
+  type ClassInfo,
+  type ClassRef,
+} from './common.js';
 
 export const PATCH_WHATS: readonly PatchWhat[] = [
-  'resid_pre', 'resid_mid', 'resid_post', 'attn_out', 'mlp_out', 'head_z', 'head_q', 'head_k', 'head_v', 'head_pattern',
+  'resid_pre',
+  'resid_mid',
+  'resid_post',
+  'attn_out',
+  'mlp_out',
+  'head_z',
+  'head_q',
+  'head_k',
+  'head_v',
+  'head_pattern',
 ];
 export const HEAD_WHATS: readonly PatchWhat[] = ['head_z', 'head_q', 'head_k', 'head_v', 'head_pattern'];
 export const PATCH_BYS: readonly PatchBy[] = ['layer_pos', 'layer_head', 'layer_pos_head'];
@@ -25,7 +45,10 @@ export function parsePatchWhat(value: string): PatchWhat {
 
 /** 'layer,pos' | 'layer,head' | 'layer,pos,head' (or with underscores). */
 export function parsePatchBy(value: string): PatchBy {
-  const v = value.trim().toLowerCase().replace(/[\s,]+/g, '_');
+  const v = value
+    .trim()
+    .toLowerCase()
+    .replace(/[\s,]+/g, '_');
   if ((PATCH_BYS as readonly string[]).includes(v)) return v as PatchBy;
   throw new PrismaError('E_USAGE', `unknown --by '${value}'`, { hint: 'use layer,pos or layer,head or layer,pos,head' });
 }
@@ -120,15 +143,22 @@ function matrix(method: PatchMatrix['method'], r: PatchResult): PatchMatrix {
   };
 }
 
-export async function patch(model: Model, clean: string | PixelBatch, corrupt: string | PixelBatch, options: PatchOptions): Promise<PatchAnalysis> {
+export async function patch(
+  model: Model,
+  clean: string | PixelBatch,
+  corrupt: string | PixelBatch,
+  options: PatchOptions,
+): Promise<PatchAnalysis> {
   requireHead(model, 'activation patching');
   const info = model.info;
   checkWhatBy(options.what, options.by);
   const method = options.method ?? 'exact';
-  const layers = options.layers === undefined ? Array.from({ length: info.nLayers }, (_, i) => i) : checkLayers(options.layers, info.nLayers);
+  const layers =
+    options.layers === undefined ? Array.from({ length: info.nLayers }, (_, i) => i) : checkLayers(options.layers, info.nLayers);
   if (layers.length === 0) throw new PrismaError('E_USAGE', '--layers names no layer');
   const givenTarget = options.target === undefined ? undefined : resolveClass(options.target, info, 'target');
-  const givenBaseline = options.baseline === undefined || options.baseline === null ? options.baseline : resolveClass(options.baseline, info, 'baseline');
+  const givenBaseline =
+    options.baseline === undefined || options.baseline === null ? options.baseline : resolveClass(options.baseline, info, 'baseline');
 
   const cleanBatch = await oneImage(model, clean, 'patching (--clean)');
   const corruptBatch = await oneImage(model, corrupt, 'patching (--corrupt)');
@@ -149,7 +179,10 @@ export async function patch(model: Model, clean: string | PixelBatch, corrupt: s
     baselineSource = 'none';
   }
   if (baseline !== null && baseline === target) {
-    throw new PrismaError('E_ARGUMENT', `--baseline is the target class (${classInfo(info, target).label}); the logit difference would be 0`);
+    throw new PrismaError(
+      'E_ARGUMENT',
+      `--baseline is the target class (${classInfo(info, target).label}); the logit difference would be 0`,
+    );
   }
 
   const nativeOptions = {
@@ -162,8 +195,10 @@ export async function patch(model: Model, clean: string | PixelBatch, corrupt: s
     ...(options.fastLinear ? { fastLinear: true } : {}),
   };
   const shape = [...cleanBatch.shape];
-  const exact = method === 'attribution' ? undefined : await model.native.patch(cleanBatch.data, corruptBatch.data, shape, nativeOptions, false);
-  const attribution = method === 'exact' ? undefined : await model.native.patch(cleanBatch.data, corruptBatch.data, shape, nativeOptions, true);
+  const exact =
+    method === 'attribution' ? undefined : await model.native.patch(cleanBatch.data, corruptBatch.data, shape, nativeOptions, false);
+  const attribution =
+    method === 'exact' ? undefined : await model.native.patch(cleanBatch.data, corruptBatch.data, shape, nativeOptions, true);
   const ref = (exact ?? attribution)!;
   const result: PatchAnalysis = {
     what: options.what,

@@ -6,7 +6,15 @@
  */
 import { Option, type Command } from 'commander';
 
-import { ablate, ablateSweep, parseAblationMode, resolveAblations, type AblateAnalysis, type AblateSweepAnalysis, type AblationMode } from '../analysis/ablate.js';
+import {
+  ablate,
+  ablateSweep,
+  parseAblationMode,
+  resolveAblations,
+  type AblateAnalysis,
+  type AblateSweepAnalysis,
+  type AblationMode,
+} from '../analysis/ablate.js';
 import { parseAblateSpec, type AblateSpec } from '../analysis/ablate-spec.js';
 import { requireHead, resolveClass } from '../analysis/common.js';
 import type { CommandContext } from '../context.js';
@@ -51,7 +59,16 @@ export type AblateItem = (Omit<AblateAnalysis, 'input'> & { kind: 'specs' }) | (
 
 export interface AblateReport extends ReportBase {
   command: 'ablate';
-  options: { ablate: string[]; sweep: string | null; mode: AblationMode; reference: string | null; seed: number; target: string | null; baseline: string | null; fastLinear: boolean };
+  options: {
+    ablate: string[];
+    sweep: string | null;
+    mode: AblationMode;
+    reference: string | null;
+    seed: number;
+    target: string | null;
+    baseline: string | null;
+    fastLinear: boolean;
+  };
   results: (AblateItem & { input: string; name: string; figures: string[] })[];
 }
 
@@ -103,14 +120,21 @@ async function specFigures(item: BatchItem, a: AblateAnalysis, w: FigureWriter):
 function summary(r: AblateReport, color: boolean): string {
   const lines: string[] = [];
   for (const res of r.results) {
-    lines.push(bold(res.input, color) + `  ${metricName(res)} before ${fmt(res.before.value)} (p=${fmt(res.before.prob, 2)})`);
+    lines.push(`${bold(res.input, color)}  ${metricName(res)} before ${fmt(res.before.value)} (p=${fmt(res.before.prob, 2)})`);
     if (res.kind === 'specs') {
-      lines.push(`  ${res.mode} ${res.ablations.map((x) => x.spec).join(', ')}: after ${fmt(res.after.value)} (p=${fmt(res.after.prob, 2)}), effect ${fmt(res.effect)}`);
+      lines.push(
+        `  ${res.mode} ${res.ablations.map((x) => x.spec).join(', ')}: after ${fmt(res.after.value)} (p=${fmt(res.after.prob, 2)}), effect ${fmt(res.effect)}`,
+      );
     } else {
       const nH = res.dims[1]!;
       const order = res.effects.map((v, i) => ({ v, i })).sort((a, b) => a.v - b.v);
       const name = (i: number) => `L${Math.floor(i / nH)}H${i % nH}`;
-      lines.push(`  ${res.mode} sweep over ${res.effects.length} heads; most negative: ${order.slice(0, 3).map((o) => `${name(o.i)} ${fmt(o.v)}`).join(', ')}`);
+      lines.push(
+        `  ${res.mode} sweep over ${res.effects.length} heads; most negative: ${order
+          .slice(0, 3)
+          .map((o) => `${name(o.i)} ${fmt(o.v)}`)
+          .join(', ')}`,
+      );
     }
     if (res.resample) lines.push(`  resampled from ${res.resample.reference} (seed ${res.resample.seed})`);
   }
@@ -118,14 +142,21 @@ function summary(r: AblateReport, color: boolean): string {
   return `${lines.join('\n')}\n`;
 }
 
-export async function ablateCommand(modelDir: string, inputArgs: string[], options: AblateCommandOptions, ctx: CommandContext): Promise<AblateReport> {
+export async function ablateCommand(
+  modelDir: string,
+  inputArgs: string[],
+  options: AblateCommandOptions,
+  ctx: CommandContext,
+): Promise<AblateReport> {
   const specs = options.ablate;
   if (options.sweep !== undefined && options.sweep !== 'heads') throw usageError(`unknown --sweep '${options.sweep}'`, 'use --sweep heads');
   if (options.sweep !== undefined && specs.length > 0) throw usageError('give either --ablate specs or --sweep heads, not both');
   const sweep = specs.length === 0;
   if (options.fastLinear && !sweep) throw usageError('--fast-linear applies to head sweeps (--sweep heads), not to --ablate specs');
   if (options.mode !== 'zero' && options.reference === undefined) {
-    throw usageError(`--mode ${options.mode} needs --reference DIR (images to take the ${options.mode === 'mean' ? 'mean' : 'values'} from)`);
+    throw usageError(
+      `--mode ${options.mode} needs --reference DIR (images to take the ${options.mode === 'mean' ? 'mean' : 'values'} from)`,
+    );
   }
   const out = prepareOut(options.out, options.resume);
   const model = await openModel(modelDir, options);
@@ -151,7 +182,16 @@ export async function ablateCommand(modelDir: string, inputArgs: string[], optio
     files,
     ...(out === undefined ? {} : { outDir: out }),
     resume: options.resume ?? false,
-    key: { specs: specs.map((s) => s.text), sweep, mode: options.mode, reference: options.reference ?? null, seed: options.seed, target: options.target ?? null, baseline: options.baseline ?? null, ...(options.fastLinear ? { fastLinear: true } : {}) },
+    key: {
+      specs: specs.map((s) => s.text),
+      sweep,
+      mode: options.mode,
+      reference: options.reference ?? null,
+      seed: options.seed,
+      target: options.target ?? null,
+      baseline: options.baseline ?? null,
+      ...(options.fastLinear ? { fastLinear: true } : {}),
+    },
     ctx,
     process: async (item, w) => {
       if (sweep) {
@@ -192,27 +232,44 @@ export function registerAblate(program: Command, ctx: CommandContext): void {
       .argument('<MODEL_DIR>', 'Hugging Face model folder with a classification head')
       .argument('<INPUT...>', "images, folders of images, .npy/.safetensors tensors, or '-' for paths on stdin")
       .addOption(
-        new Option('--ablate <spec>', "HOOK or HOOK[head=1|2,pos=0-3,batch=0], e.g. 'blocks.1.attn.hook_z[head=2]' (repeatable; ablated together)")
+        new Option(
+          '--ablate <spec>',
+          "HOOK or HOOK[head=1|2,pos=0-3,batch=0], e.g. 'blocks.1.attn.hook_z[head=2]' (repeatable; ablated together)",
+        )
           .default([] as AblateSpec[], 'none: sweep every head')
           .argParser((value: string, previous: AblateSpec[]) => [...previous, argParser(parseAblateSpec)(value)]),
       )
-      .addOption(new Option('--mode <mode>', 'zero, mean (over --reference images) or resample (one --reference image, seeded)').default('zero').argParser(argParser(parseAblationMode)))
+      .addOption(
+        new Option('--mode <mode>', 'zero, mean (over --reference images) or resample (one --reference image, seeded)')
+          .default('zero')
+          .argParser(argParser(parseAblationMode)),
+      )
       .addOption(new Option('--reference <dir>', 'reference images for --mode mean / resample (a folder, an image or a tensor file)'))
       .addOption(
-        new Option('--seed <n>', 'seed for choosing the resampling reference').default(0).argParser(argParser((v) => {
-          if (!/^\d+$/.test(v)) throw usageError(`--seed must be a non-negative integer, got '${v}'`);
-          return Number.parseInt(v, 10);
-        })),
+        new Option('--seed <n>', 'seed for choosing the resampling reference').default(0).argParser(
+          argParser((v) => {
+            if (!/^\d+$/.test(v)) throw usageError(`--seed must be a non-negative integer, got '${v}'`);
+            return Number.parseInt(v, 10);
+          }),
+        ),
       )
       .addOption(targetOption())
       .addOption(baselineOption())
       .addOption(new Option('--sweep <what>', "'heads': ablate every head in turn (the default without --ablate)"))
-      .addOption(new Option('--fast-linear', 'compute a head sweep\'s linear layers with oneDNN (f32 CPU models): faster on large models, equal to the default only to float rounding'))
+      .addOption(
+        new Option(
+          '--fast-linear',
+          "compute a head sweep's linear layers with oneDNN (f32 CPU models): faster on large models, equal to the default only to float rounding",
+        ),
+      )
       .addOption(outOption())
       .addOption(resumeOption()),
   )
     .addOption(jsonOption())
-    .addHelpText('after', '\nWith --out DIR: DIR/report.json, ablate-<name>-heads.png (sweep) or ablate-<name>-effect.png, DIR/items/*.json.\nExit codes: 0 ok, 1 failure, 2 usage, 3 some inputs failed.')
+    .addHelpText(
+      'after',
+      '\nWith --out DIR: DIR/report.json, ablate-<name>-heads.png (sweep) or ablate-<name>-effect.png, DIR/items/*.json.\nExit codes: 0 ok, 1 failure, 2 usage, 3 some inputs failed.',
+    )
     .action(async (modelDir: string, inputs: string[], options: AblateCommandOptions) => {
       await ablateCommand(modelDir, inputs, options, ctx);
     });

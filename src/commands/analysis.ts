@@ -69,7 +69,11 @@ export function reportModel(model: Model, dir: string): ReportModel {
   };
 }
 
-export function reportBase(command: ReportCommand, model: Model, modelDir: string): Omit<ReportBase, 'inputs' | 'errors' | 'resumed' | 'computed' | 'figures'> {
+export function reportBase(
+  command: ReportCommand,
+  model: Model,
+  modelDir: string,
+): Omit<ReportBase, 'inputs' | 'errors' | 'resumed' | 'computed' | 'figures'> {
   return { schemaVersion: 1, ok: true, command, generator: `vit-prisma ${VERSION}`, model: reportModel(model, modelDir) };
 }
 
@@ -130,14 +134,20 @@ export function targetOption(): Option {
 }
 
 export function baselineOption(what = 'none'): Option {
-  return new Option('--baseline <class>', `contrast class, index or label: the metric becomes logit[target] - logit[baseline] (default: ${what})`);
+  return new Option(
+    '--baseline <class>',
+    `contrast class, index or label: the metric becomes logit[target] - logit[baseline] (default: ${what})`,
+  );
 }
 
 /** A parser for a repeatable flag whose values may also be comma-separated: collects into a list. */
 export function collect<T>(parse: (value: string) => T): (value: string, previous: T[] | undefined) => T[] {
   return (value, previous) => {
     try {
-      const parts = value.split(',').map((v) => v.trim()).filter((v) => v.length > 0);
+      const parts = value
+        .split(',')
+        .map((v) => v.trim())
+        .filter((v) => v.length > 0);
       return [...(previous ?? []), ...parts.map(parse)];
     } catch (err) {
       throw asOptionError(err);

@@ -14,7 +14,18 @@ import { classPrompts, topK, type Prediction } from '../index.js';
 import { parsePositiveInt } from '../options.js';
 import { startProgress } from '../ui/progress.js';
 import { bold, useColor } from '../ui/style.js';
-import { argParser, deviceOption, dtypeOption, imageSizeOption, jsonOption, labelsOption, openModel, templateOption, DEFAULT_TEMPLATE, type ModelOptions } from './common.js';
+import {
+  argParser,
+  deviceOption,
+  dtypeOption,
+  imageSizeOption,
+  jsonOption,
+  labelsOption,
+  openModel,
+  templateOption,
+  DEFAULT_TEMPLATE,
+  type ModelOptions,
+} from './common.js';
 
 export interface ClassifyCommandOptions extends ModelOptions {
   topK?: number;
@@ -36,13 +47,22 @@ export interface ClassifyReport {
   results: { input: string; predictions: Prediction[] }[];
 }
 
-export async function classifyCommand(modelDir: string, inputs: string[], options: ClassifyCommandOptions, ctx: CommandContext): Promise<ClassifyReport> {
+export async function classifyCommand(
+  modelDir: string,
+  inputs: string[],
+  options: ClassifyCommandOptions,
+  ctx: CommandContext,
+): Promise<ClassifyReport> {
   if (options.labels === undefined) throw usageError('classify needs --labels (comma-separated, or a file with one label per line)');
   const templates = options.template ?? [DEFAULT_TEMPLATE];
   const model = await openModel(modelDir, { ...options, template: templates });
   const labels = model.info.labels;
   // A batch at a time, like `prisma run`: a folder of any size fits in memory.
-  const plan = await model.planInputs(inputs, rowsPerBatch(model, []), options.inputKey === undefined ? {} : { inputKey: options.inputKey });
+  const plan = await model.planInputs(
+    inputs,
+    rowsPerBatch(model, []),
+    options.inputKey === undefined ? {} : { inputKey: options.inputKey },
+  );
   const top: Prediction[][] = [];
   const progress = startProgress(ctx, plan.total, 'classifying');
   try {
@@ -80,7 +100,9 @@ export function registerClassify(program: Command, ctx: CommandContext): void {
     .description('zero-shot classification with a CLIP-style model: probabilities over text labels')
     .argument('<MODEL_DIR>', 'CLIPModel or open_clip folder')
     .argument('<INPUT...>', 'image files, folders of images, or pre-processed .npy/.safetensors pixel tensors')
-    .addOption(new Option('--top-k <k>', 'labels to list per input (default: all)').argParser(argParser((v) => parsePositiveInt(v, '--top-k'))))
+    .addOption(
+      new Option('--top-k <k>', 'labels to list per input (default: all)').argParser(argParser((v) => parsePositiveInt(v, '--top-k'))),
+    )
     .addOption(new Option('--input-key <name>', "tensor to use from .safetensors inputs holding several (default 'pixel_values')"))
     .addOption(labelsOption())
     .addOption(templateOption())

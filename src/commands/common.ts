@@ -64,9 +64,14 @@ export function parseLabels(value: string): string[] {
   } else {
     // A mistyped file name must not become a single label scoring 100%.
     if (!value.includes(',') && /^(\.{0,2}\/|~)|\.(txt|csv|tsv|lst|labels)$/i.test(value.trim())) {
-      throw new PrismaError('E_INPUT', `labels file not found: ${value}`, { hint: 'give --labels as comma-separated labels, or the path of a file with one label per line' });
+      throw new PrismaError('E_INPUT', `labels file not found: ${value}`, {
+        hint: 'give --labels as comma-separated labels, or the path of a file with one label per line',
+      });
     }
-    labels = value.split(',').map((l) => l.trim()).filter((l) => l.length > 0);
+    labels = value
+      .split(',')
+      .map((l) => l.trim())
+      .filter((l) => l.length > 0);
   }
   if (labels.length === 0) throw usageError(`--labels gave no labels ('${value}')`);
   return labels;
@@ -85,17 +90,23 @@ export interface ModelOptions {
 export const DEFAULT_TEMPLATE = 'a photo of a {}.';
 
 export function imageSizeOption(): Option {
-  return new Option('--image-size <size>', 'run at this input size (N or HxW); position embeddings are interpolated like the reference library').argParser(
-    argParser(parseImageSize),
-  );
+  return new Option(
+    '--image-size <size>',
+    'run at this input size (N or HxW); position embeddings are interpolated like the reference library',
+  ).argParser(argParser(parseImageSize));
 }
 
 export function labelsOption(): Option {
-  return new Option('--labels <labels>', 'CLIP-style models: class labels, comma-separated or a file with one per line').argParser(argParser(parseLabels));
+  return new Option('--labels <labels>', 'CLIP-style models: class labels, comma-separated or a file with one per line').argParser(
+    argParser(parseLabels),
+  );
 }
 
 export function probeOption(): Option {
-  return new Option('--probe <file>', 'headless models (e.g. DINOv2): a linear probe .safetensors (weight [classes, d_model], bias [classes]) read as the head; --labels names its classes');
+  return new Option(
+    '--probe <file>',
+    'headless models (e.g. DINOv2): a linear probe .safetensors (weight [classes, d_model], bias [classes]) read as the head; --labels names its classes',
+  );
 }
 
 export function templateOption(): Option {
@@ -107,7 +118,8 @@ export function templateOption(): Option {
 
 /** Adds the options every model-loading command takes (device, dtype, size, CLIP labels, probe). */
 export function withModelOptions(cmd: Command): Command {
-  for (const option of [deviceOption(), dtypeOption(), imageSizeOption(), labelsOption(), templateOption(), probeOption()]) cmd.addOption(option);
+  for (const option of [deviceOption(), dtypeOption(), imageSizeOption(), labelsOption(), templateOption(), probeOption()])
+    cmd.addOption(option);
   return cmd;
 }
 

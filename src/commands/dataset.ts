@@ -48,8 +48,12 @@ export interface ClevrLiteCommandOptions {
   edit?: boolean;
 }
 
-export async function clevrLiteCommand(options: ClevrLiteCommandOptions, ctx: CommandContext): Promise<{ ok: true; schemaVersion: 1; dataset: 'clevr-lite' } & ClevrLiteSummary> {
-  if (options.patchMinFraction !== undefined && options.patchSize === undefined) throw usageError('--patch-min-fraction needs --patch-size');
+export async function clevrLiteCommand(
+  options: ClevrLiteCommandOptions,
+  ctx: CommandContext,
+): Promise<{ ok: true; schemaVersion: 1; dataset: 'clevr-lite' } & ClevrLiteSummary> {
+  if (options.patchMinFraction !== undefined && options.patchSize === undefined)
+    throw usageError('--patch-min-fraction needs --patch-size');
   const progress = startProgress(ctx, options.n, 'clevr-lite');
   try {
     const summary = await writeClevrLite({
@@ -130,9 +134,7 @@ export async function fashionMnistCommand(options: FashionMnistCommandOptions) {
 const positive = (flag: string) => argParser((v) => parsePositiveInt(v, flag));
 
 export function registerDataset(program: Command, ctx: CommandContext): void {
-  const dataset = program
-    .command('dataset')
-    .description('make datasets for probing and patching: clevr-lite, patch-labels, fashion-mnist');
+  const dataset = program.command('dataset').description('make datasets for probing and patching: clevr-lite, patch-labels, fashion-mnist');
   // Subcommands copy these settings when created; src/cli.ts only configures first-level commands.
   dataset.exitOverride().configureOutput({
     writeOut: (s) => ctx.io.stdout.write(s),
@@ -145,14 +147,21 @@ export function registerDataset(program: Command, ctx: CommandContext): void {
     .description('generate seeded synthetic scenes of coloured shapes with question answers (docs/datasets.md)')
     .addOption(new Option('--n <count>', 'number of images').argParser(positive('--n')).makeOptionMandatory())
     .addOption(new Option('--out <dir>', 'output folder (images/, labels.jsonl, dataset.json)').makeOptionMandatory())
-    .addOption(new Option('--seed <seed>', 'PRNG seed (0..4294967295); same seed, same bytes').argParser(argParser(parseSeed)).makeOptionMandatory())
-    .addOption(new Option('--size <px>', 'image size (square)').default(DEFAULT_SIZE).argParser(positive('--size')))
-    .addOption(new Option('--max-objects <k>', 'objects per image are 1..k').default(DEFAULT_MAX_OBJECTS).argParser(positive('--max-objects')))
-    .addOption(new Option('--patch-size <px>', 'also write patch-labels/NNNNNN.json for this patch size').argParser(positive('--patch-size')))
     .addOption(
-      new Option('--patch-min-fraction <f>', 'patch label rule: the object covering at least this fraction (default: plurality incl. background)').argParser(
-        argParser((v) => parseFraction(v, '--patch-min-fraction')),
-      ),
+      new Option('--seed <seed>', 'PRNG seed (0..4294967295); same seed, same bytes').argParser(argParser(parseSeed)).makeOptionMandatory(),
+    )
+    .addOption(new Option('--size <px>', 'image size (square)').default(DEFAULT_SIZE).argParser(positive('--size')))
+    .addOption(
+      new Option('--max-objects <k>', 'objects per image are 1..k').default(DEFAULT_MAX_OBJECTS).argParser(positive('--max-objects')),
+    )
+    .addOption(
+      new Option('--patch-size <px>', 'also write patch-labels/NNNNNN.json for this patch size').argParser(positive('--patch-size')),
+    )
+    .addOption(
+      new Option(
+        '--patch-min-fraction <f>',
+        'patch label rule: the object covering at least this fraction (default: plurality incl. background)',
+      ).argParser(argParser((v) => parseFraction(v, '--patch-min-fraction'))),
     )
     .addOption(new Option('--edit', 'also write edited/ (largest object recoloured) and edits.jsonl: clean/corrupt pairs'))
     .addOption(jsonOption())
@@ -163,17 +172,28 @@ export function registerDataset(program: Command, ctx: CommandContext): void {
   dataset
     .command('patch-labels')
     .description("ImageNet-style box XML (and masks) -> one class per patch of a model's patch grid")
-    .addOption(new Option('--annotations <path>', 'a PASCAL VOC / ILSVRC .xml file or a folder of them (mask: <stem>.png beside the XML)').makeOptionMandatory())
+    .addOption(
+      new Option(
+        '--annotations <path>',
+        'a PASCAL VOC / ILSVRC .xml file or a folder of them (mask: <stem>.png beside the XML)',
+      ).makeOptionMandatory(),
+    )
     .addOption(new Option('--out <file>', 'output JSON file').makeOptionMandatory())
     .addOption(new Option('--model <dir>', 'model folder: image_size/patch_size from config.json, geometry from preprocessor_config.json'))
-    .addOption(new Option('--image-size <n>', 'preprocessed size, N or HxW (without --model: resize to it)').argParser(argParser(parseImageSize)))
+    .addOption(
+      new Option('--image-size <n>', 'preprocessed size, N or HxW (without --model: resize to it)').argParser(argParser(parseImageSize)),
+    )
     .addOption(new Option('--patch-size <px>', 'patch size (overrides the model config)').argParser(positive('--patch-size')))
-    .addOption(new Option('--shortest-edge <px>', 'without --model: resize the shortest edge to this, then centre-crop to --image-size').argParser(positive('--shortest-edge')))
+    .addOption(
+      new Option('--shortest-edge <px>', 'without --model: resize the shortest edge to this, then centre-crop to --image-size').argParser(
+        positive('--shortest-edge'),
+      ),
+    )
     .addOption(new Option('--images <dir>', 'folder of the images: record their paths, read sizes missing from the XML'))
     .addOption(
-      new Option('--threshold <f>', 'minimum fraction of a patch the winning class must cover').default(DEFAULT_THRESHOLD).argParser(
-        argParser((v) => parseFraction(v, '--threshold')),
-      ),
+      new Option('--threshold <f>', 'minimum fraction of a patch the winning class must cover')
+        .default(DEFAULT_THRESHOLD)
+        .argParser(argParser((v) => parseFraction(v, '--threshold'))),
     )
     .addOption(jsonOption())
     .action(async (options: PatchLabelsCommandOptions) => {

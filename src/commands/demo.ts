@@ -24,7 +24,11 @@ import type { ReportBase } from './analysis.js';
 import { jsonOption } from './common.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-export const DEMO_MODELS = { clevr: join(ROOT, 'models', 'clevr-vit'), fashion: join(ROOT, 'models', 'fashion-mnist-vit'), clip: join(ROOT, 'models', 'clevr-clip') };
+export const DEMO_MODELS = {
+  clevr: join(ROOT, 'models', 'clevr-vit'),
+  fashion: join(ROOT, 'models', 'fashion-mnist-vit'),
+  clip: join(ROOT, 'models', 'clevr-clip'),
+};
 /** The toy CLIP's zero-shot prompts (its MODEL_CARD). */
 const CLIP_TEMPLATE = 'a large {}';
 const FASHION_IMAGES = join(ROOT, 'fixtures', 'fashion-mnist');
@@ -43,15 +47,19 @@ export interface DemoSummary {
   sections: { title: string; lines: string[]; report: string; figures: string[] }[];
 }
 
-const escape = (s: string) => s.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]!);
+const escapeHtml = (s: string) => s.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]!);
 
 function indexHtml(summary: Omit<DemoSummary, 'index'>, pair: { clean: string; corrupt: string }): string {
   const sections = summary.sections
     .map(
-      (s) => `<section><h2>${escape(s.title)}</h2>${s.lines.map((l) => `<p>${escape(l)}</p>`).join('')}
-<p class="meta">report: <a href="${escape(s.report)}">${escape(s.report)}</a></p>
+      (s) => `<section><h2>${escapeHtml(s.title)}</h2>${s.lines.map((l) => `<p>${escapeHtml(l)}</p>`).join('')}
+<p class="meta">report: <a href="${escapeHtml(s.report)}">${escapeHtml(s.report)}</a></p>
 <div class="figs">${s.figures
-        .map((f) => (f.endsWith('.html') ? `<p><a href="${escape(f)}">${escape(f)}</a> (interactive)</p>` : `<figure><a href="${escape(f)}"><img src="${escape(f)}" alt="${escape(f)}"></a><figcaption>${escape(f)}</figcaption></figure>`))
+        .map((f) =>
+          f.endsWith('.html')
+            ? `<p><a href="${escapeHtml(f)}">${escapeHtml(f)}</a> (interactive)</p>`
+            : `<figure><a href="${escapeHtml(f)}"><img src="${escapeHtml(f)}" alt="${escapeHtml(f)}"></a><figcaption>${escapeHtml(f)}</figcaption></figure>`,
+        )
         .join('')}</div></section>`,
     )
     .join('\n');
@@ -61,7 +69,7 @@ img{max-width:100%;border:1px solid #ddd}figure{display:inline-block;margin:.5em
 figcaption,.meta{font-size:12px;color:#666}.pair img{width:192px;image-rendering:pixelated}</style></head><body>
 <h1>vit-prisma demo</h1>
 <p>Two small ViTs and a toy CLIP trained by <code>prisma train</code> and shipped in <code>models/</code> (see their MODEL_CARD.md).</p>
-<div class="pair"><figure><img src="${escape(pair.clean)}"><figcaption>clean</figcaption></figure><figure><img src="${escape(pair.corrupt)}"><figcaption>corrupted (largest object recoloured)</figcaption></figure></div>
+<div class="pair"><figure><img src="${escapeHtml(pair.clean)}"><figcaption>clean</figcaption></figure><figure><img src="${escapeHtml(pair.corrupt)}"><figcaption>corrupted (largest object recoloured)</figcaption></figure></div>
 ${sections}
 </body></html>
 `;
@@ -72,7 +80,9 @@ export async function demo(options: DemoOptions, ctx: CommandContext): Promise<D
     try {
       readFileSync(join(dir, 'config.json'));
     } catch {
-      throw new PrismaError('E_MODEL_DIR', `the demo model ${relative(ROOT, dir)} is missing`, { hint: 'it ships with the repository; restore it with git checkout' });
+      throw new PrismaError('E_MODEL_DIR', `the demo model ${relative(ROOT, dir)} is missing`, {
+        hint: 'it ships with the repository; restore it with git checkout',
+      });
     }
   }
   const out = resolve(options.out);
@@ -90,22 +100,53 @@ export async function demo(options: DemoOptions, ctx: CommandContext): Promise<D
   const pair = await pickPair(clevr, join(out, 'inputs'), DEMO_SEED);
 
   log('activation patching (resid_pre, every layer x position; exact and attribution)');
-  const resid = await patchCommand(DEMO_MODELS.clevr, { ...base, clean: pair.clean, corrupt: pair.corrupt, what: 'resid_pre', by: 'layer_pos', method: 'both', out: join(out, 'patch-resid') }, quiet);
+  const resid = await patchCommand(
+    DEMO_MODELS.clevr,
+    {
+      ...base,
+      clean: pair.clean,
+      corrupt: pair.corrupt,
+      what: 'resid_pre',
+      by: 'layer_pos',
+      method: 'both',
+      out: join(out, 'patch-resid'),
+    },
+    quiet,
+  );
   log('activation patching (each head output, layer x head)');
-  const heads = await patchCommand(DEMO_MODELS.clevr, { ...base, clean: pair.clean, corrupt: pair.corrupt, what: 'head_z', by: 'layer_head', method: 'exact', out: join(out, 'patch-heads') }, quiet);
+  const heads = await patchCommand(
+    DEMO_MODELS.clevr,
+    { ...base, clean: pair.clean, corrupt: pair.corrupt, what: 'head_z', by: 'layer_head', method: 'exact', out: join(out, 'patch-heads') },
+    quiet,
+  );
   log('logit lens (clevr-lite)');
-  const lensClevr = await logitLensCommand(DEMO_MODELS.clevr, [pair.clean], { ...base, site: ['resid_post'], topK: 3, out: join(out, 'lens-clevr') }, quiet);
+  const lensClevr = await logitLensCommand(
+    DEMO_MODELS.clevr,
+    [pair.clean],
+    { ...base, site: ['resid_post'], topK: 3, out: join(out, 'lens-clevr') },
+    quiet,
+  );
   log('attention heads (clevr-lite, from the class token)');
   const att = await headsCommand(DEMO_MODELS.clevr, [pair.clean], { ...base, out: join(out, 'heads') }, quiet);
   log('direct logit attribution (clevr-lite)');
-  const dla = await dlaCommand(DEMO_MODELS.clevr, [pair.clean], { ...base, baseline: pair.to, perPosition: true, out: join(out, 'dla') }, quiet);
+  const dla = await dlaCommand(
+    DEMO_MODELS.clevr,
+    [pair.clean],
+    { ...base, baseline: pair.to, perPosition: true, out: join(out, 'dla') },
+    quiet,
+  );
 
   log('logit lens (Fashion-MNIST test images)');
   const fashionRecords = readFileSync(join(FASHION_IMAGES, 'labels.jsonl'), 'utf8')
     .split('\n')
     .filter((l) => l.trim())
     .map((l) => JSON.parse(l) as { image: string; label: number });
-  const lensFashion = await logitLensCommand(DEMO_MODELS.fashion, fashionRecords.map((r) => join(FASHION_IMAGES, r.image)), { ...base, site: ['resid_post'], topK: 3, out: join(out, 'lens-fashion') }, quiet);
+  const lensFashion = await logitLensCommand(
+    DEMO_MODELS.fashion,
+    fashionRecords.map((r) => join(FASHION_IMAGES, r.image)),
+    { ...base, site: ['resid_post'], topK: 3, out: join(out, 'lens-fashion') },
+    quiet,
+  );
 
   log('CLIP logit lens (toy CLIP, zero-shot over colour prompts, clean and recoloured scene)');
   const colours = clevr.info.labels;
@@ -118,7 +159,10 @@ export async function demo(options: DemoOptions, ctx: CommandContext): Promise<D
   const clipTruth = [colours.indexOf(pair.from), colours.indexOf(pair.to)];
   const clipLines = [
     `toy CLIP (models/clevr-clip), prompts '${CLIP_TEMPLATE.replace('{}', '<colour>')}': zero-shot answer ${lensClip.results
-      .map((r, i) => `${i === 0 ? 'clean' : 'recoloured'} '${r.logitsTopK[0]?.label ?? '?'}' (largest object is ${i === 0 ? pair.from : pair.to})`)
+      .map(
+        (r, i) =>
+          `${i === 0 ? 'clean' : 'recoloured'} '${r.logitsTopK[0]?.label ?? '?'}' (largest object is ${i === 0 ? pair.from : pair.to})`,
+      )
       .join(', ')}.`,
     ...lensStory('toy CLIP', lensClip.results, clipTruth),
   ];
@@ -137,7 +181,16 @@ export async function demo(options: DemoOptions, ctx: CommandContext): Promise<D
     section('Attention heads', 'heads', [], att),
     section('Direct logit attribution', 'dla', dlaItem ? dlaStory(dlaItem) : [], dla),
     section('CLIP logit lens (image-text similarity per layer)', 'lens-clip', clipLines, lensClip),
-    section('Logit lens (Fashion-MNIST)', 'lens-fashion', lensStory('Fashion-MNIST', lensFashion.results, fashionRecords.map((r) => r.label)), lensFashion),
+    section(
+      'Logit lens (Fashion-MNIST)',
+      'lens-fashion',
+      lensStory(
+        'Fashion-MNIST',
+        lensFashion.results,
+        fashionRecords.map((r) => r.label),
+      ),
+      lensFashion,
+    ),
   ];
   const partial = { ok: true as const, schemaVersion: 1 as const, out, sections };
   const index = join(out, 'index.html');

@@ -68,7 +68,14 @@ export const KIND_COLORS: Record<string, string> = {
 export function dlaCheck(a: DlaAnalysis): DlaCheck {
   const sumPlusConstant = a.sumOfComponents + a.constant;
   const tolerance = 1e-4 * Math.max(1, Math.abs(a.logit));
-  return { sumOfComponents: a.sumOfComponents, constant: a.constant, sumPlusConstant, logit: a.logit, ok: Math.abs(sumPlusConstant - a.logit) <= tolerance, tolerance };
+  return {
+    sumOfComponents: a.sumOfComponents,
+    constant: a.constant,
+    sumPlusConstant,
+    logit: a.logit,
+    ok: Math.abs(sumPlusConstant - a.logit) <= tolerance,
+    tolerance,
+  };
 }
 
 async function dlaFigures(model: Model, item: BatchItem, a: DlaAnalysis, w: FigureWriter): Promise<Figure[]> {
@@ -136,7 +143,10 @@ async function dlaFigures(model: Model, item: BatchItem, a: DlaAnalysis, w: Figu
           image: await displayImage(item.display, 224),
           grid: [gh, gw],
           panels,
-          scale: scaleFor(panels.flatMap((p) => p.values), true),
+          scale: scaleFor(
+            panels.flatMap((p) => p.values),
+            true,
+          ),
           colorbarLabel: 'contribution',
           columns: 4,
           panelSize: 200,
@@ -151,15 +161,24 @@ function summary(r: DlaReport, color: boolean): string {
   const lines: string[] = [];
   for (const res of r.results) {
     const top = [...res.components].sort((a, b) => Math.abs(b.value) - Math.abs(a.value)).slice(0, 5);
-    lines.push(bold(res.input, color) + `  ${res.metric === 'logit' ? `logit[${res.target.label}]` : `logit[${res.target.label}] - logit[${res.baseline!.label}]`} = ${fmt(res.logit)}`);
-    lines.push(`  sum of components ${fmt(res.sumOfComponents)} + constant ${fmt(res.constant)} = ${fmt(res.check.sumPlusConstant)} (${res.check.ok ? 'ok' : 'MISMATCH'})`);
+    lines.push(
+      `${bold(res.input, color)}  ${res.metric === 'logit' ? `logit[${res.target.label}]` : `logit[${res.target.label}] - logit[${res.baseline!.label}]`} = ${fmt(res.logit)}`,
+    );
+    lines.push(
+      `  sum of components ${fmt(res.sumOfComponents)} + constant ${fmt(res.constant)} = ${fmt(res.check.sumPlusConstant)} (${res.check.ok ? 'ok' : 'MISMATCH'})`,
+    );
     lines.push(`  largest: ${top.map((c) => `${c.name} ${fmt(c.value)}`).join(', ')}`);
   }
   lines.push(`${r.results.length} done (${r.computed} computed, ${r.resumed} resumed), ${r.errors.length} failed`);
   return `${lines.join('\n')}\n`;
 }
 
-export async function dlaCommand(modelDir: string, inputArgs: string[], options: DlaCommandOptions, ctx: CommandContext): Promise<DlaReport> {
+export async function dlaCommand(
+  modelDir: string,
+  inputArgs: string[],
+  options: DlaCommandOptions,
+  ctx: CommandContext,
+): Promise<DlaReport> {
   const out = prepareOut(options.out, options.resume);
   const model = await openModel(modelDir, options);
   requireHead(model, 'direct logit attribution');
@@ -200,7 +219,7 @@ export function registerDla(program: Command, ctx: CommandContext): void {
   withModelOptions(
     program
       .command('dla')
-      .description('direct logit attribution: each head, MLP, bias and embedding\'s direct contribution to the target logit')
+      .description("direct logit attribution: each head, MLP, bias and embedding's direct contribution to the target logit")
       .argument('<MODEL_DIR>', 'Hugging Face model folder with a classification head')
       .argument('<INPUT...>', "images, folders of images, .npy/.safetensors tensors, or '-' for paths on stdin")
       .addOption(targetOption())
@@ -210,7 +229,10 @@ export function registerDla(program: Command, ctx: CommandContext): void {
       .addOption(resumeOption()),
   )
     .addOption(jsonOption())
-    .addHelpText('after', '\nWith --out DIR: DIR/report.json, dla-<name>-components.png, dla-<name>-heads.png (+ dla-<name>-top-heads.png), DIR/items/*.json.\nExit codes: 0 ok, 1 failure, 2 usage, 3 some inputs failed.')
+    .addHelpText(
+      'after',
+      '\nWith --out DIR: DIR/report.json, dla-<name>-components.png, dla-<name>-heads.png (+ dla-<name>-top-heads.png), DIR/items/*.json.\nExit codes: 0 ok, 1 failure, 2 usage, 3 some inputs failed.',
+    )
     .action(async (modelDir: string, inputs: string[], options: DlaCommandOptions) => {
       await dlaCommand(modelDir, inputs, options, ctx);
     });

@@ -55,7 +55,9 @@ async function sliceFrames(info: ModelInfo, display: DisplaySource): Promise<str
   const { path: _whole, ...pixelsOnly } = display;
   const frames: string[] = [];
   for (let t = 0; t < slices; t++) {
-    frames.push((await displayImage({ ...pixelsOnly, pixels: display.pixels.subarray(t * tubelet * frame, (t * tubelet + 1) * frame) }, 448)).dataUrl);
+    frames.push(
+      (await displayImage({ ...pixelsOnly, pixels: display.pixels.subarray(t * tubelet * frame, (t * tubelet + 1) * frame) }, 448)).dataUrl,
+    );
   }
   return frames;
 }
@@ -81,7 +83,11 @@ async function headsFigures(model: Model, item: BatchItem, r: HeadsResult, w: Fi
           subtitle: `entropy ${fmt(s.entropy)} nats (mean ${fmt(s.meanEntropy)}); to class token ${s.clsAttention === null ? '-' : fmt(s.clsAttention)}; distance ${fmt(s.meanDistance)}; self ${fmt(s.selfShare)}`,
           image,
           grid: r.grid,
-          panels: panels.map((p) => ({ ...(p.title ? { title: p.title.trim() } : {}), values: p.values, ...(mark === undefined ? {} : { mark }) })),
+          panels: panels.map((p) => ({
+            ...(p.title ? { title: p.title.trim() } : {}),
+            values: p.values,
+            ...(mark === undefined ? {} : { mark }),
+          })),
           scale,
           colorbarLabel: 'attention',
           columns: panels.length,
@@ -108,7 +114,11 @@ async function headsFigures(model: Model, item: BatchItem, r: HeadsResult, w: Fi
           // Video: attention summed over time slices, per spatial patch.
           const values = sumOverSlices(info, s.queryAttention);
           const max = Math.max(...values, 1e-9);
-          return { title: `max ${fmt(max, 2)}${s.clsAttention === null ? '' : ` cls ${fmt(s.queryAttention[0]!, 2)}`}`, values: values.map((v) => v / max), ...(mark === undefined ? {} : { mark }) };
+          return {
+            title: `max ${fmt(max, 2)}${s.clsAttention === null ? '' : ` cls ${fmt(s.queryAttention[0]!, 2)}`}`,
+            values: values.map((v) => v / max),
+            ...(mark === undefined ? {} : { mark }),
+          };
         }),
         scale: { kind: 'sequential', min: 0, max: 1 },
         colorbarLabel: 'attention / thumbnail max',
@@ -145,7 +155,7 @@ async function headsFigures(model: Model, item: BatchItem, r: HeadsResult, w: Fi
 function summary(r: HeadsReport, color: boolean): string {
   const lines: string[] = [];
   for (const res of r.results) {
-    lines.push(bold(res.input, color) + `  query ${res.query.kind === 'cls' ? 'class token' : `patch ${res.query.patch}`}`);
+    lines.push(`${bold(res.input, color)}  query ${res.query.kind === 'cls' ? 'class token' : `patch ${res.query.patch}`}`);
     lines.push('  head     entropy  mean-ent  to-cls  distance  self');
     for (const h of res.heads) {
       lines.push(
@@ -158,7 +168,12 @@ function summary(r: HeadsReport, color: boolean): string {
   return `${lines.join('\n')}\n`;
 }
 
-export async function headsCommand(modelDir: string, inputArgs: string[], options: HeadsCommandOptions, ctx: CommandContext): Promise<HeadsReport> {
+export async function headsCommand(
+  modelDir: string,
+  inputArgs: string[],
+  options: HeadsCommandOptions,
+  ctx: CommandContext,
+): Promise<HeadsReport> {
   const out = prepareOut(options.out, options.resume);
   const model = await openModel(modelDir, options);
   if (options.layers) checkLayers(options.layers, model.info.nLayers);
@@ -197,13 +212,18 @@ export function registerHeads(program: Command, ctx: CommandContext): void {
       .description('attention heads: entropy, attention to the class token, distance, self-attention; overlays and an HTML viewer')
       .argument('<MODEL_DIR>', 'Hugging Face model folder')
       .argument('<INPUT...>', "images, folders of images, .npy/.safetensors tensors, or '-' for paths on stdin")
-      .addOption(new Option('--query <token>', "query token: 'cls' or a patch index (0-based, row-major)").argParser(argParser(parseHeadsQuery)))
+      .addOption(
+        new Option('--query <token>', "query token: 'cls' or a patch index (0-based, row-major)").argParser(argParser(parseHeadsQuery)),
+      )
       .addOption(layersOption())
       .addOption(outOption())
       .addOption(resumeOption()),
   )
     .addOption(jsonOption())
-    .addHelpText('after', '\nWith --out DIR: DIR/report.json and, per input, DIR/heads/<name>/{L<l>H<h>.png, heads-grid.png, heads.html}.\nExit codes: 0 ok, 1 failure, 2 usage, 3 some inputs failed.')
+    .addHelpText(
+      'after',
+      '\nWith --out DIR: DIR/report.json and, per input, DIR/heads/<name>/{L<l>H<h>.png, heads-grid.png, heads.html}.\nExit codes: 0 ok, 1 failure, 2 usage, 3 some inputs failed.',
+    )
     .action(async (modelDir: string, inputs: string[], options: HeadsCommandOptions) => {
       await headsCommand(modelDir, inputs, options, ctx);
     });

@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 
 import { printJson, type CommandContext } from '../context.js';
 import { errorJson, toPrismaError, type ErrorJson } from '../errors.js';
-import { type HookShape, type ModelInfo, type PreprocessSpec } from '../index.js';
+import type { HookShape, ModelInfo, PreprocessSpec } from '../index.js';
 import { formatShape } from '../tensor.js';
 import { bold, useColor } from '../ui/style.js';
 import { jsonOption, openModel, withModelOptions, type ModelOptions } from './common.js';
@@ -57,7 +57,7 @@ function describePreprocess(p: InspectReport['preprocess']): string {
   if (p.centerCrop) parts.push(`crop ${p.centerCrop.height}x${p.centerCrop.width}`);
   if (p.rescaleFactor !== null) parts.push(`x${Number(p.rescaleFactor.toPrecision(6))}`);
   if (p.normalize) parts.push(`mean [${p.normalize.mean.join(', ')}] std [${p.normalize.std.join(', ')}]`);
-  const from = p.source === 'default' ? 'defaults, no preprocessor_config.json' : p.source.split(/[\\/]/).pop() ?? p.source;
+  const from = p.source === 'default' ? 'defaults, no preprocessor_config.json' : (p.source.split(/[\\/]/).pop() ?? p.source);
   return `${parts.join(', ')} (${from})`;
 }
 
@@ -81,14 +81,24 @@ export function formatInspect(r: InspectReport, color: boolean): string {
     ['d_model', String(m.dModel)],
     ['d_mlp', String(m.dMlp)],
     ['activation', m.activation],
-    ['classes', m.nClasses > 0 ? `${m.nClasses}${labels}` : m.hasTextTower ? 'text prompts: pass --labels (and --template)' : 'none (no classification head)'],
+    [
+      'classes',
+      m.nClasses > 0
+        ? `${m.nClasses}${labels}`
+        : m.hasTextTower
+          ? 'text prompts: pass --labels (and --template)'
+          : 'none (no classification head)',
+    ],
     ['parameters', `${compact(m.nParams)} (${thousands(m.nParams)})`],
     ['device', `${m.device}, ${m.dtype}`],
     ['preprocess', describePreprocess(r.preprocess)],
   ];
   if (m.hasTextTower) rows.splice(3, 0, ['text tower', 'yes: text.* hooks; logits = logit_scale x cos(image, prompt)']);
   if (m.unexpectedTensors && m.unexpectedTensors.length > 0) {
-    rows.push(['unused weights', `${m.unexpectedTensors.length} (${m.unexpectedTensors.slice(0, 3).join(', ')}${m.unexpectedTensors.length > 3 ? ', …' : ''})`]);
+    rows.push([
+      'unused weights',
+      `${m.unexpectedTensors.length} (${m.unexpectedTensors.slice(0, 3).join(', ')}${m.unexpectedTensors.length > 3 ? ', …' : ''})`,
+    ]);
   }
   const kw = Math.max(...rows.map(([k]) => k.length));
   const lines = [bold(m.modelDir, color), ...rows.map(([k, v]) => `  ${k.padEnd(kw)}  ${v}`), ''];
@@ -102,7 +112,7 @@ export function registerInspect(program: Command, ctx: CommandContext): void {
   withModelOptions(
     program
       .command('inspect')
-      .description('show a model\'s architecture, config, parameter count and hook points with shapes')
+      .description("show a model's architecture, config, parameter count and hook points with shapes")
       .argument('<MODEL_DIR>', 'model folder: Hugging Face, timm or open_clip (docs/models.md)'),
   )
     .addOption(jsonOption())

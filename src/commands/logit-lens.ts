@@ -65,7 +65,7 @@ async function lensFigures(model: Model, item: BatchItem, r: LogitLensResult, si
     }));
   const chart = lineChartSvg({
     title: `Logit lens: ${item.name}`,
-    subtitle: `target ${t}${r.targetSource === 'top1' ? ', the model\'s top-1' : ''}; x = depth (resid_pre of layer l at l, resid_mid at l+0.5, resid_post at l+1)`,
+    subtitle: `target ${t}${r.targetSource === 'top1' ? ", the model's top-1" : ''}; x = depth (resid_pre of layer l at l, resid_mid at l+0.5, resid_post at l+1)`,
     xLabel: 'depth (layer boundary)',
     xDomain: [0, info.nLayers],
     xTicks: Array.from({ length: info.nLayers + 1 }, (_, i) => ({ value: i, label: String(i) })),
@@ -87,11 +87,12 @@ async function lensFigures(model: Model, item: BatchItem, r: LogitLensResult, si
   const gh = Math.floor(info.imageSize[0]! / info.patchSize);
   const gw = Math.floor(info.imageSize[1]! / info.patchSize);
   const panels = sites.flatMap((site) =>
-    r.layers
-      .filter((l) => l.site === site)
-      .flatMap((l) => slicePanels(info, l.posTargetLogit, `L${l.layer} p=${fmt(l.targetProb, 2)}`)),
+    r.layers.filter((l) => l.site === site).flatMap((l) => slicePanels(info, l.posTargetLogit, `L${l.layer} p=${fmt(l.targetProb, 2)}`)),
   );
-  const scale = scaleFor(panels.flatMap((p) => p.values), true);
+  const scale = scaleFor(
+    panels.flatMap((p) => p.values),
+    true,
+  );
   const overlay = overlaySvg({
     title: `Logit lens per patch: ${item.name}`,
     subtitle: `target ${t} logit at each patch (class token excluded); rows: ${sites.join(', ')}; columns: layers`,
@@ -111,10 +112,14 @@ async function lensFigures(model: Model, item: BatchItem, r: LogitLensResult, si
 function summary(r: LogitLensReport, color: boolean): string {
   const lines: string[] = [];
   for (const res of r.results) {
-    lines.push(bold(`${res.input}`, color) + `  target ${res.target.label} (${res.target.index})${res.targetSource === 'top1' ? ', own top-1' : ''}`);
+    lines.push(
+      `${bold(`${res.input}`, color)}  target ${res.target.label} (${res.target.index})${res.targetSource === 'top1' ? ', own top-1' : ''}`,
+    );
     for (const site of r.options.sites) {
       const ls = res.layers.filter((l) => l.site === site);
-      lines.push(`  ${site.padEnd(10)} p: ${ls.map((l) => fmt(l.targetProb, 2)).join(' ')}   rank: ${ls.map((l) => l.targetRank).join(' ')}`);
+      lines.push(
+        `  ${site.padEnd(10)} p: ${ls.map((l) => fmt(l.targetProb, 2)).join(' ')}   rank: ${ls.map((l) => l.targetRank).join(' ')}`,
+      );
     }
   }
   lines.push(`${r.results.length} done (${r.computed} computed, ${r.resumed} resumed), ${r.errors.length} failed`);
@@ -133,7 +138,12 @@ export interface PatchScore {
  * Per-patch lens accuracy: at each layer, a labelled patch counts as correct when the lens's top-1
  * class at that patch's token is the patch's label (compared with the model's id2label by name).
  */
-export function scorePatches(r: LogitLensResult, entry: PatchLabelsEntry, labels: readonly string[], firstPatchToken: number): PatchScore[] {
+export function scorePatches(
+  r: LogitLensResult,
+  entry: PatchLabelsEntry,
+  labels: readonly string[],
+  firstPatchToken: number,
+): PatchScore[] {
   return r.layers.map((l) => {
     let correct = 0;
     let labelled = 0;
@@ -155,7 +165,12 @@ function sumScores(all: PatchScore[][]): PatchScore[] | null {
   });
 }
 
-export async function logitLensCommand(modelDir: string, inputArgs: string[], options: LogitLensCommandOptions, ctx: CommandContext): Promise<LogitLensReport> {
+export async function logitLensCommand(
+  modelDir: string,
+  inputArgs: string[],
+  options: LogitLensCommandOptions,
+  ctx: CommandContext,
+): Promise<LogitLensReport> {
   const out = prepareOut(options.out, options.resume);
   const sites: LensSite[] = options.site.length > 0 ? [...new Set(options.site)] : ['resid_post'];
   const model = await openModel(modelDir, options);
@@ -173,9 +188,13 @@ export async function logitLensCommand(modelDir: string, inputArgs: string[], op
       });
     }
     if (!patchFile.classes.some((c) => model.info.labels.includes(c))) {
-      throw new PrismaError('E_ARGUMENT', `none of the patch labels (${patchFile.classes.slice(0, 3).join(', ')}...) is a class of this model`, {
-        hint: "patch labels are compared with the model's id2label names",
-      });
+      throw new PrismaError(
+        'E_ARGUMENT',
+        `none of the patch labels (${patchFile.classes.slice(0, 3).join(', ')}...) is a class of this model`,
+        {
+          hint: "patch labels are compared with the model's id2label names",
+        },
+      );
     }
   }
   const outcome = await runBatch({
@@ -184,13 +203,21 @@ export async function logitLensCommand(modelDir: string, inputArgs: string[], op
     files,
     ...(out === undefined ? {} : { outDir: out }),
     resume: options.resume ?? false,
-    key: { sites, target: options.target ?? null, topK, ...(options.patchLabels === undefined ? {} : { patchLabels: options.patchLabels }) },
+    key: {
+      sites,
+      target: options.target ?? null,
+      topK,
+      ...(options.patchLabels === undefined ? {} : { patchLabels: options.patchLabels }),
+    },
     ctx,
     process: async (item, w) => {
       const [r] = await logitLens(model, item.batch, { sites, topK, ...(options.target === undefined ? {} : { target: options.target }) });
       const entry = patchFile ? findPatchLabels(patchFile, item.input) : undefined;
       const patchLabels = entry ? scorePatches(r!, entry, model.info.labels, firstPatchToken(model.info)) : patchFile ? null : undefined;
-      return { result: { ...r!, ...(patchLabels === undefined ? {} : { patchLabels }) }, figures: w ? await lensFigures(model, item, r!, sites, w) : [] };
+      return {
+        result: { ...r!, ...(patchLabels === undefined ? {} : { patchLabels }) },
+        figures: w ? await lensFigures(model, item, r!, sites, w) : [],
+      };
     },
   });
   const report: LogitLensReport = {
@@ -211,7 +238,7 @@ export function registerLogitLens(program: Command, ctx: CommandContext): void {
   withModelOptions(
     program
       .command('logit-lens')
-      .description('read every layer\'s residual stream through the head: target prob / rank per layer and per patch')
+      .description("read every layer's residual stream through the head: target prob / rank per layer and per patch")
       .argument('<MODEL_DIR>', 'Hugging Face model folder with a classification head')
       .argument('<INPUT...>', "images, folders of images, .npy/.safetensors tensors, or '-' for paths on stdin")
       .addOption(
@@ -220,13 +247,20 @@ export function registerLogitLens(program: Command, ctx: CommandContext): void {
           .argParser(collect(parseLensSite)),
       )
       .addOption(targetOption())
-      .addOption(new Option('--patch-labels <file>', 'score per-patch lens accuracy layer by layer against `prisma dataset patch-labels` output'))
-      .addOption(new Option('--top-k <k>', 'classes listed per layer').default(5).argParser(argParser((v) => parsePositiveInt(v, '--top-k'))))
+      .addOption(
+        new Option('--patch-labels <file>', 'score per-patch lens accuracy layer by layer against `prisma dataset patch-labels` output'),
+      )
+      .addOption(
+        new Option('--top-k <k>', 'classes listed per layer').default(5).argParser(argParser((v) => parsePositiveInt(v, '--top-k'))),
+      )
       .addOption(outOption())
       .addOption(resumeOption()),
   )
     .addOption(jsonOption())
-    .addHelpText('after', '\nWith --out DIR: DIR/report.json, DIR/lens-<name>-prob.png, DIR/lens-<name>-patches.png, DIR/items/*.json.\nExit codes: 0 ok, 1 failure, 2 usage, 3 some inputs failed (listed in the report).')
+    .addHelpText(
+      'after',
+      '\nWith --out DIR: DIR/report.json, DIR/lens-<name>-prob.png, DIR/lens-<name>-patches.png, DIR/items/*.json.\nExit codes: 0 ok, 1 failure, 2 usage, 3 some inputs failed (listed in the report).',
+    )
     .action(async (modelDir: string, inputs: string[], options: LogitLensCommandOptions) => {
       await logitLensCommand(modelDir, inputs, options, ctx);
     });

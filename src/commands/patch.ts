@@ -6,7 +6,16 @@
 import { Option, type Command } from 'commander';
 
 import { firstPatchToken, requireHead, resolveClass, slicePanels, timeSlices } from '../analysis/common.js';
-import { checkWhatBy, parsePatchBy, parsePatchMethod, parsePatchWhat, patch, type PatchAnalysis, type PatchMatrix, type PatchMethod } from '../analysis/patch.js';
+import {
+  checkWhatBy,
+  parsePatchBy,
+  parsePatchMethod,
+  parsePatchWhat,
+  patch,
+  type PatchAnalysis,
+  type PatchMatrix,
+  type PatchMethod,
+} from '../analysis/patch.js';
 import { checkLayers } from '../analysis/common.js';
 import type { CommandContext } from '../context.js';
 import { usageError } from '../errors.js';
@@ -54,13 +63,21 @@ export interface PatchReport extends ReportBase {
 }
 
 const NOTES: Record<PatchBy, string> = {
-  layer_pos: 'patch-<method>-overlay.png: normalised effect per layer over the clean image (class token value in each panel title); patch-<method>-matrix.png: layer x position (position 0 = class token)',
+  layer_pos:
+    'patch-<method>-overlay.png: normalised effect per layer over the clean image (class token value in each panel title); patch-<method>-matrix.png: layer x position (position 0 = class token)',
   layer_head: 'patch-<method>-heads.png: layer x head matrix of the normalised effect',
   layer_pos_head:
     'patch-<method>-matrix.png: one layer x position panel per head; patch-<method>-overlay.png: per layer, the normalised effect summed over heads, over the clean image',
 };
 
-async function matrixFigures(model: Model, a: PatchAnalysis, m: PatchMatrix, clean: PixelBatch, cleanPath: string | undefined, w: FigureWriter): Promise<Figure[]> {
+async function matrixFigures(
+  model: Model,
+  a: PatchAnalysis,
+  m: PatchMatrix,
+  clean: PixelBatch,
+  cleanPath: string | undefined,
+  w: FigureWriter,
+): Promise<Figure[]> {
   const info = model.info;
   const metric = a.metric === 'logit' ? `${a.target.label} logit` : `${a.target.label} - ${a.baseline!.label} logit diff`;
   const sub = `${m.method} patching of ${a.what} (clean -> corrupt); metric: ${metric}; 0 = corrupt (${fmt(a.corrupt.metric.value)}), 1 = clean (${fmt(a.clean.metric.value)})`;
@@ -73,7 +90,15 @@ async function matrixFigures(model: Model, a: PatchAnalysis, m: PatchMatrix, cle
   const gh = Math.floor(info.imageSize[0]! / info.patchSize);
   const gw = Math.floor(info.imageSize[1]! / info.patchSize);
   const overlay = async (perLayer: number[][], title: string, clsValues: number[] | null) => {
-    const image = await displayImage({ ...(cleanPath ? { path: cleanPath } : {}), pixels: clean.data, imageSize: info.imageSize, spec: await model.preprocessSpec().catch(() => undefined) }, 224);
+    const image = await displayImage(
+      {
+        ...(cleanPath ? { path: cleanPath } : {}),
+        pixels: clean.data,
+        imageSize: info.imageSize,
+        spec: await model.preprocessSpec().catch(() => undefined),
+      },
+      224,
+    );
     const s = scaleFor(perLayer.flat(), true);
     return w.png(
       `${name}-overlay.png`,
@@ -83,7 +108,9 @@ async function matrixFigures(model: Model, a: PatchAnalysis, m: PatchMatrix, cle
         subtitle: sub,
         image,
         grid: [gh, gw],
-        panels: perLayer.flatMap((vals, i) => slicePanels(info, vals, `L${m.layers[i]}${clsValues ? ` cls=${fmt(clsValues[i]!, 2)}` : ''}`)),
+        panels: perLayer.flatMap((vals, i) =>
+          slicePanels(info, vals, `L${m.layers[i]}${clsValues ? ` cls=${fmt(clsValues[i]!, 2)}` : ''}`),
+        ),
         scale: s,
         colorbarLabel: 'normalised effect',
         columns: Math.min(nL * timeSlices(info), 6),
@@ -160,7 +187,13 @@ async function matrixFigures(model: Model, a: PatchAnalysis, m: PatchMatrix, cle
         return s;
       }),
     );
-    figures.push(await overlay(summed, `Patching ${a.what} by layer, position and head, summed over heads (${m.method})`, first ? summed.map((r) => r[0]!) : null));
+    figures.push(
+      await overlay(
+        summed,
+        `Patching ${a.what} by layer, position and head, summed over heads (${m.method})`,
+        first ? summed.map((r) => r[0]!) : null,
+      ),
+    );
   }
   return figures;
 }
@@ -186,9 +219,12 @@ function summary(r: PatchReport, color: boolean): string {
     }
     idx[0] = m.layers[idx[0]!]!;
     const where = m.axes.map((ax, i) => `${ax} ${idx[i]}`).join(', ');
-    lines.push(`  ${m.method}: ${m.patchedRuns} patched runs in ${m.batchedForwards} batched forwards; largest effect ${fmt(m.normalised[best]!)} at ${where}`);
+    lines.push(
+      `  ${m.method}: ${m.patchedRuns} patched runs in ${m.batchedForwards} batched forwards; largest effect ${fmt(m.normalised[best]!)} at ${where}`,
+    );
   }
-  if (a.correlation !== undefined) lines.push(`  correlation exact vs attribution (normalised): ${a.correlation === null ? 'undefined' : fmt(a.correlation)}`);
+  if (a.correlation !== undefined)
+    lines.push(`  correlation exact vs attribution (normalised): ${a.correlation === null ? 'undefined' : fmt(a.correlation)}`);
   if (r.figures.length > 0) lines.push(`  wrote report.json and ${r.figures.length} figures`);
   return `${lines.join('\n')}\n`;
 }
@@ -219,7 +255,8 @@ export async function patchCommand(modelDir: string, options: PatchCommandOption
   if (out !== undefined) {
     const w = new FigureWriter(out);
     const cleanPath = /\.(npy|safetensors)$/i.test(options.clean) ? undefined : options.clean;
-    for (const m of [analysis.exact, analysis.attribution]) if (m) figures.push(...(await matrixFigures(model, analysis, m, clean, cleanPath, w)));
+    for (const m of [analysis.exact, analysis.attribution])
+      if (m) figures.push(...(await matrixFigures(model, analysis, m, clean, cleanPath, w)));
     if (analysis.exact && analysis.attribution) {
       const pts = analysis.exact.normalised.map((v, i) => [v, analysis.attribution!.normalised[i]!] as [number, number]);
       figures.push(
@@ -279,10 +316,21 @@ export function registerPatch(program: Command, ctx: CommandContext): void {
           .makeOptionMandatory()
           .argParser(argParser(parsePatchWhat)),
       )
-      .addOption(new Option('--by <axes>', 'layer,pos | layer,head | layer,pos,head').makeOptionMandatory().argParser(argParser(parsePatchBy)))
-      .addOption(new Option('--method <method>', 'exact, attribution (one gradient) or both').default('exact').argParser(argParser(parsePatchMethod)))
+      .addOption(
+        new Option('--by <axes>', 'layer,pos | layer,head | layer,pos,head').makeOptionMandatory().argParser(argParser(parsePatchBy)),
+      )
+      .addOption(
+        new Option('--method <method>', 'exact, attribution (one gradient) or both')
+          .default('exact')
+          .argParser(argParser(parsePatchMethod)),
+      )
       .addOption(layersOption())
-      .addOption(new Option('--fast-linear', 'compute the sweep\'s linear layers with oneDNN (f32 CPU models): faster on large models, equal to the default only to float rounding'))
+      .addOption(
+        new Option(
+          '--fast-linear',
+          "compute the sweep's linear layers with oneDNN (f32 CPU models): faster on large models, equal to the default only to float rounding",
+        ),
+      )
       .addOption(outOption()),
   )
     .addOption(jsonOption())

@@ -68,7 +68,11 @@ export async function runCommand(modelDir: string, inputs: string[], options: Ru
   const hooks = new Set(model.hookNames());
   // An output that is not a hook is taken to have a row per input.
   const byInput = (name: string) => perInput.has(name) || !hooks.has(name);
-  const plan = await model.planInputs(inputs, options.batchSize ?? rowsPerBatch(model, recorded), options.inputKey === undefined ? {} : { inputKey: options.inputKey });
+  const plan = await model.planInputs(
+    inputs,
+    options.batchSize ?? rowsPerBatch(model, recorded),
+    options.inputKey === undefined ? {} : { inputKey: options.inputKey },
+  );
   // A tensor's shape in the file and the summary: all inputs' rows, or as it is.
   type Named = { name: string; shape: readonly number[] };
   const full = (t: Named) => (byInput(t.name) ? [plan.total, ...t.shape.slice(1)] : [...t.shape]);
@@ -92,13 +96,17 @@ export async function runCommand(modelDir: string, inputs: string[], options: Ru
         const named = (t: Tensor): Named => ({ name: t.name, shape: [...t.shape] });
         first = { output: named(result.output), cached: [...result.cache.keys()], written: tensors.map(named) };
         if (options.out !== undefined) {
-          writer = new SafetensorsWriter(options.out, tensors.map((t) => ({ name: t.name, shape: full(t) })), {
-            generator: `vit-prisma ${VERSION}`,
-            model: modelDir,
-            inputs: JSON.stringify(plan.labels),
-            device: model.info.device,
-            dtype: model.info.dtype,
-          });
+          writer = new SafetensorsWriter(
+            options.out,
+            tensors.map((t) => ({ name: t.name, shape: full(t) })),
+            {
+              generator: `vit-prisma ${VERSION}`,
+              model: modelDir,
+              inputs: JSON.stringify(plan.labels),
+              device: model.info.device,
+              dtype: model.info.dtype,
+            },
+          );
           await writer.open();
         }
       }
@@ -108,7 +116,8 @@ export async function runCommand(modelDir: string, inputs: string[], options: Ru
           else if (row === 0) await writer.writeRows(t.name, 0, t.data);
         }
       }
-      if (model.info.nClasses > 0 && result.output.name === 'hook_logits') predictions.push(...topK(result.output, options.topK, model.info.labels));
+      if (model.info.nClasses > 0 && result.output.name === 'hook_logits')
+        predictions.push(...topK(result.output, options.topK, model.info.labels));
       row += batch.shape[0];
       progress.update(row, batch.labels.at(-1));
     }
@@ -131,7 +140,8 @@ export async function runCommand(modelDir: string, inputs: string[], options: Ru
     cached: first.cached,
   };
   if (predictions.length > 0) summary.predictions = plan.labels.map((input, i) => ({ input, topK: predictions[i] ?? [] }));
-  if (options.out !== undefined) summary.written = { path: options.out, tensors: first.written.map((t) => ({ name: t.name, shape: full(t) })) };
+  if (options.out !== undefined)
+    summary.written = { path: options.out, tensors: first.written.map((t) => ({ name: t.name, shape: full(t) })) };
   return summary;
 }
 
@@ -143,24 +153,30 @@ export function registerRun(program: Command, ctx: CommandContext): void {
       .argument('<MODEL_DIR>', 'model folder: Hugging Face, timm or open_clip (docs/models.md)')
       .argument('<INPUT...>', 'image files, folders of images, or pre-processed .npy/.safetensors pixel tensors')
       .addOption(
-        new Option('--cache <pattern...>', "hooks to record: names or globs ('blocks.*.hook_resid_post', '*'); comma-separated or repeated"),
+        new Option(
+          '--cache <pattern...>',
+          "hooks to record: names or globs ('blocks.*.hook_resid_post', '*'); comma-separated or repeated",
+        ),
       )
       .addOption(new Option('--out <file>', 'write recorded hooks (and the output) to this .safetensors file'))
-      .addOption(new Option('--top-k <k>', 'predictions to list per input').default(5).argParser(argParser((v) => parsePositiveInt(v, '--top-k'))))
+      .addOption(
+        new Option('--top-k <k>', 'predictions to list per input').default(5).argParser(argParser((v) => parsePositiveInt(v, '--top-k'))),
+      )
       .addOption(
         new Option('--stop-at-layer <n>', 'run blocks [0, n) only').argParser(argParser((v) => parseNonNegativeInt(v, '--stop-at-layer'))),
       )
       .addOption(new Option('--input-key <name>', "tensor to use from .safetensors inputs holding several (default 'pixel_values')"))
       .addOption(
-        new Option('--batch-size <n>', 'inputs per forward (default: as many as fit in about 1 GB with what is recorded, at most 64); recorded values stream to --out').argParser(
-          argParser((v) => parsePositiveInt(v, '--batch-size')),
-        ),
+        new Option(
+          '--batch-size <n>',
+          'inputs per forward (default: as many as fit in about 1 GB with what is recorded, at most 64); recorded values stream to --out',
+        ).argParser(argParser((v) => parsePositiveInt(v, '--batch-size'))),
       ),
   )
     .addOption(jsonOption())
     .addHelpText(
       'after',
-      "\nPut --cache after the inputs (or end its list with --): it takes every following word.\nStdout is always a JSON summary; --json also reports errors as JSON.",
+      '\nPut --cache after the inputs (or end its list with --): it takes every following word.\nStdout is always a JSON summary; --json also reports errors as JSON.',
     )
     .action(async (modelDir: string, inputs: string[], options: RunCommandOptions) => {
       printJson(ctx, await runCommand(modelDir, inputs, options, ctx));

@@ -129,11 +129,20 @@ function commandLine(argv: readonly string[]): string {
 
 export async function trainClipCommand(options: TrainOptions, ctx: CommandContext, argv: readonly string[]): Promise<ClipTrainSummary> {
   if (options.question) throw usageError('--question is for classifier training; --clip learns from the captions', 'drop --question');
-  if (options.data === 'fashion-mnist') throw usageError('--clip needs image-caption pairs; Fashion-MNIST has none', 'use a clevr-lite folder (`prisma dataset clevr-lite`)');
+  if (options.data === 'fashion-mnist')
+    throw usageError('--clip needs image-caption pairs; Fashion-MNIST has none', 'use a clevr-lite folder (`prisma dataset clevr-lite`)');
   if (!options.tokenizer) {
-    throw usageError('--clip needs --tokenizer DIR (a folder with a CLIP-style tokenizer.json)', 'e.g. --tokenizer fixtures/tokenizers/clevr-lite, or any CLIP model folder such as models/clevr-clip');
+    throw usageError(
+      '--clip needs --tokenizer DIR (a folder with a CLIP-style tokenizer.json)',
+      'e.g. --tokenizer fixtures/tokenizers/clevr-lite, or any CLIP model folder such as models/clevr-clip',
+    );
   }
-  const data = await loadCaptionData({ dir: options.data, limit: options.limit, evalFraction: options.evalFraction, template: options.template ?? DEFAULT_ZERO_SHOT_TEMPLATE });
+  const data = await loadCaptionData({
+    dir: options.data,
+    limit: options.limit,
+    evalFraction: options.evalFraction,
+    template: options.template ?? DEFAULT_ZERO_SHOT_TEMPLATE,
+  });
   const arch = architecture(options, data.imageSize, 'quick_gelu');
   if (arch.imageSize !== data.imageSize) throw usageError(`--image-size ${arch.imageSize} does not match the data (${data.imageSize}px)`);
   const fromFile = configFile<ClipTrainConfig>(options);
@@ -162,7 +171,8 @@ export async function trainClipCommand(options: TrainOptions, ctx: CommandContex
       resume: options.resume === true,
       checkpointEvery: options.checkpointEvery,
       command: commandLine(argv),
-      onProgress: (r) => progress.update(r.step, `loss ${r.loss.toFixed(3)} match ${(r.accuracy * 100).toFixed(1)}% T ${r.logitScale.toFixed(1)}`),
+      onProgress: (r) =>
+        progress.update(r.step, `loss ${r.loss.toFixed(3)} match ${(r.accuracy * 100).toFixed(1)}% T ${r.logitScale.toFixed(1)}`),
       ...(options.stopAfter !== undefined ? { stopAfterSteps: options.stopAfter } : {}),
     });
   } finally {
@@ -230,22 +240,39 @@ export function registerTrain(program: Command, ctx: CommandContext): void {
     .addOption(new Option('--text-d-model <n>', 'with --clip: text tower width (default: --d-model)').argParser(positive('--text-d-model')))
     .addOption(new Option('--text-layers <n>', 'with --clip: text tower blocks (default 2)').argParser(positive('--text-layers')))
     .addOption(new Option('--text-heads <n>', 'with --clip: text tower heads (default: --heads)').argParser(positive('--text-heads')))
-    .addOption(new Option('--text-d-mlp <n>', 'with --clip: text tower MLP width (default 2 x text width)').argParser(positive('--text-d-mlp')))
+    .addOption(
+      new Option('--text-d-mlp <n>', 'with --clip: text tower MLP width (default 2 x text width)').argParser(positive('--text-d-mlp')),
+    )
     .addOption(new Option('--context-length <n>', 'with --clip: text positions (default 32)').argParser(positive('--context-length')))
-    .addOption(new Option('--projection-dim <n>', 'with --clip: shared embedding size (default: --d-model)').argParser(positive('--projection-dim')))
-    .addOption(new Option('--template <text>', `with --clip: prompt template of the held-out zero-shot evaluation (default '${DEFAULT_ZERO_SHOT_TEMPLATE}')`))
+    .addOption(
+      new Option('--projection-dim <n>', 'with --clip: shared embedding size (default: --d-model)').argParser(positive('--projection-dim')),
+    )
+    .addOption(
+      new Option(
+        '--template <text>',
+        `with --clip: prompt template of the held-out zero-shot evaluation (default '${DEFAULT_ZERO_SHOT_TEMPLATE}')`,
+      ),
+    )
     .addOption(new Option('--epochs <n>', 'passes over the training set (default 2)').argParser(positive('--epochs')))
     .addOption(new Option('--steps <n>', 'optimisation steps (overrides --epochs)').argParser(positive('--steps')))
     .addOption(new Option('--batch-size <n>', 'batch size').default(128).argParser(positive('--batch-size')))
     .addOption(new Option('--lr <x>', 'peak learning rate').default(1e-3).argParser(number('--lr')))
     .addOption(new Option('--weight-decay <x>', 'AdamW weight decay').default(0.05).argParser(number('--weight-decay')))
     .addOption(new Option('--warmup <n>', 'warm-up steps (default min(100, 10% of steps))').argParser(positive('--warmup')))
-    .addOption(new Option('--seed <n>', 'seed for initialisation and data order').default(0).argParser(argParser((v: string) => Number.parseInt(v, 10))))
+    .addOption(
+      new Option('--seed <n>', 'seed for initialisation and data order')
+        .default(0)
+        .argParser(argParser((v: string) => Number.parseInt(v, 10))),
+    )
     .addOption(new Option('--limit <n>', 'use only the first N training images').argParser(positive('--limit')))
     .addOption(new Option('--eval-fraction <x>', 'held-out share of a folder dataset').default(0.1).argParser(number('--eval-fraction')))
     .addOption(new Option('--checkpoint-every <n>', 'steps between checkpoints').default(50).argParser(positive('--checkpoint-every')))
     .option('--resume', 'continue an interrupted run in --out from its last checkpoint')
-    .addOption(new Option('--stop-after <n>', 'stop after N steps of this run, leaving a checkpoint (testing)').hideHelp().argParser(positive('--stop-after')))
+    .addOption(
+      new Option('--stop-after <n>', 'stop after N steps of this run, leaving a checkpoint (testing)')
+        .hideHelp()
+        .argParser(positive('--stop-after')),
+    )
     .addOption(jsonOption())
     .action(async (options: TrainOptions) => {
       if (options.clip) {
@@ -254,7 +281,9 @@ export function registerTrain(program: Command, ctx: CommandContext): void {
           printJson(ctx, { ok: true, schemaVersion: 1, ...summary });
           return;
         }
-        const zs = summary.evaluation.zeroShot.map((z) => `${z.name} ${(z.accuracy * 100).toFixed(1)}% (chance ${(z.chance * 100).toFixed(1)}%)`).join(', ');
+        const zs = summary.evaluation.zeroShot
+          .map((z) => `${z.name} ${(z.accuracy * 100).toFixed(1)}% (chance ${(z.chance * 100).toFixed(1)}%)`)
+          .join(', ');
         ctx.io.stdout.write(
           summary.finished
             ? `trained ${summary.steps} steps in ${summary.seconds}s${summary.resumedFromStep !== null ? ` (resumed at step ${summary.resumedFromStep})` : ''}: held-out zero-shot ${zs} -> ${summary.outDir}\n`

@@ -169,7 +169,8 @@ function checkMaxObjects(n: number): void {
 }
 
 export function checkSeed(seed: number): void {
-  if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) throw usageError(`seed must be an integer from 0 to 4294967295, got ${seed}`);
+  if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff)
+    throw usageError(`seed must be an integer from 0 to 4294967295, got ${seed}`);
 }
 
 type Box = [number, number, number, number];
@@ -346,6 +347,8 @@ export function sceneSvg(scene: Scene, size = scene.size): string {
         return `<rect x="${fmt(cx - rad)}" y="${fmt(cy - rad)}" width="${fmt(2 * rad)}" height="${fmt(2 * rad)}" ${fill}/>`;
       case 'triangle':
         return `<polygon points="${fmt(cx)},${fmt(cy - rad)} ${fmt(cx - rad)},${fmt(cy + rad)} ${fmt(cx + rad)},${fmt(cy + rad)}" ${fill}/>`;
+      default:
+        throw new Error(`unknown shape ${o.shape satisfies never}`);
     }
   });
   return (
@@ -545,7 +548,11 @@ export function datasetJson(options: {
     name: 'clevr-lite',
     generator: 'vit-prisma clevr-lite',
     generatorVersion: CLEVR_LITE_VERSION,
-    renderer: { sharp: sharp.versions.sharp, vips: sharp.versions.vips, rsvg: (sharp.versions as Record<string, string | undefined>)['rsvg'] ?? null },
+    renderer: {
+      sharp: sharp.versions.sharp,
+      vips: sharp.versions.vips,
+      rsvg: (sharp.versions as Record<string, string | undefined>)['rsvg'] ?? null,
+    },
     seed: options.seed,
     n: options.n,
     size: options.size,
@@ -567,9 +574,11 @@ export function datasetJson(options: {
       ...(options.edit ? { edited: 'edited/NNNNNN.png', edits: 'edits.jsonl' } : {}),
     },
     rules: {
-      largestColour: 'scenes with 2+ objects have exactly one large object; otherwise larger size class, then larger area, then earlier object',
+      largestColour:
+        'scenes with 2+ objects have exactly one large object; otherwise larger size class, then larger area, then earlier object',
       objectOrder: 'raster order of centres (y, then x)',
-      patchLabels: 'per pixel centre inside test; per patch the most common of background (0) and object index + 1; ties to the lower label',
+      patchLabels:
+        'per pixel centre inside test; per patch the most common of background (0) and object index + 1; ties to the lower label',
       edit: 'the largest object recoloured to a different colour drawn from the edit stream',
     },
   };

@@ -13,7 +13,16 @@ import { ensureDir, jsonLines, stem, writeFileAtomic, writeJsonAtomic } from './
 
 export const FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist';
 export const FASHION_MNIST_CLASSES = [
-  'T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot',
+  'T-shirt/top',
+  'Trouser',
+  'Pullover',
+  'Dress',
+  'Coat',
+  'Sandal',
+  'Shirt',
+  'Sneaker',
+  'Bag',
+  'Ankle boot',
 ] as const;
 
 export type FashionMnistSplit = 'train' | 'test';
@@ -48,15 +57,22 @@ async function readIdx(path: string): Promise<Buffer> {
     gz = await readFile(path);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    throw new PrismaError('E_DATASET', code === 'ENOENT' ? `Fashion-MNIST file not found: ${path}` : `cannot read ${path}: ${(err as Error).message}`, {
-      hint: INSTALL_HINT,
-      data: { path },
-    });
+    throw new PrismaError(
+      'E_DATASET',
+      code === 'ENOENT' ? `Fashion-MNIST file not found: ${path}` : `cannot read ${path}: ${(err as Error).message}`,
+      {
+        hint: INSTALL_HINT,
+        data: { path },
+      },
+    );
   }
   try {
     return gunzipSync(gz);
   } catch (err) {
-    throw new PrismaError('E_DATASET', `${path} is not a valid gzip file: ${(err as Error).message}`, { hint: INSTALL_HINT, data: { path } });
+    throw new PrismaError('E_DATASET', `${path} is not a valid gzip file: ${(err as Error).message}`, {
+      hint: INSTALL_HINT,
+      data: { path },
+    });
   }
 }
 
@@ -83,13 +99,18 @@ export async function readFashionMnist(split: FashionMnistSplit = 'test', option
   const img = parseIdx(await readIdx(imgPath), imgPath);
   const lbl = parseIdx(await readIdx(lblPath), lblPath);
   if (img.dims.length !== 3 || lbl.dims.length !== 1 || img.dims[0] !== lbl.dims[0]) {
-    throw new PrismaError('E_DATASET', `Fashion-MNIST ${split}: images [${img.dims.join(', ')}] and labels [${lbl.dims.join(', ')}] do not match`);
+    throw new PrismaError(
+      'E_DATASET',
+      `Fashion-MNIST ${split}: images [${img.dims.join(', ')}] and labels [${lbl.dims.join(', ')}] do not match`,
+    );
   }
   const [total, rows, cols] = img.dims as [number, number, number];
-  if (options.limit !== undefined && (!Number.isInteger(options.limit) || options.limit < 1)) throw usageError(`limit must be a positive integer, got ${options.limit}`);
+  if (options.limit !== undefined && (!Number.isInteger(options.limit) || options.limit < 1))
+    throw usageError(`limit must be a positive integer, got ${options.limit}`);
   const n = Math.min(total, options.limit ?? total);
   for (let i = 0; i < n; i++) {
-    if (lbl.data[i]! >= FASHION_MNIST_CLASSES.length) throw new PrismaError('E_DATASET', `${lblPath}: label ${lbl.data[i]} at ${i} is out of range`);
+    if (lbl.data[i]! >= FASHION_MNIST_CLASSES.length)
+      throw new PrismaError('E_DATASET', `${lblPath}: label ${lbl.data[i]} at ${i} is out of range`);
   }
   // Copy so the result does not keep the whole decompressed file alive.
   return {
@@ -117,7 +138,9 @@ export interface FashionMnistRecord {
 }
 
 /** Write the first `n` images of a split as RGB PNGs (`images/NNNNNN.png`) with labels.jsonl and dataset.json. */
-export async function exportFashionMnist(options: ExportFashionMnistOptions): Promise<{ out: string; split: FashionMnistSplit; n: number; files: string[] }> {
+export async function exportFashionMnist(
+  options: ExportFashionMnistOptions,
+): Promise<{ out: string; split: FashionMnistSplit; n: number; files: string[] }> {
   if (!Number.isInteger(options.n) || options.n < 1) throw usageError(`n must be a positive integer, got ${options.n}`);
   const split = options.split ?? 'test';
   const ds = await readFashionMnist(split, { ...(options.dir === undefined ? {} : { dir: options.dir }), limit: options.n });

@@ -21,7 +21,14 @@ import { basename, extname, join, resolve } from 'node:path';
 import sharp from 'sharp';
 
 import { PrismaError, usageError } from '../errors.js';
-import { IMAGE_EXTENSIONS, defaultPreprocessSpec, preprocessGeometry, readPreprocessSpec, type Geometry, type PreprocessSpec } from '../image/preprocess.js';
+import {
+  IMAGE_EXTENSIONS,
+  defaultPreprocessSpec,
+  preprocessGeometry,
+  readPreprocessSpec,
+  type Geometry,
+  type PreprocessSpec,
+} from '../image/preprocess.js';
 import { decodeIndexPng, type IndexImage } from './index-png.js';
 import { writeJsonAtomic } from './io.js';
 
@@ -185,11 +192,17 @@ export function patchCoverage(ann: VocAnnotation, g: Geometry, patchSize: number
   const image: Rect = [0, 0, g.width, g.height];
 
   if (!mask) {
-    const mapped = ann.objects.map((o): Rect =>
-      clipRect(
-        [mapX(g, Math.max(0, o.bbox[0])), mapY(g, Math.max(0, o.bbox[1])), mapX(g, Math.min(g.srcWidth, o.bbox[2])), mapY(g, Math.min(g.srcHeight, o.bbox[3]))],
-        image,
-      ),
+    const mapped = ann.objects.map(
+      (o): Rect =>
+        clipRect(
+          [
+            mapX(g, Math.max(0, o.bbox[0])),
+            mapY(g, Math.max(0, o.bbox[1])),
+            mapX(g, Math.min(g.srcWidth, o.bbox[2])),
+            mapY(g, Math.min(g.srcHeight, o.bbox[3])),
+          ],
+          image,
+        ),
     );
     for (let c = 0; c < classes.length; c++) {
       const rects = mapped.filter((_, k) => classOf[k] === c);
@@ -304,7 +317,8 @@ export interface ResolvedTarget {
 
 function sizePair(v: unknown): [number, number] | undefined {
   if (typeof v === 'number' && Number.isInteger(v) && v > 0) return [v, v];
-  if (Array.isArray(v) && v.length === 2 && v.every((x) => typeof x === 'number' && Number.isInteger(x) && x > 0)) return [v[0] as number, v[1] as number];
+  if (Array.isArray(v) && v.length === 2 && v.every((x) => typeof x === 'number' && Number.isInteger(x) && x > 0))
+    return [v[0] as number, v[1] as number];
   return undefined;
 }
 
@@ -332,7 +346,8 @@ export async function resolveTarget(target: PatchLabelsTarget): Promise<Resolved
   let patchSize = target.patchSize;
   let spec: PreprocessSpec;
   if (target.modelDir !== undefined) {
-    if (target.shortestEdge !== undefined) throw usageError('--shortest-edge is only used without --model (the model folder says how it resizes)');
+    if (target.shortestEdge !== undefined)
+      throw usageError('--shortest-edge is only used without --model (the model folder says how it resizes)');
     const grid = await readModelGrid(target.modelDir);
     imageSize ??= grid.imageSize;
     patchSize ??= grid.patchSize;
@@ -391,7 +406,7 @@ async function imageSize(path: string): Promise<[number, number]> {
 
 /** The annotation XML files: a single .xml file, or the .xml files of a folder sorted by name. */
 export async function listAnnotations(path: string): Promise<string[]> {
-  let st;
+  let st: Awaited<ReturnType<typeof stat>>;
   try {
     st = await stat(path);
   } catch {
@@ -436,7 +451,11 @@ export async function computePatchLabels(options: PatchLabelsOptions): Promise<P
     let height = ann.height;
     if (options.images !== undefined) {
       const found = await findImage(options.images, ann, xmlPath);
-      if (!found) throw datasetError(`${xmlPath}: no image for '${image}' in ${options.images}`, 'images are matched by <filename>, or by the XML file name, with any image extension');
+      if (!found)
+        throw datasetError(
+          `${xmlPath}: no image for '${image}' in ${options.images}`,
+          'images are matched by <filename>, or by the XML file name, with any image extension',
+        );
       image = found;
       const [w, h] = await imageSize(found);
       if (width === 0 || height === 0) {
@@ -446,9 +465,10 @@ export async function computePatchLabels(options: PatchLabelsOptions): Promise<P
         throw datasetError(`${xmlPath}: <size> says ${width}x${height} but ${found} is ${w}x${h}`);
       }
     }
-    if (width === 0 || height === 0) throw datasetError(`${xmlPath}: no <size> in the XML`, 'pass --images DIR so the size can be read from the image');
+    if (width === 0 || height === 0)
+      throw datasetError(`${xmlPath}: no <size> in the XML`, 'pass --images DIR so the size can be read from the image');
 
-    const maskPath = join(xmlPath.slice(0, -extname(xmlPath).length) + '.png');
+    const maskPath = join(`${xmlPath.slice(0, -extname(xmlPath).length)}.png`);
     let mask: IndexImage | undefined;
     if (await exists(maskPath)) {
       mask = decodeIndexPng(await readFile(maskPath), maskPath);
@@ -457,7 +477,10 @@ export async function computePatchLabels(options: PatchLabelsOptions): Promise<P
       }
       for (const v of mask.data) {
         if (v !== 0 && v !== MASK_IGNORE && v > ann.objects.length) {
-          throw datasetError(`${maskPath}: mask value ${v} names no object (the XML has ${ann.objects.length})`, 'mask values are 1-based <object> indices; 0 background, 255 ignored');
+          throw datasetError(
+            `${maskPath}: mask value ${v} names no object (the XML has ${ann.objects.length})`,
+            'mask values are 1-based <object> indices; 0 background, 255 ignored',
+          );
         }
       }
     }
@@ -513,13 +536,15 @@ export async function loadPatchLabels(file: string): Promise<PatchLabelsFile> {
   if (!doc || typeof doc !== 'object') throw invalid(file, 'expected a JSON object');
   const d = doc as Record<string, unknown>;
   if (d['kind'] !== 'patch-labels') throw invalid(file, "'kind' is not 'patch-labels'");
-  if (d['schemaVersion'] !== PATCH_LABELS_SCHEMA_VERSION) throw invalid(file, `unsupported schemaVersion ${JSON.stringify(d['schemaVersion'])}`);
+  if (d['schemaVersion'] !== PATCH_LABELS_SCHEMA_VERSION)
+    throw invalid(file, `unsupported schemaVersion ${JSON.stringify(d['schemaVersion'])}`);
   if (!Array.isArray(d['images'])) throw invalid(file, "'images' must be a list");
   for (const [i, e] of (d['images'] as unknown[]).entries()) {
     const entry = e as Partial<PatchLabelsEntry> | null;
     const grid = entry?.grid;
     if (!entry || typeof entry.image !== 'string') throw invalid(file, `images[${i}].image must be a string`);
-    if (!Array.isArray(grid) || grid.length !== 2 || !grid.every((x) => Number.isInteger(x) && x > 0)) throw invalid(file, `images[${i}].grid must be [rows, cols]`);
+    if (!Array.isArray(grid) || grid.length !== 2 || !grid.every((x) => Number.isInteger(x) && x > 0))
+      throw invalid(file, `images[${i}].grid must be [rows, cols]`);
     const n = grid[0]! * grid[1]!;
     if (!Array.isArray(entry.labels) || entry.labels.length !== n || !entry.labels.every((l) => l === null || typeof l === 'string')) {
       throw invalid(file, `images[${i}].labels must hold ${n} strings or nulls`);

@@ -49,7 +49,20 @@ export async function pickPair(model: Model, dir: string, seed: number, maxTries
     labels.forEach((l, p) => {
       if (l === edit.object + 1) objectTokens.push(p + 1);
     });
-    return { seed, index, clean, corrupt, scene, object: edit.object, from: edit.from, to: edit.to, objectTokens, cleanPrediction, corruptPrediction, tried: index + 1 };
+    return {
+      seed,
+      index,
+      clean,
+      corrupt,
+      scene,
+      object: edit.object,
+      from: edit.from,
+      to: edit.to,
+      objectTokens,
+      cleanPrediction,
+      corruptPrediction,
+      tried: index + 1,
+    };
   }
   throw new Error(`no scene among ${maxTries} where the model answers both clean and recoloured images correctly`);
 }

@@ -27,7 +27,10 @@ export function restorationByLayer(p: PatchAnalysis, objectTokens: number[]): La
   const rows: LayerRestoration[] = [];
   for (let i = 0; i < nLayers; i++) {
     const row = m.normalised.slice(i * nPos, (i + 1) * nPos);
-    const others = row.map((v, pos) => ({ v, pos })).filter(({ pos }) => pos > 0 && !objectTokens.includes(pos)).map(({ v }) => v);
+    const others = row
+      .map((v, pos) => ({ v, pos }))
+      .filter(({ pos }) => pos > 0 && !objectTokens.includes(pos))
+      .map(({ v }) => v);
     let best = 0;
     row.forEach((v, pos) => {
       if (v > row[best]!) best = pos;
@@ -47,13 +50,21 @@ export function restorationByLayer(p: PatchAnalysis, objectTokens: number[]): La
 export function patchingStory(pair: DemoPair, resid: PatchAnalysis, heads: PatchAnalysis): string[] {
   const rows = restorationByLayer(resid, pair.objectTokens);
   const lines: string[] = [];
-  const metric = resid.metric === 'logit_diff' ? `logit('${resid.target.label}') - logit('${resid.baseline?.label}')` : `logit('${resid.target.label}')`;
+  const metric =
+    resid.metric === 'logit_diff' ? `logit('${resid.target.label}') - logit('${resid.baseline?.label}')` : `logit('${resid.target.label}')`;
   lines.push(
     `Clean image: the largest object is ${pair.from} and the model answers '${pair.cleanPrediction}'; in the corrupted image only that object is recoloured ${pair.to}, and the model answers '${pair.corruptPrediction}'. Metric: ${metric} (clean ${resid.clean.metric.value.toFixed(2)}, corrupted ${resid.corrupt.metric.value.toFixed(2)}).`,
   );
-  lines.push(`The recoloured object covers token positions ${pair.objectTokens.join(', ')} (of ${resid.exact?.dims[1]} tokens; 0 is the class token).`);
+  lines.push(
+    `The recoloured object covers token positions ${pair.objectTokens.join(', ')} (of ${resid.exact?.dims[1]} tokens; 0 is the class token).`,
+  );
   for (const r of rows) {
-    const where = r.bestPosition === 0 ? 'the class token' : pair.objectTokens.includes(r.bestPosition) ? `position ${r.bestPosition} (on the object)` : `position ${r.bestPosition} (off the object)`;
+    const where =
+      r.bestPosition === 0
+        ? 'the class token'
+        : pair.objectTokens.includes(r.bestPosition)
+          ? `position ${r.bestPosition} (on the object)`
+          : `position ${r.bestPosition} (off the object)`;
     lines.push(
       `Layer ${r.layer} resid_pre: patching one object patch restores ${pct(r.objectPatches)} of the clean metric on average, any other patch ${pct(r.otherPatches)}, the class token ${pct(r.classToken)}; the best single position is ${where} at ${pct(r.bestValue)}.`,
     );
@@ -69,12 +80,21 @@ export function patchingStory(pair: DemoPair, resid: PatchAnalysis, heads: Patch
     const a = resid.attribution.normalised;
     const e = resid.exact.normalised;
     const r = correlation(a, e);
-    lines.push(`Attribution patching (one forward + one backward) correlates with exact patching at r = ${r.toFixed(2)} over all (layer, position).`);
+    lines.push(
+      `Attribution patching (one forward + one backward) correlates with exact patching at r = ${r.toFixed(2)} over all (layer, position).`,
+    );
   }
   if (heads.exact) {
     const [, nHeads] = heads.exact.dims as [number, number];
-    const ranked = heads.exact.normalised.map((v, i) => ({ v, layer: heads.exact!.layers[Math.floor(i / nHeads)]!, head: i % nHeads })).sort((x, y) => y.v - x.v);
-    lines.push(`Patching single heads' outputs (z): the strongest are ${ranked.slice(0, 3).map((h) => `L${h.layer}H${h.head} (${pct(h.v)})`).join(', ')}.`);
+    const ranked = heads.exact.normalised
+      .map((v, i) => ({ v, layer: heads.exact!.layers[Math.floor(i / nHeads)]!, head: i % nHeads }))
+      .sort((x, y) => y.v - x.v);
+    lines.push(
+      `Patching single heads' outputs (z): the strongest are ${ranked
+        .slice(0, 3)
+        .map((h) => `L${h.layer}H${h.head} (${pct(h.v)})`)
+        .join(', ')}.`,
+    );
   }
   return lines;
 }
@@ -106,7 +126,9 @@ export function lensStory(what: string, results: LogitLensResult[], truth?: numb
   const nLayers = results[0]!.layers.length;
   const lines: string[] = [];
   if (truth) {
-    const perLayer = Array.from({ length: nLayers }, (_, l) => mean(results.map((r, i) => (r.layers[l]!.topK[0]?.index === truth[i] ? 1 : 0))));
+    const perLayer = Array.from({ length: nLayers }, (_, l) =>
+      mean(results.map((r, i) => (r.layers[l]!.topK[0]?.index === truth[i] ? 1 : 0))),
+    );
     const final = mean(results.map((r, i) => (r.logitsTopK[0]?.index === truth[i] ? 1 : 0)));
     lines.push(
       `${what}: logit-lens top-1 accuracy at the class token after each layer: ${perLayer.map((a, l) => `L${results[0]!.layers[l]!.layer} ${pct(a)}`).join(', ')} (model output: ${pct(final)}, ${results.length} images).`,

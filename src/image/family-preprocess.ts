@@ -36,7 +36,7 @@ import {
 } from './spec.js';
 
 const TIMM_HINT = "fix pretrained_cfg in config.json (timm's input_size, interpolation, crop_pct, crop_mode, mean, std)";
-const OPEN_CLIP_HINT = "fix preprocess_cfg in open_clip_config.json (mean, std, interpolation, resize_mode, fill_color)";
+const OPEN_CLIP_HINT = 'fix preprocess_cfg in open_clip_config.json (mean, std, interpolation, resize_mode, fill_color)';
 
 function object(v: unknown): Json | undefined {
   return v && typeof v === 'object' && !Array.isArray(v) ? (v as Json) : undefined;
@@ -110,14 +110,17 @@ export function parseTimmConfig(json: unknown, imageSize: readonly number[], sou
   if (!cfg) throw configError(source, 'expected a JSON object', TIMM_HINT);
   const pc = object(cfg['pretrained_cfg']) ?? {};
   const args = object(cfg['model_args']) ?? {};
-  const [h, w] =
-    sizeOf(pc['input_size'], "'pretrained_cfg.input_size'", source, TIMM_HINT) ??
+  const [h, w] = sizeOf(pc['input_size'], "'pretrained_cfg.input_size'", source, TIMM_HINT) ??
     sizeOf(args['img_size'], "'model_args.img_size'", source, TIMM_HINT) ?? [imageSize[0]!, imageSize[1]!];
 
   const interp = pc['interpolation'] || 'bicubic';
   const resample = typeof interp === 'string' ? TIMM_INTERPOLATION[interp.toLowerCase()] : undefined;
   if (!resample) {
-    throw configError(source, `unknown 'pretrained_cfg.interpolation' ${JSON.stringify(interp)} (timm eval takes ${Object.keys(TIMM_INTERPOLATION).join(', ')})`, TIMM_HINT);
+    throw configError(
+      source,
+      `unknown 'pretrained_cfg.interpolation' ${JSON.stringify(interp)} (timm eval takes ${Object.keys(TIMM_INTERPOLATION).join(', ')})`,
+      TIMM_HINT,
+    );
   }
   const cropPctRaw = pc['crop_pct'] || 0.875;
   if (typeof cropPctRaw !== 'number' || !Number.isFinite(cropPctRaw) || cropPctRaw <= 0) {
@@ -127,7 +130,10 @@ export function parseTimmConfig(json: unknown, imageSize: readonly number[], sou
   const mode = pc['crop_mode'] || 'center';
   if (typeof mode !== 'string') throw configError(source, `'pretrained_cfg.crop_mode' must be 'center', 'squash' or 'border'`, TIMM_HINT);
   const normalize = withHint(TIMM_HINT, () =>
-    meanStd(pc['mean'] || undefined, pc['std'] || undefined, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, source, ['pretrained_cfg.mean', 'pretrained_cfg.std']),
+    meanStd(pc['mean'] || undefined, pc['std'] || undefined, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, source, [
+      'pretrained_cfg.mean',
+      'pretrained_cfg.std',
+    ]),
   );
 
   const sh = Math.floor(h / cropPct);
@@ -177,13 +183,16 @@ export function parseOpenClipConfig(json: unknown, imageSize: readonly number[],
   if (!cfg) throw configError(source, 'expected a JSON object', OPEN_CLIP_HINT);
   const pp = object(cfg['preprocess_cfg']) ?? {};
   const vision = object(object(cfg['model_cfg'])?.['vision_cfg']) ?? {};
-  const [h, w] =
-    sizeOf(vision['image_size'], "'model_cfg.vision_cfg.image_size'", source, OPEN_CLIP_HINT) ??
+  const [h, w] = sizeOf(vision['image_size'], "'model_cfg.vision_cfg.image_size'", source, OPEN_CLIP_HINT) ??
     sizeOf(pp['size'], "'preprocess_cfg.size'", source, OPEN_CLIP_HINT) ?? [imageSize[0]!, imageSize[1]!];
 
   const interp = pp['interpolation'] ?? 'bicubic';
   if (interp !== 'bicubic' && interp !== 'bilinear' && interp !== 'random') {
-    throw configError(source, `'preprocess_cfg.interpolation' must be 'bicubic', 'bilinear' or 'random', got ${JSON.stringify(interp)}`, OPEN_CLIP_HINT);
+    throw configError(
+      source,
+      `'preprocess_cfg.interpolation' must be 'bicubic', 'bilinear' or 'random', got ${JSON.stringify(interp)}`,
+      OPEN_CLIP_HINT,
+    );
   }
   let resample: Resample = interp === 'bilinear' ? 'bilinear' : 'bicubic';
   const mode = pp['resize_mode'] ?? 'shortest';
@@ -192,7 +201,10 @@ export function parseOpenClipConfig(json: unknown, imageSize: readonly number[],
     throw configError(source, `'preprocess_cfg.fill_color' must be an integer 0..255`, OPEN_CLIP_HINT);
   }
   const normalize = withHint(OPEN_CLIP_HINT, () =>
-    meanStd(pp['mean'] || undefined, pp['std'] || undefined, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, source, ['preprocess_cfg.mean', 'preprocess_cfg.std']),
+    meanStd(pp['mean'] || undefined, pp['std'] || undefined, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, source, [
+      'preprocess_cfg.mean',
+      'preprocess_cfg.std',
+    ]),
   );
 
   let resize: ResizeSpec;
@@ -212,7 +224,11 @@ export function parseOpenClipConfig(json: unknown, imageSize: readonly number[],
     resize = { mode: 'exact', height: h, width: w };
     crop = null;
   } else {
-    throw configError(source, `'preprocess_cfg.resize_mode' must be 'shortest', 'longest' or 'squash', got ${JSON.stringify(mode)}`, OPEN_CLIP_HINT);
+    throw configError(
+      source,
+      `'preprocess_cfg.resize_mode' must be 'shortest', 'longest' or 'squash', got ${JSON.stringify(mode)}`,
+      OPEN_CLIP_HINT,
+    );
   }
   return {
     source,

@@ -102,7 +102,15 @@ export async function resizeRgb(img: RawRgb, width: number, height: number, kern
  * Crop `crop` out of interleaved RGB starting at (`left`, `top`); parts outside the image are
  * `fill` (negative offsets place the image inside the padding).
  */
-export function cropRgb(src: Uint8Array, width: number, height: number, crop: Size2, left: number, top: number, fill: readonly number[] = [0, 0, 0]): Uint8Array {
+export function cropRgb(
+  src: Uint8Array,
+  width: number,
+  height: number,
+  crop: Size2,
+  left: number,
+  top: number,
+  fill: readonly number[] = [0, 0, 0],
+): Uint8Array {
   const out = new Uint8Array(crop.width * crop.height * 3);
   const [r, g, b] = [fill[0] ?? 0, fill[1] ?? 0, fill[2] ?? 0];
   if (r !== 0 || g !== 0 || b !== 0) {

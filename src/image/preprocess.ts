@@ -43,7 +43,18 @@ export {
   type Geometry,
 } from './spec.js';
 export { readPreprocessSpec, parseTimmConfig, parseOpenClipConfig, isTimmConfig } from './family-preprocess.js';
-export { IMAGE_EXTENSIONS, decodeRgb, decodeFrames, preprocessRgb, preprocessImage, centerCropRgb, cropRgb, toChw, type RawRgb, type Chw } from './pixels.js';
+export {
+  IMAGE_EXTENSIONS,
+  decodeRgb,
+  decodeFrames,
+  preprocessRgb,
+  preprocessImage,
+  centerCropRgb,
+  cropRgb,
+  toChw,
+  type RawRgb,
+  type Chw,
+} from './pixels.js';
 export { isVideoModel, sampleFrameIndices, listFrameFiles, readClipFrames, preprocessClip } from './video.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -123,7 +134,10 @@ export function pickInputTensor(tensors: readonly TensorData[], path: string, in
     t = tensors.find((x) => x.name === inputKey);
     if (!t) {
       const names = tensors.map((x) => x.name);
-      throw new PrismaError('E_TENSOR_FILE', `${path} has no tensor '${inputKey}' (it has ${names.slice(0, 5).join(', ')}${names.length > 5 ? ', …' : ''})`);
+      throw new PrismaError(
+        'E_TENSOR_FILE',
+        `${path} has no tensor '${inputKey}' (it has ${names.slice(0, 5).join(', ')}${names.length > 5 ? ', …' : ''})`,
+      );
     }
   } else if (tensors.length > 1) {
     t = tensors.find((x) => x.name === 'pixel_values');
@@ -162,7 +176,8 @@ export function tensorToBatch(t: Pick<TensorData, 'name' | 'shape' | 'data'>, pa
 
 function tensorInput(path: string, info: InputTarget['info'], inputKey: string | undefined): PixelBatch {
   const tensors = readTensorFile(path);
-  const t = extname(path).toLowerCase() === '.safetensors' ? pickInputTensor(tensors, path, inputKey) : pickInputTensor(tensors.slice(0, 1), path);
+  const t =
+    extname(path).toLowerCase() === '.safetensors' ? pickInputTensor(tensors, path, inputKey) : pickInputTensor(tensors.slice(0, 1), path);
   checkFinite(t.data, `${path}: tensor '${t.name}'`);
   return tensorToBatch(t, path, info);
 }
@@ -271,13 +286,20 @@ type PlannedInput = { kind: 'tensor'; batch: PixelBatch } | { kind: 'file'; path
  * their count), images and clips are only listed, and `batches()` preprocesses them `maxRows` at a
  * time. The batches, concatenated, are what `loadInputs` gives.
  */
-export async function planInputs(paths: readonly string[], model: InputTarget, maxRows: number, options: LoadInputsOptions = {}): Promise<InputPlan> {
+export async function planInputs(
+  paths: readonly string[],
+  model: InputTarget,
+  maxRows: number,
+  options: LoadInputsOptions = {},
+): Promise<InputPlan> {
   const info = model.info;
   const video = isVideoModel(info);
   const units: PlannedInput[] = [];
   for (const path of video ? paths : await expandInputs(paths)) {
     if (video) await statInput(path);
-    units.push(inputKind(path) === 'tensor' ? { kind: 'tensor', batch: tensorInput(path, info, options.inputKey) } : { kind: 'file', path });
+    units.push(
+      inputKind(path) === 'tensor' ? { kind: 'tensor', batch: tensorInput(path, info, options.inputKey) } : { kind: 'file', path },
+    );
   }
   if (units.length === 0) throw new PrismaError('E_INPUT', 'no inputs given');
   const labels = units.flatMap((u) => (u.kind === 'tensor' ? u.batch.labels : [u.path]));
@@ -306,7 +328,13 @@ export async function planInputs(paths: readonly string[], model: InputTarget, m
 /** A batch already in memory as an `InputPlan` (the library's references may be given so). */
 export function planBatch(batch: PixelBatch, maxRows: number): InputPlan {
   const rows = Math.max(1, Math.floor(maxRows));
-  return { total: batch.shape[0], labels: batch.labels, batches: async function* () { yield* sliceRows(batch, rows); } };
+  return {
+    total: batch.shape[0],
+    labels: batch.labels,
+    batches: async function* () {
+      yield* sliceRows(batch, rows);
+    },
+  };
 }
 
 /** `batch` as views of at most `rows` entries each. */

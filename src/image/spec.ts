@@ -114,7 +114,14 @@ export function triple(v: unknown, key: string, fallback: readonly number[], sou
   return [nums[0]!, nums[1]!, nums[2]!];
 }
 
-export function meanStd(mean: unknown, std: unknown, fallbackMean: readonly number[], fallbackStd: readonly number[], source: string, keys = ['image_mean', 'image_std']): NonNullable<PreprocessSpec['normalize']> {
+export function meanStd(
+  mean: unknown,
+  std: unknown,
+  fallbackMean: readonly number[],
+  fallbackStd: readonly number[],
+  source: string,
+  keys = ['image_mean', 'image_std'],
+): NonNullable<PreprocessSpec['normalize']> {
   const m = triple(mean, keys[0]!, fallbackMean, source);
   const s = triple(std, keys[1]!, fallbackStd, source);
   if (s.some((x) => x === 0)) throw configError(source, `'${keys[1]}' must not contain 0`);
@@ -234,7 +241,8 @@ export function parsePreprocessorConfig(json: unknown, imageSize: readonly numbe
   if (bool(cfg, 'do_resize', true, source)) {
     if (cfg['size'] === undefined || cfg['size'] === null) {
       // The class default (224 / shortest edge 224 / 256) is for the checkpoints HF ships; use the model's size.
-      resize = d.intSizeIsShortestEdge && mh === mw ? { mode: 'shortest_edge', shortestEdge: mh } : { mode: 'exact', height: mh, width: mw };
+      resize =
+        d.intSizeIsShortestEdge && mh === mw ? { mode: 'shortest_edge', shortestEdge: mh } : { mode: 'exact', height: mh, width: mw };
     } else {
       resize = parseSize(cfg['size'], !d.intSizeIsShortestEdge, source, 'size');
     }
@@ -254,7 +262,8 @@ export function parsePreprocessorConfig(json: unknown, imageSize: readonly numbe
   }
   let offset = 0;
   if (d.offset !== undefined && bool(cfg, 'offset', d.offset, source)) {
-    if (!doRescale) throw configError(source, `'offset' needs do_rescale (transformers raises "For offset, do_rescale must also be set to True")`);
+    if (!doRescale)
+      throw configError(source, `'offset' needs do_rescale (transformers raises "For offset, do_rescale must also be set to True")`);
     offset = 1;
   }
 
@@ -346,7 +355,11 @@ export interface Geometry {
 }
 
 /** The resize + centre-crop geometry of `spec` for a `width` x `height` source image (as preprocessImage does it). */
-export function preprocessGeometry(spec: Pick<PreprocessSpec, 'resize' | 'centerCrop' | 'cropRounding'>, width: number, height: number): Geometry {
+export function preprocessGeometry(
+  spec: Pick<PreprocessSpec, 'resize' | 'centerCrop' | 'cropRounding'>,
+  width: number,
+  height: number,
+): Geometry {
   const r = resizedSize(spec.resize, width, height);
   let left = 0;
   let top = 0;
@@ -405,7 +418,12 @@ export function withImageSize(spec: PreprocessSpec, size: number | readonly numb
     if (h === w) {
       out = { mode: 'shortest_edge', shortestEdge: scaled(h, resize.shortestEdge, cropMin) };
     } else {
-      out = { mode: 'exact', height: scaled(h, resize.shortestEdge, cropMin), width: scaled(w, resize.shortestEdge, cropMin), fit: 'cover' };
+      out = {
+        mode: 'exact',
+        height: scaled(h, resize.shortestEdge, cropMin),
+        width: scaled(w, resize.shortestEdge, cropMin),
+        fit: 'cover',
+      };
     }
   }
   return { ...spec, resize: out, centerCrop: { height: h, width: w } };

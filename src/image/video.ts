@@ -35,7 +35,8 @@ function clipHint(wanted: number): string {
  * round half to even). Fewer frames than wanted: E_INPUT naming `what`.
  */
 export function sampleFrameIndices(available: number, wanted: number, what = 'the clip'): number[] {
-  if (!Number.isInteger(wanted) || wanted <= 0) throw new PrismaError('E_INPUT', `frames per clip must be a positive integer, got ${wanted}`);
+  if (!Number.isInteger(wanted) || wanted <= 0)
+    throw new PrismaError('E_INPUT', `frames per clip must be a positive integer, got ${wanted}`);
   if (available < wanted) {
     throw new PrismaError('E_INPUT', `${what} has ${available} frame${available === 1 ? '' : 's'}, the model takes ${wanted}`, {
       hint: clipHint(wanted),
@@ -108,7 +109,11 @@ export async function readClipFrames(path: string, numFrames: number): Promise<R
 }
 
 /** One clip preprocessed frame by frame: `[T, 3, H, W]` float32, time-major. */
-export async function preprocessClip(path: string, spec: PreprocessSpec, numFrames: number): Promise<{ data: Float32Array; frames: number; height: number; width: number }> {
+export async function preprocessClip(
+  path: string,
+  spec: PreprocessSpec,
+  numFrames: number,
+): Promise<{ data: Float32Array; frames: number; height: number; width: number }> {
   const frames = await readClipFrames(path, numFrames);
   let data: Float32Array | undefined;
   let height = 0;

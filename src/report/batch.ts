@@ -181,7 +181,15 @@ export async function runBatch<R>(spec: BatchSpec<R>): Promise<BatchOutcome<R>> 
           continue;
         }
         if (itemsDir) {
-          const stored: StoredItem<R> = { schemaVersion: 1, command, key, input: label, name: item.name, result: done.result, figures: done.figures };
+          const stored: StoredItem<R> = {
+            schemaVersion: 1,
+            command,
+            key,
+            input: label,
+            name: item.name,
+            result: done.result,
+            figures: done.figures,
+          };
           await writeJsonAtomic(join(itemsDir, `${item.id}.json`), stored);
         }
         out.items.push({ input: label, name: item.name, result: done.result, figures: done.figures, resumed: false });

@@ -44,7 +44,10 @@ export function lineChartSvg(fig: LineFigure): Svg {
   const plotH = 190;
   const top = fig.subtitle ? 60 : 44;
   const gap = 64;
-  const names = [...new Map(fig.panels.flatMap((p) => p.series).map((s) => [s.name, s.color])).entries()].map(([name, color]) => ({ name, color }));
+  const names = [...new Map(fig.panels.flatMap((p) => p.series).map((s) => [s.name, s.color])).entries()].map(([name, color]) => ({
+    name,
+    color,
+  }));
   const legendW = Math.max(...names.map((s) => s.name.length * 7 + 30), 80);
   const width = Math.max(left + plotW + 24 + legendW, textWidth(fig.subtitle ?? '', 11) + 24);
   const height = top + fig.panels.length * plotH + (fig.panels.length - 1) * gap + 50;

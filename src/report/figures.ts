@@ -33,6 +33,9 @@ export class FigureWriter {
 
 /** A file-name-safe version of `text` (letters, digits, '.', '_', '-'), at most `max` characters. */
 export function sanitizeName(text: string, max = 64): string {
-  const s = text.replace(/[^A-Za-z0-9._-]+/g, '_').replace(/^[._]+/, '').slice(0, max);
+  const s = text
+    .replace(/[^A-Za-z0-9._-]+/g, '_')
+    .replace(/^[._]+/, '')
+    .slice(0, max);
   return s.length > 0 ? s : 'input';
 }

@@ -23,7 +23,15 @@ export interface HeadsHtmlInput {
   nHeads: number;
   /** Per analysed layer, [H, pos, pos] row-major. */
   patterns: Float32Array[];
-  stats: { layer: number; head: number; entropy: number; meanEntropy: number; clsAttention: number | null; meanDistance: number; selfShare: number }[];
+  stats: {
+    layer: number;
+    head: number;
+    entropy: number;
+    meanEntropy: number;
+    clsAttention: number | null;
+    meanDistance: number;
+    selfShare: number;
+  }[];
 }
 
 function encodeHead(data: Float32Array, offset: number, nPos: number): { bytes: string; rowMax: number[] } {
@@ -38,7 +46,7 @@ function encodeHead(data: Float32Array, offset: number, nPos: number): { bytes: 
   return { bytes: Buffer.from(bytes).toString('base64'), rowMax };
 }
 
-const SCRIPT = String.raw`
+const SCRIPT = `
 const D = JSON.parse(document.getElementById('data').textContent);
 const [GH, GW] = D.grid;
 const img = new Image();

@@ -61,7 +61,10 @@ export function matrixSvg(fig: MatrixFigure): Svg {
         const v = p.values[r * p.cols + c]!;
         svg.rect(px + c * cellW, py + r * cellH, cellW + 0.3, cellH + 0.3, colorOf(fig.scale, v));
         if (annotate) {
-          const t = fig.scale.kind === 'diverging' ? Math.abs(v) / (fig.scale.max || 1) : (v - fig.scale.min) / (fig.scale.max - fig.scale.min || 1);
+          const t =
+            fig.scale.kind === 'diverging'
+              ? Math.abs(v) / (fig.scale.max || 1)
+              : (v - fig.scale.min) / (fig.scale.max - fig.scale.min || 1);
           const dark = fig.scale.kind === 'diverging' ? t > 0.6 : t < 0.55;
           svg.text(px + (c + 0.5) * cellW, py + (r + 0.5) * cellH, fmt(v, 2), {
             size: 9,

@@ -53,7 +53,11 @@ async function fromPixels(src: DisplaySource, width: number, height: number): Pr
   const rescale = src.spec?.rescaleFactor ?? null;
   let lo = Infinity;
   let hi = -Infinity;
-  if (!norm && rescale === null) for (const v of src.pixels.subarray(0, 3 * hw)) (lo = Math.min(lo, v)), (hi = Math.max(hi, v));
+  if (!norm && rescale === null)
+    for (const v of src.pixels.subarray(0, 3 * hw)) {
+      lo = Math.min(lo, v);
+      hi = Math.max(hi, v);
+    }
   for (let c = 0; c < 3; c++) {
     for (let p = 0; p < hw; p++) {
       const x = src.pixels[c * hw + p] ?? 0;
@@ -68,7 +72,10 @@ async function fromPixels(src: DisplaySource, width: number, height: number): Pr
       rgb[p * 3 + c] = Math.max(0, Math.min(255, Math.round(v)));
     }
   }
-  return sharp(rgb, { raw: { width: w, height: h, channels: 3 } }).resize(width, height, { fit: 'fill', kernel: 'cubic' }).png().toBuffer();
+  return sharp(rgb, { raw: { width: w, height: h, channels: 3 } })
+    .resize(width, height, { fit: 'fill', kernel: 'cubic' })
+    .png()
+    .toBuffer();
 }
 
 /** The input image at display size (`size` px wide), as the model sees it. */
@@ -129,11 +136,17 @@ export function overlaySvg(fig: OverlayFigure): Svg {
   const top = (fig.subtitle ? 54 : 38) + colHead;
   const titleH = fig.panels.some((p) => p.title) ? 16 : 0;
   const gap = pw < 100 ? 6 : 12;
-  const width = Math.max(left + perRow * pw + (perRow - 1) * gap + 96, textWidth(fig.title, 15) + 24, textWidth(fig.subtitle ?? '', 11) + 24);
+  const width = Math.max(
+    left + perRow * pw + (perRow - 1) * gap + 96,
+    textWidth(fig.title, 15) + 24,
+    textWidth(fig.subtitle ?? '', 11) + 24,
+  );
   const barH = Math.max(textWidth(fig.colorbarLabel, 11) + 16, Math.min(nRows * (ph + titleH + gap) - gap - titleH, 320));
   const height = Math.max(top + nRows * (ph + titleH) + (nRows - 1) * gap + 16, top + titleH + barH + 16);
   const svg = new Svg(width, height);
-  svg.def(`<image id="img" x="0" y="0" width="${pw}" height="${ph}" href="${fig.image.dataUrl}" xlink:href="${fig.image.dataUrl}" preserveAspectRatio="none"/>`);
+  svg.def(
+    `<image id="img" x="0" y="0" width="${pw}" height="${ph}" href="${fig.image.dataUrl}" xlink:href="${fig.image.dataUrl}" preserveAspectRatio="none"/>`,
+  );
   svg.text(12, 22, fig.title, { size: 15, weight: 'bold' });
   if (fig.subtitle) svg.text(12, 40, fig.subtitle, { size: 11, fill: '#555' });
   const alpha = fig.alpha ?? 0.6;

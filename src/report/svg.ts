@@ -66,7 +66,9 @@ export class Svg {
   }
 
   rect(x: number, y: number, w: number, h: number, fill: string, extra = ''): this {
-    this.parts.push(`<rect x="${n(x)}" y="${n(y)}" width="${n(Math.max(0, w))}" height="${n(Math.max(0, h))}" fill="${fill}"${extra ? ` ${extra}` : ''}/>`);
+    this.parts.push(
+      `<rect x="${n(x)}" y="${n(y)}" width="${n(Math.max(0, w))}" height="${n(Math.max(0, h))}" fill="${fill}"${extra ? ` ${extra}` : ''}/>`,
+    );
     return this;
   }
 
@@ -79,7 +81,9 @@ export class Svg {
 
   polyline(points: [number, number][], stroke: string, width = 2, extra = ''): this {
     const pts = points.map(([x, y]) => `${n(x)},${n(y)}`).join(' ');
-    this.parts.push(`<polyline points="${pts}" fill="none" stroke="${stroke}" stroke-width="${width}" stroke-linejoin="round"${extra ? ` ${extra}` : ''}/>`);
+    this.parts.push(
+      `<polyline points="${pts}" fill="none" stroke="${stroke}" stroke-width="${width}" stroke-linejoin="round"${extra ? ` ${extra}` : ''}/>`,
+    );
     return this;
   }
 
@@ -89,13 +93,7 @@ export class Svg {
   }
 
   text(x: number, y: number, content: string, o: TextOptions = {}): this {
-    const attrs = [
-      `x="${n(x)}"`,
-      `y="${n(y)}"`,
-      `font-family="${FONT}"`,
-      `font-size="${o.size ?? 12}"`,
-      `fill="${o.fill ?? '#222'}"`,
-    ];
+    const attrs = [`x="${n(x)}"`, `y="${n(y)}"`, `font-family="${FONT}"`, `font-size="${o.size ?? 12}"`, `fill="${o.fill ?? '#222'}"`];
     if (o.anchor && o.anchor !== 'start') attrs.push(`text-anchor="${o.anchor}"`);
     if (o.weight === 'bold') attrs.push('font-weight="bold"');
     if (o.baseline && o.baseline !== 'auto') attrs.push(`dominant-baseline="${o.baseline === 'middle' ? 'central' : 'hanging'}"`);

@@ -19,7 +19,14 @@ import { parsePreprocessorConfig, preprocessImage } from '../image/preprocess.js
 import { writeFileAtomic } from '../report/write.js';
 import { clevrCommand, readClevrFolder, splitHeldOut } from './data.js';
 import { cleanUp, runLoop } from './loop.js';
-import { Trainer, type CaptionedImages, type ClipEvalReport, type ClipStepReport, type ClipTrainConfig, type ZeroShotTask } from './trainer.js';
+import {
+  Trainer,
+  type CaptionedImages,
+  type ClipEvalReport,
+  type ClipStepReport,
+  type ClipTrainConfig,
+  type ZeroShotTask,
+} from './trainer.js';
 
 /** The prompt template of the held-out zero-shot questions: captions say "a large red circle". */
 export const DEFAULT_ZERO_SHOT_TEMPLATE = 'a large {}';
@@ -87,8 +94,18 @@ export async function loadCaptionData(req: CaptionDataRequest): Promise<CaptionD
   };
   const largest = split.heldOut.map((r) => r.objects[largestObject(r)]!);
   const tasks: ZeroShotTask[] = [
-    { name: 'largest_colour', classes: [...COLOURS], prompts: COLOURS.map((c) => fill(req.template, c)), labels: largest.map((o) => COLOURS.indexOf(o.colour)) },
-    { name: 'largest_shape', classes: [...SHAPES], prompts: SHAPES.map((s) => fill(req.template, s)), labels: largest.map((o) => SHAPES.indexOf(o.shape)) },
+    {
+      name: 'largest_colour',
+      classes: [...COLOURS],
+      prompts: COLOURS.map((c) => fill(req.template, c)),
+      labels: largest.map((o) => COLOURS.indexOf(o.colour)),
+    },
+    {
+      name: 'largest_shape',
+      classes: [...SHAPES],
+      prompts: SHAPES.map((s) => fill(req.template, s)),
+      labels: largest.map((o) => SHAPES.indexOf(o.shape)),
+    },
   ];
   const nEval = split.heldOut.length;
   return {
@@ -96,7 +113,14 @@ export async function loadCaptionData(req: CaptionDataRequest): Promise<CaptionD
     evaluation: await load(split.heldOut),
     tasks,
     imageSize: size,
-    description: { source: 'clevr-lite captions', dir: req.dir, seed: meta.seed, train: split.train.length, heldOut: nEval, heldOutRule: `last ${nEval} images` },
+    description: {
+      source: 'clevr-lite captions',
+      dir: req.dir,
+      seed: meta.seed,
+      train: split.train.length,
+      heldOut: nEval,
+      heldOutRule: `last ${nEval} images`,
+    },
     dataCommand: clevrCommand(req.dir, meta),
     template: req.template,
   };
@@ -134,7 +158,14 @@ export async function trainClip(run: ClipTrainRun): Promise<ClipTrainSummary> {
     onProgress: run.onProgress,
     stopAfterSteps: run.stopAfterSteps,
   });
-  const summary: ClipTrainSummary = { outDir, steps: r.steps, resumedFromStep: r.resumedFromStep, seconds: r.seconds, evaluation: r.evaluation, finished: r.finished };
+  const summary: ClipTrainSummary = {
+    outDir,
+    steps: r.steps,
+    resumedFromStep: r.resumedFromStep,
+    seconds: r.seconds,
+    evaluation: r.evaluation,
+    finished: r.finished,
+  };
   if (!r.finished) return summary;
   await writeFileAtomic(join(outDir, 'preprocessor_config.json'), `${JSON.stringify(clipPreprocessorConfig(data.imageSize), null, 2)}\n`);
   const record: ClipRecord = {
@@ -194,7 +225,9 @@ ${record.dataCommand}   # the data (deterministic)
 ${record.command}
 \`\`\`
 
-- Data: ${Object.entries(record.data).map(([k, v]) => `${k} = ${typeof v === 'string' ? v : JSON.stringify(v)}`).join('; ')}
+- Data: ${Object.entries(record.data)
+    .map(([k, v]) => `${k} = ${typeof v === 'string' ? v : JSON.stringify(v)}`)
+    .join('; ')}
 - Tokenizer: the tokenizer.json of \`${c.tokenizer}\` (CLIP-style byte-level BPE, copied here); text context ${c.contextLength} tokens
 - Vision tower: image ${c.imageSize}px, patch ${c.patchSize}, d_model ${c.dModel}, ${count(c.nLayers, 'layer')}, ${count(c.nHeads, 'head')}, d_mlp ${c.dMlp}, ${c.activation}; pre-layernorm, class-token pooling, post-layernorm, projection to ${c.projectionDim}
 - Text tower: d_model ${c.textDModel}, ${count(c.textLayers, 'layer')}, ${count(c.textHeads, 'head')}, d_mlp ${c.textDMlp}, ${c.activation}; causal attention with padding masked, pooled at <|endoftext|>, projection to ${c.projectionDim}

@@ -68,7 +68,10 @@ export function readClevrFolder(dir: string): { meta: ClevrMeta; records: ClevrR
       .map((l) => JSON.parse(l) as ClevrRecord);
     return { meta, records };
   } catch (err) {
-    throw usageError(`${dir} is not a clevr-lite folder (${err instanceof Error ? err.message : String(err)})`, 'make one with `prisma dataset clevr-lite --n N --seed S --out DIR`');
+    throw usageError(
+      `${dir} is not a clevr-lite folder (${err instanceof Error ? err.message : String(err)})`,
+      'make one with `prisma dataset clevr-lite --n N --seed S --out DIR`',
+    );
   }
 }
 
@@ -114,7 +117,15 @@ async function clevr(dir: string, question: string, limit: number | undefined, e
     train: await make(split.train),
     evaluation: await make(split.heldOut),
     classes: q.classes,
-    description: { source: 'clevr-lite', dir, seed: meta.seed, question, train: nTrain, heldOut: nEval, heldOutRule: `last ${nEval} images` },
+    description: {
+      source: 'clevr-lite',
+      dir,
+      seed: meta.seed,
+      question,
+      train: nTrain,
+      heldOut: nEval,
+      heldOutRule: `last ${nEval} images`,
+    },
     mean: MEAN,
     std: STD,
   };
@@ -129,7 +140,11 @@ export async function loadTrainingData(req: DataRequest): Promise<TrainingData> 
       train,
       evaluation: test,
       classes: train.classes,
-      description: { source: 'fashion-mnist (Debian dataset-fashion-mnist)', train: train.shape[0], heldOut: `${test.shape[0]} images of the official test split` },
+      description: {
+        source: 'fashion-mnist (Debian dataset-fashion-mnist)',
+        train: train.shape[0],
+        heldOut: `${test.shape[0]} images of the official test split`,
+      },
       mean: MEAN,
       std: STD,
     };

@@ -199,15 +199,18 @@ function preprocessorConfig(config: TrainConfig, data: TrainingData): Record<str
   };
 }
 
-function modelCard(record: {
-  command: string;
-  config: TrainConfig;
-  data: Record<string, unknown>;
-  steps: number;
-  trainSeconds: number;
-  threads: number;
-  heldOut: { accuracy: number; loss: number; n: number; chance: number };
-}, classes: string[]): string {
+function modelCard(
+  record: {
+    command: string;
+    config: TrainConfig;
+    data: Record<string, unknown>;
+    steps: number;
+    trainSeconds: number;
+    threads: number;
+    heldOut: { accuracy: number; loss: number; n: number; chance: number };
+  },
+  classes: string[],
+): string {
   const c = record.config;
   return `# Model card
 
@@ -220,7 +223,9 @@ A small vision transformer trained from scratch by \`prisma train\` (vit-prisma)
 ${record.command}
 \`\`\`
 
-- Data: ${Object.entries(record.data).map(([k, v]) => `${k} = ${typeof v === 'string' ? v : JSON.stringify(v)}`).join('; ')}
+- Data: ${Object.entries(record.data)
+    .map(([k, v]) => `${k} = ${typeof v === 'string' ? v : JSON.stringify(v)}`)
+    .join('; ')}
 - Classes (${classes.length}): ${classes.join(', ')}
 - Architecture: image ${c.imageSize}px, patch ${c.patchSize}, d_model ${c.dModel}, ${c.nLayers} layers, ${c.nHeads} heads, d_mlp ${c.dMlp}, ${c.activation}
 - Optimiser: AdamW (lr ${c.lr}, weight decay ${c.weightDecay}), ${c.warmupSteps} warm-up steps then cosine decay; batch ${c.batchSize}; ${record.steps} steps; seed ${c.seed}

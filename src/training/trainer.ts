@@ -138,7 +138,9 @@ interface TrainerBinding {
 function binding(factory: 'create' | 'createClip'): TrainerBinding {
   const b = rawBinding() as unknown as TrainerBinding;
   if (typeof b.NativeTrainer?.[factory] !== 'function') {
-    throw new PrismaError('E_NATIVE_LOAD', `this build of the native addon has no ${factory === 'create' ? '' : 'CLIP '}trainer`, { hint: 'run `npm run setup`' });
+    throw new PrismaError('E_NATIVE_LOAD', `this build of the native addon has no ${factory === 'create' ? '' : 'CLIP '}trainer`, {
+      hint: 'run `npm run setup`',
+    });
   }
   return b;
 }
@@ -163,7 +165,12 @@ export class Trainer<S extends StepReport = StepReport, E extends EvalReport = E
   }
 
   /** A CLIP trainer; `tasks` are zero-shot questions over the evaluation images. */
-  static createClip(config: ClipTrainConfig, train: CaptionedImages, evaluation: CaptionedImages, tasks: ZeroShotTask[]): Trainer<ClipStepReport, ClipEvalReport> {
+  static createClip(
+    config: ClipTrainConfig,
+    train: CaptionedImages,
+    evaluation: CaptionedImages,
+    tasks: ZeroShotTask[],
+  ): Trainer<ClipStepReport, ClipEvalReport> {
     const b = binding('createClip');
     const raw = guard(() =>
       b.NativeTrainer.createClip(

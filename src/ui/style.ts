@@ -9,8 +9,10 @@ export function useColor(stream: StreamLike, env: NodeJS.ProcessEnv): boolean {
   return stream.isTTY === true;
 }
 
-const wrap = (open: number, close: number) => (text: string, on: boolean): string =>
-  on ? `\u001b[${open}m${text}\u001b[${close}m` : text;
+const wrap =
+  (open: number, close: number) =>
+  (text: string, on: boolean): string =>
+    on ? `\u001b[${open}m${text}\u001b[${close}m` : text;
 
 export const red = wrap(31, 39);
 export const dim = wrap(2, 22);

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 
 import { prisma, requireBuilt } from '../helpers/cli.js';
-import { CLS, IMAGES, ODD, checkFigures, image, model, prismaWithInput, runReport, tmp, validateSchema, type Report } from '../helpers/report.js';
+import { CLS, IMAGES, ODD, checkFigures, image, prismaWithInput, runReport, tmp, validateSchema, type Report } from '../helpers/report.js';
 
 beforeAll(() => requireBuilt());
 
@@ -30,7 +30,10 @@ describe('prisma logit-lens', () => {
   it('--target by label on vit-odd; stdin list with -', async () => {
     const labels = (JSON.parse(prisma(['inspect', ODD, '--json']).stdout) as { model: { labels: string[] } }).model.labels;
     const out = tmp();
-    const r = prismaWithInput(['logit-lens', ODD, '-', '--target', labels[2]!, '--json', '--out', out], `${image('chelsea.jpg')}\n\n${image('coffee.png')}\n`);
+    const r = prismaWithInput(
+      ['logit-lens', ODD, '-', '--target', labels[2]!, '--json', '--out', out],
+      `${image('chelsea.jpg')}\n\n${image('coffee.png')}\n`,
+    );
     expect(r.code, r.stderr).toBe(0);
     const doc = JSON.parse(r.stdout) as Report;
     validateSchema('logit-lens', doc);
@@ -56,19 +59,45 @@ describe('prisma patch', () => {
 
   it('resid_pre by layer,pos, exact and attribution: matrices, correlation, overlays', async () => {
     const { doc } = await runReport('patch', [CLS, ...pair, '--what', 'resid_pre', '--by', 'layer,pos', '--method', 'both']);
-    const res = doc.result as { exact: { dims: number[]; value: number[]; normalised: number[] }; attribution: { dims: number[] }; correlation: number | null };
+    const res = doc.result as {
+      exact: { dims: number[]; value: number[]; normalised: number[] };
+      attribution: { dims: number[] };
+      correlation: number | null;
+    };
     expect(res.exact.dims).toEqual([2, 17]);
     expect(res.exact.value).toHaveLength(34);
     expect(res.attribution.dims).toEqual([2, 17]);
     expect(typeof res.correlation).toBe('number');
-    expect(doc.figures.map((f) => f.path).sort()).toEqual(
-      ['patch-attribution-matrix.png', 'patch-attribution-overlay.png', 'patch-exact-matrix.png', 'patch-exact-overlay.png', 'patch-scatter.png'],
-    );
+    expect(doc.figures.map((f) => f.path).sort()).toEqual([
+      'patch-attribution-matrix.png',
+      'patch-attribution-overlay.png',
+      'patch-exact-matrix.png',
+      'patch-exact-overlay.png',
+      'patch-scatter.png',
+    ]);
   });
 
   it('head_z by layer,head on vit-odd with --layers, --target and --baseline', async () => {
-    const { doc } = await runReport('patch', [ODD, ...pair, '--what', 'head_z', '--by', 'layer,head', '--layers', '0,2', '--target', '1', '--baseline', '3']);
-    const res = doc.result as { exact: { dims: number[]; layers: number[] }; target: { index: number }; baseline: { index: number }; metric: string };
+    const { doc } = await runReport('patch', [
+      ODD,
+      ...pair,
+      '--what',
+      'head_z',
+      '--by',
+      'layer,head',
+      '--layers',
+      '0,2',
+      '--target',
+      '1',
+      '--baseline',
+      '3',
+    ]);
+    const res = doc.result as {
+      exact: { dims: number[]; layers: number[] };
+      target: { index: number };
+      baseline: { index: number };
+      metric: string;
+    };
     expect(res.exact.dims).toEqual([2, 3]);
     expect(res.exact.layers).toEqual([0, 2]);
     expect(res.target.index).toBe(1);
@@ -85,7 +114,9 @@ describe('prisma patch', () => {
     expect((plain.doc.options as { fastLinear: boolean }).fastLinear).toBe(false);
     expect((fast.doc.options as { fastLinear: boolean }).fastLinear).toBe(true);
     expect(values(fast.doc)).toHaveLength(8);
-    values(fast.doc).forEach((v, i) => expect(Math.abs(v - values(plain.doc)[i]!)).toBeLessThanOrEqual(1e-4));
+    values(fast.doc).forEach((v, i) => {
+      expect(Math.abs(v - values(plain.doc)[i]!)).toBeLessThanOrEqual(1e-4);
+    });
   });
 
   it('head_v by layer,pos,head: per-head matrix panels and a summed overlay', async () => {
@@ -100,7 +131,12 @@ describe('prisma patch', () => {
 describe('prisma heads', () => {
   it('class-token query: stats per head, one PNG per head, a grid and an HTML viewer', async () => {
     const { doc, out } = await runReport('heads', [CLS, image('chelsea.jpg')]);
-    const res = (doc.results as { heads: { layer: number; head: number; entropy: number; queryAttention: number[]; selfShare: number; meanDistance: number }[]; figures: string[] }[])[0]!;
+    const res = (
+      doc.results as {
+        heads: { layer: number; head: number; entropy: number; queryAttention: number[]; selfShare: number; meanDistance: number }[];
+        figures: string[];
+      }[]
+    )[0]!;
     expect(res.heads).toHaveLength(8);
     for (const h of res.heads) {
       expect(h.queryAttention.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 4);
@@ -113,7 +149,10 @@ describe('prisma heads', () => {
     expect(paths).toContain('heads/chelsea/heads-grid.png');
     expect(paths).toContain('heads/chelsea/heads.html');
     const html = readFileSync(join(out, 'heads', 'chelsea', 'heads.html'), 'utf8');
-    const data = JSON.parse(/<script type="application\/json" id="data">([\s\S]*?)<\/script>/.exec(html)![1]!) as { heads: unknown[]; nPos: number };
+    const data = JSON.parse(/<script type="application\/json" id="data">([\s\S]*?)<\/script>/.exec(html)![1]!) as {
+      heads: unknown[];
+      nPos: number;
+    };
     expect(data.heads).toHaveLength(8);
     expect(data.nPos).toBe(17);
     // the viewer script at least compiles
@@ -134,7 +173,11 @@ describe('prisma dla', () => {
   it('components add up to the logit; bar chart, head heatmap and top-head overlays', async () => {
     const { doc } = await runReport('dla', [CLS, IMAGES, '--per-position']);
     expect(doc.results).toHaveLength(3);
-    for (const res of doc.results as { check: { ok: boolean; sumPlusConstant: number; logit: number }; modelLogit: number; headPositions: number[] }[]) {
+    for (const res of doc.results as {
+      check: { ok: boolean; sumPlusConstant: number; logit: number };
+      modelLogit: number;
+      headPositions: number[];
+    }[]) {
       expect(res.check.ok).toBe(true);
       expect(Math.abs(res.check.sumPlusConstant - res.check.logit)).toBeLessThan(1e-4);
       expect(Math.abs(res.check.sumPlusConstant - res.modelLogit)).toBeLessThan(1e-4);
@@ -181,7 +224,18 @@ describe('prisma ablate', () => {
   });
 
   it('mean and resample modes with --reference; the resample choice is reported', async () => {
-    const mean = (await runReport('ablate', [CLS, image('coffee.png'), '--ablate', 'blocks.*.attn.hook_z[head=0|2]', '--mode', 'mean', '--reference', IMAGES])).doc;
+    const mean = (
+      await runReport('ablate', [
+        CLS,
+        image('coffee.png'),
+        '--ablate',
+        'blocks.*.attn.hook_z[head=0|2]',
+        '--mode',
+        'mean',
+        '--reference',
+        IMAGES,
+      ])
+    ).doc;
     const m = (mean.results as { references: number; ablations: { hooks: string[] }[] }[])[0]!;
     expect(m.references).toBe(3);
     expect(m.ablations[0]!.hooks).toEqual(['blocks.0.attn.hook_z', 'blocks.1.attn.hook_z']);

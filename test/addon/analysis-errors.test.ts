@@ -18,7 +18,9 @@ describe('batches: per-input errors and exit code 3', () => {
     for (const command of ['dla', 'logit-lens', 'heads', 'ablate']) {
       const { doc, r } = await runReport(command, [CLS, dir], 3);
       expect(doc.results).toHaveLength(2);
-      expect(doc.errors).toEqual([{ input: join(dir, 'b.png'), code: 'E_IMAGE_DECODE', message: expect.stringMatching(/b\.png/) as unknown as string }]);
+      expect(doc.errors).toEqual([
+        { input: join(dir, 'b.png'), code: 'E_IMAGE_DECODE', message: expect.stringMatching(/b\.png/) as unknown as string },
+      ]);
       expect(r.code).toBe(3);
     }
     const human = prisma(['dla', CLS, dir]);
@@ -46,14 +48,29 @@ describe('analysis errors: one line, an E_ code, nothing written', () => {
     ['resid_pre has no heads', ['patch', CLS, ...pair, '--what', 'resid_pre', '--by', 'layer,head'], 'E_ARGUMENT', 2],
     ['model without a head', ['logit-lens', model('vit-tiny-base'), image('coffee.png')], 'E_UNSUPPORTED_MODEL', 1],
     ['dla without a head', ['dla', model('vit-tiny-base'), image('coffee.png')], 'E_UNSUPPORTED_MODEL', 1],
-    ['bad layer in --layers (patch)', ['patch', CLS, ...pair, '--what', 'resid_pre', '--by', 'layer,pos', '--layers', '0,5'], 'E_LAYER_RANGE', 1],
+    [
+      'bad layer in --layers (patch)',
+      ['patch', CLS, ...pair, '--what', 'resid_pre', '--by', 'layer,pos', '--layers', '0,5'],
+      'E_LAYER_RANGE',
+      1,
+    ],
     ['bad layer in --layers (heads)', ['heads', CLS, image('coffee.png'), '--layers', '2'], 'E_LAYER_RANGE', 1],
     ['query patch out of range', ['heads', CLS, image('coffee.png'), '--query', '16'], 'E_ARGUMENT', 2],
-    ['--fast-linear on a half-precision model', ['patch', CLS, ...pair, '--what', 'head_z', '--by', 'layer,head', '--dtype', 'f16', '--fast-linear'], 'E_ARGUMENT', 2],
+    [
+      '--fast-linear on a half-precision model',
+      ['patch', CLS, ...pair, '--what', 'head_z', '--by', 'layer,head', '--dtype', 'f16', '--fast-linear'],
+      'E_ARGUMENT',
+      2,
+    ],
     ['unknown hook in --ablate', ['ablate', CLS, image('coffee.png'), '--ablate', 'blocks.0.attn.hook_nope[head=1]'], 'E_UNKNOWN_HOOK', 1],
     ['malformed --ablate', ['ablate', CLS, image('coffee.png'), '--ablate', 'blocks.0.attn.hook_z[head=1'], 'E_USAGE', 2],
     ['mean without --reference', ['ablate', CLS, image('coffee.png'), '--mode', 'mean'], 'E_USAGE', 2],
-    ['--fast-linear with --ablate specs', ['ablate', CLS, image('coffee.png'), '--ablate', 'blocks.0.attn.hook_z[head=1]', '--fast-linear'], 'E_USAGE', 2],
+    [
+      '--fast-linear with --ablate specs',
+      ['ablate', CLS, image('coffee.png'), '--ablate', 'blocks.0.attn.hook_z[head=1]', '--fast-linear'],
+      'E_USAGE',
+      2,
+    ],
     ['bad --what', ['patch', CLS, ...pair, '--what', 'nope', '--by', 'layer,pos'], 'E_USAGE', 2],
     ['bad --site', ['logit-lens', CLS, image('coffee.png'), '--site', 'resid_nope'], 'E_USAGE', 2],
   ];

@@ -30,7 +30,11 @@ let oddBatch: PixelBatch;
 
 function row(batch: PixelBatch, i: number): PixelBatch {
   const n = batch.data.length / batch.shape[0];
-  return { data: batch.data.slice(i * n, (i + 1) * n), shape: [1, batch.shape[1], batch.shape[2], batch.shape[3]], labels: [batch.labels[i]!] };
+  return {
+    data: batch.data.slice(i * n, (i + 1) * n),
+    shape: [1, batch.shape[1], batch.shape[2], batch.shape[3]],
+    labels: [batch.labels[i]!],
+  };
 }
 
 async function logitsOf(model: Model, batch: PixelBatch): Promise<Float32Array[]> {
@@ -149,7 +153,11 @@ describe('ablate', () => {
     const sweep = await ablateSweep(odd, img, common);
     const [nL, nH] = sweep.dims as [number, number];
     expect([nL, nH]).toEqual([3, 3]);
-    for (const [l, h] of [[0, 0], [1, 2], [2, 1]] as const) {
+    for (const [l, h] of [
+      [0, 0],
+      [1, 2],
+      [2, 1],
+    ] as const) {
       const one = await ablate(odd, img, { ...common, ablate: [`blocks.${l}.attn.hook_z[head=${h}]`] });
       expect(Math.abs(one.before.value - sweep.before.value)).toBeLessThan(1e-5);
       expect(Math.abs(one.after.value - sweep.value[l * nH + h]!)).toBeLessThan(1e-4);
@@ -163,8 +171,16 @@ describe('ablate', () => {
     const n = a.data.length;
     const many = new Float32Array(130 * n);
     for (let i = 0; i < 130; i++) many.set((i % 2 === 0 ? a : b).data, i * n);
-    const references: PixelBatch = { data: many, shape: [130, ...a.shape.slice(1)] as PixelBatch['shape'], labels: Array.from({ length: 130 }, (_, i) => `r${i}`) };
-    const pair: PixelBatch = { data: Float32Array.from([...a.data, ...b.data]), shape: [2, ...a.shape.slice(1)] as PixelBatch['shape'], labels: ['a', 'b'] };
+    const references: PixelBatch = {
+      data: many,
+      shape: [130, ...a.shape.slice(1)] as PixelBatch['shape'],
+      labels: Array.from({ length: 130 }, (_, i) => `r${i}`),
+    };
+    const pair: PixelBatch = {
+      data: Float32Array.from([...a.data, ...b.data]),
+      shape: [2, ...a.shape.slice(1)] as PixelBatch['shape'],
+      labels: ['a', 'b'],
+    };
     const spec = { mode: 'mean' as const, ablate: ['blocks.1.attn.hook_z[head=2]', 'blocks.0.hook_mlp_out'] };
     const overMany = await ablate(odd, img, { ...spec, references });
     const overPair = await ablate(odd, img, { ...spec, references: pair });
@@ -173,7 +189,9 @@ describe('ablate', () => {
     expect(Math.abs(overMany.after.value - overMany.before.value)).toBeGreaterThan(1e-4);
     const sweepMany = await ablateSweep(odd, img, { mode: 'mean', references });
     const sweepPair = await ablateSweep(odd, img, { mode: 'mean', references: pair });
-    sweepMany.value.forEach((v, i) => expect(Math.abs(v - sweepPair.value[i]!)).toBeLessThan(1e-5));
+    sweepMany.value.forEach((v, i) => {
+      expect(Math.abs(v - sweepPair.value[i]!)).toBeLessThan(1e-5);
+    });
   });
 
   it('zeroing every head of the last layer equals an intervention run', async () => {

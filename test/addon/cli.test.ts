@@ -150,7 +150,7 @@ describe('prisma run', () => {
     });
   });
 
-  it('--stop-at-layer returns that block\'s resid_pre and no predictions', () => {
+  it("--stop-at-layer returns that block's resid_pre and no predictions", () => {
     const name = 'vit-odd';
     const out = join(tmp(), 'stop.safetensors');
     const s = ok(prisma(['run', model(name), reference(name), '--stop-at-layer', '1', '--out', out]));
@@ -212,7 +212,14 @@ describe('prisma run', () => {
     writeFileSync(orphan, 'x');
     writeFileSync(live, 'x');
     const streaming = () => readdirSync(out).some((n) => n.startsWith(`.prisma-tmp-acts.safetensors.`) && !n.endsWith('.00000000'));
-    const ended = await spawnAndKillWhen(['run', model('vit-tiny-cls'), input, '--cache', '*', '--batch-size', '1', '--out', join(out, 'acts.safetensors')], streaming, 'no temporary file', 5, 60_000, 'SIGINT');
+    const ended = await spawnAndKillWhen(
+      ['run', model('vit-tiny-cls'), input, '--cache', '*', '--batch-size', '1', '--out', join(out, 'acts.safetensors')],
+      streaming,
+      'no temporary file',
+      5,
+      60_000,
+      'SIGINT',
+    );
     expect(ended.signal).toBe('SIGINT');
     expect(readdirSync(out).sort()).toEqual([basename(live)]);
   });
@@ -236,7 +243,7 @@ function writeNpy(path: string, descr: string, shape: readonly number[], values:
     else body.writeBigInt64LE(BigInt(Math.round(v)), i * 8);
   }
   let header = `{'descr': '${descr}', 'fortran_order': False, 'shape': (${shape.join(', ')},), }`;
-  header += ' '.repeat(63 - ((10 + header.length) % 64)) + '\n';
+  header += `${' '.repeat(63 - ((10 + header.length) % 64))}\n`;
   const prefix = Buffer.from([0x93, ...Buffer.from('NUMPY'), 1, 0, header.length & 0xff, header.length >> 8]);
   writeFileSync(path, Buffer.concat([prefix, Buffer.from(header, 'latin1'), body]));
 }
@@ -254,7 +261,12 @@ describe('.npy inputs', () => {
 
   it.each([
     ['integer pixels', '<i8', (d: Float32Array) => d, /dtype '<i8' is not supported; use float32/],
-    ['NaN pixels', '<f4', (d: Float32Array) => d.map((v, i) => (i % 7 === 0 ? Number.NaN : v)), /tensor 'pixel_values': \d+ of \d+ values are NaN or infinite$/],
+    [
+      'NaN pixels',
+      '<f4',
+      (d: Float32Array) => d.map((v, i) => (i % 7 === 0 ? Number.NaN : v)),
+      /tensor 'pixel_values': \d+ of \d+ values are NaN or infinite$/,
+    ],
   ] as const)('%s: one error line, exit 1', (_what, descr, edit, pattern) => {
     const path = join(tmp(), 'px.npy');
     writeNpy(path, descr, px().shape, edit(px().data));
@@ -303,7 +315,7 @@ describe('bad inputs: exit != 0, one stderr line (+ hint), no output file', () =
     const lines = stderrLines(r);
     expect(lines.length === 1 || (lines.length === 2 && lines[1]!.startsWith('hint: ')), r.stderr).toBe(true);
     expect(lines[0]).toMatch(/^prisma: \S/);
-    expect(lines[0]).not.toMatch(/\u001b\[/);
+    expect(lines[0]).not.toContain('\u001b[');
     expect(existsSync(out)).toBe(false);
     expect(readdirSync(dir)).toEqual([]);
 
@@ -329,11 +341,16 @@ describe('bad inputs: exit != 0, one stderr line (+ hint), no output file', () =
 
 describe('output into a closed pipe', () => {
   it('a reader that stops early (`prisma ... | head`) ends the run quietly: exit 0, nothing on stderr', async () => {
-    const child = spawn(process.execPath, [BIN, 'inspect', model('vit-tiny-cls'), '--json'], { cwd: ROOT, env: { ...process.env, NO_COLOR: '1' } });
+    const child = spawn(process.execPath, [BIN, 'inspect', model('vit-tiny-cls'), '--json'], {
+      cwd: ROOT,
+      env: { ...process.env, NO_COLOR: '1' },
+    });
     // Close our end before the CLI has started: its first write to stdout meets EPIPE.
     child.stdout.destroy();
     let stderr = '';
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+    });
     const code = await new Promise<number | null>((resolve) => child.once('close', (c) => resolve(c)));
     expect(stderr).toBe('');
     expect(code).toBe(0);

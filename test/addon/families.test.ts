@@ -21,7 +21,15 @@ const CLIP_LABELS = ['--labels', 'a cat,a dog,coffee,a person', '--template', 'a
 const VIDEO = join(FIXTURES, 'video');
 
 interface InspectJson {
-  model: { family: string; sourceFormat: string; nRegisters?: number; numFrames?: number; hasTextTower?: boolean; nClasses: number; labels: string[] };
+  model: {
+    family: string;
+    sourceFormat: string;
+    nRegisters?: number;
+    numFrames?: number;
+    hasTextTower?: boolean;
+    nClasses: number;
+    labels: string[];
+  };
   hooks: { name: string; shape: number[] }[];
 }
 
@@ -37,7 +45,9 @@ const FAMILIES: [string, string, string][] = [
 ];
 
 describe('prisma inspect and run on every family', () => {
-  it.each(FAMILIES)('%s: inspect names family %s and format %s; run on its reference pixels gives the reference output', (name, family, format) => {
+  it.each(
+    FAMILIES,
+  )('%s: inspect names family %s and format %s; run on its reference pixels gives the reference output', (name, family, format) => {
     const r = prisma(['inspect', model(name), '--json']);
     expect(r.code, r.stderr).toBe(0);
     const doc = JSON.parse(r.stdout) as InspectJson;
@@ -51,7 +61,18 @@ describe('prisma inspect and run on every family', () => {
 
     // run on the reference pixel_values; compare the final norm output with the reference library's.
     const out = join(tmp(), 'acts.safetensors');
-    const run = prisma(['run', model(name), ref(name), '--input-key', 'pixel_values', '--cache', 'ln_final.hook_normalized', '--out', out, ...(family.includes('clip') ? CLIP_LABELS : [])]);
+    const run = prisma([
+      'run',
+      model(name),
+      ref(name),
+      '--input-key',
+      'pixel_values',
+      '--cache',
+      'ln_final.hook_normalized',
+      '--out',
+      out,
+      ...(family.includes('clip') ? CLIP_LABELS : []),
+    ]);
     expect(run.code, run.stderr).toBe(0);
     const ours = readSafetensors(out).tensors.get('ln_final.hook_normalized')!;
     const expected = readSafetensors(ref(name)).tensors.get('ln_final.hook_normalized')!;
@@ -89,9 +110,23 @@ describe('prisma classify (zero-shot)', () => {
     const templates = JSON.parse(reference.metadata!['templates']!) as string[];
     expect(templates.length).toBeGreaterThan(1);
     const flags = templates.flatMap((t) => ['--template', t]);
-    const r = prisma(['classify', model('clip-tiny'), ref('clip-tiny'), '--input-key', 'pixel_values', '--labels', labels.join(','), ...flags, '--json']);
+    const r = prisma([
+      'classify',
+      model('clip-tiny'),
+      ref('clip-tiny'),
+      '--input-key',
+      'pixel_values',
+      '--labels',
+      labels.join(','),
+      ...flags,
+      '--json',
+    ]);
     expect(r.code, r.stderr).toBe(0);
-    const doc = JSON.parse(r.stdout) as { templates: string[]; prompts: string[]; results: { predictions: { index: number; prob: number }[] }[] };
+    const doc = JSON.parse(r.stdout) as {
+      templates: string[];
+      prompts: string[];
+      results: { predictions: { index: number; prob: number }[] }[];
+    };
     expect(doc.templates).toEqual(templates);
     // Label-major: every template of the first label, then the next.
     expect(doc.prompts.slice(0, templates.length)).toEqual(templates.map((t) => t.replace('{}', labels[0]!)));
@@ -134,12 +169,15 @@ describe('prisma classify (zero-shot)', () => {
   it('--image-size on image inputs retargets the preprocessing (crop 48) and runs', () => {
     const r = prisma(['classify', model('clip-tiny'), image('astronaut.png'), ...CLIP_LABELS, '--image-size', '48', '--json']);
     expect(r.code, r.stderr).toBe(0);
-    const insp = JSON.parse(prisma(['inspect', model('clip-tiny'), '--image-size', '48', '--json']).stdout) as { model: { imageSize: number[] }; hooks: { name: string; shape: number[] }[] };
+    const insp = JSON.parse(prisma(['inspect', model('clip-tiny'), '--image-size', '48', '--json']).stdout) as {
+      model: { imageSize: number[] };
+      hooks: { name: string; shape: number[] }[];
+    };
     expect(insp.model.imageSize).toEqual([48, 48]);
     expect(insp.hooks.find((h) => h.name === 'hook_pos_embed')!.shape).toEqual([1, 37, 32]);
   });
 
-  it('an --image-size beyond any machine\'s memory is one usage error, not a process killed for memory', () => {
+  it("an --image-size beyond any machine's memory is one usage error, not a process killed for memory", () => {
     const r = prisma(['run', model('vit-tiny-cls'), image('coffee.png'), '--image-size', '1000000']);
     expect(r.code).toBe(2);
     const lines = r.stderr.trim().split('\n');
@@ -149,7 +187,19 @@ describe('prisma classify (zero-shot)', () => {
 
   it('--image-size 48 interpolates position embeddings like transformers (image embeddings within 1e-4)', () => {
     const out = join(tmp(), 'acts.safetensors');
-    const r = prisma(['run', model('clip-tiny'), ref('clip-tiny'), '--input-key', 'pixel_values_48', '--image-size', '48', '--cache', 'hook_image_embeds', '--out', out]);
+    const r = prisma([
+      'run',
+      model('clip-tiny'),
+      ref('clip-tiny'),
+      '--input-key',
+      'pixel_values_48',
+      '--image-size',
+      '48',
+      '--cache',
+      'hook_image_embeds',
+      '--out',
+      out,
+    ]);
     expect(r.code, r.stderr).toBe(0);
     const ours = readSafetensors(out).tensors.get('hook_image_embeds')!;
     const expected = readSafetensors(ref('clip-tiny')).tensors.get('res48.hook_image_embeds')!;
@@ -180,16 +230,49 @@ describe('techniques on the CLIP, DINOv2-with-registers and video fixtures', () 
   });
 
   it('clip-tiny: patch (exact + attribution) and dla sum to the logit', async () => {
-    const { doc } = await runReport('patch', [model('clip-tiny'), '--clean', image('astronaut.png'), '--corrupt', image('chelsea.jpg'), ...CLIP_LABELS, '--target', 'a person', '--baseline', 'a cat', '--what', 'head_z', '--by', 'layer,head', '--method', 'both']);
+    const { doc } = await runReport('patch', [
+      model('clip-tiny'),
+      '--clean',
+      image('astronaut.png'),
+      '--corrupt',
+      image('chelsea.jpg'),
+      ...CLIP_LABELS,
+      '--target',
+      'a person',
+      '--baseline',
+      'a cat',
+      '--what',
+      'head_z',
+      '--by',
+      'layer,head',
+      '--method',
+      'both',
+    ]);
     expect((doc.result as { exact: { dims: number[] } }).exact.dims).toEqual([2, 4]);
     const dla = await runReport('dla', [model('clip-tiny'), image('astronaut.png'), ...CLIP_LABELS, '--target', 'a person']);
     const d = dla.doc.results![0] as { sumOfComponents: number; constant: number; logit: number };
     expect(Math.abs(d.sumOfComponents + d.constant - d.logit)).toBeLessThan(1e-4);
   });
 
-  it.each(['64', '1'])('clip-tiny: text-tower hooks are recorded with the text. prefix when prompts are set (--batch-size %s)', (batchSize) => {
+  it.each([
+    '64',
+    '1',
+  ])('clip-tiny: text-tower hooks are recorded with the text. prefix when prompts are set (--batch-size %s)', (batchSize) => {
     const out = join(tmp(), 'acts.safetensors');
-    const r = prisma(['run', model('clip-tiny'), ref('clip-tiny'), '--input-key', 'pixel_values', ...CLIP_LABELS, '--cache', 'text.blocks.*.hook_resid_post,hook_text_embeds,blocks.1.hook_resid_post', '--out', out, '--batch-size', batchSize]);
+    const r = prisma([
+      'run',
+      model('clip-tiny'),
+      ref('clip-tiny'),
+      '--input-key',
+      'pixel_values',
+      ...CLIP_LABELS,
+      '--cache',
+      'text.blocks.*.hook_resid_post,hook_text_embeds,blocks.1.hook_resid_post',
+      '--out',
+      out,
+      '--batch-size',
+      batchSize,
+    ]);
     expect(r.code, r.stderr).toBe(0);
     const written = readSafetensors(out).tensors;
     const reference = readSafetensors(ref('clip-tiny')).tensors;
@@ -210,11 +293,37 @@ describe('techniques on the CLIP, DINOv2-with-registers and video fixtures', () 
     const lens = await runReport('logit-lens', [model('dinov2-reg-tiny'), image('chelsea.jpg'), ...probeArgs]);
     const l = lens.doc.results![0] as { layers: { posTargetLogit: number[] }[] };
     expect(l.layers[0]!.posTargetLogit).toHaveLength(21);
-    const patch = await runReport('patch', [model('dinov2-reg-tiny'), '--clean', image('astronaut.png'), '--corrupt', image('coffee.png'), ...probeArgs, '--target', 'beta', '--what', 'resid_pre', '--by', 'layer,pos']);
+    const patch = await runReport('patch', [
+      model('dinov2-reg-tiny'),
+      '--clean',
+      image('astronaut.png'),
+      '--corrupt',
+      image('coffee.png'),
+      ...probeArgs,
+      '--target',
+      'beta',
+      '--what',
+      'resid_pre',
+      '--by',
+      'layer,pos',
+    ]);
     const p = patch.doc.result as { exact: { dims: number[]; value: number[] } };
     expect(p.exact.dims).toEqual([2, 21]);
     // Invariant: patching a run into itself changes nothing (every cell = the clean metric).
-    const same = await runReport('patch', [model('dinov2-reg-tiny'), '--clean', image('astronaut.png'), '--corrupt', image('astronaut.png'), ...probeArgs, '--target', 'beta', '--what', 'resid_pre', '--by', 'layer,pos']);
+    const same = await runReport('patch', [
+      model('dinov2-reg-tiny'),
+      '--clean',
+      image('astronaut.png'),
+      '--corrupt',
+      image('astronaut.png'),
+      ...probeArgs,
+      '--target',
+      'beta',
+      '--what',
+      'resid_pre',
+      '--by',
+      'layer,pos',
+    ]);
     const s = same.doc.result as { exact: { value: number[] }; clean: { metric: { value: number } } };
     for (const v of s.exact.value) expect(Math.abs(v - s.clean.metric.value)).toBeLessThan(1e-4);
   });
@@ -233,7 +342,19 @@ describe('techniques on the CLIP, DINOv2-with-registers and video fixtures', () 
     const lens = await runReport('logit-lens', [model(name), clean]);
     const tokens = (lens.doc.model as { tokens: string[] }).tokens;
     expect(tokens).toContain('t1:r3c3');
-    const patch = await runReport('patch', [model(name), '--clean', clean, '--corrupt', corrupt, '--target', '0', '--what', 'resid_pre', '--by', 'layer,pos']);
+    const patch = await runReport('patch', [
+      model(name),
+      '--clean',
+      clean,
+      '--corrupt',
+      corrupt,
+      '--target',
+      '0',
+      '--what',
+      'resid_pre',
+      '--by',
+      'layer,pos',
+    ]);
     expect((patch.doc.result as { exact: { dims: number[] } }).exact.dims).toEqual([2, tokens.length]);
     const heads = await runReport('heads', [model(name), clean]);
     // heads.html: a time-slice selector; each slice draws its own keys over its own frame, and
@@ -299,7 +420,12 @@ function runHeadsViewer(html: string) {
     };
     return el;
   };
-  const canvas = element('cv', { width: 448, height: 448, getContext: () => ctx, getBoundingClientRect: () => ({ left: 0, top: 0, width: 448, height: 448 }) });
+  const canvas = element('cv', {
+    width: 448,
+    height: 448,
+    getContext: () => ctx,
+    getBoundingClientRect: () => ({ left: 0, top: 0, width: 448, height: 448 }),
+  });
   const els: Record<string, ReturnType<typeof element>> = {
     data: element('data', { textContent: json }),
     cv: canvas,
@@ -341,6 +467,7 @@ function runHeadsViewer(html: string) {
 describe('docs/models.md', () => {
   it('lists every family the loader reads', () => {
     const doc = readFileSync(join(FIXTURES, '..', 'docs', 'models.md'), 'utf8');
-    for (const f of ['CLIPModel', 'open_clip', 'timm', 'Dinov2WithRegistersModel', 'VideoMAE', 'ViViT', 'Flamingo']) expect(doc).toContain(f);
+    for (const f of ['CLIPModel', 'open_clip', 'timm', 'Dinov2WithRegistersModel', 'VideoMAE', 'ViViT', 'Flamingo'])
+      expect(doc).toContain(f);
   });
 });

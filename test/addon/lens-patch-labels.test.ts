@@ -24,7 +24,18 @@ function labelsFile(dir: string, labels: (string | null)[], grid: [number, numbe
       threshold: 0.5,
       preprocess: { source: 'test', resize: { kind: 'exact', height: 32, width: 32 }, centerCrop: null },
       classes,
-      images: [{ image: 'chelsea.jpg', annotation: 'hand-made', mask: null, sourceSize: [50, 70], size: [32, 32], grid, labels, coverage: labels.map(() => 1) }],
+      images: [
+        {
+          image: 'chelsea.jpg',
+          annotation: 'hand-made',
+          mask: null,
+          sourceSize: [50, 70],
+          size: [32, 32],
+          grid,
+          labels,
+          coverage: labels.map(() => 1),
+        },
+      ],
     }),
   );
   return file;
@@ -36,10 +47,24 @@ describe('logit-lens --patch-labels', () => {
     const dir = mkdtempSync(join(tmpdir(), 'prisma-lens-labels-'));
     // Top row 'cat', second row 'dog', the rest unlabelled.
     const labels = Array.from({ length: 16 }, (_, p) => (p < 4 ? 'cat' : p < 8 ? 'dog' : null));
-    const r = prisma(['logit-lens', CLS, IMAGE, '--site', 'resid_pre,resid_post', '--patch-labels', labelsFile(dir, labels), '--out', join(dir, 'out'), '--json']);
+    const r = prisma([
+      'logit-lens',
+      CLS,
+      IMAGE,
+      '--site',
+      'resid_pre,resid_post',
+      '--patch-labels',
+      labelsFile(dir, labels),
+      '--out',
+      join(dir, 'out'),
+      '--json',
+    ]);
     expect(r.code, r.stderr).toBe(0);
     const report = JSON.parse(readFileSync(join(dir, 'out', 'report.json'), 'utf8')) as {
-      results: { layers: { layer: number; site: string; posTop1: number[] }[]; patchLabels: { layer: number; site: string; correct: number; labelled: number; accuracy: number }[] }[];
+      results: {
+        layers: { layer: number; site: string; posTop1: number[] }[];
+        patchLabels: { layer: number; site: string; correct: number; labelled: number; accuracy: number }[];
+      }[];
       patchLabelAccuracy: { correct: number; labelled: number }[];
     };
     await validateSchema('logit-lens', report);

@@ -169,9 +169,23 @@ describe('tensor files', () => {
     const alpha = Float32Array.from({ length: 4 * 2 * 2 }, (_, i) => Math.sin(i));
     const metadata = { generator: 'test', inputs: JSON.stringify(['a.png', 'b "quoted".png']), note: 'déjà vu' };
     const whole = join(dir, 'whole.safetensors');
-    await saveTensors(whole, [{ name: 'zeta', shape: [4, 3], data: zeta }, { name: 'alpha', shape: [4, 2, 2], data: alpha }], metadata);
+    await saveTensors(
+      whole,
+      [
+        { name: 'zeta', shape: [4, 3], data: zeta },
+        { name: 'alpha', shape: [4, 2, 2], data: alpha },
+      ],
+      metadata,
+    );
     const rows = join(dir, 'rows.safetensors');
-    const writer = await SafetensorsWriter.create(rows, [{ name: 'zeta', shape: [4, 3] }, { name: 'alpha', shape: [4, 2, 2] }], metadata);
+    const writer = await SafetensorsWriter.create(
+      rows,
+      [
+        { name: 'zeta', shape: [4, 3] },
+        { name: 'alpha', shape: [4, 2, 2] },
+      ],
+      metadata,
+    );
     await writer.writeRows('alpha', 2, alpha.subarray(8));
     await writer.writeRows('zeta', 0, zeta.subarray(0, 6));
     await writer.writeRows('zeta', 2, zeta.subarray(6));

@@ -19,7 +19,10 @@ async function makeImages(dir: string): Promise<void> {
     const size = 96 + 8 * i;
     let img = sharp(sources[i % 3]!).resize(size, size, { fit: 'cover' });
     if (i % 2 === 1) img = img.flop();
-    await img.modulate({ brightness: 0.8 + 0.02 * i }).png().toFile(join(dir, `img-${String(i).padStart(2, '0')}.png`));
+    await img
+      .modulate({ brightness: 0.8 + 0.02 * i })
+      .png()
+      .toFile(join(dir, `img-${String(i).padStart(2, '0')}.png`));
   }
 }
 
@@ -44,13 +47,19 @@ describe('--resume', () => {
 
     // First run: kill it (SIGKILL, no clean-up) once a few items are on disk.
     let killedAt = -1;
-    await spawnAndKillWhen(['logit-lens', CLS, images, '--site', 'resid_pre,resid_mid,resid_post', '--out', out, '--json'], () => {
-      const n = jsonFiles(items).length;
-      if (n >= 3) killedAt = n;
-      return n >= 3;
-    }, 'no items written');
+    await spawnAndKillWhen(
+      ['logit-lens', CLS, images, '--site', 'resid_pre,resid_mid,resid_post', '--out', out, '--json'],
+      () => {
+        const n = jsonFiles(items).length;
+        if (n >= 3) killedAt = n;
+        return n >= 3;
+      },
+      'no items written',
+    );
     expect(killedAt, 'the first run finished before it could be killed').toBeGreaterThanOrEqual(3);
-    const before = new Map(jsonFiles(items).map((n) => [n, { text: readFileSync(join(items, n), 'utf8'), mtime: statSync(join(items, n)).mtimeMs }]));
+    const before = new Map(
+      jsonFiles(items).map((n) => [n, { text: readFileSync(join(items, n), 'utf8'), mtime: statSync(join(items, n)).mtimeMs }]),
+    );
     const k = before.size;
     expect(k).toBeGreaterThanOrEqual(3);
     expect(k).toBeLessThan(N);
@@ -70,7 +79,11 @@ describe('--resume', () => {
     expect(doc.computed).toBe(N - k);
     expect(doc.results).toHaveLength(N);
     expect(new Set(doc.results.map((x) => x.input)).size).toBe(N);
-    expect(doc.results.map((x) => x.input)).toEqual(readdirSync(images).sort().map((n) => join(images, n)));
+    expect(doc.results.map((x) => x.input)).toEqual(
+      readdirSync(images)
+        .sort()
+        .map((n) => join(images, n)),
+    );
     expect(doc.figures).toHaveLength(2 * N);
     expect(JSON.parse(readFileSync(join(out, 'report.json'), 'utf8'))).toEqual(doc);
 
@@ -83,7 +96,9 @@ describe('--resume', () => {
     expect(readdirSync(items).filter((n) => !n.endsWith('.json'))).toEqual([]);
 
     // Resuming a finished run computes nothing.
-    const again = JSON.parse(prisma(['logit-lens', CLS, images, '--site', 'resid_pre,resid_mid,resid_post', '--out', out, '--json', '--resume']).stdout) as { resumed: number; computed: number };
+    const again = JSON.parse(
+      prisma(['logit-lens', CLS, images, '--site', 'resid_pre,resid_mid,resid_post', '--out', out, '--json', '--resume']).stdout,
+    ) as { resumed: number; computed: number };
     expect(again).toMatchObject({ resumed: N, computed: 0 });
 
     // Other options cannot resume this folder.

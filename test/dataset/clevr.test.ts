@@ -80,7 +80,10 @@ describe('clevr-lite determinism', () => {
     expect(meta.questions.largest_colour.classes).toEqual(['red', 'green', 'blue', 'yellow', 'purple', 'cyan']);
     expect(meta.questions.count.classes).toEqual(['1', '2', '3', '4']);
     expect(meta.questions.has_red_circle.classes).toEqual(['no', 'yes']);
-    const records: ClevrRecord[] = readFileSync(join(dir, 'labels.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const records: ClevrRecord[] = readFileSync(join(dir, 'labels.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
     expect(records).toHaveLength(12);
     for (const [i, r] of records.entries()) {
       expect(r.index).toBe(i);
@@ -90,7 +93,10 @@ describe('clevr-lite determinism', () => {
       expect(meta.questions.has_red_circle.classes[r.answer_index.has_red_circle]).toBe(r.answers.has_red_circle ? 'yes' : 'no');
       expect(r.answers.count).toBe(r.objects.length);
     }
-    const edits = readFileSync(join(dir, 'edits.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const edits = readFileSync(join(dir, 'edits.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
     for (const [i, e] of edits.entries()) {
       const r = records[i]!;
       expect(e.from).toBe(r.answers.largest_colour);
@@ -150,18 +156,36 @@ describe('clevr-lite scenes', () => {
   });
 
   it('breaks largest ties in hand-made scenes by size class, then area, then order', () => {
-    const obj = (shape: 'circle' | 'square' | 'triangle', colour: 'red' | 'blue' | 'green', size: 'small' | 'large', x: number) => ({ shape, colour, size, center: [x, 20] as [number, number], radius: size === 'large' ? 10 : 5.5 });
+    const obj = (shape: 'circle' | 'square' | 'triangle', colour: 'red' | 'blue' | 'green', size: 'small' | 'large', x: number) => ({
+      shape,
+      colour,
+      size,
+      center: [x, 20] as [number, number],
+      radius: size === 'large' ? 10 : 5.5,
+    });
     expect(largestObject({ objects: [obj('square', 'red', 'small', 8), obj('triangle', 'blue', 'large', 30)] })).toBe(1);
     // Both large: the square (4 r^2) beats the circle (pi r^2) and the triangle (2 r^2).
-    expect(largestObject({ objects: [obj('circle', 'red', 'large', 8), obj('square', 'blue', 'large', 30), obj('triangle', 'green', 'large', 40)] })).toBe(1);
+    expect(
+      largestObject({
+        objects: [obj('circle', 'red', 'large', 8), obj('square', 'blue', 'large', 30), obj('triangle', 'green', 'large', 40)],
+      }),
+    ).toBe(1);
     // Same shape and size: the first.
     expect(largestObject({ objects: [obj('circle', 'green', 'large', 8), obj('circle', 'blue', 'large', 30)] })).toBe(0);
   });
 
   it('captions objects in order', () => {
-    const o = (colour: 'red' | 'blue' | 'green', shape: 'circle' | 'square' | 'triangle', size: 'small' | 'large') => ({ shape, colour, size, center: [0, 0] as [number, number], radius: 1 });
+    const o = (colour: 'red' | 'blue' | 'green', shape: 'circle' | 'square' | 'triangle', size: 'small' | 'large') => ({
+      shape,
+      colour,
+      size,
+      center: [0, 0] as [number, number],
+      radius: 1,
+    });
     expect(captionFor({ objects: [o('red', 'circle', 'large')] })).toBe('a large red circle');
-    expect(captionFor({ objects: [o('red', 'circle', 'large'), o('blue', 'square', 'small')] })).toBe('a large red circle and a small blue square');
+    expect(captionFor({ objects: [o('red', 'circle', 'large'), o('blue', 'square', 'small')] })).toBe(
+      'a large red circle and a small blue square',
+    );
     expect(captionFor({ objects: [o('red', 'circle', 'large'), o('blue', 'square', 'small'), o('green', 'triangle', 'small')] })).toBe(
       'a large red circle, a small blue square and a small green triangle',
     );
@@ -277,7 +301,10 @@ describe('patchLabels', () => {
 
   it('agrees with the files written by --patch-size', () => {
     const dir = join(tmp, 'a');
-    const records: ClevrRecord[] = readFileSync(join(dir, 'labels.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const records: ClevrRecord[] = readFileSync(join(dir, 'labels.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
     const file = JSON.parse(readFileSync(join(dir, 'patch-labels', '000004.json'), 'utf8'));
     expect(file).toMatchObject({ image: 'images/000004.png', imageSize: 48, patchSize: 8, grid: [6, 6] });
     expect(file.labels).toEqual(Array.from(patchLabels(records[4]!, 48, 8)));

@@ -13,12 +13,30 @@ import { expectUsageError, lines, memoryIo } from '../helpers/io.js';
 const tmp = mkdtempSync(join(tmpdir(), 'prisma-dataset-cli-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
-
 describe('prisma dataset', () => {
   it('clevr-lite writes images, labels, dataset.json and patch labels', async () => {
     const out = join(tmp, 'clevr');
     const io = memoryIo();
-    const code = await runCli(['dataset', 'clevr-lite', '--n', '4', '--out', out, '--seed', '3', '--size', '64', '--max-objects', '3', '--patch-size', '16', '--edit'], io);
+    const code = await runCli(
+      [
+        'dataset',
+        'clevr-lite',
+        '--n',
+        '4',
+        '--out',
+        out,
+        '--seed',
+        '3',
+        '--size',
+        '64',
+        '--max-objects',
+        '3',
+        '--patch-size',
+        '16',
+        '--edit',
+      ],
+      io,
+    );
     expect(io.err()).toBe('');
     expect(code).toBe(EXIT_OK);
     expect(JSON.parse(io.out())).toMatchObject({ ok: true, dataset: 'clevr-lite', n: 4, seed: 3, size: 64, maxObjects: 3 });
@@ -34,7 +52,18 @@ describe('prisma dataset', () => {
     const out = join(tmp, 'labels.json');
     const io = memoryIo();
     const code = await runCli(
-      ['dataset', 'patch-labels', '--annotations', join(FIXTURES, 'annotations'), '--model', join(FIXTURES, 'models', 'vit-tiny-cls'), '--out', out, '--images', join(FIXTURES, 'images')],
+      [
+        'dataset',
+        'patch-labels',
+        '--annotations',
+        join(FIXTURES, 'annotations'),
+        '--model',
+        join(FIXTURES, 'models', 'vit-tiny-cls'),
+        '--out',
+        out,
+        '--images',
+        join(FIXTURES, 'images'),
+      ],
       io,
     );
     expect(io.err()).toBe('');
@@ -69,10 +98,16 @@ describe('prisma dataset', () => {
     [['dataset', 'clevr-lite', '--n', '2', '--out', 'x'], /required option '--seed <seed>' not specified/],
     [['dataset', 'clevr-lite', '--n', '0', '--out', 'x', '--seed', '1'], /--n must be at least 1/],
     [['dataset', 'clevr-lite', '--n', '2', '--out', 'x', '--seed', '1', '--size', '8'], /size must be an integer from 16/],
-    [['dataset', 'clevr-lite', '--n', '2', '--out', 'x', '--seed', '1', '--patch-min-fraction', '0.2'], /--patch-min-fraction needs --patch-size/],
+    [
+      ['dataset', 'clevr-lite', '--n', '2', '--out', 'x', '--seed', '1', '--patch-min-fraction', '0.2'],
+      /--patch-min-fraction needs --patch-size/,
+    ],
     [['dataset', 'patch-labels', '--annotations', 'a', '--out', 'x.json'], /give --model MODEL_DIR, or --image-size and --patch-size/],
     [['dataset', 'patch-labels', '--annotations', 'a', '--out', 'x.json', '--image-size', '22a'], /--image-size must be N or HxW/],
-    [['dataset', 'patch-labels', '--annotations', 'a', '--out', 'x.json', '--threshold', '1.5'], /--threshold must be a number in \(0, 1\]/],
+    [
+      ['dataset', 'patch-labels', '--annotations', 'a', '--out', 'x.json', '--threshold', '1.5'],
+      /--threshold must be a number in \(0, 1\]/,
+    ],
     [['dataset', 'fashion-mnist', '--out', 'x', '--split', 'val'], /argument 'val' is invalid/],
     [['dataset', 'frobnicate'], /unknown command 'frobnicate'/],
   ])('%j -> exit 2 with one error line and a hint', async (argv, pattern) => {
@@ -81,7 +116,9 @@ describe('prisma dataset', () => {
 
   it('--json reports errors as JSON on stdout', async () => {
     const io = memoryIo();
-    expect(await runCli(['dataset', 'fashion-mnist', '--out', join(tmp, 'j'), '--dir', join(tmp, 'nowhere'), '--json'], io)).toBe(EXIT_FAILURE);
+    expect(await runCli(['dataset', 'fashion-mnist', '--out', join(tmp, 'j'), '--dir', join(tmp, 'nowhere'), '--json'], io)).toBe(
+      EXIT_FAILURE,
+    );
     expect(JSON.parse(io.out())).toMatchObject({ ok: false, error: { code: 'E_DATASET', hint: 'apt-get install dataset-fashion-mnist' } });
     expect(io.err()).toBe('');
   });

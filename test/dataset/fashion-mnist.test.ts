@@ -8,7 +8,13 @@ import { gzipSync } from 'node:zlib';
 import sharp from 'sharp';
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, exportFashionMnist, parseIdx, readFashionMnist } from '../../src/dataset/fashion-mnist.js';
+import {
+  FASHION_MNIST_CLASSES,
+  FASHION_MNIST_DIR,
+  exportFashionMnist,
+  parseIdx,
+  readFashionMnist,
+} from '../../src/dataset/fashion-mnist.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'prisma-fmnist-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -17,7 +23,9 @@ function idx(dims: number[], data: Uint8Array): Buffer {
   const head = Buffer.alloc(4 + 4 * dims.length);
   head[2] = 0x08;
   head[3] = dims.length;
-  dims.forEach((d, i) => head.writeUInt32BE(d, 4 + 4 * i));
+  dims.forEach((d, i) => {
+    head.writeUInt32BE(d, 4 + 4 * i);
+  });
   return Buffer.concat([head, Buffer.from(data)]);
 }
 
@@ -52,16 +60,26 @@ describe('Fashion-MNIST', () => {
   it('exports RGB PNGs and labels.jsonl', async () => {
     const out = join(tmp, 'export');
     await exportFashionMnist({ out, dir: fakeDataset(), n: 2 });
-    const lines = readFileSync(join(out, 'labels.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const lines = readFileSync(join(out, 'labels.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
     expect(lines).toEqual([
       { index: 0, image: 'images/000000.png', label: 9, class: 'Ankle boot', answer_index: { label: 9 } },
       { index: 1, image: 'images/000001.png', label: 0, class: 'T-shirt/top', answer_index: { label: 0 } },
     ]);
-    const { data, info } = await sharp(join(out, 'images', '000001.png')).raw().toBuffer({ resolveWithObject: true });
+    const { data, info } = await sharp(join(out, 'images', '000001.png'))
+      .raw()
+      .toBuffer({ resolveWithObject: true });
     expect([info.width, info.height, info.channels]).toEqual([28, 28, 3]);
     expect(Array.from(data.subarray(0, 6))).toEqual([255, 255, 255, 20, 20, 20]);
     const meta = JSON.parse(readFileSync(join(out, 'dataset.json'), 'utf8'));
-    expect(meta).toMatchObject({ name: 'fashion-mnist', split: 'test', n: 2, questions: { label: { classes: [...FASHION_MNIST_CLASSES] } } });
+    expect(meta).toMatchObject({
+      name: 'fashion-mnist',
+      split: 'test',
+      n: 2,
+      questions: { label: { classes: [...FASHION_MNIST_CLASSES] } },
+    });
   });
 
   it('reports a missing dataset as E_DATASET with the apt-get hint', async () => {

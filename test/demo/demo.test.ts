@@ -27,7 +27,10 @@ describe('prisma demo', () => {
       const meta = await sharp(join(out, f)).metadata();
       expect(meta.format).toBe('png');
       const stats = await sharp(join(out, f)).stats();
-      expect(stats.channels.some((c) => c.stdev > 0), f).toBe(true);
+      expect(
+        stats.channels.some((c) => c.stdev > 0),
+        f,
+      ).toBe(true);
     }
     // The written findings carry the numbers they were computed from.
     const patching = summary.sections[0]!.lines.join(' ');

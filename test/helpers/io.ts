@@ -13,8 +13,20 @@ export function memoryIo(env: NodeJS.ProcessEnv = {}, tty = false): MemoryIo {
   let out = '';
   let err = '';
   return {
-    stdout: { write: (s: string) => (out += s), isTTY: tty },
-    stderr: { write: (s: string) => (err += s), isTTY: tty },
+    stdout: {
+      write: (s: string) => {
+        out += s;
+        return true;
+      },
+      isTTY: tty,
+    },
+    stderr: {
+      write: (s: string) => {
+        err += s;
+        return true;
+      },
+      isTTY: tty,
+    },
     env,
     out: () => out,
     err: () => err,

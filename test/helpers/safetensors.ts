@@ -40,7 +40,8 @@ export function readSafetensors(path: string): StFile {
     let data: Float32Array;
     if (dtype === 'F32') data = new Float32Array(copy);
     else if (dtype === 'F16') data = Float32Array.from(new Uint16Array(copy), f16);
-    else if (dtype === 'BF16') data = Float32Array.from(new Uint16Array(copy), (x) => new Float32Array(new Uint32Array([x << 16]).buffer)[0]!);
+    else if (dtype === 'BF16')
+      data = Float32Array.from(new Uint16Array(copy), (x) => new Float32Array(new Uint32Array([x << 16]).buffer)[0]!);
     // Token ids / masks (I64) are small integers: exact in float32.
     else if (dtype === 'I64') data = Float32Array.from(new BigInt64Array(copy), (x) => Number(x));
     else throw new Error(`${path}: tensor ${name} has unsupported dtype ${dtype}`);

@@ -15,9 +15,32 @@ const work = mkdtempSync(join(tmpdir(), 'prisma-train-clip-'));
 const data = join(work, 'clevr');
 const tokenizer = join(FIXTURES, 'tokenizers', 'clevr-lite');
 const common = [
-  'train', '--clip', '--data', data, '--tokenizer', tokenizer,
-  '--patch-size', '8', '--d-model', '32', '--layers', '2', '--heads', '2', '--text-layers', '1',
-  '--steps', '200', '--batch-size', '32', '--checkpoint-every', '10', '--seed', '3', '--lr', '0.003',
+  'train',
+  '--clip',
+  '--data',
+  data,
+  '--tokenizer',
+  tokenizer,
+  '--patch-size',
+  '8',
+  '--d-model',
+  '32',
+  '--layers',
+  '2',
+  '--heads',
+  '2',
+  '--text-layers',
+  '1',
+  '--steps',
+  '200',
+  '--batch-size',
+  '32',
+  '--checkpoint-every',
+  '10',
+  '--seed',
+  '3',
+  '--lr',
+  '0.003',
 ];
 
 interface ZeroShot {
@@ -62,12 +85,17 @@ describe('prisma train --clip', () => {
     expect(shape!.chance).toBeCloseTo(1 / 3, 12);
     expect(colour!.prompts[0]).toBe('a large red');
 
-    const config = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')) as { model_type: string; architectures: string[]; text_config: { eos_token_id: number } };
+    const config = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')) as {
+      model_type: string;
+      architectures: string[];
+      text_config: { eos_token_id: number };
+    };
     expect(config.model_type).toBe('clip');
     expect(config.architectures).toEqual(['CLIPModel']);
     const vocab = JSON.parse(readFileSync(join(out, 'vocab.json'), 'utf8')) as Record<string, number>;
     expect(config.text_config.eos_token_id).toBe(vocab['<|endoftext|>']);
-    for (const f of ['tokenizer.json', 'preprocessor_config.json', 'training.json', 'MODEL_CARD.md']) expect(existsSync(join(out, f)), f).toBe(true);
+    for (const f of ['tokenizer.json', 'preprocessor_config.json', 'training.json', 'MODEL_CARD.md'])
+      expect(existsSync(join(out, f)), f).toBe(true);
     expect(existsSync(join(out, 'checkpoint.safetensors'))).toBe(false);
     const card = readFileSync(join(out, 'MODEL_CARD.md'), 'utf8');
     expect(card).toContain('prisma train --clip --data');
@@ -78,10 +106,22 @@ describe('prisma train --clip', () => {
     expect((JSON.parse(inspect.stdout) as { model: { family: string } }).model.family).toBe('clip');
 
     // The held-out images are the last n of the folder; classify them through the saved folder.
-    const records = readFileSync(join(data, 'labels.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as ClevrRecord);
+    const records = readFileSync(join(data, 'labels.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as ClevrRecord);
     const heldOut = records.slice(records.length - summary.evaluation.n);
     for (const task of [colour!, shape!]) {
-      const c = prisma(['classify', out, ...heldOut.map((h) => join(data, h.image)), '--labels', task.classes.join(','), '--template', 'a large {}', '--json']);
+      const c = prisma([
+        'classify',
+        out,
+        ...heldOut.map((h) => join(data, h.image)),
+        '--labels',
+        task.classes.join(','),
+        '--template',
+        'a large {}',
+        '--json',
+      ]);
       expect(c.code, c.stderr).toBe(0);
       const results = (JSON.parse(c.stdout) as { results: { predictions: { label: string }[] }[] }).results;
       const truth = heldOut.map((h) => {

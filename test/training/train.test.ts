@@ -12,7 +12,30 @@ import { prisma, requireBuilt, spawnAndKillWhen } from '../helpers/cli.js';
 
 const work = mkdtempSync(join(tmpdir(), 'prisma-train-'));
 const data = join(work, 'clevr');
-const common = ['--data', data, '--question', 'count', '--patch-size', '8', '--d-model', '32', '--layers', '2', '--heads', '2', '--steps', '120', '--batch-size', '32', '--checkpoint-every', '10', '--seed', '3', '--lr', '0.003'];
+const common = [
+  '--data',
+  data,
+  '--question',
+  'count',
+  '--patch-size',
+  '8',
+  '--d-model',
+  '32',
+  '--layers',
+  '2',
+  '--heads',
+  '2',
+  '--steps',
+  '120',
+  '--batch-size',
+  '32',
+  '--checkpoint-every',
+  '10',
+  '--seed',
+  '3',
+  '--lr',
+  '0.003',
+];
 
 function weights(dir: string): Map<string, Float32Array> {
   return new Map(readTensorFile(join(dir, 'model.safetensors')).map((t) => [t.name, t.data]));

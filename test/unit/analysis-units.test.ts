@@ -76,8 +76,12 @@ describe('flags', () => {
     expect(resolveClass('dog', info)).toBe(1);
     expect(resolveClass('coffee', info)).toBe(2);
     expect(resolveClass('7', info)).toBe(3);
-    expect(() => resolveClass('zebra', info)).toThrowError(expect.objectContaining({ code: 'E_ARGUMENT', message: expect.stringMatching(/unknown --target 'zebra'/) }));
-    expect(() => resolveClass('9', info, 'baseline')).toThrowError(expect.objectContaining({ code: 'E_ARGUMENT', message: expect.stringMatching(/--baseline 9 is out of range/) }));
+    expect(() => resolveClass('zebra', info)).toThrowError(
+      expect.objectContaining({ code: 'E_ARGUMENT', message: expect.stringMatching(/unknown --target 'zebra'/) }),
+    );
+    expect(() => resolveClass('9', info, 'baseline')).toThrowError(
+      expect.objectContaining({ code: 'E_ARGUMENT', message: expect.stringMatching(/--baseline 9 is out of range/) }),
+    );
   });
 });
 

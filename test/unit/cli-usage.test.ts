@@ -5,7 +5,6 @@ import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, runCli } from '../../src/cli.js';
 import { formatJson } from '../../src/context.js';
 import { expectUsageError, memoryIo } from '../helpers/io.js';
 
-
 describe('prisma CLI usage errors', () => {
   it('--help prints to stdout and exits 0', async () => {
     const io = memoryIo();

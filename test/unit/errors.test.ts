@@ -24,13 +24,13 @@ describe('PrismaError', () => {
 
 describe('native error conversion', () => {
   it('parses the `E_CODE: message` prefix', () => {
-    expect(parseCodedMessage('E_UNKNOWN_HOOK: no hook matches \'x\'')).toEqual({ code: 'E_UNKNOWN_HOOK', message: "no hook matches 'x'" });
+    expect(parseCodedMessage("E_UNKNOWN_HOOK: no hook matches 'x'")).toEqual({ code: 'E_UNKNOWN_HOOK', message: "no hook matches 'x'" });
     expect(parseCodedMessage('plain message')).toBeUndefined();
     expect(parseCodedMessage('E_IO:  spaced\nsecond line')).toEqual({ code: 'E_IO', message: 'spaced\nsecond line' });
   });
 
   it('turns a napi Error into a PrismaError with a hint and one-line message', () => {
-    const raw = Object.assign(new Error('E_UNKNOWN_HOOK: no hook matches \'blocks.9.hook_resid_post\'\n(model has 2 layers)'), {
+    const raw = Object.assign(new Error("E_UNKNOWN_HOOK: no hook matches 'blocks.9.hook_resid_post'\n(model has 2 layers)"), {
       code: 'GenericFailure',
     });
     const e = fromNativeError(raw);

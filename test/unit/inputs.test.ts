@@ -50,8 +50,13 @@ describe('loadInputs (images)', () => {
     const dir = mkdtempSync(join(tmpdir(), 'prisma-inputs-'));
     const rgba = join(dir, 'rgba.png');
     const grey = join(dir, 'grey.png');
-    await sharp({ create: { width: 40, height: 20, channels: 4, background: { r: 255, g: 0, b: 0, alpha: 0.2 } } }).png().toFile(rgba);
-    await sharp({ create: { width: 20, height: 20, channels: 3, background: { r: 128, g: 128, b: 128 } } }).grayscale().png().toFile(grey);
+    await sharp({ create: { width: 40, height: 20, channels: 4, background: { r: 255, g: 0, b: 0, alpha: 0.2 } } })
+      .png()
+      .toFile(rgba);
+    await sharp({ create: { width: 20, height: 20, channels: 3, background: { r: 128, g: 128, b: 128 } } })
+      .grayscale()
+      .png()
+      .toFile(grey);
     const batch = await loadInputs([rgba, grey], model);
     expect(batch.shape).toEqual([2, 3, 32, 32]);
     // alpha is dropped, not composited: pure red stays (1 - 0.5) / 0.5 = 1 on R

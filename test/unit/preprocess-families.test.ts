@@ -153,7 +153,10 @@ describe('VivitImageProcessor offset', () => {
     const expected = refTensor('vivit-tiny');
     let lo = Infinity;
     let hi = -Infinity;
-    for (const v of expected.data) (lo = Math.min(lo, v)), (hi = Math.max(hi, v));
+    for (const v of expected.data) {
+      lo = Math.min(lo, v);
+      hi = Math.max(hi, v);
+    }
     expect(lo).toBeGreaterThanOrEqual(-3 - 1e-6);
     expect(hi).toBeLessThanOrEqual(1 + 1e-6);
   });
@@ -251,13 +254,19 @@ describe('spec readers', () => {
   });
 
   it('BitImageProcessor and fast/legacy class names get their slow class defaults', () => {
-    const bit = parsePreprocessorConfig({ image_processor_type: 'BitImageProcessorFast', size: { shortest_edge: 256 }, crop_size: 224 }, [224, 224]);
+    const bit = parsePreprocessorConfig(
+      { image_processor_type: 'BitImageProcessorFast', size: { shortest_edge: 256 }, crop_size: 224 },
+      [224, 224],
+    );
     expect(bit.resample).toBe('bicubic');
     expect(bit.normalize?.mean).toEqual([0.48145466, 0.4578275, 0.40821073]);
   });
 
-  it("timm: resolve_data_config defaults when pretrained_cfg leaves things out", () => {
-    const s = parseTimmConfig({ architecture: 'vit_small_patch16_224', pretrained_cfg: { input_size: [3, 224, 224], crop_pct: null } }, [32, 32]);
+  it('timm: resolve_data_config defaults when pretrained_cfg leaves things out', () => {
+    const s = parseTimmConfig(
+      { architecture: 'vit_small_patch16_224', pretrained_cfg: { input_size: [3, 224, 224], crop_pct: null } },
+      [32, 32],
+    );
     expect(s.processorType).toBe('timm');
     expect(s.resize).toEqual({ mode: 'shortest_edge', shortestEdge: 256 });
     expect(s.centerCrop).toEqual({ height: 224, width: 224 });
@@ -272,7 +281,9 @@ describe('spec readers', () => {
     const border = parseTimmConfig({ pretrained_cfg: { input_size: [3, 32, 32], crop_pct: 1, crop_mode: 'border' } }, [32, 32]);
     expect(border.resize).toEqual({ mode: 'exact', height: 32, width: 32, fit: 'contain' });
     expect(border.padFill).toEqual([124, 116, 104]); // round(255 * ImageNet mean)
-    expect(() => parseTimmConfig({ pretrained_cfg: { interpolation: 'random' } }, [32, 32])).toThrow(expect.objectContaining({ code: 'E_CONFIG' }));
+    expect(() => parseTimmConfig({ pretrained_cfg: { interpolation: 'random' } }, [32, 32])).toThrow(
+      expect.objectContaining({ code: 'E_CONFIG' }),
+    );
   });
 
   it('open_clip: size from vision_cfg, modes shortest / longest / squash', () => {
@@ -288,10 +299,15 @@ describe('spec readers', () => {
     expect(squash.centerCrop).toBeNull();
     expect(squash.resample).toBe('bilinear');
     // non-square 'shortest': open_clip's ResizeKeepRatio gets no interpolation argument -> bicubic
-    const rect = parseOpenClipConfig({ model_cfg: { vision_cfg: { image_size: [28, 36] } }, preprocess_cfg: { interpolation: 'bilinear' } }, [32, 32]);
+    const rect = parseOpenClipConfig(
+      { model_cfg: { vision_cfg: { image_size: [28, 36] } }, preprocess_cfg: { interpolation: 'bilinear' } },
+      [32, 32],
+    );
     expect(rect.resize).toEqual({ mode: 'exact', height: 28, width: 36, fit: 'cover' });
     expect(rect.resample).toBe('bicubic');
-    expect(() => parseOpenClipConfig({ ...base, preprocess_cfg: { resize_mode: 'pad' } }, [32, 32])).toThrow(expect.objectContaining({ code: 'E_CONFIG' }));
+    expect(() => parseOpenClipConfig({ ...base, preprocess_cfg: { resize_mode: 'pad' } }, [32, 32])).toThrow(
+      expect.objectContaining({ code: 'E_CONFIG' }),
+    );
   });
 
   it('readPreprocessSpec: preprocessor_config.json, then open_clip_config.json, then timm config.json, then the default', async () => {

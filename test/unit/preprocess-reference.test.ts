@@ -19,7 +19,10 @@ import { absDiff, readSafetensors } from '../helpers/safetensors.js';
 
 interface PreprocessJson {
   images: { file: string }[];
-  models: Record<string, { pixel_values_shape: number[]; image_mean: number[]; image_std: number[]; rescale_factor: number; resample_name: string }>;
+  models: Record<
+    string,
+    { pixel_values_shape: number[]; image_mean: number[]; image_std: number[]; rescale_factor: number; resample_name: string }
+  >;
 }
 
 const ref = JSON.parse(readFileSync(join(FIXTURES, 'reference', 'preprocess.json'), 'utf8')) as PreprocessJson;
@@ -47,7 +50,7 @@ describe.each(Object.keys(ref.models))('sharp preprocessing vs HF reference: %s'
     const hw = h * w;
     for (let i = 0; i < got.length; i++) {
       const ch = Math.floor(i / hw) % c;
-      const level = Math.abs(got[i]! - expected.data[i]!) * m.image_std[ch]! / m.rescale_factor;
+      const level = (Math.abs(got[i]! - expected.data[i]!) * m.image_std[ch]!) / m.rescale_factor;
       const rounded = Math.round(level);
       if (rounded === 0) exact++;
       if (rounded <= 1) within1++;

@@ -1,6 +1,6 @@
 // Video inputs for video models (numFrames > 0): frame folders, animated GIF / WebP, tensors, frame
 // sampling and errors. Needs sharp, not the addon (tensor files are checked through tensorToBatch).
-import { copyFileSync, mkdirSync, mkdtempSync } from 'node:fs';
+import { copyFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -14,7 +14,9 @@ import { FIXTURES } from '../helpers/cli.js';
 const VIDEO = join(FIXTURES, 'video');
 const GIF = join(VIDEO, 'clip.gif');
 const FRAMES = [0, 1, 2, 3].map((i) => join(VIDEO, `frame_00${i}.png`));
-const video: InputTarget = { info: { modelDir: join(FIXTURES, 'models', 'videomae-tiny'), imageSize: [32, 32], numChannels: 3, numFrames: 4 } };
+const video: InputTarget = {
+  info: { modelDir: join(FIXTURES, 'models', 'videomae-tiny'), imageSize: [32, 32], numChannels: 3, numFrames: 4 },
+};
 const image: InputTarget = { info: { modelDir: join(FIXTURES, 'models', 'vit-tiny-cls'), imageSize: [32, 32], numChannels: 3 } };
 const FRAME = 3 * 32 * 32;
 
@@ -25,7 +27,9 @@ function tmp(): string {
 /** A folder holding `sources` copied as f00.png, f01.png, … */
 function frameFolder(sources: readonly string[]): string {
   const dir = tmp();
-  sources.forEach((src, i) => copyFileSync(src, join(dir, `f${String(i).padStart(2, '0')}.png`)));
+  sources.forEach((src, i) => {
+    copyFileSync(src, join(dir, `f${String(i).padStart(2, '0')}.png`));
+  });
   return dir;
 }
 
@@ -45,7 +49,9 @@ describe('sampleFrameIndices', () => {
   });
 
   it('fewer frames than the model takes -> E_INPUT', () => {
-    expect(() => sampleFrameIndices(3, 4, 'clip x')).toThrow(expect.objectContaining({ code: 'E_INPUT', message: 'clip x has 3 frames, the model takes 4' }));
+    expect(() => sampleFrameIndices(3, 4, 'clip x')).toThrow(
+      expect.objectContaining({ code: 'E_INPUT', message: 'clip x has 3 frames, the model takes 4' }),
+    );
   });
 });
 
@@ -66,13 +72,17 @@ describe('loadInputs for a video model', () => {
     const fromGif = await readClipFrames(GIF, 4);
     const fromPngs = await readClipFrames(frameFolder(FRAMES), 4);
     expect(fromGif.map((f) => [f.width, f.height])).toEqual(fromPngs.map((f) => [f.width, f.height]));
-    fromGif.forEach((f, i) => expect(f.data).toEqual(fromPngs[i]!.data));
+    fromGif.forEach((f, i) => {
+      expect(f.data).toEqual(fromPngs[i]!.data);
+    });
   });
 
   it('a folder is sorted by name and animated images in it are left out (fixtures/video holds clip.gif too)', async () => {
     const frames = await readClipFrames(VIDEO, 4);
     const direct = await readClipFrames(frameFolder(FRAMES), 4);
-    frames.forEach((f, i) => expect(f.data).toEqual(direct[i]!.data));
+    frames.forEach((f, i) => {
+      expect(f.data).toEqual(direct[i]!.data);
+    });
   });
 
   it('one label and one batch entry per clip, in the order given', async () => {
@@ -94,13 +104,22 @@ describe('loadInputs for a video model', () => {
 
   it('a clip with too few frames -> E_INPUT naming the clip', async () => {
     const short = frameFolder(FRAMES.slice(0, 3));
-    await expect(loadInputs([short], video)).rejects.toMatchObject({ code: 'E_INPUT', message: `clip ${short} has 3 frames, the model takes 4` });
-    await expect(loadInputs([FRAMES[0]!], video)).rejects.toMatchObject({ code: 'E_INPUT', message: `clip ${FRAMES[0]} has 1 frame, the model takes 4` });
+    await expect(loadInputs([short], video)).rejects.toMatchObject({
+      code: 'E_INPUT',
+      message: `clip ${short} has 3 frames, the model takes 4`,
+    });
+    await expect(loadInputs([FRAMES[0]!], video)).rejects.toMatchObject({
+      code: 'E_INPUT',
+      message: `clip ${FRAMES[0]} has 1 frame, the model takes 4`,
+    });
   });
 
   it('missing paths and folders without frames -> E_INPUT', async () => {
     await expect(loadInputs(['/no/such/clip'], video)).rejects.toMatchObject({ code: 'E_INPUT' });
-    await expect(loadInputs([tmp()], video)).rejects.toMatchObject({ code: 'E_INPUT', message: expect.stringContaining('no frame images') });
+    await expect(loadInputs([tmp()], video)).rejects.toMatchObject({
+      code: 'E_INPUT',
+      message: expect.stringContaining('no frame images'),
+    });
     await expect(loadInputs([], video)).rejects.toMatchObject({ code: 'E_INPUT' });
   });
 
@@ -114,10 +133,16 @@ describe('loadInputs for a video model', () => {
 });
 
 describe('image models are unchanged', () => {
-  it('a folder is a folder of images (fixtures/video: 4 frames + the GIF\'s first frame)', async () => {
+  it("a folder is a folder of images (fixtures/video: 4 frames + the GIF's first frame)", async () => {
     const b = await loadInputs([VIDEO], image);
     expect(b.shape).toEqual([5, 3, 32, 32]);
-    expect(b.labels.map((l) => l.split('/').pop())).toEqual(['clip.gif', 'frame_000.png', 'frame_001.png', 'frame_002.png', 'frame_003.png']);
+    expect(b.labels.map((l) => l.split('/').pop())).toEqual([
+      'clip.gif',
+      'frame_000.png',
+      'frame_001.png',
+      'frame_002.png',
+      'frame_003.png',
+    ]);
     expect(b.data.subarray(0, FRAME)).toEqual(b.data.subarray(FRAME, 2 * FRAME));
   });
 });
@@ -126,11 +151,17 @@ describe('tensor inputs', () => {
   const t = (shape: number[]) => ({ name: 'pixel_values', shape, data: new Float32Array(shape.reduce((a, b) => a * b, 1)) });
 
   it('video: [B, T, C, H, W] or [T, C, H, W], T = numFrames', () => {
-    expect(tensorToBatch(t([1, 4, 3, 32, 32]), 'c.safetensors', video.info)).toMatchObject({ shape: [1, 4, 3, 32, 32], labels: ['c.safetensors'] });
+    expect(tensorToBatch(t([1, 4, 3, 32, 32]), 'c.safetensors', video.info)).toMatchObject({
+      shape: [1, 4, 3, 32, 32],
+      labels: ['c.safetensors'],
+    });
     expect(tensorToBatch(t([4, 3, 32, 32]), 'c.npy', video.info)).toMatchObject({ shape: [1, 4, 3, 32, 32], labels: ['c.npy'] });
     expect(tensorToBatch(t([2, 4, 3, 32, 32]), 'c.npy', video.info).labels).toEqual(['c.npy[0]', 'c.npy[1]']);
     expect(() => tensorToBatch(t([1, 8, 3, 32, 32]), 'c.npy', video.info)).toThrow(
-      expect.objectContaining({ code: 'E_SHAPE', message: "c.npy: tensor 'pixel_values' has shape [1, 8, 3, 32, 32], the model needs [B, 4, 3, 32, 32] or [4, 3, 32, 32]" }),
+      expect.objectContaining({
+        code: 'E_SHAPE',
+        message: "c.npy: tensor 'pixel_values' has shape [1, 8, 3, 32, 32], the model needs [B, 4, 3, 32, 32] or [4, 3, 32, 32]",
+      }),
     );
     expect(() => tensorToBatch(t([1, 3, 32, 32]), 'c.npy', video.info)).toThrow(expect.objectContaining({ code: 'E_SHAPE' }));
   });

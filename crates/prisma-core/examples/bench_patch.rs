@@ -34,8 +34,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let reps: usize = a.get(5).map(|s| s.parse()).transpose()?.unwrap_or(5);
     let chunk = std::env::var("CHUNK").ok().and_then(|c| c.parse().ok());
     let attribution = std::env::var("ATTRIBUTION").is_ok_and(|v| v == "1");
-    let layers = std::env::var("LAYERS").ok().map(|v| v.split(',').map(|l| l.trim().parse()).collect::<Result<Vec<usize>, _>>()).transpose()?;
-    let opts = PatchOptions { what, by, metric: MetricSpec { target: env_or("TARGET", 1), baseline: Some(env_or("BASELINE", 2)) }, chunk, layers, fast_linear };
+    let layers =
+        std::env::var("LAYERS").ok().map(|v| v.split(',').map(|l| l.trim().parse()).collect::<Result<Vec<usize>, _>>()).transpose()?;
+    let opts = PatchOptions {
+        what,
+        by,
+        metric: MetricSpec { target: env_or("TARGET", 1), baseline: Some(env_or("BASELINE", 2)) },
+        chunk,
+        layers,
+        fast_linear,
+    };
     let (clean, corrupt) = (px.i(0..1), px.i(1..2));
     let sweep = || -> Result<PatchResult, prisma_core::PrismaError> {
         if attribution {

@@ -1,6 +1,8 @@
 //! prisma-core: hooked vision-transformer forward passes on libtorch, with TransformerLens hook
 //! names, activation caching and interventions applied natively during the forward.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod analysis;
 pub mod device;
 pub mod error;

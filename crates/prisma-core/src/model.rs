@@ -72,10 +72,10 @@ impl Model {
         let kind = parse_dtype(dtype)?;
         let loaded = load_dir(dir, kind, device, opts)?;
         let tokenizer = match &loaded.tokenizer {
-            Some(path) => Some(tokenizers::Tokenizer::from_file(path).map_err(|e| PrismaError::Config {
-                path: path.clone(),
-                reason: format!("not a tokenizers tokenizer.json: {e}"),
-            })?),
+            Some(path) => Some(
+                tokenizers::Tokenizer::from_file(path)
+                    .map_err(|e| PrismaError::Config { path: path.clone(), reason: format!("not a tokenizers tokenizer.json: {e}") })?,
+            ),
             None => None,
         };
         let info = ModelInfo {
@@ -98,12 +98,16 @@ impl Model {
     /// or `head.*` / `classifier.*`). Every technique then reads the probe's logits.
     pub fn set_linear_probe(&mut self, path: &Path, labels: Option<Vec<String>>) -> Result<()> {
         if !matches!(self.vit.weights.head, Head::None) {
-            return Err(PrismaError::Argument(format!("{} already has a head; --probe is for backbones without one", self.info.model_dir.display())));
+            return Err(PrismaError::Argument(format!(
+                "{} already has a head; --probe is for backbones without one",
+                self.info.model_dir.display()
+            )));
         }
         let tensors: HashMap<String, Tensor> = crate::tensor_file::read_tensor_file(path)?.into_iter().collect();
         let pick = |names: &[&str]| names.iter().find_map(|n| tensors.get(*n)).map(Tensor::shallow_clone);
         let bad = |reason: String| PrismaError::TensorFile { path: path.into(), reason };
-        let weight = pick(&["weight", "head.weight", "classifier.weight"]).ok_or_else(|| bad("no 'weight' tensor [classes, d_model]".into()))?;
+        let weight =
+            pick(&["weight", "head.weight", "classifier.weight"]).ok_or_else(|| bad("no 'weight' tensor [classes, d_model]".into()))?;
         let d = self.vit.cfg.d_model;
         let size = weight.size();
         if size.len() != 2 || size[1] != d || size[0] < 1 {
@@ -128,7 +132,11 @@ impl Model {
 
     fn text_tower(&self) -> Result<&HookedTextEncoder> {
         self.text.as_ref().ok_or_else(|| {
-            PrismaError::Argument(format!("{} has no text tower ({}); text prompts need a CLIP-style model", self.info.model_dir.display(), self.info.architecture))
+            PrismaError::Argument(format!(
+                "{} has no text tower ({}); text prompts need a CLIP-style model",
+                self.info.model_dir.display(),
+                self.info.architecture
+            ))
         })
     }
 
@@ -325,7 +333,13 @@ impl Model {
                         )));
                     }
                     let resid = self.to_model(resid)?;
-                    self.vit.forward_with_classes(ForwardStart::Resid { layer, resid: &resid }, req.stop_at_layer, plan, classes.as_ref(), &mut ctx)
+                    self.vit.forward_with_classes(
+                        ForwardStart::Resid { layer, resid: &resid },
+                        req.stop_at_layer,
+                        plan,
+                        classes.as_ref(),
+                        &mut ctx,
+                    )
                 }
                 (Some(_), None) => Err(PrismaError::Shape("start-at-layer needs a start residual".into())),
                 (None, _) => {

@@ -45,11 +45,7 @@ pub type NamedF32 = (String, Vec<i64>, Vec<f32>);
 
 /// Writes float32 tensors as safetensors atomically: a temp file beside the target, then rename,
 /// so an interrupted run never leaves a half-written file under the final name.
-pub fn save_safetensors(
-    path: &Path,
-    tensors: &[NamedF32],
-    metadata: Option<std::collections::HashMap<String, String>>,
-) -> Result<()> {
+pub fn save_safetensors(path: &Path, tensors: &[NamedF32], metadata: Option<std::collections::HashMap<String, String>>) -> Result<()> {
     use safetensors::tensor::TensorView;
     let io = |e: String| PrismaError::Io { path: path.into(), reason: e };
     let mut views = Vec::with_capacity(tensors.len());
@@ -135,7 +131,8 @@ mod tests {
     #[test]
     fn identical_inputs_write_identical_bytes_with_sorted_metadata() {
         let dir = std::env::temp_dir().join(format!("prisma-tensor-file-{}", std::process::id()));
-        let tensors: Vec<NamedF32> = vec![("b".into(), vec![2, 3], (0..6).map(|i| i as f32).collect()), ("a".into(), vec![4], vec![1.5; 4])];
+        let tensors: Vec<NamedF32> =
+            vec![("b".into(), vec![2, 3], (0..6).map(|i| i as f32).collect()), ("a".into(), vec![4], vec![1.5; 4])];
         // Each HashMap has its own random hash order, so unsorted headers would differ between files.
         let metadata = || (0..12).map(|i| (format!("key{i}"), format!("value {i} ü"))).collect::<HashMap<String, String>>();
         let files: Vec<Vec<u8>> = (0..4)

@@ -10,8 +10,8 @@ use prisma_core::analysis::dla::{direct_logit_attribution, DlaOptions};
 use prisma_core::analysis::lens::{logit_lens, LensOptions, LensSite};
 use prisma_core::analysis::metric::MetricSpec;
 use prisma_core::analysis::patching::{activation_patching, PatchBy, PatchOptions, PatchWhat};
-use prisma_core::models::linear::onednn_available;
 use prisma_core::interventions::{ActionKind, InterventionSpec, Selection};
+use prisma_core::models::linear::onednn_available;
 use prisma_core::RunRequest;
 use std::collections::HashMap;
 use tch::{IndexOp, Tensor};
@@ -146,7 +146,12 @@ fn sweeps_on_onednn_linears_equal_the_naive_loop() {
         eprintln!("this libtorch has no oneDNN; nothing to check");
         return;
     }
-    let cases = [(PatchWhat::ResidPre, PatchBy::LayerPos), (PatchWhat::MlpOut, PatchBy::LayerPos), (PatchWhat::HeadZ, PatchBy::LayerHead), (PatchWhat::HeadPattern, PatchBy::LayerHead)];
+    let cases = [
+        (PatchWhat::ResidPre, PatchBy::LayerPos),
+        (PatchWhat::MlpOut, PatchBy::LayerPos),
+        (PatchWhat::HeadZ, PatchBy::LayerHead),
+        (PatchWhat::HeadPattern, PatchBy::LayerHead),
+    ];
     for name in ["vit-tiny-cls", "vit-odd", "clip-tiny", "dinov2-swiglu-tiny"] {
         let model = load_with_head(name);
         let (clean, corrupt) = images(name);
@@ -154,13 +159,26 @@ fn sweeps_on_onednn_linears_equal_the_naive_loop() {
         for (what, by) in cases {
             assert_batched_equals_naive(name, &model, (&clean, &corrupt), what, by, metric, &[(None, None), (Some(7), None)], true);
         }
-        let itself = activation_patching(&model, &clean, &clean, &PatchOptions { what: PatchWhat::ResidPre, by: PatchBy::LayerPos, metric, chunk: None, layers: None, fast_linear: true }).unwrap();
+        let itself = activation_patching(
+            &model,
+            &clean,
+            &clean,
+            &PatchOptions { what: PatchWhat::ResidPre, by: PatchBy::LayerPos, metric, chunk: None, layers: None, fast_linear: true },
+        )
+        .unwrap();
         assert!(itself.value.iter().all(|v| (v - itself.clean.value).abs() <= 1e-5), "{name}: clean into clean moved the metric");
     }
     // Only f32 CPU models have them: asking on a half-precision model is an argument error.
     let half = prisma_core::Model::load(&fixtures().join("models").join("vit-tiny-cls"), "cpu", "f16").unwrap();
     let (clean, corrupt) = images("vit-tiny-cls");
-    let opts = PatchOptions { what: PatchWhat::HeadZ, by: PatchBy::LayerHead, metric: MetricSpec { target: 1, baseline: None }, chunk: None, layers: None, fast_linear: true };
+    let opts = PatchOptions {
+        what: PatchWhat::HeadZ,
+        by: PatchBy::LayerHead,
+        metric: MetricSpec { target: 1, baseline: None },
+        chunk: None,
+        layers: None,
+        fast_linear: true,
+    };
     let err = activation_patching(&half, &clean, &corrupt, &opts).unwrap_err();
     assert_eq!(err.code(), "E_ARGUMENT", "{err}");
 }
@@ -180,7 +198,12 @@ fn batched_patching_equals_the_naive_loop_when_the_head_reads_every_token() {
         };
         let metric = MetricSpec { target: 1, baseline: Some(0) };
         let runs = [(None, None), (None, Some(vec![model.vit.cfg.n_layers - 1, 0]))];
-        for (what, by) in [(PatchWhat::ResidPre, PatchBy::LayerPos), (PatchWhat::ResidPost, PatchBy::LayerPos), (PatchWhat::HeadZ, PatchBy::LayerHead), (PatchWhat::HeadPattern, PatchBy::LayerHead)] {
+        for (what, by) in [
+            (PatchWhat::ResidPre, PatchBy::LayerPos),
+            (PatchWhat::ResidPost, PatchBy::LayerPos),
+            (PatchWhat::HeadZ, PatchBy::LayerHead),
+            (PatchWhat::HeadPattern, PatchBy::LayerHead),
+        ] {
             assert_batched_equals_naive(name, &model, (&clean, &corrupt), what, by, metric, &runs, false);
         }
     }
@@ -195,7 +218,13 @@ fn patching_a_run_into_itself_gives_its_own_metric() {
         for what in [PatchWhat::ResidPre, PatchWhat::AttnOut, PatchWhat::HeadZ, PatchWhat::HeadPattern] {
             let by = if what == PatchWhat::HeadZ || what == PatchWhat::HeadPattern { PatchBy::LayerHead } else { PatchBy::LayerPos };
             for img in [&clean, &corrupt] {
-                let r = activation_patching(&model, img, img, &PatchOptions { what, by, metric, chunk: None, layers: None, fast_linear: false }).unwrap();
+                let r = activation_patching(
+                    &model,
+                    img,
+                    img,
+                    &PatchOptions { what, by, metric, chunk: None, layers: None, fast_linear: false },
+                )
+                .unwrap();
                 let own = r.clean.value;
                 // Equal up to float rounding: batch size and fused vs explicit attention kernels
                 // change the summation order, never the value beyond ~1e-6.
@@ -216,8 +245,21 @@ fn attribution_patching_is_exact_to_first_order() {
         let model = load(name);
         let (_, corrupt) = images(name);
         let clean = &corrupt + Tensor::randn_like(&corrupt) * 1e-3;
-        for (what, by) in [(PatchWhat::ResidPre, PatchBy::LayerPos), (PatchWhat::HeadZ, PatchBy::LayerHead), (PatchWhat::HeadPattern, PatchBy::LayerPosHead), (PatchWhat::MlpOut, PatchBy::LayerPos), (PatchWhat::HeadK, PatchBy::LayerPosHead)] {
-            let opts = PatchOptions { what, by, metric: MetricSpec { target: 2, baseline: Some(0) }, chunk: None, layers: None, fast_linear: false };
+        for (what, by) in [
+            (PatchWhat::ResidPre, PatchBy::LayerPos),
+            (PatchWhat::HeadZ, PatchBy::LayerHead),
+            (PatchWhat::HeadPattern, PatchBy::LayerPosHead),
+            (PatchWhat::MlpOut, PatchBy::LayerPos),
+            (PatchWhat::HeadK, PatchBy::LayerPosHead),
+        ] {
+            let opts = PatchOptions {
+                what,
+                by,
+                metric: MetricSpec { target: 2, baseline: Some(0) },
+                chunk: None,
+                layers: None,
+                fast_linear: false,
+            };
             let exact = activation_patching(&model, &clean, &corrupt, &opts).unwrap();
             let approx = attribution_patching(&model, &clean, &corrupt, &opts).unwrap();
             let base = exact.corrupt.value;
@@ -241,7 +283,8 @@ fn attribution_patching_tracks_exact_patching() {
     ] {
         let model = load(name);
         let (clean, corrupt) = images(name);
-        let opts = PatchOptions { what, by, metric: MetricSpec { target: 2, baseline: Some(0) }, chunk: None, layers: None, fast_linear: false };
+        let opts =
+            PatchOptions { what, by, metric: MetricSpec { target: 2, baseline: Some(0) }, chunk: None, layers: None, fast_linear: false };
         let exact = activation_patching(&model, &clean, &corrupt, &opts).unwrap();
         let approx = attribution_patching(&model, &clean, &corrupt, &opts).unwrap();
         assert_eq!(exact.dims, approx.dims);
@@ -263,7 +306,8 @@ fn a_sweep_leaves_autograd_working_after_success_and_error() {
     let model = load("vit-tiny-cls");
     let (clean, corrupt) = images("vit-tiny-cls");
     let metric = MetricSpec { target: 2, baseline: Some(0) };
-    let bad = PatchOptions { what: PatchWhat::HeadZ, by: PatchBy::LayerHead, metric, chunk: None, layers: Some(vec![99]), fast_linear: false };
+    let bad =
+        PatchOptions { what: PatchWhat::HeadZ, by: PatchBy::LayerHead, metric, chunk: None, layers: Some(vec![99]), fast_linear: false };
     assert!(activation_patching(&model, &clean, &corrupt, &bad).is_err());
     let good = PatchOptions { layers: None, ..bad };
     activation_patching(&model, &clean, &corrupt, &good).unwrap();
@@ -281,7 +325,8 @@ fn dla_components_sum_to_the_logit() {
         let model = load(name);
         let (img, _) = images(name);
         for baseline in [None, Some(1)] {
-            let r = direct_logit_attribution(&model, &img, &DlaOptions { metric: MetricSpec { target: 3, baseline }, per_position: true }).unwrap();
+            let r = direct_logit_attribution(&model, &img, &DlaOptions { metric: MetricSpec { target: 3, baseline }, per_position: true })
+                .unwrap();
             let total = r.sum_of_components + r.constant;
             assert!((total - r.logit).abs() <= 1e-4, "{name}: {total} vs {}", r.logit);
             // Per-position splits of each head add up to the head.
@@ -320,7 +365,15 @@ fn zero_ablation_sweep_equals_one_run_per_head() {
     let model = load("vit-odd");
     let (img, other) = images("vit-odd");
     let metric = MetricSpec { target: 4, baseline: None };
-    let opts = AblationOptions { mode: AblationMode::Zero, what: PatchWhat::HeadZ, by: PatchBy::LayerHead, metric, resample_index: 0, chunk: Some(2), fast_linear: false };
+    let opts = AblationOptions {
+        mode: AblationMode::Zero,
+        what: PatchWhat::HeadZ,
+        by: PatchBy::LayerHead,
+        metric,
+        resample_index: 0,
+        chunk: Some(2),
+        fast_linear: false,
+    };
     let swept = ablation_sweep(&model, &img, None, &opts).unwrap();
     let cfg = &model.vit.cfg;
     let mut i = 0;
@@ -334,7 +387,10 @@ fn zero_ablation_sweep_equals_one_run_per_head() {
                 tensor: None,
                 coeff: None,
             };
-            let logits = model.run(RunRequest { pixels: Some(img.shallow_clone()), interventions: vec![spec], ..Default::default() }).unwrap().output;
+            let logits = model
+                .run(RunRequest { pixels: Some(img.shallow_clone()), interventions: vec![spec], ..Default::default() })
+                .unwrap()
+                .output;
             let v = metric.values(&logits).unwrap()[0].value;
             assert!((v - swept.value[i]).abs() <= 1e-4);
             i += 1;
@@ -360,7 +416,8 @@ fn zero_ablation_sweep_equals_one_run_per_head() {
     let worst = averaged.value.iter().zip(&resampled.value).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     assert!(worst <= 1e-5, "mean over copies of an image differs from resampling it by {worst:e}");
     // Resampling runs only the chosen reference: index 1 of [img, other] is `other`.
-    let second = ablation_sweep(&model, &img, Some(&refs), &AblationOptions { mode: AblationMode::Resample, resample_index: 1, ..opts }).unwrap();
+    let second =
+        ablation_sweep(&model, &img, Some(&refs), &AblationOptions { mode: AblationMode::Resample, resample_index: 1, ..opts }).unwrap();
     assert_eq!(second.value, resampled.value);
 }
 
@@ -373,7 +430,9 @@ fn resample_ablation_equals_the_naive_patching_loop() {
     let model = load("vit-tiny-cls");
     let (img, other) = images("vit-tiny-cls");
     let metric = MetricSpec { target: 2, baseline: Some(0) };
-    for (what, by) in [(PatchWhat::ResidMid, PatchBy::LayerPos), (PatchWhat::MlpOut, PatchBy::LayerPos), (PatchWhat::HeadZ, PatchBy::LayerPosHead)] {
+    for (what, by) in
+        [(PatchWhat::ResidMid, PatchBy::LayerPos), (PatchWhat::MlpOut, PatchBy::LayerPos), (PatchWhat::HeadZ, PatchBy::LayerPosHead)]
+    {
         let expected = naive(&model, &other, &img, what, by, metric);
         for chunk in [None, Some(7)] {
             let opts = AblationOptions { mode: AblationMode::Resample, what, by, metric, resample_index: 0, chunk, fast_linear: false };

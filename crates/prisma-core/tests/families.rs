@@ -19,7 +19,9 @@ fn load_at(name: &str, size: Option<[i64; 2]>) -> Model {
 
 /// Runs `pixels` recording every hook; returns name → value (the output included).
 fn run_all(model: &Model, pixels: &Tensor) -> HashMap<String, Tensor> {
-    let out = model.run(RunRequest { pixels: Some(pixels.shallow_clone()), cache: vec!["*".into()], ..Default::default() }).expect("forward runs");
+    let out = model
+        .run(RunRequest { pixels: Some(pixels.shallow_clone()), cache: vec!["*".into()], ..Default::default() })
+        .expect("forward runs");
     let mut ours: HashMap<String, Tensor> = out.cache.into_iter().map(|(p, t)| (p.to_string(), t)).collect();
     ours.insert(out.output_name.to_string(), out.output);
     ours
@@ -32,7 +34,8 @@ fn compare(name: &str, reference: &BTreeMap<String, Tensor>, ours: &HashMap<Stri
     let mut worst = 0f64;
     for (key, expected) in reference {
         let Some(hook) = key.strip_prefix(prefix) else { continue };
-        if hook.starts_with("res") || hook.starts_with("pixel_values") || ["input_ids", "attention_mask", "zero_shot_probs"].contains(&hook) {
+        if hook.starts_with("res") || hook.starts_with("pixel_values") || ["input_ids", "attention_mask", "zero_shot_probs"].contains(&hook)
+        {
             continue;
         }
         match ours.get(hook) {

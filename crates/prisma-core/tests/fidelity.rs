@@ -4,8 +4,8 @@
 mod common;
 use common::*;
 use prisma_core::hooks::HookPoint;
-use prisma_core::models::vit::SMALL_PATCH_PRODUCT;
 use prisma_core::interventions::{ActionKind, InterventionSpec, Selection};
+use prisma_core::models::vit::SMALL_PATCH_PRODUCT;
 use prisma_core::RunRequest;
 use std::collections::HashMap;
 use tch::{IndexOp, Tensor};
@@ -13,9 +13,7 @@ use tch::{IndexOp, Tensor};
 const TOL: f64 = 1e-4;
 
 fn run_all(model: &prisma_core::Model, pixels: &Tensor) -> prisma_core::RunOutput {
-    model
-        .run(RunRequest { pixels: Some(pixels.shallow_clone()), cache: vec!["*".into()], ..Default::default() })
-        .expect("forward runs")
+    model.run(RunRequest { pixels: Some(pixels.shallow_clone()), cache: vec!["*".into()], ..Default::default() }).expect("forward runs")
 }
 
 #[test]
@@ -60,7 +58,9 @@ fn patch_product_of_small_batches_equals_the_convolution() {
         // Past the product's threshold for every fixture.
         let big = (SMALL_PATCH_PRODUCT / per_image + 1).max(2);
         let embed = |pixels: &Tensor| {
-            let out = model.run(RunRequest { pixels: Some(pixels.shallow_clone()), cache: vec!["hook_embed".into()], ..Default::default() }).expect("forward runs");
+            let out = model
+                .run(RunRequest { pixels: Some(pixels.shallow_clone()), cache: vec!["hook_embed".into()], ..Default::default() })
+                .expect("forward runs");
             out.cache.into_iter().find(|(p, _)| *p == HookPoint::global(prisma_core::hooks::Site::Embed)).expect("hook_embed cached").1
         };
         let alone = embed(&pixels);
@@ -99,14 +99,12 @@ fn stop_and_start_at_every_layer_round_trip() {
         let full = model.run(RunRequest { pixels: Some(pixels.shallow_clone()), ..Default::default() }).unwrap();
         let n_layers = model.vit.cfg.n_layers;
         for layer in 0..=n_layers {
-            let stopped = model
-                .run(RunRequest { pixels: Some(pixels.shallow_clone()), stop_at_layer: Some(layer), ..Default::default() })
-                .unwrap();
+            let stopped =
+                model.run(RunRequest { pixels: Some(pixels.shallow_clone()), stop_at_layer: Some(layer), ..Default::default() }).unwrap();
             let expected = &reference[&stopped.output_name.to_string()];
             assert!(max_abs_diff(&stopped.output, expected) <= TOL, "{name}: stop at {layer}");
-            let resumed = model
-                .run(RunRequest { start_at_layer: Some(layer), start_resid: Some(stopped.output), ..Default::default() })
-                .unwrap();
+            let resumed =
+                model.run(RunRequest { start_at_layer: Some(layer), start_resid: Some(stopped.output), ..Default::default() }).unwrap();
             assert_eq!(resumed.output_name, full.output_name);
             let diff = max_abs_diff(&resumed.output, &full.output);
             assert!(diff <= 1e-5, "{name}: start at {layer} differs by {diff:e}");
@@ -115,7 +113,14 @@ fn stop_and_start_at_every_layer_round_trip() {
 }
 
 fn patch_spec(hook: &str, tensor: &str) -> InterventionSpec {
-    InterventionSpec { hook: hook.into(), select: Selection::default(), action: ActionKind::Patch, factor: None, tensor: Some(tensor.into()), coeff: None }
+    InterventionSpec {
+        hook: hook.into(),
+        select: Selection::default(),
+        action: ActionKind::Patch,
+        factor: None,
+        tensor: Some(tensor.into()),
+        coeff: None,
+    }
 }
 
 #[test]

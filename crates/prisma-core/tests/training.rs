@@ -90,4 +90,3 @@ fn resuming_from_a_checkpoint_matches_continuous_training() {
     assert_eq!(other.load_checkpoint(&path).unwrap_err().code(), "E_TENSOR_FILE");
     std::fs::remove_file(&path).ok();
 }
-

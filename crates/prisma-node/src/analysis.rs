@@ -79,16 +79,33 @@ impl Task for AnalysisTask {
 impl NativeModel {
     /// Logit lens over a batch; `targets[b]` < 0 means "the model's own top class".
     #[napi(ts_return_type = "Promise<string>")]
-    pub fn logit_lens(&self, pixels: Float32Array, shape: Vec<i64>, options_json: String, targets: Option<Vec<i64>>) -> TorchTask<AnalysisTask> {
+    pub fn logit_lens(
+        &self,
+        pixels: Float32Array,
+        shape: Vec<i64>,
+        options_json: String,
+        targets: Option<Vec<i64>>,
+    ) -> TorchTask<AnalysisTask> {
         let targets = targets.unwrap_or_default().into_iter().map(|t| (t >= 0).then_some(t)).collect();
         self.analysis(Analysis::LogitLens { pixels: (shape, pixels.to_vec()), targets }, options_json)
     }
 
     /// Activation patching (clean into corrupted), exact or by attribution.
     #[napi(ts_return_type = "Promise<string>")]
-    pub fn patch(&self, clean: Float32Array, corrupt: Float32Array, shape: Vec<i64>, options_json: String, attribution: Option<bool>) -> TorchTask<AnalysisTask> {
+    pub fn patch(
+        &self,
+        clean: Float32Array,
+        corrupt: Float32Array,
+        shape: Vec<i64>,
+        options_json: String,
+        attribution: Option<bool>,
+    ) -> TorchTask<AnalysisTask> {
         self.analysis(
-            Analysis::Patch { clean: (shape.clone(), clean.to_vec()), corrupt: (shape, corrupt.to_vec()), attribution: attribution.unwrap_or(false) },
+            Analysis::Patch {
+                clean: (shape.clone(), clean.to_vec()),
+                corrupt: (shape, corrupt.to_vec()),
+                attribution: attribution.unwrap_or(false),
+            },
             options_json,
         )
     }
@@ -99,7 +116,14 @@ impl NativeModel {
     }
 
     #[napi(ts_return_type = "Promise<string>")]
-    pub fn ablate(&self, pixels: Float32Array, shape: Vec<i64>, options_json: String, references: Option<Float32Array>, reference_shape: Option<Vec<i64>>) -> TorchTask<AnalysisTask> {
+    pub fn ablate(
+        &self,
+        pixels: Float32Array,
+        shape: Vec<i64>,
+        options_json: String,
+        references: Option<Float32Array>,
+        reference_shape: Option<Vec<i64>>,
+    ) -> TorchTask<AnalysisTask> {
         let references = match (references, reference_shape) {
             (Some(r), Some(s)) => Some((s, r.to_vec())),
             _ => None,

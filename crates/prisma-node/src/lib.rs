@@ -3,6 +3,8 @@
 //! (a `TorchTask` on the libtorch thread; an `AsyncTask` on the libuv pool for saving, which touches
 //! no libtorch).
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 mod analysis;
 mod convert;
 mod tasks;
@@ -136,10 +138,7 @@ impl NativeModel {
     pub fn hook_shapes(&self, batch: u32) -> Result<Vec<HookShape>> {
         guard(|| {
             let m = lock(&self.inner)?;
-            Ok(m.hook_points()
-                .into_iter()
-                .map(|p| HookShape { name: p.to_string(), shape: m.hook_shape(p, batch as i64) })
-                .collect())
+            Ok(m.hook_points().into_iter().map(|p| HookShape { name: p.to_string(), shape: m.hook_shape(p, batch as i64) }).collect())
         })
     }
 
@@ -182,11 +181,7 @@ impl NativeModel {
                 interventions: None,
                 tensors: None,
             });
-            let pixels = if options.start_at_layer.is_some() && pixels.is_empty() {
-                None
-            } else {
-                Some((shape, pixels.to_vec()))
-            };
+            let pixels = if options.start_at_layer.is_some() && pixels.is_empty() { None } else { Some((shape, pixels.to_vec())) };
             Ok(TorchTask(RunTask {
                 model: self.inner.clone(),
                 pixels,
@@ -218,7 +213,11 @@ pub fn read_tensor_file(path: String) -> Result<Vec<TensorData>> {
 
 /// Writes float32 tensors to a safetensors file atomically (temp file + rename).
 #[napi(ts_return_type = "Promise<void>")]
-pub fn save_safetensors(path: String, tensors: Vec<TensorInput>, metadata: Option<std::collections::HashMap<String, String>>) -> AsyncTask<SaveTask> {
+pub fn save_safetensors(
+    path: String,
+    tensors: Vec<TensorInput>,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> AsyncTask<SaveTask> {
     let tensors = tensors.into_iter().map(|t| (t.name, t.shape, t.data.to_vec())).collect();
     AsyncTask::new(SaveTask { path, tensors, metadata })
 }

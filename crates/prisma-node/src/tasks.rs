@@ -27,7 +27,11 @@ impl Task for LoadTask {
                 None => None,
                 Some([n]) => Some([*n, *n]),
                 Some([h, w]) => Some([*h, *w]),
-                Some(other) => return Err(to_js_error(prisma_core::PrismaError::Argument(format!("image size {other:?}: give [size] or [height, width]")))),
+                Some(other) => {
+                    return Err(to_js_error(prisma_core::PrismaError::Argument(format!(
+                        "image size {other:?}: give [size] or [height, width]"
+                    ))))
+                }
             };
             let opts = prisma_core::weights::family::LoadOptions { image_size };
             Model::load_with(std::path::Path::new(&self.dir), &self.device, &self.dtype, &opts).map_err(to_js_error)
@@ -86,11 +90,8 @@ impl Task for RunTask {
             };
             let out = model.run(request).map_err(to_js_error)?;
             let output = (out.output_name.to_string(), to_f32_vec(&out.output).map_err(to_js_error)?);
-            let cache = out
-                .cache
-                .iter()
-                .map(|(p, t)| Ok((p.to_string(), to_f32_vec(t).map_err(to_js_error)?)))
-                .collect::<Result<Vec<_>>>()?;
+            let cache =
+                out.cache.iter().map(|(p, t)| Ok((p.to_string(), to_f32_vec(t).map_err(to_js_error)?))).collect::<Result<Vec<_>>>()?;
             Ok(RunResult { output, cache })
         })
     }

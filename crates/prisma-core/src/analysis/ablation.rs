@@ -56,7 +56,8 @@ pub fn ablation_sweep(model: &Model, pixels: &Tensor, references: Option<&Tensor
     let source: Box<dyn PatchSource> = match opts.mode {
         AblationMode::Zero => Box::new(ZeroSource),
         AblationMode::Mean | AblationMode::Resample => {
-            let refs = references.ok_or_else(|| PrismaError::Argument(format!("--mode {:?} needs reference images", opts.mode).to_lowercase()))?;
+            let refs =
+                references.ok_or_else(|| PrismaError::Argument(format!("--mode {:?} needs reference images", opts.mode).to_lowercase()))?;
             let refs = model.to_model(refs)?;
             let n = refs.size()[0];
             if n == 0 {
@@ -70,7 +71,8 @@ pub fn ablation_sweep(model: &Model, pixels: &Tensor, references: Option<&Tensor
             Box::new(CachedSource(values))
         }
     };
-    let patch_opts = PatchOptions { what: opts.what, by: opts.by, metric: opts.metric, chunk: opts.chunk, layers: None, fast_linear: opts.fast_linear };
+    let patch_opts =
+        PatchOptions { what: opts.what, by: opts.by, metric: opts.metric, chunk: opts.chunk, layers: None, fast_linear: opts.fast_linear };
     // "clean" is the unablated image; "corrupt" is unused for ablation and mirrors it.
     sweep(model, pixels, source.as_ref(), &patch_opts, None)
 }

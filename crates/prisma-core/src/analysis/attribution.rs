@@ -37,7 +37,8 @@ pub fn attribution_patching(model: &Model, clean: &Tensor, corrupt: &Tensor, opt
     let record: HookSelection = points.iter().copied().collect();
     let mut ctx = HookCtx::new(&record, &[]);
     let (_, logits) = model.vit.forward_planned(ForwardStart::Resid { layer: 0, resid: &resid0 }, None, plan, &mut ctx)?;
-    let corrupt_metric = opts.metric.values(&logits.f_detach()?)?.into_iter().next().ok_or_else(|| PrismaError::Internal("empty batch".into()))?;
+    let corrupt_metric =
+        opts.metric.values(&logits.f_detach()?)?.into_iter().next().ok_or_else(|| PrismaError::Internal("empty batch".into()))?;
     let metric = opts.metric.tensor(&logits)?.f_sum(None::<Kind>)?;
     let acts: Vec<Tensor> = ctx.recorded.iter().map(|(_, t)| t.shallow_clone()).collect();
     let grads = Tensor::f_run_backward(&[&metric], &acts, false, false)?;

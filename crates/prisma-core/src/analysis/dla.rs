@@ -112,7 +112,9 @@ fn direct_logit_attribution_here(model: &Model, pixels: &Tensor, opts: &DlaOptio
         // t: [pos, ...]
         Ok(match cfg.pooling {
             Pooling::ClassToken => dbl(&t.f_get(0)?)?,
-            Pooling::MeanPatches => dbl(&t.f_narrow(0, cfg.n_prefix_tokens(), cfg.n_patches())?.f_mean_dim([0i64].as_slice(), false, None::<Kind>)?)?,
+            Pooling::MeanPatches => {
+                dbl(&t.f_narrow(0, cfg.n_prefix_tokens(), cfg.n_patches())?.f_mean_dim([0i64].as_slice(), false, None::<Kind>)?)?
+            }
         })
     };
     let scale = get(HookPoint::global(Site::LnFinalScale))?; // [pos, 1], or [1] where the norm follows pooling
@@ -129,13 +131,31 @@ fn direct_logit_attribution_here(model: &Model, pixels: &Tensor, opts: &DlaOptio
     if cfg.has_ln_pre {
         // ln_pre is not linear: its output (block 0's input) is the embeddings' one component.
         let embedded = get(HookPoint::block(0, Site::ResidPre))?;
-        components.push(Component { name: "ln_pre".into(), kind: "embed".into(), layer: None, head: None, value: project(&pool(&embedded)?)?.double_value(&[]) });
+        components.push(Component {
+            name: "ln_pre".into(),
+            kind: "embed".into(),
+            layer: None,
+            head: None,
+            value: project(&pool(&embedded)?)?.double_value(&[]),
+        });
     } else {
         let full = get(HookPoint::global(Site::FullEmbed))?;
         let pos = get(HookPoint::global(Site::PosEmbed))?;
         let token_embed = full.f_sub(&pos)?;
-        components.push(Component { name: "embed".into(), kind: "embed".into(), layer: None, head: None, value: project(&pool(&token_embed)?)?.double_value(&[]) });
-        components.push(Component { name: "pos_embed".into(), kind: "pos_embed".into(), layer: None, head: None, value: project(&pool(&pos)?)?.double_value(&[]) });
+        components.push(Component {
+            name: "embed".into(),
+            kind: "embed".into(),
+            layer: None,
+            head: None,
+            value: project(&pool(&token_embed)?)?.double_value(&[]),
+        });
+        components.push(Component {
+            name: "pos_embed".into(),
+            kind: "pos_embed".into(),
+            layer: None,
+            head: None,
+            value: project(&pool(&pos)?)?.double_value(&[]),
+        });
     }
     let mut heads = Vec::new();
     let mut head_positions = Vec::new();
@@ -147,9 +167,21 @@ fn direct_logit_attribution_here(model: &Model, pixels: &Tensor, opts: &DlaOptio
         }
         heads.extend(per_head);
         let b_o = dbl(&w.blocks[l].b_o)?;
-        components.push(Component { name: format!("L{l}.attn_bias"), kind: "attn_bias".into(), layer: Some(l), head: None, value: project(&b_o)?.double_value(&[]) });
+        components.push(Component {
+            name: format!("L{l}.attn_bias"),
+            kind: "attn_bias".into(),
+            layer: Some(l),
+            head: None,
+            value: project(&b_o)?.double_value(&[]),
+        });
         let mlp = pool(&get(HookPoint::block(l, Site::MlpOut))?)?;
-        components.push(Component { name: format!("L{l}.mlp"), kind: "mlp".into(), layer: Some(l), head: None, value: project(&mlp)?.double_value(&[]) });
+        components.push(Component {
+            name: format!("L{l}.mlp"),
+            kind: "mlp".into(),
+            layer: Some(l),
+            head: None,
+            value: project(&mlp)?.double_value(&[]),
+        });
         if opts.per_position {
             if cfg.pooling != Pooling::ClassToken {
                 return Err(PrismaError::Argument("per-position DLA needs a class-token model".into()));

@@ -114,9 +114,10 @@ fn logit_lens_here(model: &Model, pixels: &Tensor, targets: &[Option<i64>], opts
         }
         let mut layers = Vec::new();
         for (point, resid) in &ctx.recorded {
-            let resid = resid.f_get(b)?; // [pos, d]
-            // Per position: each token read as if it were the pooled one (final norm, then head).
-            let per_pos = model.vit.head_logits(&model.vit.final_layer_norm(&resid)?)?.f_to_kind(Kind::Float)?; // [pos, C]
+            // [pos, d]
+            let resid = resid.f_get(b)?;
+            // Per position: each token read as if it were the pooled one (final norm, then head). [pos, C]
+            let per_pos = model.vit.head_logits(&model.vit.final_layer_norm(&resid)?)?.f_to_kind(Kind::Float)?;
             // Pooled: exactly the model's own read-out from this residual (norm and pooling in its order).
             let none = HookSelection::none();
             let mut quiet = HookCtx::new(&none, &[]);

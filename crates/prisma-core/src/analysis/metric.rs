@@ -47,7 +47,9 @@ impl MetricSpec {
     pub fn values(&self, logits: &Tensor) -> Result<Vec<MetricValue>> {
         let n_classes = logits.size().get(1).copied().unwrap_or(0).max(1) as usize;
         let flat = to_vec_f64(logits)?;
-        let pick = |row: &[f64], c: i64| row.get(c as usize).copied().ok_or_else(|| PrismaError::Argument(format!("class {c} is out of range (0..{})", row.len() - 1)));
+        let pick = |row: &[f64], c: i64| {
+            row.get(c as usize).copied().ok_or_else(|| PrismaError::Argument(format!("class {c} is out of range (0..{})", row.len() - 1)))
+        };
         flat.chunks(n_classes)
             .map(|row| {
                 let target = pick(row, self.target)?;

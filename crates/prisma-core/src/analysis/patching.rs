@@ -136,10 +136,7 @@ pub(crate) fn check(model: &Model, opts: &PatchOptions) -> Result<Vec<usize>> {
     opts.metric.check(model.vit.cfg.n_classes)?;
     let site = opts.what.site();
     if opts.by.uses_head() && site.axes().head.is_none() {
-        return Err(PrismaError::Argument(format!(
-            "--what {:?} has no heads; use --by layer,pos (or a head_* site)",
-            opts.what
-        )));
+        return Err(PrismaError::Argument(format!("--what {:?} has no heads; use --by layer,pos (or a head_* site)", opts.what)));
     }
     let n_layers = model.vit.cfg.n_layers;
     let layers = opts.layers.clone().unwrap_or_else(|| (0..n_layers).collect());
@@ -168,7 +165,13 @@ pub(crate) fn result_axes(model: &Model, by: PatchBy, n_layers: usize) -> (Vec<S
 /// Runs one base image (`base`, the corrupted run) with values from `source` patched in.
 /// `clean` is the metric patching should restore (None: the base run's own, as for ablation); the
 /// base run's metric is the "corrupt" end of the normalisation.
-pub fn sweep(model: &Model, base: &Tensor, source: &dyn PatchSource, opts: &PatchOptions, clean: Option<MetricValue>) -> Result<PatchResult> {
+pub fn sweep(
+    model: &Model,
+    base: &Tensor,
+    source: &dyn PatchSource,
+    opts: &PatchOptions,
+    clean: Option<MetricValue>,
+) -> Result<PatchResult> {
     run_sweep(model, base, Source::Values(source), opts, clean)
 }
 
@@ -187,7 +190,8 @@ enum Source<'a> {
 }
 
 /// What a patched run may start from: the base run's value at every block site.
-const BASE_SITES: [Site; 9] = [Site::ResidPre, Site::Q, Site::K, Site::V, Site::Z, Site::AttnOut, Site::ResidMid, Site::MlpOut, Site::ResidPost];
+const BASE_SITES: [Site; 9] =
+    [Site::ResidPre, Site::Q, Site::K, Site::V, Site::Z, Site::AttnOut, Site::ResidMid, Site::MlpOut, Site::ResidPost];
 
 /// Every `BASE_SITES` point of these layers: what reference runs record for the patches.
 fn base_points(layers: &[usize]) -> Vec<HookPoint> {
@@ -208,7 +212,11 @@ fn reference_pixels(model: &Model, base: &Tensor, source: &Source) -> Result<Ten
     let reference = model.to_model(reference)?;
     single(&reference, "clean")?;
     if reference.size() != base.size() {
-        return Err(PrismaError::Shape(format!("the clean and corrupted inputs differ in shape ({:?} vs {:?})", reference.size(), base.size())));
+        return Err(PrismaError::Shape(format!(
+            "the clean and corrupted inputs differ in shape ({:?} vs {:?})",
+            reference.size(),
+            base.size()
+        )));
     }
     Ok(Tensor::f_cat(&[&base, &reference], 0)?)
 }
@@ -225,7 +233,11 @@ struct RowOf<'a> {
 
 impl PatchSource for RowOf<'_> {
     fn values(&self, point: HookPoint) -> Result<Tensor> {
-        let (_, t) = self.recorded.iter().find(|(p, _)| *p == point).ok_or_else(|| PrismaError::Internal(format!("no recorded value at {point}")))?;
+        let (_, t) = self
+            .recorded
+            .iter()
+            .find(|(p, _)| *p == point)
+            .ok_or_else(|| PrismaError::Internal(format!("no recorded value at {point}")))?;
         Ok(t.f_narrow(0, self.row, 1)?)
     }
 }
@@ -271,7 +283,10 @@ impl Layout {
     /// (first slot, patched layers, items) of each pass.
     fn passes(&self) -> impl Iterator<Item = (usize, &[usize], &[Item])> {
         let band = self.band;
-        self.order.chunks(band).enumerate().flat_map(move |(b, layers)| self.items.chunks(self.per_pass).map(move |group| (b * band, layers, group)))
+        self.order
+            .chunks(band)
+            .enumerate()
+            .flat_map(move |(b, layers)| self.items.chunks(self.per_pass).map(move |group| (b * band, layers, group)))
     }
 
     fn one_pass(&self) -> bool {
@@ -330,12 +345,14 @@ fn run_sweep_here(model: &Model, base: &Tensor, source: Source, opts: &PatchOpti
         let base_values = RowOf { recorded: &recorded, row: 0 };
         let source_values = RowOf { recorded: &recorded, row: 1 };
         let source: &dyn PatchSource = given_values.unwrap_or(&source_values);
-        let patch_values = layout
-            .order
-            .iter()
-            .map(|&l| model.to_model(&source.values(HookPoint::block(l, site))?))
-            .collect::<Result<Vec<Tensor>>>()?;
-        let plan = SweepPlan { site, by: opts.by, cls_only_last, values: PassValues::Recorded { patch_values: &patch_values, base: &base_values } };
+        let patch_values =
+            layout.order.iter().map(|&l| model.to_model(&source.values(HookPoint::block(l, site))?)).collect::<Result<Vec<Tensor>>>()?;
+        let plan = SweepPlan {
+            site,
+            by: opts.by,
+            cls_only_last,
+            values: PassValues::Recorded { patch_values: &patch_values, base: &base_values },
+        };
         for (first_slot, band_layers, group) in layout.passes() {
             let (logits, row_slots) = run_pass(model, &plan, first_slot, band_layers, group)?;
             batched_forwards += 1;
@@ -343,7 +360,8 @@ fn run_sweep_here(model: &Model, base: &Tensor, source: Source, opts: &PatchOpti
         }
         reference_metrics
     };
-    let metric_of = |i: usize| reference_metrics.get(i).cloned().ok_or_else(|| PrismaError::Internal("missing reference-run metric".into()));
+    let metric_of =
+        |i: usize| reference_metrics.get(i).cloned().ok_or_else(|| PrismaError::Internal("missing reference-run metric".into()));
     let corrupt = metric_of(0)?;
     let clean = match given_values {
         None => metric_of(1)?,
@@ -426,13 +444,7 @@ struct SweepPlan<'a> {
 /// walk through the blocks from the band's first layer (from the embedding when reference rows
 /// walk with it). Returns the logits of every row (reference rows first) and the slot of each
 /// block of `group.len()` rows, in row order (rows that entered earlier first).
-fn run_pass(
-    model: &Model,
-    plan: &SweepPlan,
-    first_slot: usize,
-    band_layers: &[usize],
-    group: &[Item],
-) -> Result<(Tensor, Vec<usize>)> {
+fn run_pass(model: &Model, plan: &SweepPlan, first_slot: usize, band_layers: &[usize], group: &[Item]) -> Result<(Tensor, Vec<usize>)> {
     let none = HookSelection::none();
     let last = model.vit.cfg.n_layers - 1;
     let mask = patch_mask(model, plan.site, plan.by, group)?;
@@ -455,7 +467,9 @@ fn run_pass(
             Ok(i) => {
                 let slot = first_slot + i;
                 row_slots.push(slot);
-                let patch = |base: &dyn PatchSource, values: &Tensor| patch_entry(model, layer, plan.site, plan.by, values, &mask, &positions, base);
+                let patch = |base: &dyn PatchSource, values: &Tensor| {
+                    patch_entry(model, layer, plan.site, plan.by, values, &mask, &positions, base)
+                };
                 let entry = match &plan.values {
                     PassValues::Recorded { patch_values, base } => patch(*base, &patch_values[slot])?,
                     PassValues::Walking { source, .. } => {
@@ -615,18 +629,35 @@ fn patch_entry(
         Ok(values.f_where_self(mask, &base_value)?)
     };
     Ok(match site {
-        Site::ResidPre if by == PatchBy::LayerPos => PatchEntry::Inside(resid_pre_entry(model, layer, &patched(Site::ResidPre)?, positions, base)?),
+        Site::ResidPre if by == PatchBy::LayerPos => {
+            PatchEntry::Inside(resid_pre_entry(model, layer, &patched(Site::ResidPre)?, positions, base)?)
+        }
         Site::ResidPost => PatchEntry::AfterBlock(patched(Site::ResidPost)?),
         Site::MlpOut => PatchEntry::AfterBlock(expand(&base_at(Site::ResidMid)?)?.f_add(&patched(Site::MlpOut)?)?),
         Site::ResidMid => PatchEntry::Inside(BlockEntry::ResidMid(patched(Site::ResidMid)?)),
         Site::AttnOut => PatchEntry::Inside(BlockEntry::ResidMid(expand(&base_at(Site::ResidPre)?)?.f_add(&patched(Site::AttnOut)?)?)),
         Site::Z => PatchEntry::Inside(BlockEntry::Z { resid_pre: expand(&base_at(Site::ResidPre)?)?, z: patched(Site::Z)? }),
         Site::Q | Site::K | Site::V => {
-            let pick = |s: Site| -> Result<Tensor> { if s == site { patched(s) } else { expand(&base_at(s)?) } };
-            PatchEntry::Inside(BlockEntry::Qkv { resid_pre: expand(&base_at(Site::ResidPre)?)?, q: pick(Site::Q)?, k: pick(Site::K)?, v: pick(Site::V)? })
+            let pick = |s: Site| -> Result<Tensor> {
+                if s == site {
+                    patched(s)
+                } else {
+                    expand(&base_at(s)?)
+                }
+            };
+            PatchEntry::Inside(BlockEntry::Qkv {
+                resid_pre: expand(&base_at(Site::ResidPre)?)?,
+                q: pick(Site::Q)?,
+                k: pick(Site::K)?,
+                v: pick(Site::V)?,
+            })
         }
         // Anything else (the pattern): rerun the block from its input with a masked intervention.
-        _ => PatchEntry::Intervened { resid_pre: expand(&base_at(Site::ResidPre)?)?, values: values.shallow_clone(), mask: mask.shallow_clone() },
+        _ => PatchEntry::Intervened {
+            resid_pre: expand(&base_at(Site::ResidPre)?)?,
+            values: values.shallow_clone(),
+            mask: mask.shallow_clone(),
+        },
     })
 }
 

@@ -111,12 +111,7 @@ impl Site {
     }
 
     fn spelling(self) -> &'static str {
-        GLOBAL_SITES
-            .iter()
-            .chain(BLOCK_SITES.iter())
-            .find(|(s, _)| *s == self)
-            .map(|(_, name)| *name)
-            .unwrap_or("?")
+        GLOBAL_SITES.iter().chain(BLOCK_SITES.iter()).find(|(s, _)| *s == self).map(|(_, name)| *name).unwrap_or("?")
     }
 }
 
@@ -152,18 +147,10 @@ impl HookPoint {
         if let Some(rest) = name.strip_prefix("blocks.") {
             let (layer_text, site_text) = rest.split_once('.').ok_or_else(|| unknown(name))?;
             let layer: usize = layer_text.parse().map_err(|_| unknown(name))?;
-            let site = BLOCK_SITES
-                .iter()
-                .find(|(_, spelling)| *spelling == site_text)
-                .map(|(s, _)| *s)
-                .ok_or_else(|| unknown(name))?;
+            let site = BLOCK_SITES.iter().find(|(_, spelling)| *spelling == site_text).map(|(s, _)| *s).ok_or_else(|| unknown(name))?;
             return Ok(HookPoint::block(layer, site));
         }
-        GLOBAL_SITES
-            .iter()
-            .find(|(_, spelling)| *spelling == name)
-            .map(|(s, _)| HookPoint::global(*s))
-            .ok_or_else(|| unknown(name))
+        GLOBAL_SITES.iter().find(|(_, spelling)| *spelling == name).map(|(s, _)| HookPoint::global(*s)).ok_or_else(|| unknown(name))
     }
 }
 
@@ -208,7 +195,16 @@ mod tests {
 
     #[test]
     fn rejects_near_misses() {
-        for bad in ["blocks.x.hook_resid_pre", "blocks.1.hook_resid", "hook_embeds", "blocks.1", "", "blocks..hook_resid_pre", "text.text.hook_embed", "text.hook_logits"] {
+        for bad in [
+            "blocks.x.hook_resid_pre",
+            "blocks.1.hook_resid",
+            "hook_embeds",
+            "blocks.1",
+            "",
+            "blocks..hook_resid_pre",
+            "text.text.hook_embed",
+            "text.hook_logits",
+        ] {
             assert!(matches!(HookPoint::parse(bad), Err(PrismaError::UnknownHook(_))), "{bad}");
         }
     }

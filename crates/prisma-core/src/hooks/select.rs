@@ -63,9 +63,7 @@ impl HookSelection {
                 }
             }
             if !matched_any && points.len() == before {
-                return Err(PrismaError::UnknownHook(format!(
-                    "no hook matches '{pattern}' (`prisma inspect MODEL` lists the hooks)"
-                )));
+                return Err(PrismaError::UnknownHook(format!("no hook matches '{pattern}' (`prisma inspect MODEL` lists the hooks)")));
             }
         }
         Ok(HookSelection { points })

@@ -76,9 +76,10 @@ impl Intervention {
             )));
         }
         let named = |what: &str| -> Result<Tensor> {
-            let name = spec.tensor.as_deref().ok_or_else(|| {
-                PrismaError::Intervention(format!("action '{what}' at '{}' needs a \"tensor\"", spec.hook))
-            })?;
+            let name = spec
+                .tensor
+                .as_deref()
+                .ok_or_else(|| PrismaError::Intervention(format!("action '{what}' at '{}' needs a \"tensor\"", spec.hook)))?;
             tensors
                 .get(name)
                 .map(|t| t.shallow_clone())
@@ -86,9 +87,9 @@ impl Intervention {
         };
         let action = match spec.action {
             ActionKind::Zero => Action::Zero,
-            ActionKind::Scale => Action::Scale(spec.factor.ok_or_else(|| {
-                PrismaError::Intervention(format!("action 'scale' at '{}' needs a \"factor\"", spec.hook))
-            })?),
+            ActionKind::Scale => Action::Scale(
+                spec.factor.ok_or_else(|| PrismaError::Intervention(format!("action 'scale' at '{}' needs a \"factor\"", spec.hook)))?,
+            ),
             ActionKind::Add => Action::Add(named("add")?.f_mul_scalar(spec.coeff.unwrap_or(1.0))?),
             ActionKind::Set | ActionKind::Patch => Action::Set(named("set")?),
             ActionKind::Mean => {
@@ -125,11 +126,7 @@ impl Intervention {
                 x.f_add(&direction.f_reshape([last])?)?
             }
             Action::Set(values) => values.f_broadcast_to(shape.as_slice()).map_err(|_| {
-                PrismaError::Shape(format!(
-                    "values of shape {:?} do not broadcast to '{}' of shape {shape:?}",
-                    values.size(),
-                    self.point
-                ))
+                PrismaError::Shape(format!("values of shape {:?} do not broadcast to '{}' of shape {shape:?}", values.size(), self.point))
             })?,
         };
         if let Some(mask) = &self.mask {
@@ -157,10 +154,7 @@ impl Intervention {
             for &i in indices {
                 let j = if i < 0 { i + n } else { i };
                 if j < 0 || j >= n {
-                    return Err(PrismaError::Intervention(format!(
-                        "{label} index {i} is out of range at '{}' (size {n})",
-                        self.point
-                    )));
+                    return Err(PrismaError::Intervention(format!("{label} index {i} is out of range at '{}' (size {n})", self.point)));
                 }
                 flags[j as usize] = 1;
             }

@@ -2,9 +2,9 @@
 //! the vision tower (`HookedViT`) and the text tower (`HookedTextEncoder`); the tower only changes the
 //! hook names and whether attention is masked.
 
+use super::linear::{linear, linear_then};
 use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookPoint, Site, Tower};
-use super::linear::{linear, linear_then};
 use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,7 +125,13 @@ impl BlockEntry {
     /// attention exist for token 0 only, so both sides keep just that token.
     pub fn concat(self, other: BlockEntry, cls_only: bool) -> Result<BlockEntry> {
         let cat = |a: &Tensor, b: &Tensor| -> Result<Tensor> { Ok(Tensor::f_cat(&[a, b], 0)?) };
-        let first_token = |t: &Tensor| -> Result<Tensor> { if cls_only && t.size()[1] != 1 { Ok(t.f_narrow(1, 0, 1)?) } else { Ok(t.shallow_clone()) } };
+        let first_token = |t: &Tensor| -> Result<Tensor> {
+            if cls_only && t.size()[1] != 1 {
+                Ok(t.f_narrow(1, 0, 1)?)
+            } else {
+                Ok(t.shallow_clone())
+            }
+        };
         let cat_first = |a: &Tensor, b: &Tensor| -> Result<Tensor> { cat(&first_token(a)?, &first_token(b)?) };
         let (a, b) = (self.point(), other.point());
         Ok(match (self, other) {
@@ -136,7 +142,9 @@ impl BlockEntry {
                     BlockEntry::Qkv { resid_pre: cat(&r1, &r2)?, q: cat(&q1, &q2)?, k: cat(&k1, &k2)?, v: cat(&v1, &v2)? }
                 }
             }
-            (BlockEntry::Z { resid_pre: r1, z: z1 }, BlockEntry::Z { resid_pre: r2, z: z2 }) => BlockEntry::Z { resid_pre: cat(&r1, &r2)?, z: cat_first(&z1, &z2)? },
+            (BlockEntry::Z { resid_pre: r1, z: z1 }, BlockEntry::Z { resid_pre: r2, z: z2 }) => {
+                BlockEntry::Z { resid_pre: cat(&r1, &r2)?, z: cat_first(&z1, &z2)? }
+            }
             (BlockEntry::ResidMid(m1), BlockEntry::ResidMid(m2)) => BlockEntry::ResidMid(cat_first(&m1, &m2)?),
             _ => return Err(PrismaError::Internal(format!("cannot join rows entering at {a:?} with rows entering at {b:?}"))),
         })
@@ -144,7 +152,15 @@ impl BlockEntry {
 }
 
 /// Rows at block `layer`'s input (`hook_resid_pre`) brought up to `point`, hooks visited on the way.
-pub fn advance(dims: &BlockDims, w: &BlockWeights, layer: usize, resid_pre: Tensor, point: EntryPoint, cls_only: bool, ctx: &mut HookCtx) -> Result<BlockEntry> {
+pub fn advance(
+    dims: &BlockDims,
+    w: &BlockWeights,
+    layer: usize,
+    resid_pre: Tensor,
+    point: EntryPoint,
+    cls_only: bool,
+    ctx: &mut HookCtx,
+) -> Result<BlockEntry> {
     if point == EntryPoint::ResidPre {
         return Ok(BlockEntry::resid_pre(resid_pre));
     }
@@ -192,18 +208,33 @@ pub fn block_from(
 /// enter the block part-way at `entry`: the carried rows are brought up to the entry's point, then
 /// both go on as one batch, carried rows first. Patching sweeps use this to run patches that start
 /// at different layers in one pass. Hooks before the entry point see the carried rows only.
-pub fn join_entry(dims: &BlockDims, w: &BlockWeights, layer: usize, carried: Tensor, entry: BlockEntry, cls_only: bool, ctx: &mut HookCtx) -> Result<BlockEntry> {
+pub fn join_entry(
+    dims: &BlockDims,
+    w: &BlockWeights,
+    layer: usize,
+    carried: Tensor,
+    entry: BlockEntry,
+    cls_only: bool,
+    ctx: &mut HookCtx,
+) -> Result<BlockEntry> {
     advance(dims, w, layer, carried, entry.point(), cls_only, ctx)?.concat(entry, cls_only)
 }
 
 /// `hook_resid_pre` through ln1 and the fused projection: (resid_pre, q, k, v), each [B, pos, H, dh].
-fn qkv_of(dims: &BlockDims, w: &BlockWeights, layer: usize, resid_pre: Tensor, ctx: &mut HookCtx) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+fn qkv_of(
+    dims: &BlockDims,
+    w: &BlockWeights,
+    layer: usize,
+    resid_pre: Tensor,
+    ctx: &mut HookCtx,
+) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
     let at = |site| HookPoint::in_tower(dims.tower, Some(layer), site);
     let resid_pre = ctx.hook(at(Site::ResidPre), resid_pre)?;
     let x = layer_norm(dims, &resid_pre, &w.ln1, at(Site::Ln1Scale), at(Site::Ln1Normalized), ctx)?;
     let size = x.size();
     // [B, pos, 3, H, dh] viewed apart: q, k and v as [B, pos, H, dh] in two ops, not four.
-    let qkv = linear(&x, &w.w_qkv, w.b_qkv.as_ref())?.f_reshape([size[0], size[1], 3, dims.n_heads, dims.d_head].as_slice())?.f_unbind(2)?;
+    let qkv =
+        linear(&x, &w.w_qkv, w.b_qkv.as_ref())?.f_reshape([size[0], size[1], 3, dims.n_heads, dims.d_head].as_slice())?.f_unbind(2)?;
     let [q, k, v]: [Tensor; 3] = qkv.try_into().map_err(|_| PrismaError::Internal("the qkv projection did not give three parts".into()))?;
     let q = ctx.hook(at(Site::Q), q)?;
     let k = ctx.hook(at(Site::K), k)?;
@@ -213,7 +244,9 @@ fn qkv_of(dims: &BlockDims, w: &BlockWeights, layer: usize, resid_pre: Tensor, c
 
 /// Whether anything reads or edits this block's q, k, v, scores or pattern.
 fn watches_qkv(dims: &BlockDims, layer: usize, ctx: &HookCtx) -> bool {
-    [Site::Q, Site::K, Site::V, Site::AttnScores, Site::Pattern].into_iter().any(|site| ctx.active(HookPoint::in_tower(dims.tower, Some(layer), site)))
+    [Site::Q, Site::K, Site::V, Site::AttnScores, Site::Pattern]
+        .into_iter()
+        .any(|site| ctx.active(HookPoint::in_tower(dims.tower, Some(layer), site)))
 }
 
 /// The class token's z [B, 1, H, dh] straight from `hook_resid_pre`, for a block whose only query is
@@ -252,7 +285,16 @@ fn class_token_z(dims: &BlockDims, w: &BlockWeights, layer: usize, resid_pre: Te
 /// Attention from hooked q, k, v to z [B, pos (1 with `cls_only`), H, dh]. The fused kernel
 /// unless someone reads or edits the scores or the pattern.
 #[allow(clippy::too_many_arguments)]
-fn attention_z(dims: &BlockDims, layer: usize, q: &Tensor, k: &Tensor, v: &Tensor, cls_only: bool, mask: Option<&Tensor>, ctx: &mut HookCtx) -> Result<Tensor> {
+fn attention_z(
+    dims: &BlockDims,
+    layer: usize,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cls_only: bool,
+    mask: Option<&Tensor>,
+    ctx: &mut HookCtx,
+) -> Result<Tensor> {
     let at = |site| HookPoint::in_tower(dims.tower, Some(layer), site);
     let q = if cls_only { q.f_narrow(1, 0, 1)? } else { q.shallow_clone() };
     let mask = match mask {

@@ -187,7 +187,9 @@ fn lookup_rows(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
         let max = ids.f_max()?.int64_value(&[]);
         let min = ids.f_min()?.int64_value(&[]);
         if min < 0 || max >= vocab {
-            return Err(PrismaError::Argument(format!("token id {max} is outside the text model's vocabulary of {vocab} (tokenizer and model do not match)")));
+            return Err(PrismaError::Argument(format!(
+                "token id {max} is outside the text model's vocabulary of {vocab} (tokenizer and model do not match)"
+            )));
         }
     }
     Ok(Tensor::f_embedding(table, ids, -1, false, false)?)

@@ -3,8 +3,8 @@
 //! struct covers every family we load (HF ViT/DeiT/DINOv2/CLIP vision, open_clip, timm, VideoMAE,
 //! ViViT): they differ only in the switches of `ViTConfig` and in which weights exist.
 
-pub use super::block::{Activation, BlockDims, BlockEntry, BlockWeights, EntryPoint, LayerNormWeights};
 use super::block::{advance, block_from, join_entry, layer_norm};
+pub use super::block::{Activation, BlockDims, BlockEntry, BlockWeights, EntryPoint, LayerNormWeights};
 use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookPoint, Site, Tower, BLOCK_SITES};
 use tch::{Kind, Tensor};
@@ -149,10 +149,16 @@ impl ViTConfig {
 pub enum Head {
     None,
     /// nn.Linear classifier: weight [C, d], bias [C].
-    Classifier { weight: Tensor, bias: Tensor },
+    Classifier {
+        weight: Tensor,
+        bias: Tensor,
+    },
     /// CLIP-style: image embedding = pooled @ projectionᵀ (projection [proj, d]); logits against
     /// `classes` [C, proj] = logit_scale × normalised text embeddings of the class prompts, when set.
-    Contrastive { projection: Tensor, classes: Option<Tensor> },
+    Contrastive {
+        projection: Tensor,
+        classes: Option<Tensor>,
+    },
 }
 
 pub struct ViTWeights {
@@ -210,9 +216,15 @@ impl ViTWeights {
 pub enum ForwardStart<'a> {
     Pixels(&'a Tensor),
     /// Start at block `layer` from its `hook_resid_pre` value.
-    Resid { layer: usize, resid: &'a Tensor },
+    Resid {
+        layer: usize,
+        resid: &'a Tensor,
+    },
     /// Start inside block `layer` with some of its values already known (see `BlockEntry`).
-    Inside { layer: usize, entry: BlockEntry },
+    Inside {
+        layer: usize,
+        entry: BlockEntry,
+    },
 }
 
 /// Options that change how much of the last block is computed.
@@ -284,7 +296,13 @@ impl HookedViT {
         self.forward_planned(start, stop_at_layer, ForwardPlan::default(), ctx)
     }
 
-    pub fn forward_planned(&self, start: ForwardStart, stop_at_layer: Option<usize>, plan: ForwardPlan, ctx: &mut HookCtx) -> Result<(HookPoint, Tensor)> {
+    pub fn forward_planned(
+        &self,
+        start: ForwardStart,
+        stop_at_layer: Option<usize>,
+        plan: ForwardPlan,
+        ctx: &mut HookCtx,
+    ) -> Result<(HookPoint, Tensor)> {
         self.forward_with_classes(start, stop_at_layer, plan, None, ctx)
     }
 
@@ -318,7 +336,8 @@ impl HookedViT {
             resid = block_from(&dims, &self.weights.blocks[layer], layer, BlockEntry::resid_pre(resid), cls_only(layer), None, ctx)?;
         }
         if let Some(stop) = stop_at_layer {
-            let name = if stop < n_layers { HookPoint::block(stop, Site::ResidPre) } else { HookPoint::block(n_layers - 1, Site::ResidPost) };
+            let name =
+                if stop < n_layers { HookPoint::block(stop, Site::ResidPre) } else { HookPoint::block(n_layers - 1, Site::ResidPost) };
             return Ok((name, resid));
         }
         self.finalize_with(&resid, classes, ctx)
@@ -476,7 +495,12 @@ impl HookedViT {
         // A convolution's output [B, d, grid...] as [B, patches, d].
         let tokens_of = |conv: Tensor| -> Result<Tensor> { Ok(conv.f_flatten(2, -1)?.f_transpose(1, 2)?) };
         let patches = if c.num_frames > 0 {
-            if size.len() != 5 || size[1] != c.num_frames || size[2] != c.num_channels || size[3] != c.image_size[0] || size[4] != c.image_size[1] {
+            if size.len() != 5
+                || size[1] != c.num_frames
+                || size[2] != c.num_channels
+                || size[3] != c.image_size[0]
+                || size[4] != c.image_size[1]
+            {
                 return Err(PrismaError::Shape(format!(
                     "pixels have shape {size:?}, this video model expects [batch, {}, {}, {}, {}] (frames, channels, height, width)",
                     c.num_frames, c.num_channels, c.image_size[0], c.image_size[1]
@@ -501,7 +525,14 @@ impl HookedViT {
             if let Some(patches) = self.small_patch_product(pixels)? {
                 patches
             } else {
-                tokens_of(pixels.f_conv2d(&w.patch_weight, w.patch_bias.as_ref(), [p, p].as_slice(), [0i64, 0].as_slice(), [1i64, 1].as_slice(), 1)?)?
+                tokens_of(pixels.f_conv2d(
+                    &w.patch_weight,
+                    w.patch_bias.as_ref(),
+                    [p, p].as_slice(),
+                    [0i64, 0].as_slice(),
+                    [1i64, 1].as_slice(),
+                    1,
+                )?)?
             }
         };
         // [B, patches, d]
@@ -518,7 +549,8 @@ impl HookedViT {
         let pos = ctx.hook(HookPoint::global(Site::PosEmbed), pos)?;
         let mut resid = ctx.hook(HookPoint::global(Site::FullEmbed), tokens.f_add(&pos)?)?;
         if let Some(ln_pre) = &w.ln_pre {
-            resid = layer_norm(&c.dims(), &resid, ln_pre, HookPoint::global(Site::LnPreScale), HookPoint::global(Site::LnPreNormalized), ctx)?;
+            resid =
+                layer_norm(&c.dims(), &resid, ln_pre, HookPoint::global(Site::LnPreScale), HookPoint::global(Site::LnPreNormalized), ctx)?;
         }
         Ok(resid)
     }

@@ -129,7 +129,13 @@ pub struct ClipEvalReport {
 }
 
 /// Captions/prompts → token ids and mask, padded to the longest (see `models::text::encode_texts`).
-pub fn encode_texts(tokenizer: &tokenizers::Tokenizer, texts: &[String], context: i64, pad_id: i64, strict: bool) -> Result<(Tensor, Tensor)> {
+pub fn encode_texts(
+    tokenizer: &tokenizers::Tokenizer,
+    texts: &[String],
+    context: i64,
+    pad_id: i64,
+    strict: bool,
+) -> Result<(Tensor, Tensor)> {
     crate::models::text::encode_texts(tokenizer, texts, context, None, pad_id, strict)
 }
 
@@ -163,7 +169,8 @@ fn no_hooks<T>(f: impl FnOnce(&mut HookCtx) -> Result<T>) -> Result<T> {
 
 impl ClipTrainer {
     pub fn new(cfg: ClipTrainConfig, train: CaptionedImages, eval: CaptionedImages, tasks: Vec<ZeroShotTask>) -> Result<ClipTrainer> {
-        let activation = parse_activation(&cfg.activation).ok_or_else(|| PrismaError::Argument(format!("unknown activation '{}'", cfg.activation)))?;
+        let activation =
+            parse_activation(&cfg.activation).ok_or_else(|| PrismaError::Argument(format!("unknown activation '{}'", cfg.activation)))?;
         if cfg.d_model % cfg.n_heads != 0 || cfg.text_d_model % cfg.text_heads != 0 || cfg.image_size % cfg.patch_size != 0 {
             return Err(PrismaError::Argument("each tower's width must divide by its heads, and the image size by the patch size".into()));
         }
@@ -174,8 +181,14 @@ impl ClipTrainer {
         let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
             .map_err(|e| PrismaError::Config { path: tok_path.clone(), reason: format!("not a tokenizers tokenizer.json: {e}") })?;
         let id = |t: &str| tokenizer.token_to_id(t).map(|i| i as i64);
-        let eos = id("<|endoftext|>").ok_or_else(|| PrismaError::Config { path: tok_path.clone(), reason: "no <|endoftext|> token (a CLIP-style tokenizer is needed)".into() })?;
-        let bos = id("<|startoftext|>").ok_or_else(|| PrismaError::Config { path: tok_path.clone(), reason: "no <|startoftext|> token (a CLIP-style tokenizer is needed)".into() })?;
+        let eos = id("<|endoftext|>").ok_or_else(|| PrismaError::Config {
+            path: tok_path.clone(),
+            reason: "no <|endoftext|> token (a CLIP-style tokenizer is needed)".into(),
+        })?;
+        let bos = id("<|startoftext|>").ok_or_else(|| PrismaError::Config {
+            path: tok_path.clone(),
+            reason: "no <|startoftext|> token (a CLIP-style tokenizer is needed)".into(),
+        })?;
         // Model::tokenize pads with the tokenizer's pad id, else <|endoftext|>.
         let pad = tokenizer.get_padding().map(|p| p.pad_id as i64).unwrap_or(eos);
         let token_ids = TokenIds { bos, eos, pad };
@@ -267,10 +280,27 @@ impl ClipTrainer {
                 )));
             }
             if let Some(bad) = t.labels.iter().find(|&&l| l < 0 || l >= t.classes.len() as i64) {
-                return Err(PrismaError::Argument(format!("zero-shot task '{}': label {bad} is outside 0..{}", t.name, t.classes.len() - 1)));
+                return Err(PrismaError::Argument(format!(
+                    "zero-shot task '{}': label {bad} is outside 0..{}",
+                    t.name,
+                    t.classes.len() - 1
+                )));
             }
         }
-        Ok(ClipTrainer { cfg, vit, text, logit_scale, tokenizer, token_ids, params, step: 0, order: EpochOrder::default(), train, eval, tasks })
+        Ok(ClipTrainer {
+            cfg,
+            vit,
+            text,
+            logit_scale,
+            tokenizer,
+            token_ids,
+            params,
+            step: 0,
+            order: EpochOrder::default(),
+            train,
+            eval,
+            tasks,
+        })
     }
 
     /// The trainable leaves, in a fixed order (also the checkpoint order). Weight decay applies to
@@ -278,7 +308,9 @@ impl ClipTrainer {
     /// the temperature.
     fn param_list(vit: &HookedViT, text: &HookedTextEncoder, logit_scale: &Tensor) -> Result<Vec<(String, Tensor, bool)>> {
         let w = &vit.weights;
-        let some = |t: &Option<Tensor>, what: &str| t.as_ref().map(Tensor::shallow_clone).ok_or_else(|| PrismaError::Internal(format!("no {what}")));
+        let some = |t: &Option<Tensor>, what: &str| {
+            t.as_ref().map(Tensor::shallow_clone).ok_or_else(|| PrismaError::Internal(format!("no {what}")))
+        };
         let ln_pre = w.ln_pre.as_ref().ok_or_else(|| PrismaError::Internal("no ln_pre".into()))?;
         let Head::Contrastive { projection, .. } = &w.head else {
             return Err(PrismaError::Internal("no contrastive head".into()));
@@ -335,7 +367,11 @@ impl ClipTrainer {
         let target = target.f_div(&target.f_sum_dim_intlist([1i64].as_slice(), true, None::<Kind>)?)?;
         // `same` is symmetric, so the same targets serve both directions.
         let ce = |l: &Tensor| -> Result<Tensor> {
-            Ok(l.f_log_softmax(1, None::<Kind>)?.f_mul(&target)?.f_sum_dim_intlist([1i64].as_slice(), false, None::<Kind>)?.f_mean(None::<Kind>)?.f_neg()?)
+            Ok(l.f_log_softmax(1, None::<Kind>)?
+                .f_mul(&target)?
+                .f_sum_dim_intlist([1i64].as_slice(), false, None::<Kind>)?
+                .f_mean(None::<Kind>)?
+                .f_neg()?)
         };
         let loss = ce(&logits)?.f_add(&ce(&logits.f_transpose(0, 1)?)?)?.f_mul_scalar(0.5)?;
         let best = logits.f_argmax(1, true)?;

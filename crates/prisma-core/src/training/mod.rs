@@ -16,7 +16,7 @@ use crate::hooks::{HookCtx, HookSelection};
 use crate::model::from_f32;
 use crate::models::vit::{FinalNorm, ForwardStart, Head, HookedViT, Pooling, ViTConfig, ViTWeights};
 use crate::weights::hf_save;
-use optim::{block_params, init_block, layer_norm_init, trunc_normal, zeros, warmup_cosine, EpochOrder, ParamSet};
+use optim::{block_params, init_block, layer_norm_init, trunc_normal, warmup_cosine, zeros, EpochOrder, ParamSet};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -156,7 +156,10 @@ impl Trainer {
         for (x, y, what) in [(&self.train_x, &self.train_y, "training"), (&self.eval_x, &self.eval_y, "evaluation")] {
             let s = x.size();
             if s.len() != 4 || s[1] != c.num_channels || s[2] != c.image_size[0] || s[3] != c.image_size[1] {
-                return Err(PrismaError::Shape(format!("{what} images have shape {s:?}, expected [N, {}, {}, {}]", c.num_channels, c.image_size[0], c.image_size[1])));
+                return Err(PrismaError::Shape(format!(
+                    "{what} images have shape {s:?}, expected [N, {}, {}, {}]",
+                    c.num_channels, c.image_size[0], c.image_size[1]
+                )));
             }
             if y.size() != [s[0]] {
                 return Err(PrismaError::Shape(format!("{what} labels: {} for {} images", y.size().first().unwrap_or(&0), s[0])));
@@ -172,8 +175,16 @@ impl Trainer {
     fn param_list(w: &ViTWeights) -> Result<Vec<(String, Tensor, bool)>> {
         let mut list: Vec<(String, Tensor, bool)> = vec![
             ("patch_weight".into(), w.patch_weight.shallow_clone(), true),
-            ("patch_bias".into(), w.patch_bias.as_ref().map(|t| t.shallow_clone()).ok_or_else(|| PrismaError::Internal("no patch bias".into()))?, false),
-            ("class_token".into(), w.class_token.as_ref().map(|t| t.shallow_clone()).ok_or_else(|| PrismaError::Internal("no class token".into()))?, false),
+            (
+                "patch_bias".into(),
+                w.patch_bias.as_ref().map(|t| t.shallow_clone()).ok_or_else(|| PrismaError::Internal("no patch bias".into()))?,
+                false,
+            ),
+            (
+                "class_token".into(),
+                w.class_token.as_ref().map(|t| t.shallow_clone()).ok_or_else(|| PrismaError::Internal("no class token".into()))?,
+                false,
+            ),
             ("pos_embed".into(), w.pos_embed.shallow_clone(), false),
         ];
         for (l, b) in w.blocks.iter().enumerate() {

@@ -77,7 +77,11 @@ pub fn load_dir(dir: &Path, kind: Kind, device: Device, opts: &LoadOptions) -> R
                 .unwrap_or("")
                 .to_string();
             let unsupported = || {
-                let found = if architecture.is_empty() { format!("model_type '{model_type}'") } else { format!("{architecture}, model_type '{model_type}'") };
+                let found = if architecture.is_empty() {
+                    format!("model_type '{model_type}'")
+                } else {
+                    format!("{architecture}, model_type '{model_type}'")
+                };
                 PrismaError::UnsupportedModel { path: dir.into(), found, supported: SUPPORTED.into() }
             };
             let parts = if hf_clip::accepts(&model_type, &architecture) {

@@ -192,7 +192,8 @@ pub fn load(dir: &Path, value: &Value, store: &mut TensorStore, opts: &LoadOptio
     if family == "videomae" && !raw.use_mean_pooling && !store.contains(&p("layernorm.weight")) {
         return Err(bad("VideoMAE without fc_norm or a final layernorm".into()));
     }
-    let patch_weight_shape: Vec<i64> = if is_video { vec![d, raw.num_channels, tubelet, patch, patch] } else { vec![d, raw.num_channels, patch, patch] };
+    let patch_weight_shape: Vec<i64> =
+        if is_video { vec![d, raw.num_channels, tubelet, patch, patch] } else { vec![d, raw.num_channels, patch, patch] };
     let patch_weight = store.take(&emb("patch_embeddings.projection.weight"), &patch_weight_shape)?;
     let patch_bias = store.take_optional(&emb("patch_embeddings.projection.bias"), &[d])?;
     let class_token = if has_class_token { Some(store.take(&emb("cls_token"), &[1, 1, d])?) } else { None };
@@ -203,10 +204,15 @@ pub fn load(dir: &Path, value: &Value, store: &mut TensorStore, opts: &LoadOptio
     // The learned table's own grid: DINOv2 stores its pretraining grid (e.g. 37x37 for 518 px).
     let (table, table_grid) = if family == "videomae" {
         let n = (num_frames / tubelet) * (image_size[0] / patch) * (image_size[1] / patch);
-        (sinusoid_table(n, d)?.f_to_kind(patch_weight.kind())?.f_to_device(patch_weight.device())?, [image_size[0] / patch, image_size[1] / patch])
+        (
+            sinusoid_table(n, d)?.f_to_kind(patch_weight.kind())?.f_to_device(patch_weight.device())?,
+            [image_size[0] / patch, image_size[1] / patch],
+        )
     } else {
         let name = emb("position_embeddings");
-        let shape = store.shape_of(&name).ok_or_else(|| PrismaError::WeightsMissing { file: dir.join("model.safetensors"), tensor: name.clone() })?;
+        let shape = store
+            .shape_of(&name)
+            .ok_or_else(|| PrismaError::WeightsMissing { file: dir.join("model.safetensors"), tensor: name.clone() })?;
         let n_grid = shape.get(1).copied().unwrap_or(0) - n_table_prefix;
         let grid = if is_dinov2 {
             let side = (n_grid as f64).sqrt().round() as i64;
@@ -216,20 +222,31 @@ pub fn load(dir: &Path, value: &Value, store: &mut TensorStore, opts: &LoadOptio
         };
         let slices = if is_video { num_frames / tubelet } else { 1 };
         if grid[0] * grid[1] * slices != n_grid {
-            return Err(PrismaError::WeightsShape { file: dir.join("model.safetensors"), tensor: name, expected: vec![1, n_table_prefix + grid[0] * grid[1] * slices, d], found: shape });
+            return Err(PrismaError::WeightsShape {
+                file: dir.join("model.safetensors"),
+                tensor: name,
+                expected: vec![1, n_table_prefix + grid[0] * grid[1] * slices, d],
+                found: shape,
+            });
         }
         (store.take(&name, &shape)?, grid)
     };
     // Registers get no position embedding: zero rows keep the table in token order.
     let pos_embed = if n_registers > 0 {
         let zeros = Tensor::f_zeros([1, n_registers, d].as_slice(), (table.kind(), table.device()))?;
-        Tensor::f_cat(&[table.f_narrow(1, 0, n_table_prefix)?, zeros, table.f_narrow(1, n_table_prefix, table.size()[1] - n_table_prefix)?], 1)?
+        Tensor::f_cat(
+            &[table.f_narrow(1, 0, n_table_prefix)?, zeros, table.f_narrow(1, n_table_prefix, table.size()[1] - n_table_prefix)?],
+            1,
+        )?
     } else {
         table
     };
     let d_mlp = if raw.use_swiglu_ffn {
         let name = p("encoder.layer.0.mlp.weights_in.weight");
-        store.shape_of(&name).map(|s| s[0] / 2).ok_or_else(|| PrismaError::WeightsMissing { file: dir.join("model.safetensors"), tensor: name })?
+        store
+            .shape_of(&name)
+            .map(|s| s[0] / 2)
+            .ok_or_else(|| PrismaError::WeightsMissing { file: dir.join("model.safetensors"), tensor: name })?
     } else if let Some(n) = raw.intermediate_size {
         n
     } else {
@@ -270,7 +287,10 @@ pub fn load(dir: &Path, value: &Value, store: &mut TensorStore, opts: &LoadOptio
         }
         let b_qkv = if family == "videomae" {
             // VideoMAE: q and v biases, none for k.
-            match (store.take_optional(&b("attention.attention.q_bias"), &[d])?, store.take_optional(&b("attention.attention.v_bias"), &[d])?) {
+            match (
+                store.take_optional(&b("attention.attention.q_bias"), &[d])?,
+                store.take_optional(&b("attention.attention.v_bias"), &[d])?,
+            ) {
                 (Some(q), Some(v)) => Some(Tensor::f_cat(&[q.shallow_clone(), q.f_zeros_like()?, v], 0)?),
                 _ => None,
             }
@@ -326,7 +346,18 @@ pub fn load(dir: &Path, value: &Value, store: &mut TensorStore, opts: &LoadOptio
     };
     // The pooler (dense + tanh on the class token) feeds no output we expose.
     store.discard_prefix(&p("pooler."));
-    let mut weights = ViTWeights { patch_weight, patch_bias, class_token, distillation_token, register_tokens, pos_embed, ln_pre: None, blocks, ln_final, head };
+    let mut weights = ViTWeights {
+        patch_weight,
+        patch_bias,
+        class_token,
+        distillation_token,
+        register_tokens,
+        pos_embed,
+        ln_pre: None,
+        blocks,
+        ln_final,
+        head,
+    };
     let how = if model_type == "dinov2_with_registers" { GridResample::BicubicAntialias } else { GridResample::Bicubic };
     let size = opts.image_size.or_else(|| if is_dinov2 { preprocessor_crop(dir) } else { None }).unwrap_or(image_size);
     set_image_size(&mut cfg, &mut weights, size, how, &config_path)?;

@@ -211,7 +211,14 @@ pub fn load(dir: &Path, value: &serde_json::Value, store: &mut TensorStore, opts
             pad_to: None,
             mask_padding: true,
         },
-        weights: TextWeights { token_embed, pos_embed: text_pos, blocks: text_blocks, ln_final: text_ln, projection: text_projection, logit_scale },
+        weights: TextWeights {
+            token_embed,
+            pos_embed: text_pos,
+            blocks: text_blocks,
+            ln_final: text_ln,
+            projection: text_projection,
+            logit_scale,
+        },
     };
     let mut weights = ViTWeights::clip_vision(patch_weight, class_token, pos_embed, ln_pre, blocks, ln_final, projection);
     if let Some(size) = opts.image_size {

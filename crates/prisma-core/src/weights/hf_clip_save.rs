@@ -198,8 +198,8 @@ pub fn copy_tokenizer(tokenizer_dir: &Path, dir: &Path, context: i64) -> Result<
         }
         let text = std::fs::read_to_string(&src).map_err(io(&src))?;
         let text = if *name == "tokenizer_config.json" {
-            let mut v: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| PrismaError::Config { path: src.clone(), reason: format!("not valid JSON: {e}") })?;
+            let mut v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| PrismaError::Config { path: src.clone(), reason: format!("not valid JSON: {e}") })?;
             if let Some(obj) = v.as_object_mut() {
                 obj.insert("model_max_length".into(), json!(context));
             }

@@ -15,7 +15,14 @@ use tch::Tensor;
 pub fn hf_tensors(vit: &HookedViT) -> Result<Vec<crate::tensor_file::NamedF32>> {
     let c = &vit.cfg;
     let w = &vit.weights;
-    if c.pooling != Pooling::ClassToken || c.has_ln_pre || c.has_distillation_token || c.num_frames > 0 || c.n_registers > 0 || c.gated_mlp || c.final_norm != FinalNorm::AllTokens {
+    if c.pooling != Pooling::ClassToken
+        || c.has_ln_pre
+        || c.has_distillation_token
+        || c.num_frames > 0
+        || c.n_registers > 0
+        || c.gated_mlp
+        || c.final_norm != FinalNorm::AllTokens
+    {
         return Err(PrismaError::Argument("only class-token ViTs without ln_pre can be saved in HF ViT format".into()));
     }
     let mut out: Vec<(String, Tensor)> = Vec::new();
@@ -105,5 +112,7 @@ pub fn save_hf_folder(vit: &HookedViT, labels: &[String], dir: &Path, metadata: 
     save_safetensors(&dir.join("model.safetensors"), &tensors, Some(meta))?;
     let text = serde_json::to_string_pretty(&hf_config(vit, labels)).map_err(|e| PrismaError::Internal(e.to_string()))?;
     let config = dir.join("config.json");
-    write_atomically(&config, |tmp| std::fs::write(tmp, text.as_bytes()).map_err(|e| PrismaError::Io { path: config.clone(), reason: e.to_string() }))
+    write_atomically(&config, |tmp| {
+        std::fs::write(tmp, text.as_bytes()).map_err(|e| PrismaError::Io { path: config.clone(), reason: e.to_string() })
+    })
 }

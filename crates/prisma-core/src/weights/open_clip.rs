@@ -187,7 +187,14 @@ pub fn load(dir: &Path, config_text: &str, store: &mut TensorStore, opts: &LoadO
             pad_to: Some(t.context_length),
             mask_padding: false,
         },
-        weights: TextWeights { token_embed, pos_embed: text_pos, blocks: text_blocks, ln_final: text_ln, projection: text_projection, logit_scale },
+        weights: TextWeights {
+            token_embed,
+            pos_embed: text_pos,
+            blocks: text_blocks,
+            ln_final: text_ln,
+            projection: text_projection,
+            logit_scale,
+        },
     };
     let mut weights = ViTWeights::clip_vision(patch_weight, class_token, pos_embed, ln_pre, blocks, ln_final, projection);
     if let Some(size) = opts.image_size {

@@ -28,7 +28,10 @@ impl TensorStore {
         } else if dir.join("pytorch_model.bin").is_file() {
             return Self::open_torch_pickle(&dir.join("pytorch_model.bin"), kind, device);
         } else {
-            return Err(PrismaError::WeightsMissing { file: single, tensor: "(no model.safetensors or model.safetensors.index.json)".into() });
+            return Err(PrismaError::WeightsMissing {
+                file: single,
+                tensor: "(no model.safetensors or model.safetensors.index.json)".into(),
+            });
         };
         let mut tensors = BTreeMap::new();
         for file in &files {

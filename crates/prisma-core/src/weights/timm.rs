@@ -48,18 +48,28 @@ pub fn load(dir: &Path, v: &Value, store: &mut TensorStore, opts: &LoadOptions) 
     let bad = |reason: String| PrismaError::Config { path: config_path.clone(), reason };
     let architecture = v.get("architecture").and_then(|a| a.as_str()).unwrap_or("").to_string();
     if !architecture.starts_with("vit_") && !architecture.starts_with("deit_") {
-        return Err(PrismaError::UnsupportedModel { path: dir.into(), found: format!("timm '{architecture}'"), supported: super::family::SUPPORTED.into() });
+        return Err(PrismaError::UnsupportedModel {
+            path: dir.into(),
+            found: format!("timm '{architecture}'"),
+            supported: super::family::SUPPORTED.into(),
+        });
     }
     for unsupported in ["reg_token", "attn_pool.latent", "patch_embed.norm.weight"] {
         if store.contains(unsupported) {
-            return Err(PrismaError::UnsupportedModel { path: dir.into(), found: format!("timm '{architecture}' with '{unsupported}'"), supported: super::family::SUPPORTED.into() });
+            return Err(PrismaError::UnsupportedModel {
+                path: dir.into(),
+                found: format!("timm '{architecture}' with '{unsupported}'"),
+                supported: super::family::SUPPORTED.into(),
+            });
         }
     }
     let args = v.get("model_args").cloned().unwrap_or(Value::Null);
     let arg_i = |k: &str| args.get(k).and_then(|x| x.as_i64());
     let global_pool = args.get("global_pool").or_else(|| v.get("global_pool")).and_then(|g| g.as_str()).unwrap_or("token").to_string();
     // Shapes from the weights themselves; only the head count needs the config.
-    let pw = store.shape_of("patch_embed.proj.weight").ok_or_else(|| PrismaError::WeightsMissing { file: dir.join("model.safetensors"), tensor: "patch_embed.proj.weight".into() })?;
+    let pw = store
+        .shape_of("patch_embed.proj.weight")
+        .ok_or_else(|| PrismaError::WeightsMissing { file: dir.join("model.safetensors"), tensor: "patch_embed.proj.weight".into() })?;
     if pw.len() != 4 || pw[2] != pw[3] {
         return Err(bad(format!("patch_embed.proj.weight has shape {pw:?}; expected square patches")));
     }
@@ -73,13 +83,19 @@ pub fn load(dir: &Path, v: &Value, store: &mut TensorStore, opts: &LoadOptions) 
     }
     let d_mlp = store.shape_of("blocks.0.mlp.fc1.weight").map_or(4 * d, |s| s[0]);
     let has_class_token = store.contains("cls_token");
-    let pos_shape = store.shape_of("pos_embed").ok_or_else(|| PrismaError::WeightsMissing { file: dir.join("model.safetensors"), tensor: "pos_embed".into() })?;
+    let pos_shape = store
+        .shape_of("pos_embed")
+        .ok_or_else(|| PrismaError::WeightsMissing { file: dir.join("model.safetensors"), tensor: "pos_embed".into() })?;
     let n_grid = pos_shape[1] - has_class_token as i64;
     // img_size from model_args, else pretrained_cfg.input_size, else a square grid.
     let image_size = match args.get("img_size") {
         Some(Value::Number(n)) => n.as_i64().map(|n| [n, n]),
         Some(Value::Array(a)) if a.len() == 2 => Some([a[0].as_i64().unwrap_or(0), a[1].as_i64().unwrap_or(0)]),
-        _ => v.get("pretrained_cfg").and_then(|c| c.get("input_size")).and_then(|s| s.as_array()).and_then(|s| Some([s.get(1)?.as_i64()?, s.get(2)?.as_i64()?])),
+        _ => v
+            .get("pretrained_cfg")
+            .and_then(|c| c.get("input_size"))
+            .and_then(|s| s.as_array())
+            .and_then(|s| Some([s.get(1)?.as_i64()?, s.get(2)?.as_i64()?])),
     }
     .unwrap_or_else(|| {
         let side = (n_grid as f64).sqrt().round() as i64;
@@ -130,8 +146,10 @@ pub fn load(dir: &Path, v: &Value, store: &mut TensorStore, opts: &LoadOptions) 
         let b = |n: &str| format!("blocks.{l}.{n}");
         let ls1 = store.take_optional(&b("ls1.gamma"), &[d])?;
         let ls2 = store.take_optional(&b("ls2.gamma"), &[d])?;
-        let (w_o, b_o) = fold_layer_scale(store.take(&b("attn.proj.weight"), &[d, d])?, store.take(&b("attn.proj.bias"), &[d])?, ls1.as_ref())?;
-        let (w_out, b_out) = fold_layer_scale(store.take(&b("mlp.fc2.weight"), &[d, d_mlp])?, store.take(&b("mlp.fc2.bias"), &[d])?, ls2.as_ref())?;
+        let (w_o, b_o) =
+            fold_layer_scale(store.take(&b("attn.proj.weight"), &[d, d])?, store.take(&b("attn.proj.bias"), &[d])?, ls1.as_ref())?;
+        let (w_out, b_out) =
+            fold_layer_scale(store.take(&b("mlp.fc2.weight"), &[d, d_mlp])?, store.take(&b("mlp.fc2.bias"), &[d])?, ls2.as_ref())?;
         let w_o_heads = BlockWeights::heads_of(&w_o, n_heads, d / n_heads)?;
         blocks.push(BlockWeights {
             ln1: ln(store, &b("norm1"), d)?,
@@ -157,7 +175,18 @@ pub fn load(dir: &Path, v: &Value, store: &mut TensorStore, opts: &LoadOptions) 
         Some(names) if names.len() as i64 == n_classes => names.iter().map(|n| n.as_str().unwrap_or("").to_string()).collect(),
         _ => (0..n_classes).map(|i| format!("LABEL_{i}")).collect(),
     };
-    let mut weights = ViTWeights { patch_weight, patch_bias, class_token, distillation_token: None, register_tokens: None, pos_embed, ln_pre, blocks, ln_final, head };
+    let mut weights = ViTWeights {
+        patch_weight,
+        patch_bias,
+        class_token,
+        distillation_token: None,
+        register_tokens: None,
+        pos_embed,
+        ln_pre,
+        blocks,
+        ln_final,
+        head,
+    };
     if let Some(size) = opts.image_size {
         set_image_size(&mut cfg, &mut weights, size, GridResample::BicubicAntialias, &config_path)?;
     }
