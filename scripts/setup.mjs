@@ -172,7 +172,7 @@ const torch = findLibtorch();
 
 // 4. TypeScript -------------------------------------------------------------------------------
 {
-  const out = join(root, 'dist', 'cli.js');
+  const out = join(root, 'dist', 'cli', 'main.js');
   if (!existsSync(out) || mtime(out) < newest([join(root, 'src'), join(root, 'tsconfig.json')])) {
     step('compiling TypeScript (tsc)');
     must('npx', ['tsc', '-p', 'tsconfig.json']);

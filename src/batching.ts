@@ -1,7 +1,7 @@
 /** How many inputs one forward takes when a command runs a folder of them (run, classify, ablation references). */
 import { totalmem } from 'node:os';
 
-import type { Model } from './index.js';
+import type { Model } from './model.js';
 import { numel } from './tensor.js';
 
 /** Bytes one batch may hold: its recorded activations (in the core and copied to JS) and its forward's own. */

@@ -1,7 +1,7 @@
 /**
  * Typed errors. Everything the library or CLI throws on purpose is a PrismaError with a stable
  * `code` (E_…), an optional one-line `hint` (what to do next) and optional structured `data`.
- * The CLI (src/cli.ts) turns them into one stderr line (or `{ok:false,error}` with --json).
+ * The CLI (src/cli/main.ts) turns them into one stderr line (or `{ok:false,error}` with --json).
  */
 
 /** Codes produced by the native addon (see docs/native-api.md). */

@@ -91,3 +91,47 @@ export function batchRows(batch: PixelBatch, start: number, end: number): PixelB
     labels: batch.labels.slice(start, end),
   };
 }
+
+export interface Prediction {
+  index: number;
+  label: string;
+  logit: number;
+  prob: number;
+}
+
+/** Softmax of one row, computed in float64. */
+export function softmax(row: ArrayLike<number>): Float64Array {
+  let max = -Infinity;
+  for (let i = 0; i < row.length; i++) max = Math.max(max, row[i]!);
+  const out = new Float64Array(row.length);
+  let sum = 0;
+  for (let i = 0; i < row.length; i++) {
+    out[i] = Math.exp(row[i]! - max);
+    sum += out[i]!;
+  }
+  for (let i = 0; i < row.length; i++) out[i]! /= sum;
+  return out;
+}
+
+/**
+ * Top-k classes for each batch row of `[B, n_classes]` logits (a `[n_classes]` tensor is one row).
+ * Ties keep the lower index first. `labels[i]` names class i (falls back to the index).
+ */
+export function topK(logits: Pick<Tensor, 'shape' | 'data'>, k: number, labels: readonly string[] = []): Prediction[][] {
+  const shape = logits.shape.length === 1 ? [1, logits.shape[0]!] : logits.shape;
+  if (shape.length !== 2 || numel(shape) !== logits.data.length) {
+    throw new PrismaError('E_SHAPE', `topK needs [batch, classes] logits, got ${formatShape(logits.shape)}`);
+  }
+  const [b, n] = shape as [number, number];
+  const kk = Math.max(0, Math.min(Math.floor(k), n));
+  const out: Prediction[][] = [];
+  for (let r = 0; r < b; r++) {
+    const row = logits.data.subarray(r * n, (r + 1) * n);
+    const probs = softmax(row);
+    const order = Array.from({ length: n }, (_, i) => i).sort((x, y) => row[y]! - row[x]! || x - y);
+    out.push(
+      order.slice(0, kk).map((index) => ({ index, label: labels[index] ?? String(index), logit: row[index]!, prob: probs[index]! })),
+    );
+  }
+  return out;
+}

@@ -7,7 +7,8 @@
 import { rowsPerBatch } from '../batching.js';
 import { PrismaError, usageError } from '../errors.js';
 import { planBatch, type InputPlan } from '../image/preprocess.js';
-import { softmax, type Model } from '../index.js';
+import type { Model } from '../model.js';
+import { softmax } from '../tensor.js';
 import type { Intervention, TensorLike } from '../interventions.js';
 import type { AblationMode, MetricValue } from '../native.js';
 import { batchRows, concatBatches, type PixelBatch } from '../tensor.js';

@@ -1,6 +1,6 @@
 /** Helpers shared by the analysis functions: classes, layers, inputs, statistics. */
 import { PrismaError } from '../errors.js';
-import type { Model } from '../index.js';
+import type { Model } from '../model.js';
 import type { ModelInfo } from '../native.js';
 import type { PixelBatch } from '../tensor.js';
 

@@ -5,7 +5,7 @@
  * head biases) add up to the model's own logit (difference).
  */
 import { PrismaError } from '../errors.js';
-import type { Model } from '../index.js';
+import type { Model } from '../model.js';
 import type { DlaResult } from '../native.js';
 import type { PixelBatch } from '../tensor.js';
 import { argmax, classInfo, modelLogits, oneImage, requireHead, resolveClass, type ClassInfo, type ClassRef } from './common.js';

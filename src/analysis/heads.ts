@@ -4,7 +4,7 @@
  * the class token, mean attention distance on the patch grid, and the self-attention share.
  */
 import { PrismaError } from '../errors.js';
-import type { Model } from '../index.js';
+import type { Model } from '../model.js';
 import type { PixelBatch } from '../tensor.js';
 import { checkLayers, firstPatchToken, oneImage, patchGrid } from './common.js';
 

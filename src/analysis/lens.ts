@@ -3,7 +3,7 @@
  * the final layer norm and the classification head, at the class token and at every position.
  */
 import { PrismaError } from '../errors.js';
-import type { Model } from '../index.js';
+import type { Model } from '../model.js';
 import type { LensSite, Ranked } from '../native.js';
 import type { PixelBatch } from '../tensor.js';
 import { classInfo, requireHead, resolveClass, toBatch, type ClassInfo, type ClassRef } from './common.js';

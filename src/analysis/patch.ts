@@ -5,7 +5,7 @@
  * from one gradient. Normalised values: corrupt = 0, clean = 1.
  */
 import { PrismaError } from '../errors.js';
-import type { Model } from '../index.js';
+import type { Model } from '../model.js';
 import type { MetricValue, PatchBy, PatchResult, PatchWhat } from '../native.js';
 import { concatBatches, type PixelBatch } from '../tensor.js';
 import {

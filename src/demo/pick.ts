@@ -7,7 +7,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { answersFor, editScene, generateScene, patchLabels, renderScene, type Scene } from '../dataset/clevr.js';
-import type { Model } from '../index.js';
+import type { Model } from '../model.js';
 
 export interface DemoPair {
   seed: number;

@@ -4,20 +4,21 @@
  * vit-prisma (E_INTERNAL), caught before anything is printed or written.
  */
 import { readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 
 import { Ajv, type ValidateFunction } from 'ajv';
 
 import { PrismaError } from '../errors.js';
+import { PACKAGE_ROOT } from '../version.js';
 
 export const REPORT_COMMANDS = ['logit-lens', 'patch', 'heads', 'dla', 'ablate'] as const;
 export type ReportCommand = (typeof REPORT_COMMANDS)[number];
 
-/** Folder holding the schemas (package root / schemas), from src/report or dist/report. */
-export const SCHEMA_DIR = fileURLToPath(new URL('../../schemas/', import.meta.url));
+/** Folder holding the schemas (package root / schemas). */
+export const SCHEMA_DIR = join(PACKAGE_ROOT, 'schemas');
 
 export function schemaPath(command: ReportCommand): string {
-  return fileURLToPath(new URL(`../../schemas/${command}.schema.json`, import.meta.url));
+  return join(SCHEMA_DIR, `${command}.schema.json`);
 }
 
 let ajv: Ajv | undefined;

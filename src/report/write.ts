@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, rename, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
-import { formatJson } from '../context.js';
+import { formatJson } from './json.js';
 import { PrismaError } from '../errors.js';
 
 /** Temporary names start with this prefix (and never end in .json / .png). */

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { EXIT_FAILURE, EXIT_OK, runCli } from '../../src/cli.js';
+import { EXIT_FAILURE, EXIT_OK, runCli } from '../../src/cli/main.js';
 import { FASHION_MNIST_DIR } from '../../src/dataset/fashion-mnist.js';
 import { FIXTURES } from '../helpers/cli.js';
 import { expectUsageError, lines, memoryIo } from '../helpers/io.js';

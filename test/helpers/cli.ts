@@ -1,4 +1,4 @@
-/** Spawn the built CLI (bin/prisma.js -> dist/cli.js) and capture its output. */
+/** Spawn the built CLI (bin/prisma.js -> dist/cli/main.js) and capture its output. */
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
@@ -8,7 +8,7 @@ export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..')
 export const FIXTURES = join(ROOT, 'fixtures');
 export const BIN = join(ROOT, 'bin', 'prisma.js');
 export const ADDON = join(ROOT, 'native', 'prisma.node');
-export const DIST_CLI = join(ROOT, 'dist', 'cli.js');
+export const DIST_CLI = join(ROOT, 'dist', 'cli', 'main.js');
 
 export interface CliResult {
   code: number | null;

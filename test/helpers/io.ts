@@ -1,8 +1,8 @@
 /** In-memory streams for running the CLI in process. */
 import { expect } from 'vitest';
 
-import { EXIT_USAGE, runCli } from '../../src/cli.js';
-import type { Io } from '../../src/context.js';
+import { EXIT_USAGE, runCli } from '../../src/cli/main.js';
+import type { Io } from '../../src/cli/context.js';
 
 export interface MemoryIo extends Io {
   out(): string;

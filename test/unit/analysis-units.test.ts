@@ -6,8 +6,8 @@ import { formatAblateSpec, parseAblateSpec } from '../../src/analysis/ablate-spe
 import { checkLayers, pearson, resolveClass, seededRandom } from '../../src/analysis/common.js';
 import { entropy, headStats, parseHeadsQuery } from '../../src/analysis/heads.js';
 import { checkWhatBy, parsePatchBy } from '../../src/analysis/patch.js';
-import { parseLayerList } from '../../src/commands/analysis.js';
-import { figureNames, itemId } from '../../src/report/batch.js';
+import { parseLayerList } from '../../src/cli/commands/analysis.js';
+import { figureNames, itemId } from '../../src/cli/batch.js';
 import { sanitizeName } from '../../src/report/figures.js';
 import { validateReport } from '../../src/report/schema.js';
 import { indexTicks, niceTicks } from '../../src/report/svg.js';

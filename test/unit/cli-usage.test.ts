@@ -1,8 +1,8 @@
 // The CLI in process, for paths that fail before the addon is needed (usage errors, --help).
 import { describe, expect, it } from 'vitest';
 
-import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, runCli } from '../../src/cli.js';
-import { formatJson } from '../../src/context.js';
+import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, runCli } from '../../src/cli/main.js';
+import { formatJson } from '../../src/report/json.js';
 import { expectUsageError, memoryIo } from '../helpers/io.js';
 
 describe('prisma CLI usage errors', () => {

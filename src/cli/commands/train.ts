@@ -10,12 +10,12 @@ import { readFileSync } from 'node:fs';
 import { Option, type Command } from 'commander';
 
 import { printJson, type CommandContext } from '../context.js';
-import { usageError } from '../errors.js';
-import { parsePositiveInt } from '../options.js';
-import { DEFAULT_ZERO_SHOT_TEMPLATE, loadCaptionData, trainClip, type ClipTrainSummary } from '../training/clip.js';
-import { loadTrainingData } from '../training/data.js';
-import { train, type TrainSummary } from '../training/loop.js';
-import type { ClipTrainConfig, OptimiserSettings, TrainConfig, VisionSizes } from '../training/trainer.js';
+import { usageError } from '../../errors.js';
+import { parsePositiveInt } from '../../options.js';
+import { DEFAULT_ZERO_SHOT_TEMPLATE, loadCaptionData, trainClip, type ClipTrainSummary } from '../../training/clip.js';
+import { loadTrainingData } from '../../training/data.js';
+import { train, type TrainSummary } from '../../training/loop.js';
+import type { ClipTrainConfig, OptimiserSettings, TrainConfig, VisionSizes } from '../../training/trainer.js';
 import { startProgress } from '../ui/progress.js';
 import { argParser, jsonOption } from './common.js';
 

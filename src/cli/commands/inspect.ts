@@ -2,9 +2,10 @@
 import type { Command } from 'commander';
 
 import { printJson, type CommandContext } from '../context.js';
-import { errorJson, toPrismaError, type ErrorJson } from '../errors.js';
-import type { HookShape, ModelInfo, PreprocessSpec } from '../index.js';
-import { formatShape } from '../tensor.js';
+import { errorJson, toPrismaError, type ErrorJson } from '../../errors.js';
+import type { PreprocessSpec } from '../../image/preprocess.js';
+import type { HookShape, ModelInfo } from '../../native.js';
+import { formatShape } from '../../tensor.js';
 import { bold, useColor } from '../ui/style.js';
 import { jsonOption, openModel, withModelOptions, type ModelOptions } from './common.js';
 

@@ -8,15 +8,15 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { basename, extname, join, resolve } from 'node:path';
 
-import type { CommandContext } from '../context.js';
+import type { CommandContext } from './context.js';
 import { PrismaError, toPrismaError } from '../errors.js';
 import { inputKind } from '../image/preprocess.js';
-import type { Model } from '../index.js';
+import type { Model } from '../model.js';
 import { batchRows, type PixelBatch } from '../tensor.js';
-import { startProgress } from '../ui/progress.js';
-import { FigureWriter, sanitizeName, type Figure } from './figures.js';
-import type { DisplaySource } from './overlay.js';
-import { removeStaleTemps, writeJsonAtomic } from './write.js';
+import { startProgress } from './ui/progress.js';
+import { FigureWriter, sanitizeName, type Figure } from '../report/figures.js';
+import type { DisplaySource } from '../report/overlay.js';
+import { removeStaleTemps, writeJsonAtomic } from '../report/write.js';
 
 export interface BatchItem {
   /** The input's label (the path, or `file[i]` for a row of a tensor file). */

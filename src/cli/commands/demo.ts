@@ -5,33 +5,32 @@
  * report folder with index.html, every figure, and a summary whose sentences come from the numbers.
  */
 import { mkdirSync, readFileSync, rmSync } from 'node:fs';
-import { dirname, join, relative, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join, relative, resolve } from 'node:path';
 
 import { type Command, Option } from 'commander';
 
 import { printJson, type CommandContext } from '../context.js';
-import { PrismaError } from '../errors.js';
-import { loadModel } from '../index.js';
-import { pickPair } from '../demo/pick.js';
-import { dlaStory, lensStory, patchingStory } from '../demo/story.js';
-import { writeFileAtomic as writeAtomic } from '../report/write.js';
+import { PrismaError } from '../../errors.js';
+import { loadModel } from '../../model.js';
+import { pickPair } from '../../demo/pick.js';
+import { dlaStory, lensStory, patchingStory } from '../../demo/story.js';
+import { writeFileAtomic as writeAtomic } from '../../report/write.js';
 import { dlaCommand } from './dla.js';
 import { headsCommand } from './heads.js';
 import { logitLensCommand } from './logit-lens.js';
 import { patchCommand } from './patch.js';
 import type { ReportBase } from './analysis.js';
 import { jsonOption } from './common.js';
+import { PACKAGE_ROOT } from '../../version.js';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const DEMO_MODELS = {
-  clevr: join(ROOT, 'models', 'clevr-vit'),
-  fashion: join(ROOT, 'models', 'fashion-mnist-vit'),
-  clip: join(ROOT, 'models', 'clevr-clip'),
+  clevr: join(PACKAGE_ROOT, 'models', 'clevr-vit'),
+  fashion: join(PACKAGE_ROOT, 'models', 'fashion-mnist-vit'),
+  clip: join(PACKAGE_ROOT, 'models', 'clevr-clip'),
 };
 /** The toy CLIP's zero-shot prompts (its MODEL_CARD). */
 const CLIP_TEMPLATE = 'a large {}';
-const FASHION_IMAGES = join(ROOT, 'fixtures', 'fashion-mnist');
+const FASHION_IMAGES = join(PACKAGE_ROOT, 'fixtures', 'fashion-mnist');
 const DEMO_SEED = 2026;
 
 export interface DemoOptions {
@@ -80,7 +79,7 @@ export async function demo(options: DemoOptions, ctx: CommandContext): Promise<D
     try {
       readFileSync(join(dir, 'config.json'));
     } catch {
-      throw new PrismaError('E_MODEL_DIR', `the demo model ${relative(ROOT, dir)} is missing`, {
+      throw new PrismaError('E_MODEL_DIR', `the demo model ${relative(PACKAGE_ROOT, dir)} is missing`, {
         hint: 'it ships with the repository; restore it with git checkout',
       });
     }

@@ -4,17 +4,17 @@
  */
 import { Option, type Command } from 'commander';
 
-import { firstPatchToken, requireHead, resolveClass, slicePanels } from '../analysis/common.js';
-import { dla, type DlaAnalysis } from '../analysis/dla.js';
+import { firstPatchToken, requireHead, resolveClass, slicePanels } from '../../analysis/common.js';
+import { dla, type DlaAnalysis } from '../../analysis/dla.js';
 import type { CommandContext } from '../context.js';
-import type { Model } from '../index.js';
-import { runBatch, type BatchItem } from '../report/batch.js';
-import { barChartSvg } from '../report/chart.js';
-import { scaleFor } from '../report/colormap.js';
-import type { Figure, FigureWriter } from '../report/figures.js';
-import { matrixSvg } from '../report/heatmap.js';
-import { displayImage, overlaySvg } from '../report/overlay.js';
-import { fmt } from '../report/svg.js';
+import type { Model } from '../../model.js';
+import { runBatch, type BatchItem } from '../batch.js';
+import { barChartSvg } from '../../report/chart.js';
+import { scaleFor } from '../../report/colormap.js';
+import type { Figure, FigureWriter } from '../../report/figures.js';
+import { matrixSvg } from '../../report/heatmap.js';
+import { displayImage, overlaySvg } from '../../report/overlay.js';
+import { fmt } from '../../report/svg.js';
 import { bold } from '../ui/style.js';
 import {
   batchReportFields,

@@ -7,15 +7,15 @@ import { dirname, extname, resolve } from 'node:path';
 
 import { Option, type Command } from 'commander';
 
-import { perInputHooks, rowsPerBatch } from '../batching.js';
+import { perInputHooks, rowsPerBatch } from '../../batching.js';
 import { printJson, type CommandContext } from '../context.js';
-import { PrismaError, usageError } from '../errors.js';
-import { topK, type Prediction, type Tensor } from '../index.js';
-import { parseCachePatterns, parseNonNegativeInt, parsePositiveInt } from '../options.js';
-import { cleanUpOnSignal } from '../report/write.js';
-import { SafetensorsWriter } from '../safetensors-writer.js';
+import { PrismaError, usageError } from '../../errors.js';
+import { topK, type Prediction, type Tensor } from '../../tensor.js';
+import { parseCachePatterns, parseNonNegativeInt, parsePositiveInt } from '../../options.js';
+import { cleanUpOnSignal } from '../../report/write.js';
+import { SafetensorsWriter } from '../../safetensors-writer.js';
 import { startProgress } from '../ui/progress.js';
-import { VERSION } from '../version.js';
+import { VERSION } from '../../version.js';
 import { argParser, jsonOption, openModel, withModelOptions, type ModelOptions } from './common.js';
 
 export interface RunCommandOptions extends ModelOptions {

@@ -7,11 +7,12 @@
  */
 import { Option, type Command } from 'commander';
 
-import { rowsPerBatch } from '../batching.js';
+import { rowsPerBatch } from '../../batching.js';
 import { printJson, type CommandContext } from '../context.js';
-import { usageError } from '../errors.js';
-import { classPrompts, topK, type Prediction } from '../index.js';
-import { parsePositiveInt } from '../options.js';
+import { usageError } from '../../errors.js';
+import { classPrompts } from '../../model.js';
+import { topK, type Prediction } from '../../tensor.js';
+import { parsePositiveInt } from '../../options.js';
 import { startProgress } from '../ui/progress.js';
 import { bold, useColor } from '../ui/style.js';
 import {

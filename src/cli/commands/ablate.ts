@@ -14,18 +14,18 @@ import {
   type AblateAnalysis,
   type AblateSweepAnalysis,
   type AblationMode,
-} from '../analysis/ablate.js';
-import { parseAblateSpec, type AblateSpec } from '../analysis/ablate-spec.js';
-import { requireHead, resolveClass } from '../analysis/common.js';
+} from '../../analysis/ablate.js';
+import { parseAblateSpec, type AblateSpec } from '../../analysis/ablate-spec.js';
+import { requireHead, resolveClass } from '../../analysis/common.js';
 import type { CommandContext } from '../context.js';
-import { usageError } from '../errors.js';
-import { runBatch, type BatchItem } from '../report/batch.js';
-import { barChartSvg } from '../report/chart.js';
-import { scaleFor } from '../report/colormap.js';
-import type { Figure, FigureWriter } from '../report/figures.js';
-import { matrixSvg } from '../report/heatmap.js';
-import { fmt } from '../report/svg.js';
-import type { PixelBatch } from '../tensor.js';
+import { usageError } from '../../errors.js';
+import { runBatch, type BatchItem } from '../batch.js';
+import { barChartSvg } from '../../report/chart.js';
+import { scaleFor } from '../../report/colormap.js';
+import type { Figure, FigureWriter } from '../../report/figures.js';
+import { matrixSvg } from '../../report/heatmap.js';
+import { fmt } from '../../report/svg.js';
+import type { PixelBatch } from '../../tensor.js';
 import { bold } from '../ui/style.js';
 import {
   batchReportFields,

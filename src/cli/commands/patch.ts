@@ -5,7 +5,7 @@
  */
 import { Option, type Command } from 'commander';
 
-import { firstPatchToken, requireHead, resolveClass, slicePanels, timeSlices } from '../analysis/common.js';
+import { firstPatchToken, requireHead, resolveClass, slicePanels, timeSlices } from '../../analysis/common.js';
 import {
   checkWhatBy,
   parsePatchBy,
@@ -15,19 +15,19 @@ import {
   type PatchAnalysis,
   type PatchMatrix,
   type PatchMethod,
-} from '../analysis/patch.js';
-import { checkLayers } from '../analysis/common.js';
+} from '../../analysis/patch.js';
+import { checkLayers } from '../../analysis/common.js';
 import type { CommandContext } from '../context.js';
-import { usageError } from '../errors.js';
-import type { Model } from '../index.js';
-import type { PatchBy, PatchWhat } from '../native.js';
-import type { PixelBatch } from '../tensor.js';
-import { scatterSvg } from '../report/chart.js';
-import { scaleFor } from '../report/colormap.js';
-import { FigureWriter, type Figure } from '../report/figures.js';
-import { matrixSvg } from '../report/heatmap.js';
-import { displayImage, overlaySvg } from '../report/overlay.js';
-import { fmt } from '../report/svg.js';
+import { usageError } from '../../errors.js';
+import type { Model } from '../../model.js';
+import type { PatchBy, PatchWhat } from '../../native.js';
+import type { PixelBatch } from '../../tensor.js';
+import { scatterSvg } from '../../report/chart.js';
+import { scaleFor } from '../../report/colormap.js';
+import { FigureWriter, type Figure } from '../../report/figures.js';
+import { matrixSvg } from '../../report/heatmap.js';
+import { displayImage, overlaySvg } from '../../report/overlay.js';
+import { fmt } from '../../report/svg.js';
 import { bold } from '../ui/style.js';
 import { baselineOption, finishReport, layersOption, outOption, prepareOut, reportBase, type ReportBase } from './analysis.js';
 import { argParser, jsonOption, openModel, withModelOptions, type ModelOptions } from './common.js';

@@ -7,11 +7,11 @@
 import { Option, type Command } from 'commander';
 
 import { printJson, type CommandContext } from '../context.js';
-import { usageError } from '../errors.js';
-import { DEFAULT_MAX_OBJECTS, DEFAULT_SIZE, writeClevrLite, type ClevrLiteSummary } from '../dataset/clevr.js';
-import { exportFashionMnist, type FashionMnistSplit } from '../dataset/fashion-mnist.js';
-import { DEFAULT_THRESHOLD, writePatchLabels } from '../dataset/patch-labels.js';
-import { parseNonNegativeInt, parsePositiveInt } from '../options.js';
+import { usageError } from '../../errors.js';
+import { DEFAULT_MAX_OBJECTS, DEFAULT_SIZE, writeClevrLite, type ClevrLiteSummary } from '../../dataset/clevr.js';
+import { exportFashionMnist, type FashionMnistSplit } from '../../dataset/fashion-mnist.js';
+import { DEFAULT_THRESHOLD, writePatchLabels } from '../../dataset/patch-labels.js';
+import { parseNonNegativeInt, parsePositiveInt } from '../../options.js';
 import { startProgress } from '../ui/progress.js';
 import { argParser, jsonOption } from './common.js';
 
@@ -135,7 +135,7 @@ const positive = (flag: string) => argParser((v) => parsePositiveInt(v, flag));
 
 export function registerDataset(program: Command, ctx: CommandContext): void {
   const dataset = program.command('dataset').description('make datasets for probing and patching: clevr-lite, patch-labels, fashion-mnist');
-  // Subcommands copy these settings when created; src/cli.ts only configures first-level commands.
+  // Subcommands copy these settings when created; src/cli/main.ts only configures first-level commands.
   dataset.exitOverride().configureOutput({
     writeOut: (s) => ctx.io.stdout.write(s),
     writeErr: (s) => ctx.io.stderr.write(s),

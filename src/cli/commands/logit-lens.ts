@@ -5,20 +5,20 @@
  */
 import { Option, type Command } from 'commander';
 
-import { logitLens, parseLensSite, type LogitLensResult } from '../analysis/lens.js';
-import { firstPatchToken, patchGrid, requireHead, resolveClass, slicePanels } from '../analysis/common.js';
+import { logitLens, parseLensSite, type LogitLensResult } from '../../analysis/lens.js';
+import { firstPatchToken, patchGrid, requireHead, resolveClass, slicePanels } from '../../analysis/common.js';
 import type { CommandContext } from '../context.js';
-import { findPatchLabels, loadPatchLabels, type PatchLabelsEntry } from '../dataset/patch-labels.js';
-import { PrismaError } from '../errors.js';
-import type { Model } from '../index.js';
-import type { LensSite } from '../native.js';
-import { parsePositiveInt } from '../options.js';
-import { runBatch, type BatchItem } from '../report/batch.js';
-import { lineChartSvg, PALETTE } from '../report/chart.js';
-import { scaleFor } from '../report/colormap.js';
-import type { Figure, FigureWriter } from '../report/figures.js';
-import { displayImage, overlaySvg } from '../report/overlay.js';
-import { fmt } from '../report/svg.js';
+import { findPatchLabels, loadPatchLabels, type PatchLabelsEntry } from '../../dataset/patch-labels.js';
+import { PrismaError } from '../../errors.js';
+import type { Model } from '../../model.js';
+import type { LensSite } from '../../native.js';
+import { parsePositiveInt } from '../../options.js';
+import { runBatch, type BatchItem } from '../batch.js';
+import { lineChartSvg, PALETTE } from '../../report/chart.js';
+import { scaleFor } from '../../report/colormap.js';
+import type { Figure, FigureWriter } from '../../report/figures.js';
+import { displayImage, overlaySvg } from '../../report/overlay.js';
+import { fmt } from '../../report/svg.js';
 import { bold } from '../ui/style.js';
 import {
   batchReportFields,

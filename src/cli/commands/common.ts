@@ -3,9 +3,9 @@ import { InvalidArgumentError, Option, type Command } from 'commander';
 
 import { existsSync, readFileSync, statSync } from 'node:fs';
 
-import { isPrismaError, PrismaError, usageError } from '../errors.js';
-import { loadModel, type Model } from '../index.js';
-import { normalizeDevice, normalizeDtype } from '../options.js';
+import { isPrismaError, PrismaError, usageError } from '../../errors.js';
+import { loadModel, type Model } from '../../model.js';
+import { normalizeDevice, normalizeDtype } from '../../options.js';
 
 /**
  * Adapt one of our option parsers to commander. Our parsers' errors already name the flag and the

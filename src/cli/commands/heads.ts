@@ -5,17 +5,18 @@
  */
 import { Option, type Command } from 'commander';
 
-import { checkLayers, firstPatchToken, slicePanels, sumOverSlices, timeSlices } from '../analysis/common.js';
-import { heads, parseHeadsQuery, resolveQuery, type HeadsAnalysis, type HeadsQuery, type HeadsResult } from '../analysis/heads.js';
+import { checkLayers, firstPatchToken, slicePanels, sumOverSlices, timeSlices } from '../../analysis/common.js';
+import { heads, parseHeadsQuery, resolveQuery, type HeadsAnalysis, type HeadsQuery, type HeadsResult } from '../../analysis/heads.js';
 import type { CommandContext } from '../context.js';
-import { PrismaError } from '../errors.js';
-import type { Model, ModelInfo } from '../index.js';
-import { runBatch, type BatchItem } from '../report/batch.js';
-import type { ColorScale } from '../report/colormap.js';
-import type { Figure, FigureWriter } from '../report/figures.js';
-import { headsHtml } from '../report/heads-html.js';
-import { displayImage, overlaySvg, type DisplaySource } from '../report/overlay.js';
-import { fmt } from '../report/svg.js';
+import { PrismaError } from '../../errors.js';
+import type { Model } from '../../model.js';
+import type { ModelInfo } from '../../native.js';
+import { runBatch, type BatchItem } from '../batch.js';
+import type { ColorScale } from '../../report/colormap.js';
+import type { Figure, FigureWriter } from '../../report/figures.js';
+import { headsHtml } from '../../report/heads-html.js';
+import { displayImage, overlaySvg, type DisplaySource } from '../../report/overlay.js';
+import { fmt } from '../../report/svg.js';
 import { bold } from '../ui/style.js';
 import {
   batchReportFields,

@@ -1,26 +1,4 @@
-/** What a command action gets from the CLI: where to write, and the process environment. */
-import type { StreamLike } from './ui/style.js';
-
-export interface Io {
-  stdout: StreamLike;
-  stderr: StreamLike;
-  env: NodeJS.ProcessEnv;
-  /** Read for the input `-` (a list of paths, one per line); default process.stdin. */
-  stdin?: AsyncIterable<string | Uint8Array>;
-}
-
-export interface CommandContext {
-  io: Io;
-  /** True when --json was given: errors go to stdout as JSON, no progress or colour. */
-  json: boolean;
-  /** Set by batch commands when some inputs failed (the CLI then exits with 3). */
-  partial?: boolean;
-}
-
-/** Write a JSON document (one per command) to stdout. */
-export function printJson(ctx: CommandContext, value: unknown): void {
-  ctx.io.stdout.write(`${formatJson(value)}\n`);
-}
+/** The JSON layout of every report and printed result. */
 
 /** JSON.stringify with 2-space indentation, but arrays of numbers/strings (shapes) on one line. */
 export function formatJson(value: unknown, indent = ''): string {

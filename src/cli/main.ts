@@ -1,5 +1,5 @@
 /**
- * The `prisma` command line. Commands live one per file in src/commands/ and throw on failure;
+ * The `prisma` command line. Commands live one per file in src/cli/commands/ and throw on failure;
  * this module owns the only exit path: it prints one error line (plus a hint) to stderr, or
  * `{"ok":false,"error":{...}}` to stdout with --json, and sets `process.exitCode`:
  * 0 ok, 1 failure, 2 usage error (E_USAGE, E_ARGUMENT), 3 partial batch (a multi-input command
@@ -19,9 +19,9 @@ import { registerPatch } from './commands/patch.js';
 import { registerRun } from './commands/run.js';
 import { registerTrain } from './commands/train.js';
 import { printJson, type CommandContext, type Io } from './context.js';
-import { PrismaError, errorJson, oneLine, toPrismaError } from './errors.js';
+import { PrismaError, errorJson, oneLine, toPrismaError } from '../errors.js';
 import { red, useColor } from './ui/style.js';
-import { VERSION } from './version.js';
+import { VERSION } from '../version.js';
 
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;

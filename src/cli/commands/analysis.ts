@@ -9,17 +9,17 @@ import { join, resolve } from 'node:path';
 
 import { Option } from 'commander';
 
-import { tokenLabels } from '../analysis/common.js';
+import { tokenLabels } from '../../analysis/common.js';
 import { printJson, type CommandContext, type Io } from '../context.js';
-import { PrismaError, usageError } from '../errors.js';
-import { expandInputs } from '../image/preprocess.js';
-import type { Model } from '../index.js';
-import type { BatchOutcome, InputError } from '../report/batch.js';
-import type { Figure } from '../report/figures.js';
-import { validateReport, type ReportCommand } from '../report/schema.js';
-import { writeJsonAtomic } from '../report/write.js';
+import { PrismaError, usageError } from '../../errors.js';
+import { expandInputs } from '../../image/preprocess.js';
+import type { Model } from '../../model.js';
+import type { BatchOutcome, InputError } from '../batch.js';
+import type { Figure } from '../../report/figures.js';
+import { validateReport, type ReportCommand } from '../../report/schema.js';
+import { writeJsonAtomic } from '../../report/write.js';
 import { dim, useColor } from '../ui/style.js';
-import { VERSION } from '../version.js';
+import { VERSION } from '../../version.js';
 import { argParser, asOptionError } from './common.js';
 
 export interface ReportModel {
