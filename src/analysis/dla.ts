@@ -69,3 +69,28 @@ export async function dla(model: Model, input: string | PixelBatch, options: Dla
     error: { vsLogit: Math.abs(total - r.logit), vsModel: Math.abs(total - modelLogit) },
   };
 }
+
+/** The identity DLA rests on: the components plus the constant add up to the logit (difference). */
+export interface DlaCheck {
+  sumOfComponents: number;
+  constant: number;
+  sumPlusConstant: number;
+  logit: number;
+  /** |sumPlusConstant - logit| <= tolerance */
+  ok: boolean;
+  tolerance: number;
+}
+
+/** Checks `a` against its identity, to 1e-4 relative to the logit (at least 1e-4 absolute). */
+export function dlaCheck(a: DlaAnalysis): DlaCheck {
+  const sumPlusConstant = a.sumOfComponents + a.constant;
+  const tolerance = 1e-4 * Math.max(1, Math.abs(a.logit));
+  return {
+    sumOfComponents: a.sumOfComponents,
+    constant: a.constant,
+    sumPlusConstant,
+    logit: a.logit,
+    ok: Math.abs(sumPlusConstant - a.logit) <= tolerance,
+    tolerance,
+  };
+}

@@ -7,6 +7,10 @@ export {
   type LogitLensResult,
   type LensLayerResult,
   type RankedClass,
+  checkPatchLabels,
+  scorePatches,
+  sumPatchScores,
+  type PatchScore,
 } from './lens.js';
 export {
   patch,
@@ -14,6 +18,7 @@ export {
   parsePatchBy,
   parsePatchMethod,
   checkWhatBy,
+  largestEffect,
   PATCH_WHATS,
   PATCH_BYS,
   HEAD_WHATS,
@@ -23,7 +28,7 @@ export {
   type PatchMethod,
   type PatchSide,
 } from './patch.js';
-export { dla, type DlaOptions, type DlaAnalysis } from './dla.js';
+export { dla, dlaCheck, type DlaOptions, type DlaAnalysis, type DlaCheck } from './dla.js';
 export {
   ablate,
   ablateSweep,

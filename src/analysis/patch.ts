@@ -218,3 +218,19 @@ export async function patch(
   if (exact && attribution) result.correlation = pearson(exact.normalised, attribution.normalised);
   return result;
 }
+
+/** The largest |normalised effect| of a matrix and where it is: one index per axis, the layer axis as a layer number. */
+export function largestEffect(m: PatchMatrix): { value: number; at: { axis: string; index: number }[] } {
+  let best = 0;
+  m.normalised.forEach((v, i) => {
+    if (Math.abs(v) > Math.abs(m.normalised[best]!)) best = i;
+  });
+  const idx: number[] = [];
+  let rest = best;
+  for (let d = m.dims.length - 1; d >= 0; d--) {
+    idx.unshift(rest % m.dims[d]!);
+    rest = Math.floor(rest / m.dims[d]!);
+  }
+  idx[0] = m.layers[idx[0]!]!;
+  return { value: m.normalised[best]!, at: m.axes.map((axis, i) => ({ axis, index: idx[i]! })) };
+}

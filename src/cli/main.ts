@@ -28,8 +28,6 @@ export const EXIT_FAILURE = 1;
 export const EXIT_USAGE = 2;
 export const EXIT_PARTIAL = 3;
 
-const COMMANDS = ['inspect', 'run', 'logit-lens', 'patch', 'heads', 'dla', 'ablate', 'dataset', 'train', 'demo'] as const;
-
 export function buildProgram(ctx: CommandContext): Command {
   const program = new Command('prisma')
     .description('mechanistic interpretability for vision transformers')
@@ -58,15 +56,17 @@ export function buildProgram(ctx: CommandContext): Command {
   return program;
 }
 
-function helpHint(argv: readonly string[]): string {
-  const sub = argv.find((a) => (COMMANDS as readonly string[]).includes(a));
+/** The `--help` to read: the first argument that names a registered command, else the program's. */
+function helpHint(program: Command, argv: readonly string[]): string {
+  const names = new Set(program.commands.map((c) => c.name()));
+  const sub = argv.find((a) => names.has(a));
   return `run \`prisma ${sub ? `${sub} ` : ''}--help\``;
 }
 
 /** Commander's usage errors as PrismaError E_USAGE, with a hint naming the right --help. */
-function fromCommanderError(err: CommanderError, argv: readonly string[]): PrismaError {
+function fromCommanderError(err: CommanderError, hint: string): PrismaError {
   const message = oneLine(err.message.replace(/^error:\s*/, ''));
-  return new PrismaError('E_USAGE', message, { hint: helpHint(argv) });
+  return new PrismaError('E_USAGE', message, { hint });
 }
 
 function report(err: PrismaError, ctx: CommandContext): void {
@@ -96,12 +96,12 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
       // --help / --version: commander already printed; a bare `prisma` printed help to stderr.
       if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version') return EXIT_OK;
       if (err.code === 'commander.help' || err.code === 'commander.executeSubCommandAsync') return EXIT_USAGE;
-      report(fromCommanderError(err, argv), ctx);
+      report(fromCommanderError(err, helpHint(program, argv)), ctx);
       return EXIT_USAGE;
     }
     let pe = toPrismaError(err);
     if ((pe.code === 'E_USAGE' || pe.code === 'E_ARGUMENT') && pe.hint === undefined)
-      pe = new PrismaError(pe.code, pe.message, { hint: helpHint(argv), cause: pe });
+      pe = new PrismaError(pe.code, pe.message, { hint: helpHint(program, argv), cause: pe });
     report(pe, ctx);
     return exitCodeFor(pe);
   }

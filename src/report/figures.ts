@@ -1,6 +1,7 @@
 /** Writing figures (PNG from SVG, and HTML) under a report folder; each write is atomic. */
 import { join } from 'node:path';
 
+import type { DisplaySource } from './overlay.js';
 import { svgToPng, type Svg } from './svg.js';
 import { writeFileAtomic, writePngAtomic } from './write.js';
 
@@ -14,6 +15,13 @@ export interface Figure {
   /** Pixel size (PNG only). */
   width?: number;
   height?: number;
+}
+
+/** One input of a figure: its label, a short name for file names, and how to show it. */
+export interface FigureInput {
+  input: string;
+  name: string;
+  display: DisplaySource;
 }
 
 export class FigureWriter {

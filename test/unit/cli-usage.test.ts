@@ -35,6 +35,12 @@ describe('prisma CLI usage errors', () => {
     await expectUsageError(argv, pattern, /^hint: run `prisma .*--help`$/);
   });
 
+  it('the hint names the --help of every registered command (derived from the program, so classify is included)', async () => {
+    for (const command of ['inspect', 'run', 'classify', 'logit-lens', 'patch', 'heads', 'dla', 'ablate', 'dataset', 'train', 'demo']) {
+      await expectUsageError([command, '--bogus'], /unknown option '--bogus'|required option/, `hint: run \`prisma ${command} --help\``);
+    }
+  });
+
   it.each([
     [['run', 'm', 'a.png', '--dtype', 'int8'], 'int8', 'hint: use f32, f16 or bf16'],
     [['run', 'm', 'a.png', '--device', 'tpu'], 'tpu', 'hint: use cpu, cuda, cuda:N, mps or auto'],

@@ -7,20 +7,20 @@ import { mkdirSync, statSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 
-import { Option } from 'commander';
+import { Option, type Command } from 'commander';
 
-import { tokenLabels } from '../../analysis/common.js';
+import { requireHead, resolveClass, tokenLabels } from '../../analysis/common.js';
 import { printJson, type CommandContext, type Io } from '../context.js';
 import { PrismaError, usageError } from '../../errors.js';
 import { expandInputs } from '../../image/preprocess.js';
 import type { Model } from '../../model.js';
-import type { BatchOutcome, InputError } from '../batch.js';
-import type { Figure } from '../../report/figures.js';
+import { runBatch, type BatchItem, type BatchOutcome, type InputError } from '../batch.js';
+import type { Figure, FigureWriter } from '../../report/figures.js';
 import { validateReport, type ReportCommand } from '../../report/schema.js';
 import { writeJsonAtomic } from '../../report/write.js';
 import { dim, useColor } from '../ui/style.js';
 import { VERSION } from '../../version.js';
-import { argParser, asOptionError } from './common.js';
+import { argParser, asOptionError, jsonOption, openModel, withModelOptions, type ModelOptions } from './common.js';
 
 export interface ReportModel {
   dir: string;
@@ -261,4 +261,120 @@ export function batchReportFields<R>(outcome: BatchOutcome<R>): {
     computed: outcome.computed,
     figures: outcome.items.flatMap((i) => i.figures),
   };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The frame of a multi-input analysis command (logit-lens, heads, dla, ablate)
+
+/** The report of a multi-input command: one result per input, with its name and figure paths. */
+export type BatchReport<C extends ReportCommand, R, O, E extends object = Record<never, never>> = ReportBase & {
+  command: C;
+  options: O;
+  results: (R & { input: string; name: string; figures: string[] })[];
+} & E;
+
+export interface BatchCommandFrame {
+  name: ReportCommand;
+  description: string;
+  /** Help for MODEL_DIR (default: a folder with a classification head). */
+  model?: string;
+  /** The command's own options, listed before --out, --resume and the model options. */
+  options: Option[];
+  /** What --out DIR holds, for the help text. */
+  outFiles: string;
+  exitNote?: string;
+}
+
+/** `NAME <MODEL_DIR> <INPUT...>` with the command's options, --out, --resume, the model options and --json. */
+export function batchCommand(program: Command, frame: BatchCommandFrame): Command {
+  const cmd = program
+    .command(frame.name)
+    .description(frame.description)
+    .argument('<MODEL_DIR>', frame.model ?? 'Hugging Face model folder with a classification head')
+    .argument('<INPUT...>', "images, folders of images, .npy/.safetensors tensors, or '-' for paths on stdin");
+  for (const option of [...frame.options, outOption(), resumeOption()]) cmd.addOption(option);
+  return withModelOptions(cmd)
+    .addOption(jsonOption())
+    .addHelpText(
+      'after',
+      `\nWith --out DIR: ${frame.outFiles}.\nExit codes: 0 ok, 1 failure, 2 usage, 3 some inputs failed${frame.exitNote ?? ''}.`,
+    );
+}
+
+export interface BatchCommandOptions extends ModelOptions {
+  target?: string;
+  baseline?: string;
+  out?: string;
+  resume?: boolean;
+  json?: boolean;
+}
+
+export interface OpenedBatch {
+  model: Model;
+  files: string[];
+  out: string | undefined;
+}
+
+/**
+ * Check --out, load the model, check the flags that depend on it (a head for `head`, --target,
+ * --baseline, then `check`), and list the inputs: every mistake is reported before any input is read.
+ */
+export async function openBatch(
+  modelDir: string,
+  inputArgs: readonly string[],
+  options: BatchCommandOptions,
+  ctx: CommandContext,
+  checks: { head?: string; check?: (model: Model) => void } = {},
+): Promise<OpenedBatch> {
+  const out = prepareOut(options.out, options.resume);
+  const model = await openModel(modelDir, options);
+  if (checks.head !== undefined) requireHead(model, checks.head);
+  if (options.target !== undefined) resolveClass(options.target, model.info, 'target');
+  if (options.baseline !== undefined) resolveClass(options.baseline, model.info, 'baseline');
+  checks.check?.(model);
+  const files = await collectInputs(inputArgs, ctx.io, (model.info.numFrames ?? 0) > 0);
+  return { model, files, out };
+}
+
+export interface BatchRun<C extends ReportCommand, R, O, E extends object> {
+  command: C;
+  modelDir: string;
+  batch: OpenedBatch;
+  options: { out?: string; resume?: boolean; json?: boolean };
+  ctx: CommandContext;
+  /** Everything that changes the results (see BatchSpec.key). */
+  key: unknown;
+  /** The options as the report records them. */
+  reportOptions: O;
+  process(item: BatchItem, figures: FigureWriter | undefined): Promise<{ result: R; figures: Figure[] }>;
+  summary(report: BatchReport<C, R, O, E>, color: boolean): string;
+  /** Report fields computed from every input's result. */
+  extra?: (outcome: BatchOutcome<R>) => E;
+}
+
+/** Run every input (resumable), assemble the report, and finish it (see finishBatch). */
+export async function runBatchCommand<C extends ReportCommand, R, O, E extends object = Record<never, never>>(
+  run: BatchRun<C, R, O, E>,
+): Promise<BatchReport<C, R, O, E>> {
+  const { model, files, out } = run.batch;
+  const outcome = await runBatch<R>({
+    command: run.command,
+    model,
+    files,
+    ...(out === undefined ? {} : { outDir: out }),
+    resume: run.options.resume ?? false,
+    key: run.key,
+    ctx: run.ctx,
+    process: run.process,
+  });
+  const report = {
+    ...reportBase(run.command, model, run.modelDir),
+    command: run.command,
+    inputs: files,
+    options: run.reportOptions,
+    ...batchReportFields(outcome),
+    ...run.extra?.(outcome),
+  } as BatchReport<C, R, O, E>;
+  await finishBatch(report, run.options, run.ctx, run.summary);
+  return report;
 }

@@ -1,0 +1,20 @@
+/** The terminal summary of `prisma heads`: per input, a table of each head's statistics. */
+import type { HeadsReport } from '../commands/heads.js';
+import { fmt } from '../../report/svg.js';
+import { bold } from '../ui/style.js';
+
+export function headsSummary(r: HeadsReport, color: boolean): string {
+  const lines: string[] = [];
+  for (const res of r.results) {
+    lines.push(`${bold(res.input, color)}  query ${res.query.kind === 'cls' ? 'class token' : `patch ${res.query.patch}`}`);
+    lines.push('  head     entropy  mean-ent  to-cls  distance  self');
+    for (const h of res.heads) {
+      lines.push(
+        `  L${h.layer}H${h.head}`.padEnd(10) +
+          `${fmt(h.entropy).padStart(7)}  ${fmt(h.meanEntropy).padStart(8)}  ${(h.clsAttention === null ? '-' : fmt(h.clsAttention)).padStart(6)}  ${fmt(h.meanDistance).padStart(8)}  ${fmt(h.selfShare).padStart(5)}`,
+      );
+    }
+  }
+  lines.push(`${r.results.length} done (${r.computed} computed, ${r.resumed} resumed), ${r.errors.length} failed`);
+  return `${lines.join('\n')}\n`;
+}

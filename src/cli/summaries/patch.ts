@@ -1,0 +1,26 @@
+/** The terminal summary of `prisma patch`: the metric on both images and, per method, the largest effect. */
+import { largestEffect } from '../../analysis/patch.js';
+import type { PatchReport } from '../commands/patch.js';
+import { fmt } from '../../report/svg.js';
+import { bold } from '../ui/style.js';
+
+export function patchSummary(r: PatchReport, color: boolean): string {
+  const a = r.result;
+  const metric = a.metric === 'logit' ? `logit[${a.target.label}]` : `logit[${a.target.label}] - logit[${a.baseline!.label}]`;
+  const lines = [
+    bold(`patch ${a.what} by ${a.by.replace(/_/g, ',')} (${a.method})`, color),
+    `  metric ${metric}: clean ${fmt(a.clean.metric.value)} (top-1 ${a.clean.top1.label}), corrupt ${fmt(a.corrupt.metric.value)} (top-1 ${a.corrupt.top1.label})`,
+  ];
+  for (const m of [a.exact, a.attribution]) {
+    if (!m) continue;
+    const largest = largestEffect(m);
+    const where = largest.at.map(({ axis, index }) => `${axis} ${index}`).join(', ');
+    lines.push(
+      `  ${m.method}: ${m.patchedRuns} patched runs in ${m.batchedForwards} batched forwards; largest effect ${fmt(largest.value)} at ${where}`,
+    );
+  }
+  if (a.correlation !== undefined)
+    lines.push(`  correlation exact vs attribution (normalised): ${a.correlation === null ? 'undefined' : fmt(a.correlation)}`);
+  if (r.figures.length > 0) lines.push(`  wrote report.json and ${r.figures.length} figures`);
+  return `${lines.join('\n')}\n`;
+}
