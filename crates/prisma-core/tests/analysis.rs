@@ -131,7 +131,7 @@ fn assert_batched_equals_naive(
             None => expected.clone(),
         };
         assert_eq!(batched.value.len(), wanted.len());
-        let worst = batched.value.iter().zip(&wanted).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        let worst = max_abs_diff_of(&batched.value, &wanted);
         assert!(worst <= 1e-4, "{name} {what:?} by {by:?} chunk {chunk:?} layers {layers:?}: batched differs from naive by {worst:e}");
     }
 }
@@ -265,10 +265,10 @@ fn attribution_patching_is_exact_to_first_order() {
             let base = exact.corrupt.value;
             let d_exact: Vec<f64> = exact.value.iter().map(|v| v - base).collect();
             let d_approx: Vec<f64> = approx.value.iter().map(|v| v - base).collect();
-            let scale = d_exact.iter().map(|d| d.abs()).fold(0.0, f64::max);
-            let worst = d_exact.iter().zip(&d_approx).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-            eprintln!("first-order check {name} {what:?} {by:?}: max |delta| {scale:.2e}, max error {worst:.2e}");
-            assert!(worst <= 0.05 * scale + 1e-6, "{name} {what:?}: error {worst:e} vs scale {scale:e}");
+            let scale = worst(d_exact.iter().map(|d| d.abs()));
+            let error = max_abs_diff_of(&d_exact, &d_approx);
+            eprintln!("first-order check {name} {what:?} {by:?}: max |delta| {scale:.2e}, max error {error:.2e}");
+            assert!(scale.is_finite() && error <= 0.05 * scale + 1e-6, "{name} {what:?}: error {error:e} vs scale {scale:e}");
         }
     }
 }
@@ -407,13 +407,13 @@ fn zero_ablation_sweep_equals_one_run_per_head() {
     // The mean over 20 references, run 16 at a time, is the mean over the two images they repeat.
     let twenty = Tensor::cat(&(0..10).flat_map(|_| [&img, &other]).collect::<Vec<_>>(), 0);
     let many = ablation_sweep(&model, &img, Some(&twenty), &mean).unwrap();
-    let worst = many.value.iter().zip(&pair.value).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let worst = max_abs_diff_of(&many.value, &pair.value);
     assert!(worst <= 1e-5, "mean over 20 references differs from the mean over their 2 images by {worst:e}");
     // The mean over copies of one image is that image: resampling it.
     let copies = Tensor::cat(&[&other, &other, &other], 0);
     let resampled = ablation_sweep(&model, &img, Some(&other), &AblationOptions { mode: AblationMode::Resample, ..opts.clone() }).unwrap();
     let averaged = ablation_sweep(&model, &img, Some(&copies), &mean).unwrap();
-    let worst = averaged.value.iter().zip(&resampled.value).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let worst = max_abs_diff_of(&averaged.value, &resampled.value);
     assert!(worst <= 1e-5, "mean over copies of an image differs from resampling it by {worst:e}");
     // Resampling runs only the chosen reference: index 1 of [img, other] is `other`.
     let second =
@@ -438,7 +438,7 @@ fn resample_ablation_equals_the_naive_patching_loop() {
             let opts = AblationOptions { mode: AblationMode::Resample, what, by, metric, resample_index: 0, chunk, fast_linear: false };
             let swept = ablation_sweep(&model, &img, Some(&other), &opts).unwrap();
             assert_eq!(swept.value.len(), expected.len());
-            let worst = swept.value.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            let worst = max_abs_diff_of(&swept.value, &expected);
             assert!(worst <= 1e-4, "{what:?} by {by:?} chunk {chunk:?}: resampled sweep differs from naive patching by {worst:e}");
         }
     }

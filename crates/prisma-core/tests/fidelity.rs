@@ -42,6 +42,23 @@ fn every_hook_matches_the_reference() {
     }
 }
 
+/// The comparison helpers themselves: a NaN activation must never pass a tolerance (a fold with
+/// `f64::max` skips NaN, so an all-NaN tensor used to score 0).
+#[test]
+fn comparisons_fail_on_nan() {
+    let expected = &reference("vit-tiny-cls.safetensors")["blocks.0.hook_resid_post"];
+    assert_eq!(max_abs_diff(expected, expected), 0.0);
+    // +inf, so `diff <= TOL` fails.
+    let all_nan = expected.full_like(f64::NAN);
+    assert_eq!(max_abs_diff(&all_nan, expected), f64::INFINITY, "an all-NaN tensor");
+    assert_eq!(max_abs_diff(expected, &all_nan), f64::INFINITY, "an all-NaN reference");
+    let one_nan = expected.copy();
+    let _ = one_nan.view([-1]).get(7).fill_(f64::NAN);
+    assert_eq!(max_abs_diff(&one_nan, expected), f64::INFINITY, "a tensor with one NaN");
+    assert_eq!(max_abs_diff_of(&[1.0, f64::NAN], &[1.0, 2.0]), f64::INFINITY);
+    assert_eq!(worst([0.0, f64::NAN, 0.0]), f64::INFINITY);
+}
+
 /// Small CPU batches embed their patches with one matrix product instead of the convolution
 /// (models/vit.rs, `small_patch_product`); large ones run the convolution. Both must agree: one image
 /// alone against the same image inside a batch big enough to take the convolution.
@@ -180,12 +197,13 @@ fn zero_ablating_one_head_changes_only_what_lies_downstream() {
             continue;
         }
         if downstream {
-            assert!(diff > 0.0, "{point} lies downstream of the ablation but did not change");
+            assert!(diff.is_finite() && diff > 0.0, "{point} lies downstream of the ablation but did not change");
         } else {
             assert_eq!(diff, 0.0, "{point} lies upstream of the ablation but changed by {diff:e}");
         }
     }
-    assert!(max_abs_diff(&ablated.output, &clean.output) > 0.0);
+    let moved = max_abs_diff(&ablated.output, &clean.output);
+    assert!(moved.is_finite() && moved > 0.0, "the output moved by {moved}");
 }
 
 /// Interventions computed by PyTorch forward hooks on the HF model itself.

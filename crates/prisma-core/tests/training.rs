@@ -2,7 +2,6 @@
 //! outputs, and resumes from a checkpoint exactly where continuous training would be.
 
 mod common;
-use prisma_core::model::to_f32_vec;
 use prisma_core::training::{TrainConfig, Trainer};
 use prisma_core::{Model, RunRequest};
 use tch::{Device, Kind, Tensor};
@@ -59,9 +58,7 @@ fn learns_saves_and_reloads_identically() {
         let mut ctx = prisma_core::hooks::HookCtx::new(&none, &[]);
         t.vit.forward(prisma_core::models::vit::ForwardStart::Pixels(&x), None, &mut ctx).unwrap().1
     });
-    let (_, a) = to_f32_vec(&reloaded).unwrap();
-    let (_, b) = to_f32_vec(&own).unwrap();
-    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let worst = common::max_abs_diff(&reloaded, &own);
     assert!(worst <= 1e-5, "reloaded logits differ by {worst}");
     assert_eq!(model.info.labels, vec!["dark".to_string(), "bright".to_string()]);
     std::fs::remove_dir_all(&dir).ok();

@@ -22,9 +22,22 @@ pub fn reference(file: &str) -> BTreeMap<String, Tensor> {
     read_tensor_file(&fixtures().join("reference").join(file)).expect("reference loads").into_iter().collect()
 }
 
+/// Largest |a - b| over the elements. A NaN anywhere (on either side, or inf - inf) makes it +inf,
+/// so `max_abs_diff(..) <= TOL` cannot pass on a NaN activation (`f64::max` would skip it).
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size(), "shape mismatch");
     let (_, a) = to_f32_vec(a).unwrap();
     let (_, b) = to_f32_vec(b).unwrap();
-    a.iter().zip(&b).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max)
+    worst(a.iter().zip(&b).map(|(x, y)| (*x as f64 - *y as f64).abs()))
+}
+
+/// Largest |a - b| of two equally long lists of values, NaN as +inf (see `max_abs_diff`).
+pub fn max_abs_diff_of(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    worst(a.iter().zip(b).map(|(x, y)| (x - y).abs()))
+}
+
+/// The largest of some non-negative numbers (0 when there are none); any NaN among them gives +inf.
+pub fn worst(values: impl IntoIterator<Item = f64>) -> f64 {
+    values.into_iter().fold(0.0, |acc, v| if v.is_nan() { f64::INFINITY } else { acc.max(v) })
 }
