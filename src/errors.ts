@@ -25,7 +25,16 @@ export const NATIVE_CODES = [
 ] as const;
 
 /** Codes produced by the TypeScript layer. */
-export const TS_CODES = ['E_USAGE', 'E_NATIVE_MISSING', 'E_NATIVE_LOAD', 'E_IMAGE_DECODE', 'E_INPUT', 'E_PREPROCESS_CONFIG'] as const;
+export const TS_CODES = [
+  'E_USAGE',
+  'E_NATIVE_MISSING',
+  'E_NATIVE_LOAD',
+  'E_IMAGE_DECODE',
+  'E_INPUT',
+  'E_PREPROCESS_CONFIG',
+  'E_SHARD_MISMATCH',
+  'E_SHARD_MISSING',
+] as const;
 
 export type ErrorCode = (typeof NATIVE_CODES)[number] | (typeof TS_CODES)[number];
 

@@ -15,6 +15,7 @@ import { registerDla } from './commands/dla.js';
 import { registerHeads } from './commands/heads.js';
 import { registerInspect } from './commands/inspect.js';
 import { registerLogitLens } from './commands/logit-lens.js';
+import { registerMerge } from './commands/merge.js';
 import { registerPatch } from './commands/patch.js';
 import { registerRun } from './commands/run.js';
 import { registerTrain } from './commands/train.js';
@@ -42,6 +43,7 @@ export function buildProgram(ctx: CommandContext): Command {
   registerHeads(program, ctx);
   registerDla(program, ctx);
   registerAblate(program, ctx);
+  registerMerge(program, ctx);
   registerDataset(program, ctx);
   registerTrain(program, ctx);
   registerDemo(program, ctx);

@@ -10,6 +10,7 @@ import { Ajv, type ValidateFunction } from 'ajv';
 
 import { PrismaError } from '../errors.js';
 import { PACKAGE_ROOT } from '../version.js';
+import type { ReportChecks } from './layouts.js';
 
 export const REPORT_COMMANDS = ['logit-lens', 'patch', 'heads', 'dla', 'ablate'] as const;
 export type ReportCommand = (typeof REPORT_COMMANDS)[number];
@@ -56,4 +57,37 @@ export function validateReport(command: ReportCommand, report: unknown): void {
     .map((e) => `${e.instancePath || '/'} ${e.message ?? 'is invalid'}`)
     .join('; ');
   throw new PrismaError('E_INTERNAL', `the ${command} report does not match schemas/${command}.schema.json: ${problems}`);
+}
+
+const resultValidators = new Map<ReportCommand, ValidateFunction>();
+
+/** A validator for one element of the report's `results` (the schema's item, with its definitions). */
+function resultValidator(command: ReportCommand): ValidateFunction {
+  const have = resultValidators.get(command);
+  if (have) return have;
+  const schema = validator(command).schema as { definitions?: unknown; properties: { results: { items: object } } };
+  const fn = ajv!.compile({ definitions: schema.definitions ?? {}, ...schema.properties.results.items });
+  resultValidators.set(command, fn);
+  return fn;
+}
+
+/**
+ * Schema checks for a report whose results are streamed (report/layouts.ts): the report with empty
+ * arrays, then each result as it passes. Undefined for commands without a report schema.
+ */
+export function reportChecks(command: string): ReportChecks | undefined {
+  if (!(REPORT_COMMANDS as readonly string[]).includes(command)) return undefined;
+  const name = command as ReportCommand;
+  return {
+    frame: (doc) => validateReport(name, doc),
+    result: (result) => {
+      const validate = resultValidator(name);
+      if (validate(JSON.parse(JSON.stringify(result)))) return;
+      const problems = (validate.errors ?? [])
+        .slice(0, 3)
+        .map((e) => `${e.instancePath || '/'} ${e.message ?? 'is invalid'}`)
+        .join('; ');
+      throw new PrismaError('E_INTERNAL', `a ${name} result does not match schemas/${name}.schema.json: ${problems}`);
+    },
+  };
 }
