@@ -6,7 +6,7 @@ import { join } from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { inputKeys, parseShard, selectShard, shardKey, shardOf } from '../../src/shard.js';
+import { inputKeys, parseShard, selectShard, shardOf } from '../../src/shard.js';
 
 const names = (n: number, prefix = 'img') => Array.from({ length: n }, (_, i) => `${prefix}-${String(i).padStart(5, '0')}.jpg`);
 
