@@ -2,7 +2,8 @@
 
 use crate::device::{device_name, dtype_name, parse_device, parse_dtype};
 use crate::error::{PrismaError, Result};
-use crate::hooks::{HookCtx, HookPoint, HookSelection, Site, Tower};
+use crate::hooks::splice::SpliceTarget;
+use crate::hooks::{resolve_point, HookCtx, HookPoint, HookSelection, Site, SiteAxes, Splice, SpliceSpec, Tower};
 use crate::interventions::{parse_specs, Intervention, InterventionSpec};
 use crate::models::text::HookedTextEncoder;
 use crate::models::vit::{normalize_rows, ForwardPlan, ForwardStart, Head, HookedViT};
@@ -41,6 +42,8 @@ pub struct Model {
     pub text: Option<HookedTextEncoder>,
     pub tokenizer: Option<tokenizers::Tokenizer>,
     pub class_prompts: Option<ClassPrompts>,
+    /// Modules spliced into every forward of `run` (see `Model::splice`).
+    splices: Vec<Splice>,
 }
 
 /// One forward request. `pixels` is [B, C, H, W] (or [B, T, C, H, W] for video) float32 on the
@@ -54,6 +57,8 @@ pub struct RunRequest {
     pub start_resid: Option<Tensor>,
     pub interventions: Vec<InterventionSpec>,
     pub tensors: HashMap<String, Tensor>,
+    /// Modules spliced into this run only, after those of `Model::splice`.
+    pub splices: Vec<SpliceSpec>,
 }
 
 pub struct RunOutput {
@@ -90,7 +95,7 @@ impl Model {
             device,
             kind,
         };
-        Ok(Model { info, vit: loaded.vit, text: loaded.text, tokenizer, class_prompts: None })
+        Ok(Model { info, vit: loaded.vit, text: loaded.text, tokenizer, class_prompts: None, splices: Vec::new() })
     }
 
     /// Gives a headless model (e.g. a DINOv2 backbone) a linear probe on its pooled, normalised
@@ -226,29 +231,104 @@ impl Model {
     }
 
     /// Every hook point: the text tower's first (it runs first in a CLIP forward), then the vision
-    /// tower and head.
+    /// tower and head, with the sub-hooks of spliced modules after the points they hang off.
     pub fn hook_points(&self) -> Vec<HookPoint> {
+        self.hook_points_with(&self.splices.iter().collect::<Vec<_>>())
+    }
+
+    /// The model's own points (no sub-hooks).
+    fn base_points(&self) -> Vec<HookPoint> {
         let mut points = self.text.as_ref().map(|t| t.hook_points()).unwrap_or_default();
         points.extend(self.vit.hook_points());
         points
     }
 
+    fn hook_points_with(&self, splices: &[&Splice]) -> Vec<HookPoint> {
+        let mut points = Vec::new();
+        for point in self.base_points() {
+            points.push(point);
+            for splice in splices {
+                points.extend(splice.sub_hooks().filter(|p| p.sub.is_some_and(|s| splice.visited_at(s) == point)));
+            }
+        }
+        points
+    }
+
     /// Shapes for a batch of `batch` images; text-tower shapes are for the current class prompts.
     pub fn hook_shape(&self, point: HookPoint, batch: i64) -> Vec<i64> {
+        self.hook_shape_with(point, batch, &self.splices.iter().collect::<Vec<_>>())
+    }
+
+    fn hook_shape_with(&self, point: HookPoint, batch: i64, splices: &[&Splice]) -> Vec<i64> {
+        match Splice::owner(point, splices) {
+            Some((splice, sub)) => splice.sub_shape(sub, &self.base_shape(splice.visited_at(sub), batch)),
+            None => self.base_shape(point, batch),
+        }
+    }
+
+    fn base_shape(&self, point: HookPoint, batch: i64) -> Vec<i64> {
         match (&self.text, point.tower == Tower::Text || point.site == Site::TextEmbeds) {
             (Some(text), true) => {
                 let (n, len) = self.class_prompts.as_ref().map_or((0, text.cfg.max_positions), |c| {
                     let s = c.ids.size();
                     (s[0], s[1])
                 });
-                text.hook_shape(point, n, len)
+                point.site.shape(&text.shape_dims(n, len))
             }
-            _ => self.vit.hook_shape(point, batch),
+            _ => point.site.shape(&self.vit.shape_dims(batch)),
+        }
+    }
+
+    /// A point's position and head axes (a sub-hook's are those of its module's values).
+    fn hook_axes(point: HookPoint, splices: &[&Splice]) -> SiteAxes {
+        match Splice::owner(point, splices) {
+            Some((splice, sub)) => splice.sub_axes(sub),
+            None => point.site.axes(),
         }
     }
 
     pub fn resolve_hooks(&self, patterns: &[String]) -> Result<HookSelection> {
         HookSelection::resolve(patterns, &self.hook_points())
+    }
+
+    /// Splices a module into every later `run` (and lists its sub-hooks among the hook points).
+    /// Techniques that cannot honour a splice refuse to run while one is in place.
+    pub fn splice(&mut self, spec: &SpliceSpec) -> Result<()> {
+        let splice = self.compile_splice(spec, &self.splices.iter().collect::<Vec<_>>())?;
+        self.splices.push(splice);
+        Ok(())
+    }
+
+    pub fn clear_splices(&mut self) {
+        self.splices.clear();
+    }
+
+    pub fn splices(&self) -> &[Splice] {
+        &self.splices
+    }
+
+    fn compile_splice(&self, spec: &SpliceSpec, placed: &[&Splice]) -> Result<Splice> {
+        let c = &self.vit.cfg;
+        let target = SpliceTarget {
+            points: &self.base_points(),
+            shape: &|p| self.base_shape(p, 1),
+            n_pos: c.n_pos(),
+            n_prefix: c.n_prefix_tokens(),
+            has_class_token: c.has_class_token,
+        };
+        Splice::compile(spec, &target, placed)
+    }
+
+    /// For techniques that run their own forwards and do not apply spliced modules: an error
+    /// while one is spliced, rather than results that silently leave it out.
+    pub(crate) fn require_no_splices(&self, what: &str) -> Result<()> {
+        match self.splices.first() {
+            None => Ok(()),
+            Some(s) => Err(PrismaError::Argument(format!(
+                "{what} does not support spliced modules yet (one is spliced at '{}'); run it without them",
+                s.read
+            ))),
+        }
     }
 
     pub fn parse_interventions(json: &str) -> Result<Vec<InterventionSpec>> {
@@ -267,36 +347,28 @@ impl Model {
 
     pub fn run(&self, req: RunRequest) -> Result<RunOutput> {
         let n_layers = self.vit.cfg.n_layers;
-        let record = self.resolve_hooks(&req.cache)?;
-        let available = self.hook_points();
+        let mut run_splices: Vec<Splice> = Vec::with_capacity(req.splices.len());
+        for spec in &req.splices {
+            let placed: Vec<&Splice> = self.splices.iter().chain(&run_splices).collect();
+            let splice = self.compile_splice(spec, &placed)?;
+            run_splices.push(splice);
+        }
+        let splices: Vec<&Splice> = self.splices.iter().chain(&run_splices).collect();
+        let available = self.hook_points_with(&splices);
+        let record = HookSelection::resolve(&req.cache, &available)?;
         let tensors: HashMap<String, Tensor> =
             req.tensors.iter().map(|(k, t)| Ok((k.clone(), self.to_model(t)?))).collect::<Result<_>>()?;
         let mut interventions = Vec::with_capacity(req.interventions.len());
         for spec in &req.interventions {
-            let point = HookPoint::parse(&spec.hook)?;
-            if let Some(l) = point.layer {
-                let n_layers = match (&self.text, point.tower) {
-                    (Some(text), Tower::Text) => text.cfg.n_layers,
-                    _ => n_layers,
-                };
-                if l >= n_layers {
-                    return Err(PrismaError::LayerRange(format!(
-                        "intervention at '{}': layer {l} is out of range (the model has {n_layers} layers)",
-                        spec.hook
-                    )));
-                }
-            }
-            if !available.contains(&point) {
-                return Err(PrismaError::UnknownHook(format!("this model has no hook '{}'", spec.hook)));
-            }
-            interventions.push(Intervention::compile(spec, point, &tensors)?);
+            let point = resolve_point(&spec.hook, &available)?;
+            interventions.push(Intervention::compile(spec, point, Self::hook_axes(point, &splices), &tensors)?);
         }
         if let Some(stop) = req.stop_at_layer {
             if stop > n_layers {
                 return Err(PrismaError::LayerRange(format!("stop-at-layer {stop} is out of range (0..={n_layers})")));
             }
         }
-        let mut ctx = HookCtx::new(&record, &interventions);
+        let mut ctx = HookCtx::new(&record, &interventions).with_splices(&splices);
         // A run that watches or edits the text tower runs it first, on the current class prompts,
         // and scores the image against what it produced.
         let text_points: Vec<HookPoint> = self.text.as_ref().map(|t| t.hook_points()).unwrap_or_default();

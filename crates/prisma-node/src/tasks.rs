@@ -87,6 +87,7 @@ impl Task for RunTask {
                 start_resid: self.start_resid.as_ref().map(tensor).transpose()?,
                 interventions,
                 tensors,
+                splices: Vec::new(),
             };
             let out = model.run(request).map_err(to_js_error)?;
             let output = (out.output_name.to_string(), to_f32_vec(&out.output).map_err(to_js_error)?);

@@ -6,7 +6,7 @@
 //! gives the model's own logit (difference) exactly, up to rounding.
 
 use super::metric::MetricSpec;
-use super::{require_head, to_vec_f64};
+use super::{check_model, to_vec_f64};
 use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookPoint, HookSelection, Site};
 use crate::inference_mode::inference_mode;
@@ -58,7 +58,7 @@ pub fn direct_logit_attribution(model: &Model, pixels: &Tensor, opts: &DlaOption
 }
 
 fn direct_logit_attribution_here(model: &Model, pixels: &Tensor, opts: &DlaOptions) -> Result<DlaResult> {
-    require_head(model, "direct logit attribution")?;
+    check_model(model, "direct logit attribution")?;
     let cfg = &model.vit.cfg;
     opts.metric.check(cfg.n_classes)?;
     if cfg.pooling == Pooling::MeanPatches && cfg.final_norm == FinalNorm::AllTokens {

@@ -1,7 +1,7 @@
 //! Logit lens: read each layer's residual stream through the final layer norm and the head, at
 //! the pooled token (class token) and at every position.
 
-use super::{require_head, to_vec_f64};
+use super::{check_model, to_vec_f64};
 use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookPoint, HookSelection, Site};
 use crate::inference_mode::inference_mode;
@@ -10,12 +10,24 @@ use crate::models::vit::ForwardStart;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+/// The residual streams the lens reads, named on the wire as the site table names them (see
+/// `analysis::tests`).
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum LensSite {
     ResidPre,
     ResidMid,
     ResidPost,
+}
+
+impl LensSite {
+    pub fn site(self) -> Site {
+        match self {
+            LensSite::ResidPre => Site::ResidPre,
+            LensSite::ResidMid => Site::ResidMid,
+            LensSite::ResidPost => Site::ResidPost,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -88,13 +100,13 @@ pub fn logit_lens(model: &Model, pixels: &Tensor, targets: &[Option<i64>], opts:
 }
 
 fn logit_lens_here(model: &Model, pixels: &Tensor, targets: &[Option<i64>], opts: &LensOptions) -> Result<Vec<LensImage>> {
-    require_head(model, "the logit lens")?;
+    check_model(model, "the logit lens")?;
     let cfg = &model.vit.cfg;
     let pixels = model.to_model(pixels)?;
     let mut record = HookSelection::none();
     for l in 0..cfg.n_layers {
         for s in &opts.sites {
-            record.insert(HookPoint::block(l, site_of(*s)));
+            record.insert(HookPoint::block(l, s.site()));
         }
     }
     // No no_grad needed: the caller runs this in inference mode, which implies it.
@@ -130,11 +142,12 @@ fn logit_lens_here(model: &Model, pixels: &Tensor, targets: &[Option<i64>], opts
             let pos_probs = per_pos.f_softmax(-1, None::<Kind>)?.f_select(1, target)?;
             let pos_rank = per_pos.f_gt_tensor(&pos_logit.f_unsqueeze(1)?)?.f_sum_dim_intlist([1i64].as_slice(), false, Kind::Int64)?;
             let pos_top1 = per_pos.f_argmax(-1, false)?;
-            let site = match point.site {
-                Site::ResidPre => LensSite::ResidPre,
-                Site::ResidMid => LensSite::ResidMid,
-                _ => LensSite::ResidPost,
-            };
+            let site = opts
+                .sites
+                .iter()
+                .copied()
+                .find(|s| s.site() == point.site)
+                .ok_or_else(|| PrismaError::Internal(format!("the lens recorded {point}, which it did not ask for")))?;
             layers.push(LensLayer {
                 layer: point.layer.unwrap_or(0),
                 site,
@@ -152,12 +165,4 @@ fn logit_lens_here(model: &Model, pixels: &Tensor, targets: &[Option<i64>], opts
         images.push(LensImage { target, logits_top_k: ranked(&own, opts.top_k)?, layers });
     }
     Ok(images)
-}
-
-fn site_of(s: LensSite) -> Site {
-    match s {
-        LensSite::ResidPre => Site::ResidPre,
-        LensSite::ResidMid => Site::ResidMid,
-        LensSite::ResidPost => Site::ResidPost,
-    }
 }

@@ -13,7 +13,14 @@ use crate::error::{PrismaError, Result};
 use crate::model::Model;
 use tch::Tensor;
 
-pub(crate) fn require_head(model: &Model, what: &str) -> Result<()> {
+/// What every technique here needs of a model: a head to read logits from, and no spliced
+/// modules (techniques run their own forwards, which do not apply them).
+pub(crate) fn check_model(model: &Model, what: &str) -> Result<()> {
+    require_head(model, what)?;
+    model.require_no_splices(what)
+}
+
+fn require_head(model: &Model, what: &str) -> Result<()> {
     if !model.vit.weights.has_head() {
         if model.text.is_some() {
             return Err(PrismaError::Argument(format!(
@@ -41,4 +48,39 @@ pub(crate) fn to_vec_f64(t: &Tensor) -> Result<Vec<f64>> {
     }
     let flat = t.f_to_device(tch::Device::Cpu)?.f_to_kind(tch::Kind::Double)?.f_contiguous()?.f_reshape([-1i64].as_slice())?;
     Vec::<f64>::try_from(&flat).map_err(copy_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lens::LensSite;
+    use super::patching::PatchWhat;
+    use crate::hooks::Site;
+
+    /// A site's short name: its TransformerLens spelling without the component and `hook_`
+    /// (`attn.hook_z` → `z`), `head_` in front where the site has a head axis (`head_z`).
+    fn short_name(site: Site) -> String {
+        let last = site.spelling().rsplit('.').next().unwrap_or_default();
+        let short = last.strip_prefix("hook_").unwrap_or(last);
+        if site.axes().head.is_some() {
+            format!("head_{short}")
+        } else {
+            short.to_string()
+        }
+    }
+
+    fn wire_name<T: serde::Serialize>(value: T) -> String {
+        serde_json::to_value(value).unwrap().as_str().unwrap().to_string()
+    }
+
+    /// The sweep's and the lens's names are not a vocabulary of their own: each is its site's name.
+    #[test]
+    fn technique_names_are_the_site_tables() {
+        use PatchWhat::*;
+        for what in [ResidPre, ResidMid, ResidPost, AttnOut, MlpOut, HeadZ, HeadQ, HeadK, HeadV, HeadPattern] {
+            assert_eq!(wire_name(what), short_name(what.site()), "{what:?}");
+        }
+        for site in [LensSite::ResidPre, LensSite::ResidMid, LensSite::ResidPost] {
+            assert_eq!(wire_name(site), short_name(site.site()), "{site:?}");
+        }
+    }
 }

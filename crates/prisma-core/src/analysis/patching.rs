@@ -5,8 +5,8 @@
 //! position/head mask) share one forward. Ablation sweeps use the same engine with a different
 //! source of values (zeros, a mean, another image) instead of the clean run.
 
+use super::check_model;
 use super::metric::{normalise, MetricSpec, MetricValue};
-use super::require_head;
 use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookPoint, HookSelection, Site};
 use crate::inference_mode::inference_mode;
@@ -17,6 +17,8 @@ use crate::models::vit::{BlockEntry, EntryPoint, ForwardPlan, ForwardStart};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+/// The sites a sweep patches, named on the wire as the site table names them (see
+/// `analysis::tests`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PatchWhat {
@@ -132,7 +134,7 @@ impl PatchSource for ZeroSource {
 
 /// Validates a sweep's options against the model; returns the layers it covers.
 pub(crate) fn check(model: &Model, opts: &PatchOptions) -> Result<Vec<usize>> {
-    require_head(model, "patching")?;
+    check_model(model, "patching")?;
     opts.metric.check(model.vit.cfg.n_classes)?;
     let site = opts.what.site();
     if opts.by.uses_head() && site.axes().head.is_none() {
@@ -565,7 +567,7 @@ fn walk_to_patches(
 /// position and head axes spelled out (the others broadcast), true at the run's own position/head.
 fn patch_mask(model: &Model, site: Site, by: PatchBy, group: &[Item]) -> Result<Tensor> {
     let axes = site.axes();
-    let shape = model.vit.hook_shape(HookPoint::block(0, site), 1);
+    let shape = site.shape(&model.vit.shape_dims(1));
     let n = group.len() as i64;
     let mut mask_shape = vec![1i64; shape.len()];
     mask_shape[0] = n;

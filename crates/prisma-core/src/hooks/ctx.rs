@@ -1,30 +1,60 @@
-//! What a forward pass does at each hook point: apply the interventions registered there,
-//! then record the (possibly edited) value if the caller asked for it.
+//! What a forward pass does at each hook point: apply the interventions registered there, record
+//! the (possibly edited) value if the caller asked for it, and hand it to a spliced module if one
+//! reads or writes there (see `splice`).
 
+use super::splice::{Encoded, Splice, SubHookSink};
 use super::{HookPoint, HookSelection};
-use crate::error::Result;
+use crate::error::{PrismaError, Result};
 use crate::interventions::Intervention;
 use tch::Tensor;
 
 pub struct HookCtx<'a> {
     record: &'a HookSelection,
     interventions: &'a [Intervention],
+    splices: &'a [&'a Splice],
+    /// Per splice: what its read point encoded, waiting for its write point.
+    pending: Vec<Option<Encoded>>,
     /// Recorded activations in forward order.
     pub recorded: Vec<(HookPoint, Tensor)>,
 }
 
 impl<'a> HookCtx<'a> {
     pub fn new(record: &'a HookSelection, interventions: &'a [Intervention]) -> Self {
-        HookCtx { record, interventions, recorded: Vec::new() }
+        HookCtx { record, interventions, splices: &[], pending: Vec::new(), recorded: Vec::new() }
+    }
+
+    /// With modules spliced into the forward (checked against the model: see `Splice::compile`).
+    pub fn with_splices(self, splices: &'a [&'a Splice]) -> Self {
+        HookCtx { splices, pending: splices.iter().map(|_| None).collect(), ..self }
     }
 
     /// True when anything will read or edit this point. Lets the model take fused fast paths
     /// (fused layer norm, fused attention, no per-head result) wherever nobody is looking.
     pub fn active(&self, point: HookPoint) -> bool {
-        self.record.contains(&point) || self.interventions.iter().any(|i| i.point == point)
+        self.record.contains(&point)
+            || self.interventions.iter().any(|i| i.point == point)
+            || self.splices.iter().any(|s| s.read == point || s.write == point)
     }
 
     pub fn hook(&mut self, point: HookPoint, x: Tensor) -> Result<Tensor> {
+        let mut x = self.edit_and_record(point, x)?;
+        let splices = self.splices;
+        for (i, splice) in splices.iter().copied().enumerate() {
+            if splice.read == point {
+                let encoded = splice.read_side(self, &x)?;
+                self.pending[i] = Some(encoded);
+            }
+            if splice.write == point {
+                let encoded = self.pending[i]
+                    .take()
+                    .ok_or_else(|| PrismaError::Internal(format!("'{}' was written before '{}' was read", splice.write, splice.read)))?;
+                x = splice.write_side(self, x, encoded)?;
+            }
+        }
+        Ok(x)
+    }
+
+    fn edit_and_record(&mut self, point: HookPoint, x: Tensor) -> Result<Tensor> {
         let mut x = x;
         for intervention in self.interventions.iter().filter(|i| i.point == point) {
             x = intervention.apply(&x)?;
@@ -34,5 +64,12 @@ impl<'a> HookCtx<'a> {
             self.recorded.push((point, x.shallow_clone()));
         }
         Ok(x)
+    }
+}
+
+/// A spliced module's sub-hooks are visited like any other point, minus splicing.
+impl SubHookSink for HookCtx<'_> {
+    fn visit(&mut self, point: HookPoint, x: Tensor) -> Result<Tensor> {
+        self.edit_and_record(point, x)
     }
 }

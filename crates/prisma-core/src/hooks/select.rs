@@ -1,4 +1,4 @@
-//! Turning user patterns (`blocks.*.hook_resid_post`, `*`) into a set of a model's hook points.
+//! Turning user names and patterns (`blocks.*.hook_resid_post`, `*`) into a model's hook points.
 
 use super::HookPoint;
 use crate::error::{PrismaError, Result};
@@ -18,13 +18,35 @@ impl FromIterator<HookPoint> for HookSelection {
     }
 }
 
+/// The one check of a hook name against a model (`available`: its points, sub-hooks of spliced
+/// modules included): a name that does not parse is `E_UNKNOWN_HOOK`, one naming a layer the
+/// model lacks is `E_LAYER_RANGE`, one the model does not have otherwise is `E_UNKNOWN_HOOK`.
+pub fn resolve_point(name: &str, available: &[HookPoint]) -> Result<HookPoint> {
+    let point = HookPoint::parse(name)?;
+    if let Some(l) = point.layer {
+        // Each tower has its own depth (a CLIP text tower may be shallower than its vision tower).
+        let n_layers = available.iter().filter(|p| p.tower == point.tower).filter_map(|p| p.layer).max().map_or(0, |m| m + 1);
+        if l >= n_layers {
+            return Err(PrismaError::LayerRange(format!(
+                "hook '{name}': layer {l} is out of range (the model has {n_layers} layers: 0..{})",
+                n_layers.saturating_sub(1)
+            )));
+        }
+    }
+    if !available.contains(&point) {
+        let hint = if point.sub.is_some() { " (sub-hooks exist only where a module is spliced)" } else { "" };
+        return Err(PrismaError::UnknownHook(format!("this model has no hook '{name}'{hint}")));
+    }
+    Ok(point)
+}
+
 impl HookSelection {
     pub fn none() -> Self {
         Self::default()
     }
 
-    /// `available` is every hook point of the model, in forward order. A plain name that parses but
-    /// names a layer the model lacks is `E_LAYER_RANGE`; a pattern matching nothing is `E_UNKNOWN_HOOK`.
+    /// `available` is every hook point of the model, in forward order. A plain name is checked by
+    /// `resolve_point`; a pattern matching nothing is `E_UNKNOWN_HOOK`.
     pub fn resolve(patterns: &[String], available: &[HookPoint]) -> Result<Self> {
         let names: Vec<String> = available.iter().map(|p| p.to_string()).collect();
         let mut points = BTreeSet::new();
@@ -32,21 +54,7 @@ impl HookSelection {
             let pattern = pattern.trim();
             let is_glob = pattern.contains(['*', '?', '[', '{']);
             if !is_glob {
-                let point = HookPoint::parse(pattern)?;
-                if let Some(l) = point.layer {
-                    // Each tower has its own depth (a CLIP text tower may be shallower than its vision tower).
-                    let n_layers = available.iter().filter(|p| p.tower == point.tower).filter_map(|p| p.layer).max().map_or(0, |m| m + 1);
-                    if l >= n_layers {
-                        return Err(PrismaError::LayerRange(format!(
-                            "hook '{pattern}': layer {l} is out of range (the model has {n_layers} layers: 0..{})",
-                            n_layers.saturating_sub(1)
-                        )));
-                    }
-                }
-                if !available.contains(&point) {
-                    return Err(PrismaError::UnknownHook(format!("this model has no hook '{pattern}'")));
-                }
-                points.insert(point);
+                points.insert(resolve_point(pattern, available)?);
                 continue;
             }
             let matcher = GlobBuilder::new(pattern)

@@ -2,7 +2,7 @@
 //! action. The same JSON spec comes from the library API and from CLI flags.
 
 use crate::error::{PrismaError, Result};
-use crate::hooks::HookPoint;
+use crate::hooks::{HookPoint, SiteAxes};
 use serde::Deserialize;
 use std::collections::HashMap;
 use tch::{Kind, Tensor};
@@ -55,6 +55,8 @@ enum Action {
 /// An intervention checked against a model and bound to its tensors, ready to apply.
 pub struct Intervention {
     pub point: HookPoint,
+    /// The point's position and head axes (a spliced module's sub-hooks have their own).
+    axes: SiteAxes,
     selection: Selection,
     action: Action,
     /// A precomputed boolean mask (broadcastable to the activation) that replaces `selection`;
@@ -63,9 +65,9 @@ pub struct Intervention {
 }
 
 impl Intervention {
-    /// `tensors` are the caller's named tensors, already on the model's device and dtype.
-    pub fn compile(spec: &InterventionSpec, point: HookPoint, tensors: &HashMap<String, Tensor>) -> Result<Self> {
-        let axes = point.site.axes();
+    /// `axes` are the point's (`Model::hook_axes`); `tensors` are the caller's named tensors,
+    /// already on the model's device and dtype.
+    pub fn compile(spec: &InterventionSpec, point: HookPoint, axes: SiteAxes, tensors: &HashMap<String, Tensor>) -> Result<Self> {
         if spec.select.pos.is_some() && axes.pos.is_none() {
             return Err(PrismaError::Intervention(format!("'{}' has no position axis to select", spec.hook)));
         }
@@ -101,12 +103,12 @@ impl Intervention {
                 Action::Set(runs.f_mean_dim([0i64].as_slice(), true, Kind::Float)?.f_to_kind(runs.kind())?)
             }
         };
-        Ok(Intervention { point, selection: spec.select.clone(), action, mask: None })
+        Ok(Intervention { point, axes, selection: spec.select.clone(), action, mask: None })
     }
 
     /// Replace the entries where `mask` is true with `values` (both broadcast to the activation).
     pub fn masked_set(point: HookPoint, values: Tensor, mask: Tensor) -> Self {
-        Intervention { point, selection: Selection::default(), action: Action::Set(values), mask: Some(mask) }
+        Intervention { point, axes: point.site.axes(), selection: Selection::default(), action: Action::Set(values), mask: Some(mask) }
     }
 
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
@@ -140,7 +142,7 @@ impl Intervention {
 
     /// Boolean mask broadcastable to the activation, or None when everything is selected.
     fn mask(&self, shape: &[i64], device: tch::Device) -> Result<Option<Tensor>> {
-        let axes = self.point.site.axes();
+        let axes = self.axes;
         let picks = [
             (Some(0usize), self.selection.batch.as_ref(), "batch"),
             (axes.pos, self.selection.pos.as_ref(), "pos"),

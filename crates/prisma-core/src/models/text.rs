@@ -3,7 +3,7 @@
 
 use super::block::{block_from, layer_norm, Activation, BlockDims, BlockEntry, BlockWeights, LayerNormWeights};
 use crate::error::{PrismaError, Result};
-use crate::hooks::{HookCtx, HookPoint, Site, Tower, BLOCK_SITES};
+use crate::hooks::{HookCtx, HookPoint, ShapeDims, Site, Tower};
 use tch::{Kind, Tensor};
 
 /// Which token's final state is the sentence embedding.
@@ -71,7 +71,7 @@ impl HookedTextEncoder {
         let text = |layer, site| HookPoint::in_tower(Tower::Text, layer, site);
         let mut points = vec![text(None, Site::Embed), text(None, Site::PosEmbed), text(None, Site::FullEmbed)];
         for layer in 0..self.cfg.n_layers {
-            points.extend(BLOCK_SITES.iter().filter(|(s, _)| *s != Site::MlpPreLinear).map(|(s, _)| text(Some(layer), *s)));
+            points.extend(Site::in_block().filter(|s| *s != Site::MlpPreLinear).map(|s| text(Some(layer), s)));
         }
         points.push(text(None, Site::LnFinalScale));
         points.push(text(None, Site::LnFinalNormalized));
@@ -79,18 +79,21 @@ impl HookedTextEncoder {
         points
     }
 
-    pub fn hook_shape(&self, point: HookPoint, batch: i64, len: i64) -> Vec<i64> {
+    /// The sizes this tower's hook shapes are made of (see `Site::shape`), for `batch` prompts of
+    /// `len` tokens.
+    pub fn shape_dims(&self, batch: i64, len: i64) -> ShapeDims {
         let c = &self.cfg;
-        let (d, h, dh) = (c.d_model, c.n_heads, c.d_head);
-        use Site::*;
-        match point.site {
-            Ln1Scale | Ln2Scale | LnFinalScale => vec![batch, len, 1],
-            Q | K | V | Z => vec![batch, len, h, dh],
-            AttnScores | Pattern => vec![batch, h, len, len],
-            Result => vec![batch, len, h, d],
-            MlpPre | MlpPost => vec![batch, len, c.d_mlp],
-            TextEmbeds => vec![batch, self.weights.projection.size()[0]],
-            _ => vec![batch, len, d],
+        ShapeDims {
+            batch,
+            pos: len,
+            embed_tokens: len,
+            d_model: c.d_model,
+            n_heads: c.n_heads,
+            d_head: c.d_head,
+            d_mlp: c.d_mlp,
+            embed_dim: self.weights.projection.size()[0],
+            n_classes: 0,
+            pooled_final_norm: false,
         }
     }
 

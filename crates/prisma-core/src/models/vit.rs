@@ -6,7 +6,7 @@
 use super::block::{advance, block_from, join_entry, layer_norm};
 pub use super::block::{Activation, BlockDims, BlockEntry, BlockWeights, EntryPoint, LayerNormWeights};
 use crate::error::{PrismaError, Result};
-use crate::hooks::{HookCtx, HookPoint, Site, Tower, BLOCK_SITES};
+use crate::hooks::{HookCtx, HookPoint, ShapeDims, Site, Tower};
 use tch::{Kind, Tensor};
 
 /// Below this many multiply-adds a CPU patch embedding runs as one matrix product (see
@@ -250,12 +250,7 @@ impl HookedViT {
             points.push(HookPoint::global(Site::LnPreNormalized));
         }
         for layer in 0..self.cfg.n_layers {
-            points.extend(
-                BLOCK_SITES
-                    .iter()
-                    .filter(|(site, _)| self.cfg.gated_mlp || *site != Site::MlpPreLinear)
-                    .map(|(site, _)| HookPoint::block(layer, *site)),
-            );
+            points.extend(Site::in_block().filter(|s| self.cfg.gated_mlp || *s != Site::MlpPreLinear).map(|s| HookPoint::block(layer, s)));
         }
         points.push(HookPoint::global(Site::LnFinalScale));
         points.push(HookPoint::global(Site::LnFinalNormalized));
@@ -268,25 +263,23 @@ impl HookedViT {
         points
     }
 
-    pub fn hook_shape(&self, point: HookPoint, batch: i64) -> Vec<i64> {
+    /// The sizes this tower's hook shapes are made of (see `Site::shape`), for `batch` images.
+    pub fn shape_dims(&self, batch: i64) -> ShapeDims {
         let c = &self.cfg;
-        let (pos, d, h, dh) = (c.n_pos(), c.d_model, c.n_heads, c.d_head);
-        use Site::*;
-        match point.site {
-            Embed => vec![batch, c.n_patches(), d],
-            LnFinalScale if c.final_norm == FinalNorm::Pooled => vec![batch, 1],
-            LnFinalNormalized if c.final_norm == FinalNorm::Pooled => vec![batch, d],
-            LnPreScale | Ln1Scale | Ln2Scale | LnFinalScale => vec![batch, pos, 1],
-            Q | K | V | Z => vec![batch, pos, h, dh],
-            AttnScores | Pattern => vec![batch, h, pos, pos],
-            Result => vec![batch, pos, h, d],
-            MlpPre | MlpPreLinear | MlpPost => vec![batch, pos, c.d_mlp],
-            ImageEmbeds => match &self.weights.head {
-                Head::Contrastive { projection, .. } => vec![batch, projection.size()[0]],
-                _ => vec![batch, d],
+        ShapeDims {
+            batch,
+            pos: c.n_pos(),
+            embed_tokens: c.n_patches(),
+            d_model: c.d_model,
+            n_heads: c.n_heads,
+            d_head: c.d_head,
+            d_mlp: c.d_mlp,
+            embed_dim: match &self.weights.head {
+                Head::Contrastive { projection, .. } => projection.size()[0],
+                _ => c.d_model,
             },
-            Logits => vec![batch, c.n_classes],
-            _ => vec![batch, pos, d],
+            n_classes: c.n_classes,
+            pooled_final_norm: c.final_norm == FinalNorm::Pooled,
         }
     }
 
