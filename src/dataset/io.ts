@@ -1,7 +1,5 @@
 /** File helpers shared by the dataset writers: atomic writes and a small ordered task pool. */
-import { mkdir } from 'node:fs/promises';
-
-import { PrismaError } from '../errors.js';
+import { makeDir } from '../report/write.js';
 
 // Atomic writes are the report writer's; dataset code imports them from here.
 export { writeFileAtomic, writeJsonAtomic } from '../report/write.js';
@@ -12,11 +10,7 @@ export function jsonLines(values: readonly unknown[]): string {
 }
 
 export async function ensureDir(path: string): Promise<void> {
-  try {
-    await mkdir(path, { recursive: true });
-  } catch (err) {
-    throw new PrismaError('E_IO', `cannot create folder ${path}: ${(err as Error).message ?? String(err)}`, { cause: err });
-  }
+  await makeDir(path);
 }
 
 /** `000042` style file stems. */

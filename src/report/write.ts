@@ -4,8 +4,9 @@
  * kill) sees either the old file, the complete new one, or nothing, never a partial file.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, rename, unlink, writeFile } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { mkdirSync, statSync } from 'node:fs';
+import { readdir, rename, unlink, writeFile } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
 
 import { formatJson } from './json.js';
 import { PrismaError } from '../errors.js';
@@ -23,12 +24,53 @@ export function tempPathFor(path: string): string {
   return join(dirname(path), `${TEMP_PREFIX}${basename(path)}.${process.pid}.${randomBytes(4).toString('hex')}`);
 }
 
+/**
+ * Creates folder `path` and any missing parents, one level at a time, or throws one E_IO line.
+ * Node's `mkdir(path, { recursive: true })` is not used: under a path whose parent refuses new
+ * folders without saying ENOENT or EEXIST cleanly (`/proc/x/y`), it loops forever at full CPU.
+ */
+export function makeDirSync(path: string): void {
+  const missing: string[] = [];
+  let at = resolve(path);
+  for (;;) {
+    let isDir: boolean | undefined;
+    try {
+      isDir = statSync(at).isDirectory();
+    } catch {
+      isDir = undefined;
+    }
+    if (isDir === true) break;
+    if (isDir === false) {
+      throw new PrismaError('E_IO', `cannot create folder ${path}: ${at} exists and is not a folder`, { data: { path } });
+    }
+    missing.push(at);
+    const parent = dirname(at);
+    if (parent === at) break;
+    at = parent;
+  }
+  for (const dir of missing.reverse()) {
+    try {
+      mkdirSync(dir);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      // Made by someone else between the stat and the mkdir: fine if it is a folder now.
+      if (code === 'EEXIST' && statSync(dir, { throwIfNoEntry: false })?.isDirectory()) continue;
+      throw new PrismaError('E_IO', `cannot create folder ${path}: ${(err as Error).message}`, { cause: err, data: { path } });
+    }
+  }
+}
+
+/** `makeDirSync` for async callers (folder creation is a few syscalls; not worth a thread hop). */
+export async function makeDir(path: string): Promise<void> {
+  makeDirSync(path);
+}
+
 /** Write `data` to `path` atomically, creating its folder when needed. */
 export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
   const dir = dirname(path);
   const tmp = tempPathFor(path);
+  await makeDir(dir);
   try {
-    await mkdir(dir, { recursive: true });
     await writeFile(tmp, data);
     await rename(tmp, path);
   } catch (err) {

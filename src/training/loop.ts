@@ -5,12 +5,12 @@
  * MODEL_CARD.md that records the exact command, data, timing and held-out accuracy. `runLoop` is
  * shared with the CLIP trainer (./clip.ts); `train` is the ViT classifier's run.
  */
-import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 
 import { PrismaError } from '../errors.js';
-import { writeFileAtomic } from '../report/write.js';
+import { makeDirSync, writeFileAtomic } from '../report/write.js';
 import { Trainer, type EvalReport, type LabelledImages, type StepReport, type TrainConfig } from './trainer.js';
 
 export interface TrainingData {
@@ -86,7 +86,7 @@ export interface LoopResult<E> {
  */
 export async function runLoop<S extends StepReport, E>(run: LoopRun<S, E>): Promise<LoopResult<E>> {
   const { outDir, totalSteps } = run;
-  mkdirSync(outDir, { recursive: true });
+  makeDirSync(outDir);
   const checkpoint = join(outDir, CHECKPOINT);
   const statePath = join(outDir, STATE);
   if (existsSync(checkpoint) && !run.resume) {

@@ -22,12 +22,12 @@ export function requireBuilt(): void {
   if (missing.length > 0) throw new Error(`missing ${missing.join(', ')}: run \`npm run setup\` first`);
 }
 
-export function prisma(args: string[], env: NodeJS.ProcessEnv = {}, cwd: string = ROOT): CliResult {
+export function prisma(args: string[], env: NodeJS.ProcessEnv = {}, cwd: string = ROOT, timeoutMs = 120_000): CliResult {
   const r = spawnSync(process.execPath, [BIN, ...args], {
     cwd,
     encoding: 'utf8',
     env: { ...process.env, NO_COLOR: '1', ...env },
-    timeout: 120_000,
+    timeout: timeoutMs,
   });
   if (r.error) throw r.error;
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };

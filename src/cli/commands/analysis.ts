@@ -3,7 +3,7 @@
  * folders, `-` for paths on stdin), --out / --resume / --target / --baseline / --layers, the report
  * envelope, schema validation and writing, and how partial batches end.
  */
-import { mkdirSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 
@@ -17,7 +17,7 @@ import type { Model } from '../../model.js';
 import { runBatch, type BatchItem, type BatchOutcome, type InputError } from '../batch.js';
 import type { Figure, FigureWriter } from '../../report/figures.js';
 import { validateReport, type ReportCommand } from '../../report/schema.js';
-import { writeJsonAtomic } from '../../report/write.js';
+import { makeDirSync, writeJsonAtomic } from '../../report/write.js';
 import { dim, useColor } from '../ui/style.js';
 import { VERSION } from '../../version.js';
 import { argParser, asOptionError, jsonOption, openModel, withModelOptions, type ModelOptions } from './common.js';
@@ -194,11 +194,7 @@ export function prepareOut(out: string | undefined, resume: boolean | undefined)
     }
   })();
   if (st && !st.isDirectory()) throw new PrismaError('E_IO', `--out ${out} exists and is not a folder`);
-  try {
-    mkdirSync(dir, { recursive: true });
-  } catch (err) {
-    throw new PrismaError('E_IO', `cannot create ${out}: ${(err as Error).message}`);
-  }
+  makeDirSync(dir);
   return out;
 }
 

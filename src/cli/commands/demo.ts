@@ -4,7 +4,7 @@
  * activation patching, attribution patching, the logit lens, attention heads and DLA, and writes a
  * report folder with index.html, every figure, and a summary whose sentences come from the numbers.
  */
-import { mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 
 import { type Command, Option } from 'commander';
@@ -14,7 +14,7 @@ import { PrismaError } from '../../errors.js';
 import { loadModel } from '../../model.js';
 import { pickPair } from '../../demo/pick.js';
 import { dlaStory, lensStory, patchingStory } from '../../demo/story.js';
-import { writeFileAtomic as writeAtomic } from '../../report/write.js';
+import { makeDirSync, writeFileAtomic as writeAtomic } from '../../report/write.js';
 import { dlaCommand } from './dla.js';
 import { headsCommand } from './heads.js';
 import { logitLensCommand } from './logit-lens.js';
@@ -86,7 +86,7 @@ export async function demo(options: DemoOptions, ctx: CommandContext): Promise<D
   }
   const out = resolve(options.out);
   rmSync(out, { recursive: true, force: true });
-  mkdirSync(join(out, 'inputs'), { recursive: true });
+  makeDirSync(join(out, 'inputs'));
   // Sub-commands run quietly: their reports go to files, the summary to our stdout.
   const quiet: CommandContext = { io: { stdout: { write: () => true }, stderr: ctx.io.stderr, env: ctx.io.env }, json: true };
   const log = (msg: string) => {
