@@ -7,3 +7,4 @@ pub mod open_clip;
 pub mod pos_embed;
 pub mod store;
 pub mod timm;
+pub mod torch_pickle;

@@ -17,25 +17,35 @@ pub struct TensorStore {
 }
 
 impl TensorStore {
-    /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
+    /// Opens the weights transformers and timm write, in transformers' order of preference:
+    /// `model.safetensors`, the shards of `model.safetensors.index.json`, `pytorch_model.bin`, the
+    /// shards of `pytorch_model.bin.index.json`.
     pub fn open_dir(dir: &Path, kind: Kind, device: Device) -> Result<Self> {
         let single = dir.join("model.safetensors");
         let index = dir.join("model.safetensors.index.json");
-        let files: Vec<PathBuf> = if single.is_file() {
-            vec![single.clone()]
+        let bin = dir.join("pytorch_model.bin");
+        let bin_index = dir.join("pytorch_model.bin.index.json");
+        let (files, index) = if single.is_file() {
+            (vec![single.clone()], single)
         } else if index.is_file() {
-            shard_files(dir, &index)?
-        } else if dir.join("pytorch_model.bin").is_file() {
-            return Self::open_torch_pickle(&dir.join("pytorch_model.bin"), kind, device);
+            (shard_files(dir, &index)?, index)
+        } else if bin.is_file() {
+            (vec![bin.clone()], bin)
+        } else if bin_index.is_file() {
+            (shard_files(dir, &bin_index)?, bin_index)
         } else {
             return Err(PrismaError::WeightsMissing {
                 file: single,
-                tensor: "(no model.safetensors or model.safetensors.index.json)".into(),
+                tensor: "(no model.safetensors, model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json)".into(),
             });
         };
         let mut tensors = BTreeMap::new();
         for file in &files {
-            read_file_into(file, kind, device, &mut tensors)?;
+            if file.extension().is_some_and(|e| e == "safetensors") {
+                read_file_into(file, kind, device, &mut tensors)?;
+            } else {
+                read_pickle_into(file, kind, device, &mut tensors)?;
+            }
         }
         let primary = if files.len() == 1 { files[0].clone() } else { index };
         Ok(TensorStore { tensors, primary, n_params: 0 })
@@ -48,45 +58,12 @@ impl TensorStore {
         Ok(TensorStore { tensors, primary: file.to_path_buf(), n_params: 0 })
     }
 
-    /// Opens a PyTorch pickle checkpoint (`torch.save` of a state dict, zip format), without
-    /// running any pickle code: `repugnant-pickle` reads the tensor table (names, dtypes, shapes,
-    /// strides, offsets) and the bytes are taken from the uncompressed zip members.
+    /// Opens a PyTorch pickle checkpoint (`torch.save` zip format: transformers' `pytorch_model.bin`,
+    /// timm and open_clip state dicts and training checkpoints) without running any pickle code;
+    /// see `torch_pickle`.
     pub fn open_torch_pickle(file: &Path, kind: Kind, device: Device) -> Result<Self> {
-        let bad = |reason: String| PrismaError::WeightsFormat { file: file.into(), reason };
-        let table = repugnant_pickle::RepugnantTorchTensors::new_from_file(file)
-            .map_err(|e| bad(format!("not a readable torch.save checkpoint ({e}); convert it to safetensors")))?;
-        let handle = File::open(file).map_err(|e| PrismaError::Io { path: file.into(), reason: e.to_string() })?;
-        // SAFETY: read-only map, dropped before returning (tensors copy their bytes).
-        let bytes = unsafe { memmap2::Mmap::map(&handle) }.map_err(|e| PrismaError::Io { path: file.into(), reason: e.to_string() })?;
         let mut tensors = BTreeMap::new();
-        for t in table {
-            use repugnant_pickle::TensorType as T;
-            let source_kind = match t.tensor_type {
-                T::Float32 => Kind::Float,
-                T::Float16 => Kind::Half,
-                T::BFloat16 => Kind::BFloat16,
-                T::Float64 => Kind::Double,
-                T::Int64 => Kind::Int64,
-                T::Int32 => Kind::Int,
-                T::UInt8 => Kind::Uint8,
-                other => return Err(bad(format!("tensor '{}' has unsupported dtype {other:?}", t.name))),
-            };
-            let item = t.tensor_type.size();
-            // Elements the strided view can reach from its offset.
-            let reach = if t.shape.contains(&0) { 0 } else { 1 + t.shape.iter().zip(&t.stride).map(|(n, s)| (n - 1) * s).sum::<usize>() };
-            let start = t.absolute_offset as usize;
-            let end = start + reach * item;
-            // storage_len counts elements (the pickled storage size), storage_offset bytes.
-            if end > bytes.len() || t.storage_offset + (reach * item) as u64 > t.storage_len * item as u64 {
-                return Err(bad(format!("tensor '{}' reaches past its storage", t.name)));
-            }
-            let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
-            let stride: Vec<i64> = t.stride.iter().map(|&d| d as i64).collect();
-            let flat = Tensor::f_from_data_size(&bytes[start..end], &[reach as i64], source_kind)?;
-            let tensor = flat.f_as_strided(shape.as_slice(), stride.as_slice(), 0)?.f_contiguous()?;
-            let tensor = if tensor.is_floating_point() { tensor.f_to_kind(kind)? } else { tensor };
-            tensors.insert(t.name, (tensor.f_to_device(device)?, file.to_path_buf()));
-        }
+        read_pickle_into(file, kind, device, &mut tensors)?;
         Ok(TensorStore { tensors, primary: file.to_path_buf(), n_params: 0 })
     }
 
@@ -147,6 +124,14 @@ fn shard_files(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
     files.sort();
     files.dedup();
     Ok(files)
+}
+
+fn read_pickle_into(file: &Path, kind: Kind, device: Device, out: &mut BTreeMap<String, (Tensor, PathBuf)>) -> Result<()> {
+    for (name, tensor) in super::torch_pickle::read_checkpoint(file)? {
+        let tensor = if tensor.is_floating_point() { tensor.f_to_kind(kind)? } else { tensor };
+        out.insert(name, (tensor.f_to_device(device)?, file.to_path_buf()));
+    }
+    Ok(())
 }
 
 fn kind_of(dtype: Dtype) -> Option<Kind> {
