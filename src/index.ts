@@ -19,7 +19,6 @@ export {
   type InputPlan,
   type InputTarget,
   type Resample,
-  type SharpKernel,
 } from './image/preprocess.js';
 export { serializeInterventions, type Intervention, type Select, type TensorLike, type TensorRef } from './interventions.js';
 export type { HookShape, ModelInfo, TensorData } from './native.js';

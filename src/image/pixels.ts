@@ -1,20 +1,16 @@
 /**
- * The pixel side of preprocessing, with sharp/libvips: decode -> EXIF orientation -> RGB (alpha
- * dropped, like PIL `convert("RGB")`) -> 8-bit -> resize -> centre crop (or pad) -> rescale ->
- * offset -> normalise -> CHW float32. `PreprocessSpec` (spec.ts) says what each step does.
- *
- * Resampling: PIL and libvips both widen the filter support by the scale factor when
- * downscaling (antialiasing), so PIL BILINEAR ~ sharp `linear`, BICUBIC (a = -0.5) ~ sharp
- * `cubic` (Catmull-Rom), LANCZOS ~ `lanczos3`, NEAREST ~ `nearest`. They still differ at the image
- * border (PIL renormalises the clipped kernel, libvips extends edge pixels) and in fixed-point
- * rounding, so results match to about +-1 in 8-bit levels inside the image and a few levels at
- * the border. docs/preprocessing.md has the measured numbers. torchvision (timm, open_clip)
- * resizes PIL images with PIL, so the same holds there.
+ * The pixel side of preprocessing: decode with sharp/libvips -> EXIF orientation -> RGB (alpha
+ * dropped, like PIL `convert("RGB")`) -> 8-bit -> resize (Pillow's algorithm, resample.ts) -> centre
+ * crop (or pad) -> rescale -> offset -> normalise -> CHW float32. `PreprocessSpec` (spec.ts) says
+ * what each step does. The reference processors (slow HF image processors, timm and open_clip via
+ * torchvision) all resize with Pillow, so the pixels equal theirs; only JPEG decoding can differ by
+ * one 8-bit level (docs/preprocessing.md).
  */
 import sharp from 'sharp';
 
 import { PrismaError } from '../errors.js';
-import { cropOffset, preprocessGeometry, type PreprocessSpec, type SharpKernel, type Size2 } from './spec.js';
+import { resamplePil } from './resample.js';
+import { cropOffset, preprocessGeometry, type PreprocessSpec, type Resample, type Size2 } from './spec.js';
 
 /** File extensions read as images (and as video frames). */
 export const IMAGE_EXTENSIONS = ['.png', '.jpg', '.jpeg', '.webp', '.gif', '.tif', '.tiff', '.avif'] as const;
@@ -89,13 +85,10 @@ export async function decodeFrames(path: string): Promise<RawRgb[]> {
   }
 }
 
-export async function resizeRgb(img: RawRgb, width: number, height: number, kernel: SharpKernel): Promise<RawRgb> {
+/** Resize as Pillow does (see resample.ts), so that the pixels equal the reference processors'. */
+export function resizeRgb(img: RawRgb, width: number, height: number, resample: Resample): RawRgb {
   if (img.width === width && img.height === height) return img;
-  const data = await sharp(img.data, { raw: { width: img.width, height: img.height, channels: 3 } })
-    .resize(width, height, { fit: 'fill', kernel, fastShrinkOnLoad: false })
-    .raw({ depth: 'uchar' })
-    .toBuffer();
-  return { data: asBytes(data), width, height };
+  return { data: resamplePil(img.data, img.width, img.height, width, height, resample), width, height };
 }
 
 /**
@@ -166,7 +159,7 @@ export function toChw(
 export async function preprocessRgb(img: RawRgb, spec: PreprocessSpec): Promise<Chw> {
   const g = preprocessGeometry(spec, img.width, img.height);
   let cur = img;
-  if (spec.resize) cur = await resizeRgb(cur, g.resizedWidth, g.resizedHeight, spec.kernel);
+  if (spec.resize) cur = resizeRgb(cur, g.resizedWidth, g.resizedHeight, spec.resample);
   if (spec.centerCrop) {
     const crop = { width: g.width, height: g.height };
     cur = { data: cropRgb(cur.data, cur.width, cur.height, crop, g.left, g.top, spec.padFill), ...crop };

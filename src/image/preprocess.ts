@@ -20,12 +20,11 @@ import { readTensorFile, type ModelInfo, type TensorData } from '../native.js';
 import { batchRows, checkFinite, concatBatches, formatShape, numel, type PixelBatch } from '../tensor.js';
 import { readPreprocessSpec } from './family-preprocess.js';
 import { IMAGE_EXTENSIONS, preprocessImage } from './pixels.js';
-import { specOutputSize, type PreprocessSpec } from './spec.js';
+import { defaultGeometryText, specOutputSize, unfixedSizeReason, type PreprocessSpec } from './spec.js';
 import { isVideoModel, preprocessClip } from './video.js';
 
 export {
   PIL_RESAMPLE,
-  SHARP_KERNEL,
   parsePreprocessorConfig,
   defaultPreprocessSpec,
   shortestEdgeSize,
@@ -35,8 +34,9 @@ export {
   preprocessGeometry,
   specOutputSize,
   withImageSize,
+  unfixedSizeReason,
+  defaultGeometryText,
   type Resample,
-  type SharpKernel,
   type Size2,
   type ResizeSpec,
   type PreprocessSpec,
@@ -187,10 +187,21 @@ async function resolveSpec(given: LoadInputsOptions['preprocess'], info: InputTa
   return typeof given === 'function' ? given() : given;
 }
 
-function sizeHint(spec: PreprocessSpec): string {
+/**
+ * How to get images of `spec` into a model that takes `info.imageSize`, naming the exact flag
+ * (`--image-size`; `imageSize` in `loadModel` for library users).
+ */
+function sizeHint(spec: PreprocessSpec, info: InputTarget['info']): string {
+  const [h, w] = info.imageSize as [number, number];
   const out = specOutputSize(spec);
-  const made = out ? ` (it makes ${out[0]}x${out[1]})` : '';
-  return `check the sizes in ${spec.source}${made}; a model run at another size needs withImageSize(spec, [h, w])`;
+  const source = spec.source === 'default' ? 'the default preprocessing' : spec.source;
+  if (out) {
+    const size = `${out[0]}x${out[1]}`;
+    return isVideoModel(info)
+      ? `${source} makes ${size} frames but a video model runs only at its own ${h}x${w}: fix crop_size / size there`
+      : `${source} makes ${size}: pass --image-size ${size} to run the model at that size (position embeddings interpolated, as transformers' interpolate_pos_encoding=True does), or fix the sizes in ${source}`;
+  }
+  return `${source} leaves each image at its own size (${unfixedSizeReason(spec)}); pass --image-size ${h}x${w} and every image is ${defaultGeometryText(spec)}`;
 }
 
 function needsRgb(file: string, info: InputTarget['info']): void {
@@ -219,7 +230,7 @@ async function loadClips(paths: readonly string[], info: InputTarget['info'], op
       const clip = await preprocessClip(path, spec, frames);
       if (clip.height !== h || clip.width !== w) {
         throw new PrismaError('E_SHAPE', `${path}: preprocessing gives ${clip.height}x${clip.width} frames, the model needs ${h}x${w}`, {
-          hint: sizeHint(spec),
+          hint: sizeHint(spec, info),
         });
       }
       parts.push({ data: clip.data, shape: [1, frames, 3, h, w], labels: [path] });
@@ -258,7 +269,7 @@ export async function loadInputs(paths: readonly string[], model: InputTarget, o
       const img = await preprocessImage(file, spec);
       if (img.height !== h || img.width !== w) {
         throw new PrismaError('E_SHAPE', `${file}: preprocessing gives ${img.height}x${img.width}, the model needs ${h}x${w}`, {
-          hint: sizeHint(spec),
+          hint: sizeHint(spec, info),
         });
       }
       parts.push({ data: img.data, shape: [1, 3, h, w], labels: [file] });

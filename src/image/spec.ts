@@ -9,7 +9,6 @@
 import { PrismaError, usageError } from '../errors.js';
 
 export type Resample = 'nearest' | 'lanczos' | 'bilinear' | 'bicubic' | 'box' | 'hamming';
-export type SharpKernel = 'nearest' | 'linear' | 'cubic' | 'mitchell' | 'lanczos2' | 'lanczos3';
 
 /** PIL.Image.Resampling enum values, as stored in `resample`. */
 export const PIL_RESAMPLE: Record<number, Resample> = {
@@ -19,16 +18,6 @@ export const PIL_RESAMPLE: Record<number, Resample> = {
   3: 'bicubic',
   4: 'box',
   5: 'hamming',
-};
-
-/** Closest sharp kernel for each PIL filter (box and hamming have no libvips twin). */
-export const SHARP_KERNEL: Record<Resample, SharpKernel> = {
-  nearest: 'nearest',
-  lanczos: 'lanczos3',
-  bilinear: 'linear',
-  bicubic: 'cubic',
-  box: 'linear',
-  hamming: 'linear',
 };
 
 export interface Size2 {
@@ -55,8 +44,8 @@ export interface PreprocessSpec {
   /** The HF image processor class, 'timm' or 'open_clip'. */
   processorType: string;
   resize: ResizeSpec | null;
+  /** Pillow's filter; resizing is a port of Pillow's (resample.ts), so every filter is exact. */
   resample: Resample;
-  kernel: SharpKernel;
   centerCrop: Size2 | null;
   /**
    * How the crop is centred. `floor` (default; HF `center_crop`): top = floor((in - out) / 2), and a
@@ -276,7 +265,6 @@ export function parsePreprocessorConfig(json: unknown, imageSize: readonly numbe
     processorType,
     resize,
     resample,
-    kernel: SHARP_KERNEL[resample],
     centerCrop,
     rescaleFactor,
     ...(offset !== 0 ? { offset } : {}),
@@ -291,7 +279,6 @@ export function defaultPreprocessSpec(imageSize: readonly number[]): PreprocessS
     processorType: 'ViTImageProcessor',
     resize: { mode: 'exact', height: imageSize[0]!, width: imageSize[1]! },
     resample: 'bilinear',
-    kernel: SHARP_KERNEL.bilinear,
     centerCrop: null,
     rescaleFactor: DEFAULT_RESCALE,
     normalize: { mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5] },
@@ -381,6 +368,24 @@ export function specOutputSize(spec: Pick<PreprocessSpec, 'resize' | 'centerCrop
   return null;
 }
 
+/**
+ * Why `spec` gives images of different sizes (for error hints), or null when every image comes out
+ * at one size.
+ */
+export function unfixedSizeReason(spec: PreprocessSpec): string | null {
+  if (specOutputSize(spec)) return null;
+  if (!spec.resize) return 'it does not resize (do_resize is false) and does not crop';
+  if (spec.resize.mode === 'shortest_edge') return `it resizes the shortest edge to ${spec.resize.shortestEdge} and does not crop`;
+  return 'it resizes keeping the aspect ratio and does not crop';
+}
+
+/** What `withImageSize(spec, size)` does to a spec that leaves the size to the image, in words. */
+export function defaultGeometryText(spec: PreprocessSpec): string {
+  if (!spec.resize && !hfDefaults(spec.processorType).intSizeIsShortestEdge)
+    return `squashed to it, as ${spec.processorType} does by default`;
+  return `resized on the shortest edge and centre-cropped to it, as ${spec.processorType} does by default`;
+}
+
 // ---------------------------------------------------------------------------------------------
 // --image-size
 
@@ -391,8 +396,12 @@ export function specOutputSize(spec: Pick<PreprocessSpec, 'resize' | 'centerCrop
  *   floor(side / crop_pct); others scale by size / crop and round (shortest edge 36 before a 32 crop
  *   becomes 54 for 48). A shortest-edge resize with a non-square `size` becomes a keep-ratio `cover`
  *   resize to the scaled box (so the crop always fits, as timm does for non-square inputs);
- * - without a crop, an exact resize becomes `size`, a shortest edge becomes min(size);
- * - no resize and no crop: unchanged (the images must already have that size).
+ * - without a crop, an exact (squashing) resize becomes `size`;
+ * - a spec that leaves the size to the image (no resize, or a shortest-edge / keep-ratio resize
+ *   with no crop: `do_resize` or `do_center_crop` false) gets the geometry its processor class uses
+ *   by default, aimed at `size`: ViTImageProcessor squashes to `size`; the shortest-edge classes
+ *   (CLIP, Bit/DINOv2, VideoMAE, ViViT) resize the shortest edge and centre-crop `size` (a keep-ratio
+ *   cover resize when `size` is not square). So every image comes out at `size`.
  * A spec that already produces `size` comes back equal.
  */
 export function withImageSize(spec: PreprocessSpec, size: number | readonly number[]): PreprocessSpec {
@@ -402,9 +411,13 @@ export function withImageSize(spec: PreprocessSpec, size: number | readonly numb
   }
   const resize = spec.resize;
   if (!spec.centerCrop) {
-    if (!resize) return { ...spec };
-    if (resize.mode === 'exact') return { ...spec, resize: { ...resize, height: h, width: w } };
-    return { ...spec, resize: { mode: 'shortest_edge', shortestEdge: Math.min(h, w) } };
+    if (resize?.mode === 'exact' && (resize.fit ?? 'fill') === 'fill') return { ...spec, resize: { ...resize, height: h, width: w } };
+    if (!resize && !hfDefaults(spec.processorType).intSizeIsShortestEdge) {
+      return { ...spec, resize: { mode: 'exact', height: h, width: w } };
+    }
+    const keepRatio: ResizeSpec =
+      h === w ? { mode: 'shortest_edge', shortestEdge: h } : { mode: 'exact', height: h, width: w, fit: 'cover' };
+    return { ...spec, resize: keepRatio, centerCrop: { height: h, width: w } };
   }
   const crop = spec.centerCrop;
   const cropPct = spec.cropPct;

@@ -26,7 +26,7 @@ export function isVideoModel(info: { numFrames?: number | undefined }): boolean 
 }
 
 function clipHint(wanted: number): string {
-  return `a video model takes clips of at least ${wanted} frames: a folder of frame images, an animated GIF/WebP, or a [T, C, H, W] tensor (longer clips are sampled evenly)`;
+  return `a video model takes clips of at least ${wanted} frames: a folder of frame images (photos of any size work: each file is one frame), an animated GIF/WebP, or a [T, C, H, W] tensor (longer clips are sampled evenly)`;
 }
 
 /**

@@ -1,4 +1,4 @@
-/** Minimal safetensors reader for tests (F32, F16, BF16, I64 -> Float32Array), independent of the addon. */
+/** Minimal safetensors reader for tests (F32, F16, BF16, I64, U8 -> Float32Array), independent of the addon. */
 import { readFileSync } from 'node:fs';
 
 export interface StTensor {
@@ -44,6 +44,8 @@ export function readSafetensors(path: string): StFile {
       data = Float32Array.from(new Uint16Array(copy), (x) => new Float32Array(new Uint32Array([x << 16]).buffer)[0]!);
     // Token ids / masks (I64) are small integers: exact in float32.
     else if (dtype === 'I64') data = Float32Array.from(new BigInt64Array(copy), (x) => Number(x));
+    // 8-bit levels (fixtures/reference/photos.safetensors)
+    else if (dtype === 'U8') data = Float32Array.from(new Uint8Array(copy));
     else throw new Error(`${path}: tensor ${name} has unsupported dtype ${dtype}`);
     tensors.set(name, { name, dtype, shape, data });
   }

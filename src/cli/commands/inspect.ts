@@ -51,8 +51,8 @@ function describePreprocess(p: InspectReport['preprocess']): string {
   if (p.resize) {
     parts.push(
       p.resize.mode === 'exact'
-        ? `resize ${p.resize.height}x${p.resize.width} ${p.resample} (sharp ${p.kernel})`
-        : `resize shortest edge ${p.resize.shortestEdge} ${p.resample} (sharp ${p.kernel})`,
+        ? `resize ${p.resize.height}x${p.resize.width} ${p.resample}`
+        : `resize shortest edge ${p.resize.shortestEdge} ${p.resample}`,
     );
   }
   if (p.centerCrop) parts.push(`crop ${p.centerCrop.height}x${p.centerCrop.width}`);
