@@ -34,6 +34,7 @@ export const TS_CODES = [
   'E_PREPROCESS_CONFIG',
   'E_SHARD_MISMATCH',
   'E_SHARD_MISSING',
+  'E_HUB',
 ] as const;
 
 export type ErrorCode = (typeof NATIVE_CODES)[number] | (typeof TS_CODES)[number];

@@ -4,6 +4,7 @@
  * or the typed analysis functions in src/analysis/.
  */
 import { PrismaError, usageError } from './errors.js';
+import { resolveModelSource, type HubOptions } from './hub/index.js';
 import {
   loadInputs,
   planInputs,
@@ -25,6 +26,8 @@ export interface LoadOptions {
   dtype?: string;
   /** Run at this input size instead of the model's own: a side length or [height, width]. */
   imageSize?: number | readonly [number, number];
+  /** For a hub ID (`ORG/NAME[@REVISION]`): environment (HF_*), download progress. */
+  hub?: HubOptions;
 }
 
 export interface RunOptions {
@@ -90,8 +93,12 @@ export class Model {
     this.currentInfo = this.handle.info();
   }
 
-  /** Load a Hugging Face model folder (config.json + model.safetensors). */
-  static async load(dir: string, options: LoadOptions = {}): Promise<Model> {
+  /**
+   * Load a model folder (Hugging Face, timm or open_clip layout), or a hub ID `ORG/NAME[@REVISION]`
+   * from the Hugging Face cache, downloaded into it first when online (see src/hub/).
+   */
+  static async load(source: string, options: LoadOptions = {}): Promise<Model> {
+    const dir = await resolveModelSource(source, options.hub);
     const nativeOptions: { device?: string; dtype?: string; imageSize?: number[] } = {};
     if (options.imageSize !== undefined) {
       const size = typeof options.imageSize === 'number' ? [options.imageSize, options.imageSize] : [...options.imageSize];
@@ -239,7 +246,7 @@ export function classPrompts(labels: readonly string[], templates: readonly stri
   return labels.flatMap((l) => templates.map((t) => t.split('{}').join(l)));
 }
 
-/** Load a model folder; see `Model.load`. */
-export function loadModel(dir: string, options: LoadOptions = {}): Promise<Model> {
-  return Model.load(dir, options);
+/** Load a model folder or hub ID; see `Model.load`. */
+export function loadModel(source: string, options: LoadOptions = {}): Promise<Model> {
+  return Model.load(source, options);
 }

@@ -323,7 +323,7 @@ export async function openBatch(
   checks: { head?: string; check?: (model: Model) => void } = {},
 ): Promise<OpenedBatch> {
   const out = prepareOut(options.out, options.resume);
-  const model = await openModel(modelDir, options);
+  const model = await openModel(modelDir, options, ctx);
   if (checks.head !== undefined) requireHead(model, checks.head);
   if (options.target !== undefined) resolveClass(options.target, model.info, 'target');
   if (options.baseline !== undefined) resolveClass(options.baseline, model.info, 'baseline');

@@ -56,7 +56,7 @@ export async function classifyCommand(
 ): Promise<ClassifyReport> {
   if (options.labels === undefined) throw usageError('classify needs --labels (comma-separated, or a file with one label per line)');
   const templates = options.template ?? [DEFAULT_TEMPLATE];
-  const model = await openModel(modelDir, { ...options, template: templates });
+  const model = await openModel(modelDir, { ...options, template: templates }, ctx);
   const labels = model.info.labels;
   // A batch at a time, like `prisma run`: a folder of any size fits in memory.
   const plan = await model.planInputs(

@@ -6,6 +6,8 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { isPrismaError, PrismaError, usageError } from '../../errors.js';
 import { loadModel, type Model } from '../../model.js';
 import { normalizeDevice, normalizeDtype } from '../../options.js';
+import type { CommandContext } from '../context.js';
+import { downloadReporter } from '../ui/progress.js';
 
 /**
  * Adapt one of our option parsers to commander. Our parsers' errors already name the flag and the
@@ -123,12 +125,16 @@ export function withModelOptions(cmd: Command): Command {
   return cmd;
 }
 
-/** Loads a model with the shared options: size, device, dtype, and text classes where given. */
-export async function openModel(dir: string, options: ModelOptions): Promise<Model> {
+/**
+ * Loads a model (a folder, or a hub ID with downloads shown on stderr) with the shared options:
+ * size, device, dtype, and text classes where given.
+ */
+export async function openModel(dir: string, options: ModelOptions, ctx?: CommandContext): Promise<Model> {
   const model = await loadModel(dir, {
     device: options.device,
     dtype: options.dtype,
     ...(options.imageSize === undefined ? {} : { imageSize: options.imageSize }),
+    hub: { env: ctx?.io.env ?? process.env, ...(ctx ? { onProgress: downloadReporter(ctx) } : {}) },
   });
   if (options.probe !== undefined) {
     model.setLinearProbe(options.probe, options.labels);

@@ -22,8 +22,8 @@ export interface InspectReport {
   hooks: HookShape[];
 }
 
-export async function inspect(modelDir: string, options: InspectOptions): Promise<InspectReport> {
-  const model = await openModel(modelDir, options);
+export async function inspect(modelDir: string, options: InspectOptions, ctx?: CommandContext): Promise<InspectReport> {
+  const model = await openModel(modelDir, options, ctx);
   const { configJson: _config, ...info } = model.info;
   return {
     ok: true,
@@ -118,7 +118,7 @@ export function registerInspect(program: Command, ctx: CommandContext): void {
   )
     .addOption(jsonOption())
     .action(async (modelDir: string, options: InspectOptions) => {
-      const report = await inspect(modelDir, options);
+      const report = await inspect(modelDir, options, ctx);
       if (options.json) printJson(ctx, report);
       else ctx.io.stdout.write(formatInspect(report, useColor(ctx.io.stdout, ctx.io.env)));
     });

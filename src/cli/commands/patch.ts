@@ -58,7 +58,7 @@ export interface PatchReport extends ReportBase {
 export async function patchCommand(modelDir: string, options: PatchCommandOptions, ctx: CommandContext): Promise<PatchReport> {
   checkWhatBy(options.what, options.by);
   const out = prepareOut(options.out, false);
-  const model = await openModel(modelDir, options);
+  const model = await openModel(modelDir, options, ctx);
   requireHead(model, 'activation patching');
   if (options.target !== undefined) resolveClass(options.target, model.info, 'target');
   const baselineNone = options.baseline !== undefined && options.baseline.toLowerCase() === 'none';

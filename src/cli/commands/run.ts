@@ -59,7 +59,7 @@ export async function runCommand(modelDir: string, inputs: string[], options: Ru
   if (options.out !== undefined) checkOutPath(options.out);
   const patterns = parseCachePatterns(options.cache);
 
-  const model = await openModel(modelDir, options);
+  const model = await openModel(modelDir, options, ctx);
   // Everything that can be checked against the model is checked before any input is read.
   const recorded = patterns.length > 0 ? model.matchHooks(patterns) : [];
   if (options.stopAtLayer !== undefined) model.checkLayer(options.stopAtLayer, 'stop-at-layer');

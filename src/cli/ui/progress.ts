@@ -105,3 +105,57 @@ export function startProgress(ctx: CommandContext, total: number, title: string)
     stop: () => bar.stop(),
   };
 }
+
+/** Sizes for people: 1.2 MB, 330 MB. */
+export function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  const units = ['kB', 'MB', 'GB', 'TB'];
+  let v = n / 1000;
+  let u = 0;
+  while (v >= 1000 && u < units.length - 1) {
+    v /= 1000;
+    u++;
+  }
+  return `${v < 10 ? v.toFixed(1) : Math.round(v)} ${units[u]}`;
+}
+
+/**
+ * Hub downloads on stderr: a byte bar per file on a TTY; otherwise one line when a file starts and
+ * one when it is done (nothing with --json).
+ */
+export function downloadReporter(ctx: CommandContext): (p: { repoId: string; file: string; received: number; total: number }) => void {
+  if (ctx.json) return () => {};
+  const tty = ctx.io.stderr === process.stderr && process.stderr.isTTY;
+  let current: string | undefined;
+  let bar: cliProgress.SingleBar | undefined;
+  return (p) => {
+    const name = `${p.repoId}/${p.file}`;
+    if (name !== current) {
+      bar?.stop();
+      current = name;
+      if (tty) {
+        bar = new cliProgress.SingleBar(
+          {
+            stream: process.stderr,
+            format: `downloading ${name} [{bar}] {percentage}%`,
+            hideCursor: true,
+            clearOnComplete: true,
+            barsize: 24,
+          },
+          cliProgress.Presets.legacy,
+        );
+        bar.start(Math.max(1, p.total), p.received);
+      } else {
+        const resumed = p.received > 0 && p.received < p.total ? `, resuming at ${formatBytes(p.received)}` : '';
+        ctx.io.stderr.write(`prisma: downloading ${name} (${formatBytes(p.total)}${resumed})\n`);
+      }
+    }
+    bar?.update(p.received);
+    if (p.received >= p.total) {
+      bar?.stop();
+      bar = undefined;
+      if (!tty) ctx.io.stderr.write(`prisma: downloaded ${name}\n`);
+      current = undefined;
+    }
+  };
+}
