@@ -77,7 +77,8 @@ function report(err: PrismaError, ctx: CommandContext): void {
     return;
   }
   const color = useColor(ctx.io.stderr, ctx.io.env);
-  let text = `${red('prisma:', color)} ${oneLine(err.message)}\n`;
+  // The stable code is part of the line, so a script reading stderr can branch on it (README's example).
+  let text = `${red('prisma:', color)} ${err.code}: ${oneLine(err.message)}\n`;
   if (err.hint) text += `hint: ${oneLine(err.hint)}\n`;
   ctx.io.stderr.write(text);
 }

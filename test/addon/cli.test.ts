@@ -325,7 +325,8 @@ describe('bad inputs: exit != 0, one stderr line (+ hint), no output file', () =
     const doc = JSON.parse(j.stdout) as { ok: boolean; error: { code: string; message: string } };
     expect(doc.ok).toBe(false);
     expect(doc.error.code.startsWith(code)).toBe(true);
-    expect(doc.error.message).toBe(lines[0]!.replace(/^prisma: /, ''));
+    expect(lines[0]!.startsWith(`prisma: ${doc.error.code}: `)).toBe(true);
+    expect(doc.error.message).toBe(lines[0]!.replace(/^prisma: E_[A-Z0-9_]+: /, ''));
   });
 
   it.each([

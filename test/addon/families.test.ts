@@ -182,7 +182,7 @@ describe('prisma classify (zero-shot)', () => {
     expect(r.code).toBe(2);
     const lines = r.stderr.trim().split('\n');
     expect(lines).toHaveLength(2);
-    expect(lines[0]).toMatch(/^prisma: image size 1000000x1000000 .* GB of memory; use a smaller image size$/);
+    expect(lines[0]).toMatch(/^prisma: E_ARGUMENT: image size 1000000x1000000 .* GB of memory; use a smaller image size$/);
   });
 
   it('--image-size 48 interpolates position embeddings like transformers (image embeddings within 1e-4)', () => {

@@ -90,7 +90,7 @@ describe('prisma dataset', () => {
     expect(await runCli(['dataset', 'fashion-mnist', '--out', out, '--dir', join(tmp, 'nowhere')], missing)).toBe(EXIT_FAILURE);
     const err = lines(missing.err());
     expect(err).toHaveLength(2);
-    expect(err[0]).toMatch(/^prisma: Fashion-MNIST file not found: /);
+    expect(err[0]).toMatch(/^prisma: E_\w+: Fashion-MNIST file not found: /);
     expect(err[1]).toBe('hint: apt-get install dataset-fashion-mnist');
   });
 

@@ -42,7 +42,7 @@ export async function expectUsageError(argv: string[], pattern: RegExp, hint: Re
   expect(await runCli(argv, io)).toBe(EXIT_USAGE);
   const err = lines(io.err());
   expect(err).toHaveLength(2);
-  expect(err[0]).toMatch(/^prisma: /);
+  expect(err[0]).toMatch(/^prisma: E_[A-Z0-9_]+: /);
   expect(err[0]).toMatch(pattern);
   if (typeof hint === 'string') expect(err[1]).toBe(hint);
   else expect(err[1]).toMatch(hint);

@@ -68,7 +68,7 @@ describe('prisma train', () => {
   it('without --question: a missing folder is reported as such, a clevr-lite folder lists its questions', () => {
     const missing = prisma(['train', '--data', join(work, 'nope'), '--out', join(work, 'q1')]);
     expect(missing.code).toBe(2);
-    expect(missing.stderr).toMatch(/^prisma: \S+nope is not a clevr-lite folder/);
+    expect(missing.stderr).toMatch(/^prisma: E_\w+: \S+nope is not a clevr-lite folder/);
     expect(missing.stderr).toContain('hint: make one with `prisma dataset clevr-lite --n N --seed S --out DIR`');
     const noQuestion = prisma(['train', '--data', data, '--out', join(work, 'q2')]);
     expect(noQuestion.code).toBe(2);

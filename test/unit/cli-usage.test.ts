@@ -56,7 +56,7 @@ describe('prisma CLI usage errors', () => {
     for (const value of ['/no/such/labels.txt', 'labels.txt', './classes']) {
       const io = memoryIo();
       expect(await runCli(['classify', 'm', 'a.png', '--labels', value], io)).toBe(EXIT_FAILURE);
-      expect(io.err().split('\n')[0]).toBe(`prisma: labels file not found: ${value}`);
+      expect(io.err().split('\n')[0]).toBe(`prisma: E_INPUT: labels file not found: ${value}`);
     }
   });
 
