@@ -14,6 +14,8 @@ export {
   defaultPreprocessSpec,
   readPreprocessSpec,
   expandInputs,
+  type ExpandOptions,
+  type SkippedEntry,
   type PreprocessSpec,
   type LoadInputsOptions,
   type InputPlan,

@@ -12,8 +12,8 @@
  * - `video.ts`: clips (frame folders, animated GIF/WebP) and frame sampling.
  */
 import type { Stats } from 'node:fs';
-import { readdir, stat } from 'node:fs/promises';
-import { extname, join } from 'node:path';
+import { readdir, realpath, stat } from 'node:fs/promises';
+import { basename, extname, join } from 'node:path';
 
 import { PrismaError } from '../errors.js';
 import { readTensorFile, type ModelInfo, type TensorData } from '../native.js';
@@ -72,8 +72,7 @@ export function isImageFile(name: string): boolean {
   return (IMAGE_EXTENSIONS as readonly string[]).includes(extname(name).toLowerCase());
 }
 
-/** Expand folders (image files only, sorted by code point, not recursive); keep files as given. */
-/** The input's file status, or E_INPUT when it does not exist. */
+/** The input's file status (symlinks followed), or E_INPUT when it does not exist. */
 async function statInput(path: string): Promise<Stats> {
   try {
     return await stat(path);
@@ -82,22 +81,81 @@ async function statInput(path: string): Promise<Stats> {
   }
 }
 
-export async function expandInputs(paths: readonly string[]): Promise<string[]> {
+/** What a folder held that is not read as an input. */
+export interface SkippedEntry {
+  path: string;
+  why: 'not an image' | 'a folder' | 'a broken link' | 'already read';
+}
+
+export interface ExpandOptions {
+  /** Read images in subfolders too, depth first in name order (class-per-folder layouts). */
+  recursive?: boolean;
+  /** Told, per folder, what it held that was not read (other files, subfolders without `recursive`). */
+  onSkip?: (folder: string, skipped: SkippedEntry[]) => void;
+}
+
+const byCodePoint = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+
+/**
+ * A folder's images (symlinks followed, names sorted by code point); with `recursive`, its
+ * subfolders' too. `seen` holds the real paths of folders already read, so a link cycle ends.
+ */
+async function folderImages(dir: string, options: ExpandOptions, seen: Set<string>): Promise<{ images: string[]; subfolders: string[] }> {
+  seen.add(await realpath(dir));
+  const images: string[] = [];
+  const subfolders: string[] = [];
+  const skipped: SkippedEntry[] = [];
+  const names = (await readdir(dir)).sort(byCodePoint);
+  for (const name of names) {
+    const path = join(dir, name);
+    const st = await stat(path).catch(() => undefined); // follows symlinks; undefined for a broken one
+    if (!st) skipped.push({ path, why: 'a broken link' });
+    else if (st.isDirectory()) {
+      subfolders.push(path);
+      if (!options.recursive) skipped.push({ path, why: 'a folder' });
+      else if (seen.has(await realpath(path))) skipped.push({ path, why: 'already read' });
+      else images.push(...(await folderImages(path, options, seen)).images);
+    } else if (st.isFile() && isImageFile(name)) images.push(path);
+    else skipped.push({ path, why: 'not an image' });
+  }
+  if (skipped.length > 0) options.onSkip?.(dir, skipped);
+  return { images, subfolders };
+}
+
+/**
+ * Inputs as files: a folder becomes its image files (sorted by code point, symlinks followed;
+ * subfolders with `recursive`); files are kept as given. E_INPUT for a missing path or a folder
+ * without images (its hint says what it held instead).
+ */
+export async function expandInputs(paths: readonly string[], options: ExpandOptions = {}): Promise<string[]> {
   const out: string[] = [];
   for (const p of paths) {
     const st = await statInput(p);
     if (st.isDirectory()) {
-      const names = (await readdir(p, { withFileTypes: true }))
-        .filter((e) => e.isFile() && isImageFile(e.name))
-        .map((e) => e.name)
-        .sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
-      if (names.length === 0) {
-        throw new PrismaError('E_INPUT', `no images in folder ${p}`, {
-          hint: `image extensions: ${IMAGE_EXTENSIONS.join(' ')}`,
-          data: { path: p },
-        });
+      const skipped: SkippedEntry[] = [];
+      const { images, subfolders } = await folderImages(
+        p,
+        {
+          ...options,
+          onSkip: (f, s) => {
+            if (f === p) skipped.push(...s);
+            options.onSkip?.(f, s);
+          },
+        },
+        new Set(),
+      );
+      if (images.length === 0) {
+        const others = skipped.filter((s) => s.why === 'not an image').map((s) => basename(s.path));
+        const hint =
+          subfolders.length > 0 && !options.recursive
+            ? `it has ${subfolders.length} subfolder${subfolders.length === 1 ? '' : 's'} (${subfolders
+                .slice(0, 3)
+                .map((s) => basename(s))
+                .join(', ')}${subfolders.length > 3 ? ', …' : ''}): pass --recursive to read the images in them`
+            : `image extensions: ${IMAGE_EXTENSIONS.join(' ')}${others.length > 0 ? `; it holds ${others.slice(0, 3).join(', ')}${others.length > 3 ? ', …' : ''}` : ''}`;
+        throw new PrismaError('E_INPUT', `no images in folder ${p}`, { hint, data: { path: p } });
       }
-      out.push(...names.map((n) => join(p, n)));
+      out.push(...images);
     } else {
       out.push(p);
     }
@@ -118,6 +176,8 @@ export interface LoadInputsOptions {
   preprocess?: PreprocessSpec | (() => Promise<PreprocessSpec>);
   /** Called after each input (file, or clip for a video model) is done. */
   onProgress?: (done: number, total: number, path: string) => void;
+  /** How folders of images are read (subfolders, what was skipped). */
+  expand?: ExpandOptions;
 }
 
 function expectedShapeText(info: InputTarget['info']): string {
@@ -255,7 +315,7 @@ async function loadClips(paths: readonly string[], info: InputTarget['info'], op
 export async function loadInputs(paths: readonly string[], model: InputTarget, options: LoadInputsOptions = {}): Promise<PixelBatch> {
   const info = model.info;
   if (isVideoModel(info)) return loadClips(paths, info, options);
-  const files = await expandInputs(paths);
+  const files = await expandInputs(paths, options.expand);
   const [h, w] = info.imageSize as [number, number];
   let spec: PreprocessSpec | undefined;
   const parts: PixelBatch[] = [];
@@ -306,7 +366,7 @@ export async function planInputs(
   const info = model.info;
   const video = isVideoModel(info);
   const units: PlannedInput[] = [];
-  for (const path of video ? paths : await expandInputs(paths)) {
+  for (const path of video ? paths : await expandInputs(paths, options.expand)) {
     if (video) await statInput(path);
     units.push(
       inputKind(path) === 'tensor' ? { kind: 'tensor', batch: tensorInput(path, info, options.inputKey) } : { kind: 'file', path },

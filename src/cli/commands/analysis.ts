@@ -12,7 +12,7 @@ import { Option, type Command } from 'commander';
 import { requireHead, resolveClass, tokenLabels } from '../../analysis/common.js';
 import { printJson, type CommandContext, type Io } from '../context.js';
 import { PrismaError, usageError } from '../../errors.js';
-import { expandInputs } from '../../image/preprocess.js';
+import { expandInputs, type ExpandOptions } from '../../image/preprocess.js';
 import type { Model } from '../../model.js';
 import { runBatch, type BatchItem, type BatchOutcome, type InputError } from '../batch.js';
 import type { Figure, FigureWriter } from '../../report/figures.js';
@@ -20,7 +20,16 @@ import { validateReport, type ReportCommand } from '../../report/schema.js';
 import { makeDirSync, writeJsonAtomic } from '../../report/write.js';
 import { dim, useColor } from '../ui/style.js';
 import { VERSION } from '../../version.js';
-import { argParser, asOptionError, jsonOption, openModel, withModelOptions, type ModelOptions } from './common.js';
+import {
+  argParser,
+  asOptionError,
+  expandOptions,
+  jsonOption,
+  type ModelOptions,
+  openModel,
+  recursiveOption,
+  withModelOptions,
+} from './common.js';
 
 export interface ReportModel {
   dir: string;
@@ -97,7 +106,7 @@ async function readStdinLines(io: Io): Promise<string[]> {
  * line from stdin. Files that do not exist are kept, so they fail (and are recorded) one by one.
  */
 /** Input paths from the arguments; a folder is expanded to its images, except for a video model, where a folder of frames is one clip. */
-export async function collectInputs(args: readonly string[], io: Io, video = false): Promise<string[]> {
+export async function collectInputs(args: readonly string[], io: Io, video = false, expand: ExpandOptions = {}): Promise<string[]> {
   const out: string[] = [];
   let stdinUsed = false;
   for (const arg of args) {
@@ -110,7 +119,7 @@ export async function collectInputs(args: readonly string[], io: Io, video = fal
     }
     for (const p of paths) {
       const st = await stat(p).catch(() => undefined);
-      if (st?.isDirectory() && !video) out.push(...(await expandInputs([p])));
+      if (st?.isDirectory() && !video) out.push(...(await expandInputs([p], expand)));
       else out.push(p);
     }
   }
@@ -288,7 +297,7 @@ export function batchCommand(program: Command, frame: BatchCommandFrame): Comman
     .description(frame.description)
     .argument('<MODEL_DIR>', frame.model ?? 'Hugging Face model folder with a classification head')
     .argument('<INPUT...>', "images, folders of images, .npy/.safetensors tensors, or '-' for paths on stdin");
-  for (const option of [...frame.options, outOption(), resumeOption()]) cmd.addOption(option);
+  for (const option of [...frame.options, outOption(), resumeOption(), recursiveOption()]) cmd.addOption(option);
   return withModelOptions(cmd)
     .addOption(jsonOption())
     .addHelpText(
@@ -298,6 +307,7 @@ export function batchCommand(program: Command, frame: BatchCommandFrame): Comman
 }
 
 export interface BatchCommandOptions extends ModelOptions {
+  recursive?: boolean;
   target?: string;
   baseline?: string;
   out?: string;
@@ -328,7 +338,7 @@ export async function openBatch(
   if (options.target !== undefined) resolveClass(options.target, model.info, 'target');
   if (options.baseline !== undefined) resolveClass(options.baseline, model.info, 'baseline');
   checks.check?.(model);
-  const files = await collectInputs(inputArgs, ctx.io, (model.info.numFrames ?? 0) > 0);
+  const files = await collectInputs(inputArgs, ctx.io, (model.info.numFrames ?? 0) > 0, expandOptions(options, ctx));
   return { model, files, out };
 }
 

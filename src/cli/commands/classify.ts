@@ -17,18 +17,23 @@ import { startProgress } from '../ui/progress.js';
 import { bold, useColor } from '../ui/style.js';
 import {
   argParser,
+  DEFAULT_TEMPLATE,
   deviceOption,
   dtypeOption,
+  expandOptions,
   imageSizeOption,
   jsonOption,
   labelsOption,
-  openModel,
-  templateOption,
-  DEFAULT_TEMPLATE,
   type ModelOptions,
+  openModel,
+  recursiveOption,
+  templateOption,
 } from './common.js';
+import { collectInputs } from './analysis.js';
+import { isVideoModel } from '../../image/preprocess.js';
 
 export interface ClassifyCommandOptions extends ModelOptions {
+  recursive?: boolean;
   topK?: number;
   inputKey?: string;
   json?: boolean;
@@ -59,11 +64,8 @@ export async function classifyCommand(
   const model = await openModel(modelDir, { ...options, template: templates }, ctx);
   const labels = model.info.labels;
   // A batch at a time, like `prisma run`: a folder of any size fits in memory.
-  const plan = await model.planInputs(
-    inputs,
-    rowsPerBatch(model, []),
-    options.inputKey === undefined ? {} : { inputKey: options.inputKey },
-  );
+  const files = await collectInputs(inputs, ctx.io, isVideoModel(model.info), expandOptions(options, ctx));
+  const plan = await model.planInputs(files, rowsPerBatch(model, []), options.inputKey === undefined ? {} : { inputKey: options.inputKey });
   const top: Prediction[][] = [];
   const progress = startProgress(ctx, plan.total, 'classifying');
   try {
@@ -100,7 +102,8 @@ export function registerClassify(program: Command, ctx: CommandContext): void {
     .command('classify')
     .description('zero-shot classification with a CLIP-style model: probabilities over text labels')
     .argument('<MODEL_DIR>', 'CLIPModel or open_clip folder')
-    .argument('<INPUT...>', 'image files, folders of images, or pre-processed .npy/.safetensors pixel tensors')
+    .argument('<INPUT...>', "image files, folders of images, pre-processed .npy/.safetensors pixel tensors, or '-' for paths on stdin")
+    .addOption(recursiveOption())
     .addOption(
       new Option('--top-k <k>', 'labels to list per input (default: all)').argParser(argParser((v) => parsePositiveInt(v, '--top-k'))),
     )

@@ -2,10 +2,12 @@
 import { InvalidArgumentError, Option, type Command } from 'commander';
 
 import { existsSync, readFileSync, statSync } from 'node:fs';
+import { basename } from 'node:path';
 
 import { isPrismaError, PrismaError, usageError } from '../../errors.js';
 import { loadModel, type Model } from '../../model.js';
 import { normalizeDevice, normalizeDtype } from '../../options.js';
+import type { ExpandOptions, SkippedEntry } from '../../image/preprocess.js';
 import type { CommandContext } from '../context.js';
 import { downloadReporter } from '../ui/progress.js';
 
@@ -116,6 +118,30 @@ export function templateOption(): Option {
     '--template <text>',
     `CLIP-style models: prompt for each label, {} = the label (default '${DEFAULT_TEMPLATE}'); repeat to average several prompts per label (prompt ensembling)`,
   ).argParser((value: string, previous: string[] | undefined) => [...(previous ?? []), value]);
+}
+
+/** `--recursive`: images in subfolders too (class-per-folder layouts). */
+export function recursiveOption(): Option {
+  return new Option('-r, --recursive', 'read images in subfolders too, depth first in name order (class-per-folder layouts)');
+}
+
+/**
+ * How the CLI reads input folders: `--recursive`, and one stderr line per folder naming what it
+ * held that is not read (other files, subfolders without --recursive, broken links), so nothing is
+ * skipped silently. Not with --json, whose contract is an empty stderr (the JSON is the whole answer).
+ */
+export function expandOptions(options: { recursive?: boolean }, ctx: CommandContext): ExpandOptions {
+  return {
+    ...(options.recursive ? { recursive: true } : {}),
+    onSkip: (folder, skipped) => {
+      if (ctx.json) return;
+      const what = (s: SkippedEntry) =>
+        s.why === 'a folder' ? `${basename(s.path)}/ (a folder: --recursive reads it)` : `${basename(s.path)} (${s.why})`;
+      const shown = skipped.slice(0, 5).map(what).join(', ');
+      const more = skipped.length > 5 ? ` and ${skipped.length - 5} more` : '';
+      ctx.io.stderr.write(`prisma: skipped in ${folder}: ${shown}${more}\n`);
+    },
+  };
 }
 
 /** Adds the options every model-loading command takes (device, dtype, size, CLIP labels, probe). */

@@ -16,9 +16,12 @@ import { cleanUpOnSignal } from '../../report/write.js';
 import { SafetensorsWriter } from '../../safetensors-writer.js';
 import { startProgress } from '../ui/progress.js';
 import { VERSION } from '../../version.js';
-import { argParser, jsonOption, openModel, withModelOptions, type ModelOptions } from './common.js';
+import { isVideoModel } from '../../image/preprocess.js';
+import { collectInputs } from './analysis.js';
+import { argParser, expandOptions, jsonOption, openModel, recursiveOption, withModelOptions, type ModelOptions } from './common.js';
 
 export interface RunCommandOptions extends ModelOptions {
+  recursive?: boolean;
   cache?: string[];
   out?: string;
   topK: number;
@@ -68,8 +71,9 @@ export async function runCommand(modelDir: string, inputs: string[], options: Ru
   const hooks = new Set(model.hookNames());
   // An output that is not a hook is taken to have a row per input.
   const byInput = (name: string) => perInput.has(name) || !hooks.has(name);
+  const files = await collectInputs(inputs, ctx.io, isVideoModel(model.info), expandOptions(options, ctx));
   const plan = await model.planInputs(
-    inputs,
+    files,
     options.batchSize ?? rowsPerBatch(model, recorded),
     options.inputKey === undefined ? {} : { inputKey: options.inputKey },
   );
@@ -151,7 +155,7 @@ export function registerRun(program: Command, ctx: CommandContext): void {
       .command('run')
       .description('run a model on images or pixel tensors, record hooks, print predictions as JSON')
       .argument('<MODEL_DIR>', 'model folder: Hugging Face, timm or open_clip (docs/models.md)')
-      .argument('<INPUT...>', 'image files, folders of images, or pre-processed .npy/.safetensors pixel tensors')
+      .argument('<INPUT...>', "image files, folders of images, pre-processed .npy/.safetensors pixel tensors, or '-' for paths on stdin")
       .addOption(
         new Option(
           '--cache <pattern...>',
@@ -159,6 +163,7 @@ export function registerRun(program: Command, ctx: CommandContext): void {
         ),
       )
       .addOption(new Option('--out <file>', 'write recorded hooks (and the output) to this .safetensors file'))
+      .addOption(recursiveOption())
       .addOption(
         new Option('--top-k <k>', 'predictions to list per input').default(5).argParser(argParser((v) => parsePositiveInt(v, '--top-k'))),
       )
