@@ -3,7 +3,8 @@
  * The addon handle stays private to the library (`nativeHandle`), so callers go through this class
  * or the typed analysis functions in src/analysis/.
  */
-import { PrismaError, usageError } from './errors.js';
+import { PrismaError, toPrismaError, usageError } from './errors.js';
+import { withHookSuggestions } from './hook-suggest.js';
 import { resolveModelSource, type HubOptions } from './hub/index.js';
 import {
   loadInputs,
@@ -136,7 +137,11 @@ export class Model {
 
   /** Resolve hook names / glob patterns; E_UNKNOWN_HOOK when a pattern matches nothing. */
   matchHooks(patterns: string[]): string[] {
-    return this.handle.matchHooks(patterns);
+    try {
+      return this.handle.matchHooks(patterns);
+    } catch (err) {
+      throw withHookSuggestions(toPrismaError(err), patterns, this.hookNames());
+    }
   }
 
   /** The preprocessing used for images (preprocessor_config.json, or the defaults). */

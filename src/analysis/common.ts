@@ -65,7 +65,9 @@ export function requireHead(model: Pick<Model, 'info'>, what: string): void {
   throw new PrismaError(
     'E_UNSUPPORTED_MODEL',
     `${what} needs a classification head, and ${model.info.modelDir} has none (${model.info.architecture})`,
-    { hint: 'use a model with a head, e.g. ViTForImageClassification (`prisma inspect MODEL_DIR` shows its classes)' },
+    {
+      hint: 'give it a linear probe with --probe FILE (.safetensors with weight [classes, d_model] and bias [classes]; --labels names the classes), or use a model with a head, e.g. ViTForImageClassification',
+    },
   );
 }
 

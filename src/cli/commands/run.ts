@@ -157,10 +157,11 @@ export function registerRun(program: Command, ctx: CommandContext): void {
       .argument('<MODEL_DIR>', 'model folder: Hugging Face, timm or open_clip (docs/models.md)')
       .argument('<INPUT...>', "image files, folders of images, pre-processed .npy/.safetensors pixel tensors, or '-' for paths on stdin")
       .addOption(
+        // One value per flag (repeatable): a variadic option would take the inputs after it as patterns.
         new Option(
-          '--cache <pattern...>',
+          '--cache <pattern>',
           "hooks to record: names or globs ('blocks.*.hook_resid_post', '*'); comma-separated or repeated",
-        ),
+        ).argParser((value: string, previous: string[] | undefined) => [...(previous ?? []), value]),
       )
       .addOption(new Option('--out <file>', 'write recorded hooks (and the output) to this .safetensors file'))
       .addOption(recursiveOption())
