@@ -17,6 +17,8 @@ pub enum PrismaError {
     WeightsShape { file: PathBuf, tensor: String, expected: Vec<i64>, found: Vec<i64> },
     #[error("{file}: {reason}")]
     WeightsFormat { file: PathBuf, reason: String },
+    #[error("{file}: refusing to load a pickle that calls '{global}': loading it would run code (only torch.save tensor data and known configs are read)")]
+    UnsafePickle { file: PathBuf, global: String },
     #[error("{0}")]
     UnknownHook(String),
     #[error("{0}")]
@@ -49,6 +51,7 @@ impl PrismaError {
             PrismaError::WeightsMissing { .. } => "E_WEIGHTS_MISSING",
             PrismaError::WeightsShape { .. } => "E_WEIGHTS_SHAPE",
             PrismaError::WeightsFormat { .. } => "E_WEIGHTS_FORMAT",
+            PrismaError::UnsafePickle { .. } => "E_UNSAFE_PICKLE",
             PrismaError::UnknownHook(_) => "E_UNKNOWN_HOOK",
             PrismaError::LayerRange(_) => "E_LAYER_RANGE",
             PrismaError::Shape(_) => "E_SHAPE",

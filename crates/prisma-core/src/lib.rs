@@ -11,6 +11,7 @@ mod inference_mode;
 pub mod interventions;
 pub mod model;
 pub mod models;
+pub mod sae;
 pub mod tensor_file;
 pub mod training;
 pub mod weights;
