@@ -8,13 +8,17 @@
 //! convert(src, dst, &LoadOptions) -> Sae   load + save
 //! Sae::encode / decode / reconstruct       SAELens's encode, decode, decode(encode(x))
 //! Sae::forward_hooked(x, error_term, hook) the spliced forward with its six sub-hooks
+//! train::SaeTrainer::new(cfg) / train_step(batch) -> StepMetrics / to_sae()
+//! run::train(source, &[cfg..], &RunOptions, on_step) -> Vec<Sae>   several SAEs, one pass, resumable
 //! ```
 
 pub mod config;
 pub mod import;
 pub mod model;
 pub mod pickle;
+pub mod run;
 pub mod saelens;
+pub mod train;
 
 pub use config::{Architecture, Normalization, SaeConfig, TokenSelection};
 pub use model::{Sae, SaeHook};

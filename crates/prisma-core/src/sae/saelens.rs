@@ -139,6 +139,15 @@ pub fn write_dir(sae: &Sae, dir: &Path) -> Result<()> {
 
 /// Safetensors of float tensors in their own dtype (f32, f16, bf16, f64), written atomically.
 pub fn write_safetensors(path: &Path, tensors: &[(&str, Tensor)]) -> Result<()> {
+    write_safetensors_with(path, tensors, None)
+}
+
+/// As `write_safetensors`, with `__metadata__`.
+pub fn write_safetensors_with(
+    path: &Path,
+    tensors: &[(&str, Tensor)],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<()> {
     use safetensors::tensor::TensorView;
     let io = |e: String| PrismaError::Io { path: path.into(), reason: e };
     let mut buffers = Vec::with_capacity(tensors.len());
@@ -162,5 +171,5 @@ pub fn write_safetensors(path: &Path, tensors: &[(&str, Tensor)]) -> Result<()> 
             Ok((name.clone(), TensorView::new(*dtype, shape.clone(), bytes).map_err(|e| io(e.to_string()))?))
         })
         .collect::<Result<Vec<_>>>()?;
-    write_atomically(path, |tmp| safetensors::serialize_to_file(views, None, tmp).map_err(|e| io(e.to_string())))
+    write_atomically(path, |tmp| safetensors::serialize_to_file(views, metadata, tmp).map_err(|e| io(e.to_string())))
 }
