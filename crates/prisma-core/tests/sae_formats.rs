@@ -6,21 +6,15 @@
 mod common;
 
 use common::{fixtures, load, reference};
-use prisma_core::interventions::InterventionSpec;
-use prisma_core::sae::{self, LoadOptions, Sae, SaeHook, TokenSelection};
+use prisma_core::sae::{self, LoadOptions, Sae, SubHook, TokenSelection};
 use prisma_core::{PrismaError, RunRequest};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tch::{Kind, Tensor};
 
-/// Largest |a - b|; NaN anywhere (or a shape mismatch) is infinite, so it never passes.
+/// Largest |a - b| (common::max_abs_diff: NaN anywhere is infinite, so it never passes).
 fn diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size(), "shape mismatch");
-    let d = a.to_kind(Kind::Double).f_sub(&b.to_kind(Kind::Double)).unwrap().abs();
-    if d.isnan().any().int64_value(&[]) != 0 {
-        return f64::INFINITY;
-    }
-    d.max().double_value(&[])
+    common::max_abs_diff(a, b)
 }
 
 fn sae_dir(rel: &str) -> PathBuf {
@@ -37,28 +31,11 @@ fn tol(kind: Kind, scale: f64) -> f64 {
     }
 }
 
-/// The model's logits with `sae` replacing its hook's value at its tokens: the hook is recorded in a
-/// first pass and set to the SAE's output in a second (exact, since the second pass is identical up
-/// to the hook).
+/// The model's logits with `sae` spliced at its hook over its tokens (hooks::splice).
 fn spliced_logits(model: &prisma_core::Model, pixels: &Tensor, sae: &Sae) -> Tensor {
-    let hook = sae.cfg.hook_name().expect("hook").to_string();
-    let first = model.run(RunRequest { pixels: Some(pixels.shallow_clone()), cache: vec![hook.clone()], ..Default::default() }).unwrap();
-    let x = first.cache[0].1.shallow_clone();
-    let n = x.size()[1];
-    let (start, len) = match sae.cfg.tokens() {
-        TokenSelection::All => (0, n),
-        TokenSelection::Cls => (0, 1),
-        TokenSelection::Patches => (1, n - 1),
-    };
-    let part = x.narrow(1, start, len);
-    let out = sae.reconstruct(&part).unwrap().to_kind(x.kind());
-    let replaced = x.copy();
-    replaced.narrow(1, start, len).copy_(&out);
-    let spec: InterventionSpec = serde_json::from_value(serde_json::json!({"hook": hook, "action": "set", "tensor": "sae"})).unwrap();
-    let tensors = HashMap::from([("sae".to_string(), replaced)]);
-    let second =
-        model.run(RunRequest { pixels: Some(pixels.shallow_clone()), interventions: vec![spec], tensors, ..Default::default() }).unwrap();
-    second.output
+    let again = sae.to_kind(sae.cfg.kind).unwrap();
+    let spec = sae::splice_spec(again, false).unwrap();
+    model.run(RunRequest { pixels: Some(pixels.shallow_clone()), splices: vec![spec], ..Default::default() }).unwrap().output
 }
 
 struct Case {
@@ -103,7 +80,7 @@ fn check_saelens(sae: &Sae, name: &str, r: &BTreeMap<String, Tensor>, model: &pr
     let recons = sae.reconstruct(x).unwrap();
     record("decode", &recons, x.abs().max().double_value(&[]));
     // Every sub-hook of the spliced forward, with the error term (SAELens use_error_term=True).
-    let mut seen: BTreeMap<SaeHook, Tensor> = BTreeMap::new();
+    let mut seen: BTreeMap<SubHook, Tensor> = BTreeMap::new();
     let out = sae
         .forward_hooked(x, true, &mut |h, t| {
             seen.insert(h, t.shallow_clone());
@@ -111,9 +88,9 @@ fn check_saelens(sae: &Sae, name: &str, r: &BTreeMap<String, Tensor>, model: &pr
         })
         .unwrap();
     assert_eq!(seen.len(), 6, "{name}: every sub-hook visited");
-    for h in SaeHook::ALL {
+    for h in SubHook::ALL {
         let scale = seen[&h].abs().max().to_kind(Kind::Double).double_value(&[]);
-        let key = format!("{name}.{}", h.name());
+        let key = format!("{name}.{}", h.spelling());
         let want = &r[&key];
         let d = diff(&seen[&h].to_kind(Kind::Float), want);
         assert!(d <= tol(kind, scale), "{key}: max |diff| {d:e}");

@@ -13,12 +13,7 @@ use std::collections::BTreeMap;
 use tch::{Kind, Tensor};
 
 fn diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size(), "shape mismatch");
-    let d = a.to_kind(Kind::Double).f_sub(&b.to_kind(Kind::Double)).unwrap().abs();
-    if d.isnan().any().int64_value(&[]) != 0 {
-        return f64::INFINITY;
-    }
-    d.max().double_value(&[])
+    common::max_abs_diff(a, b)
 }
 
 fn config(arch: &str) -> SaeTrainConfig {

@@ -20,8 +20,9 @@ pub mod run;
 pub mod saelens;
 pub mod train;
 
+pub use crate::hooks::splice::SubHook;
 pub use config::{Architecture, Normalization, SaeConfig, TokenSelection};
-pub use model::{Sae, SaeHook};
+pub use model::{splice_spec, Sae, SaeModule};
 
 use crate::error::{PrismaError, Result};
 use crate::hooks::HookPoint;

@@ -2,8 +2,10 @@
 //! with SAELens's sub-hooks (`hook_sae_input`, `_acts_pre`, `_acts_post`, `_recons`, `_error`,
 //! `_output`) exposed to a callback that may record or replace each value.
 
-use super::config::{Architecture, Normalization, SaeConfig};
+use super::config::{Architecture, Normalization, SaeConfig, TokenSelection};
 use crate::error::{PrismaError, Result};
+use crate::hooks::splice::{HookModule, SpliceSpec, SubHook, SubHooks, Tokens};
+use std::sync::Mutex;
 use tch::{Kind, Tensor};
 
 /// An SAE's weights, named and shaped as SAELens saves them.
@@ -26,36 +28,6 @@ pub struct Sae {
     pub b_mag: Option<Tensor>,
 }
 
-/// An SAE's own hook points, spelled as SAELens spells them after the host hook's name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SaeHook {
-    Input,
-    ActsPre,
-    ActsPost,
-    Recons,
-    Error,
-    Output,
-}
-
-impl SaeHook {
-    pub const ALL: [SaeHook; 6] = [SaeHook::Input, SaeHook::ActsPre, SaeHook::ActsPost, SaeHook::Recons, SaeHook::Error, SaeHook::Output];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            SaeHook::Input => "hook_sae_input",
-            SaeHook::ActsPre => "hook_sae_acts_pre",
-            SaeHook::ActsPost => "hook_sae_acts_post",
-            SaeHook::Recons => "hook_sae_recons",
-            SaeHook::Error => "hook_sae_error",
-            SaeHook::Output => "hook_sae_output",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<SaeHook> {
-        SaeHook::ALL.into_iter().find(|h| h.name() == name)
-    }
-}
-
 /// What the input normalisation remembers for undoing it on the way out.
 pub enum NormState {
     Identity,
@@ -72,7 +44,7 @@ pub enum NormState {
 const LN_EPS: f64 = 1e-5;
 
 /// Passes a sub-hook value through unchanged.
-pub fn no_hooks(_: SaeHook, x: Tensor) -> Result<Tensor> {
+pub fn no_hooks(_: SubHook, x: Tensor) -> Result<Tensor> {
     Ok(x)
 }
 
@@ -129,32 +101,32 @@ impl Sae {
 
     /// Pre-activations and feature activations of an input already normalised, with `b_dec`
     /// subtracted when `apply_b_dec_to_input`. `hook` sees acts_pre and acts_post.
-    fn encode_normalised(&self, sae_in: &Tensor, hook: &mut dyn FnMut(SaeHook, Tensor) -> Result<Tensor>) -> Result<(Tensor, Tensor)> {
+    fn encode_normalised(&self, sae_in: &Tensor, hook: &mut dyn FnMut(SubHook, Tensor) -> Result<Tensor>) -> Result<(Tensor, Tensor)> {
         let centred = if self.cfg.apply_b_dec_to_input { sae_in.f_sub(&self.b_dec)? } else { sae_in.shallow_clone() };
         match self.cfg.architecture {
             Architecture::Standard => {
-                let pre = hook(SaeHook::ActsPre, centred.f_matmul(&self.w_enc)?.f_add(self.need(&self.b_enc, "b_enc")?)?)?;
-                let post = hook(SaeHook::ActsPost, pre.f_relu()?)?;
+                let pre = hook(SubHook::ActsPre, centred.f_matmul(&self.w_enc)?.f_add(self.need(&self.b_enc, "b_enc")?)?)?;
+                let post = hook(SubHook::ActsPost, pre.f_relu()?)?;
                 Ok((pre, post))
             }
             Architecture::TopK => {
-                let pre = hook(SaeHook::ActsPre, centred.f_matmul(&self.w_enc)?.f_add(self.need(&self.b_enc, "b_enc")?)?)?;
+                let pre = hook(SubHook::ActsPre, centred.f_matmul(&self.w_enc)?.f_add(self.need(&self.b_enc, "b_enc")?)?)?;
                 let ranked = if self.cfg.rescale_acts_by_decoder_norm { pre.f_mul(&self.decoder_norms()?)? } else { pre.shallow_clone() };
-                let post = hook(SaeHook::ActsPost, top_k_relu(&ranked, self.k()?)?)?;
+                let post = hook(SubHook::ActsPost, top_k_relu(&ranked, self.k()?)?)?;
                 Ok((pre, post))
             }
             Architecture::JumpRelu => {
-                let pre = hook(SaeHook::ActsPre, centred.f_matmul(&self.w_enc)?.f_add(self.need(&self.b_enc, "b_enc")?)?)?;
+                let pre = hook(SubHook::ActsPre, centred.f_matmul(&self.w_enc)?.f_add(self.need(&self.b_enc, "b_enc")?)?)?;
                 let mask = pre.f_gt_tensor(self.need(&self.threshold, "threshold")?)?.f_to_kind(pre.kind())?;
-                let post = hook(SaeHook::ActsPost, pre.f_relu()?.f_mul(&mask)?)?;
+                let post = hook(SubHook::ActsPost, pre.f_relu()?.f_mul(&mask)?)?;
                 Ok((pre, post))
             }
             Architecture::Gated => {
                 let gate = centred.f_matmul(&self.w_enc)?.f_add(self.need(&self.b_gate, "b_gate")?)?;
                 let active = gate.f_gt(0.0)?.f_to_kind(gate.kind())?;
                 let w_mag = self.w_enc.f_mul(&self.need(&self.r_mag, "r_mag")?.f_exp()?)?;
-                let pre = hook(SaeHook::ActsPre, centred.f_matmul(&w_mag)?.f_add(self.need(&self.b_mag, "b_mag")?)?)?;
-                let post = hook(SaeHook::ActsPost, active.f_mul(&pre.f_relu()?)?)?;
+                let pre = hook(SubHook::ActsPre, centred.f_matmul(&w_mag)?.f_add(self.need(&self.b_mag, "b_mag")?)?)?;
+                let post = hook(SubHook::ActsPost, active.f_mul(&pre.f_relu()?)?)?;
                 Ok((pre, post))
             }
         }
@@ -221,14 +193,14 @@ impl Sae {
         &self,
         x: &Tensor,
         use_error_term: bool,
-        hook: &mut dyn FnMut(SaeHook, Tensor) -> Result<Tensor>,
+        hook: &mut dyn FnMut(SubHook, Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
         self.check_input(x)?;
         let x = x.f_to_kind(self.cfg.kind)?;
-        let sae_input = hook(SaeHook::Input, x.shallow_clone())?;
+        let sae_input = hook(SubHook::Input, x.shallow_clone())?;
         let (normalised, state) = self.normalise_in(&sae_input)?;
         let (_, acts) = self.encode_normalised(&normalised, hook)?;
-        let recons = hook(SaeHook::Recons, self.decode_normalised(&acts)?)?;
+        let recons = hook(SubHook::Recons, self.decode_normalised(&acts)?)?;
         let mut out = self.normalise_out(&recons, &state)?;
         if use_error_term {
             let clean = tch::no_grad(|| -> Result<Tensor> {
@@ -236,10 +208,10 @@ impl Sae {
                 let (_, a) = self.encode_normalised(&n, &mut no_hooks)?;
                 self.normalise_out(&self.decode_normalised(&a)?, &s)
             })?;
-            let error = hook(SaeHook::Error, x.f_sub(&clean)?)?;
+            let error = hook(SubHook::Error, x.f_sub(&clean)?)?;
             out = out.f_add(&error)?;
         }
-        hook(SaeHook::Output, out)
+        hook(SubHook::Output, out)
     }
 
     /// Folds SAELens's `expected_average_only_in` scaling factor into the weights (SAELens
@@ -349,4 +321,54 @@ impl Sae {
 pub fn top_k_relu(x: &Tensor, k: i64) -> Result<Tensor> {
     let (values, indices) = x.f_topk(k, -1, true, false)?;
     Ok(x.f_zeros_like()?.f_scatter(-1, &indices, &values.f_relu()?)?)
+}
+
+/// An SAE as a module the forward pass can splice in (`hooks::splice`). The normalisation state
+/// of an encode is kept for the decode that follows it, as SAELens keeps it on the module.
+pub struct SaeModule {
+    pub sae: Sae,
+    pending: Mutex<Option<(NormState, Kind)>>,
+}
+
+impl SaeModule {
+    pub fn new(sae: Sae) -> SaeModule {
+        SaeModule { sae, pending: Mutex::new(None) }
+    }
+}
+
+impl HookModule for SaeModule {
+    fn d_in(&self) -> i64 {
+        self.sae.cfg.d_in
+    }
+    fn d_sae(&self) -> i64 {
+        self.sae.cfg.d_sae
+    }
+    fn encode(&self, x: &Tensor, hooks: &mut SubHooks) -> Result<Tensor> {
+        self.sae.check_input(x)?;
+        let input_kind = x.kind();
+        let x = x.f_to_kind(self.sae.cfg.kind)?;
+        let (normalised, state) = self.sae.normalise_in(&x)?;
+        let (_, acts) = self.sae.encode_normalised(&normalised, &mut |s, t| hooks.hook(s, t))?;
+        *self.pending.lock().map_err(|_| PrismaError::Internal("SAE state lock poisoned".into()))? = Some((state, input_kind));
+        Ok(acts)
+    }
+    fn decode(&self, acts: &Tensor, hooks: &mut SubHooks) -> Result<Tensor> {
+        let pending = self.pending.lock().map_err(|_| PrismaError::Internal("SAE state lock poisoned".into()))?.take();
+        let (state, kind) = pending.unwrap_or((NormState::Identity, self.sae.cfg.kind));
+        let recons = hooks.hook(SubHook::Recons, self.sae.decode_normalised(&acts.f_to_kind(self.sae.cfg.kind)?)?)?;
+        Ok(self.sae.normalise_out(&recons, &state)?.f_to_kind(kind)?)
+    }
+}
+
+/// A splice of `sae` at its hook (from its config) over its tokens, for `RunRequest::splices` or
+/// `Model::splice`.
+pub fn splice_spec(sae: Sae, use_error_term: bool) -> Result<SpliceSpec> {
+    let hook =
+        sae.cfg.hook_name().ok_or_else(|| PrismaError::Argument("the SAE's config names no hook; give one (DIR@HOOK)".into()))?.to_string();
+    let tokens = match sae.cfg.tokens() {
+        TokenSelection::All => Tokens::All,
+        TokenSelection::Cls => Tokens::Class,
+        TokenSelection::Patches => Tokens::Patches,
+    };
+    Ok(SpliceSpec { tokens, use_error_term, ..SpliceSpec::new(SaeModule::new(sae), &hook) })
 }
