@@ -35,6 +35,12 @@ export const TS_CODES = [
   'E_SHARD_MISMATCH',
   'E_SHARD_MISSING',
   'E_HUB',
+  // Set-up (src/setup/): libtorch missing or unusable, the wrong release, an addon built for
+  // another libtorch, a cache directory that cannot be written.
+  'E_LIBTORCH',
+  'E_LIBTORCH_VERSION',
+  'E_NATIVE_MISMATCH',
+  'E_CACHE',
 ] as const;
 
 export type ErrorCode = (typeof NATIVE_CODES)[number] | (typeof TS_CODES)[number];
@@ -117,7 +123,7 @@ export function hintFor(code: string): string | undefined {
   switch (code) {
     case 'E_NATIVE_MISSING':
     case 'E_NATIVE_LOAD':
-      return 'run `npm run setup`';
+      return '`prisma doctor` shows what is set up (in a clone: `npm run setup`)';
     case 'E_MODEL_DIR':
     case 'E_WEIGHTS_MISSING':
       return 'MODEL_DIR must be a folder holding config.json and model.safetensors (Hugging Face layout)';

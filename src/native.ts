@@ -1,14 +1,12 @@
 /**
- * The only module that loads the native addon (`native/prisma.node`, built from crates/prisma-node).
- * See docs/native-api.md for the contract. Every call goes through `guard`/`guardAsync`, which turn
- * native errors (`E_CODE: message`) into PrismaError. The addon is loaded lazily, on first use, so
- * pure parts of the library (preprocessing, argument parsing) work without it.
+ * The only module that calls the native addon (built from crates/prisma-node; src/setup/load.ts
+ * finds and loads it). See docs/native-api.md for the contract. Every call goes through
+ * `guard`/`guardAsync`, which turn native errors (`E_CODE: message`) into PrismaError. The addon is
+ * loaded lazily, on first use, so pure parts of the library (preprocessing, argument parsing) work
+ * without it.
  */
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
-
 import { PrismaError, hintFor, oneLine, parseCodedMessage } from './errors.js';
+import { loadNative } from './setup/load.js';
 
 // ---------------------------------------------------------------------------------------------
 // Contract types (docs/native-api.md)
@@ -227,37 +225,12 @@ interface RawBinding {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Loading
-
-const ADDON_URL = new URL('../native/prisma.node', import.meta.url);
-
-/** Absolute path where the addon is expected (package root / native / prisma.node). */
-export const addonPath: string = fileURLToPath(ADDON_URL);
+// Loading (src/setup/load.ts: finds libtorch and the addon, setting them up on first use)
 
 let binding: RawBinding | undefined;
 
-/** True when the addon file exists (it may still fail to load). */
-export function nativeAvailable(): boolean {
-  return existsSync(addonPath);
-}
-
 function load(): RawBinding {
-  if (binding) return binding;
-  if (!existsSync(addonPath)) {
-    throw new PrismaError('E_NATIVE_MISSING', `native addon not found at ${addonPath}`, {
-      hint: 'run `npm run setup`',
-    });
-  }
-  const require = createRequire(import.meta.url);
-  try {
-    binding = require('../native/prisma.node') as RawBinding;
-  } catch (err) {
-    const detail = err instanceof Error ? oneLine(err.message) : String(err);
-    throw new PrismaError('E_NATIVE_LOAD', `native addon failed to load: ${detail}`, {
-      hint: 'run `npm run setup` (it rebuilds the addon against the local libtorch)',
-      cause: err,
-    });
-  }
+  binding ??= loadNative() as RawBinding;
   return binding;
 }
 

@@ -20,7 +20,7 @@ pub fn parse_device(name: &str) -> Result<Device> {
         if count == 0 {
             return Err(PrismaError::Device(format!(
                 "device '{name}' requested but CUDA is not available (libtorch {}: {})",
-                crate::LIBTORCH_LIB_DIR.unwrap_or("unknown location"),
+                crate::libtorch_lib_dir().map(|d| d.display().to_string()).unwrap_or_else(|| "unknown location".into()),
                 if crate::libtorch_has_cuda() { "a CUDA build, but no usable GPU/driver" } else { "a CPU-only build" }
             )));
         }
@@ -38,8 +38,8 @@ pub fn parse_device(name: &str) -> Result<Device> {
 /// CUDA invisible to libtorch. Loading it by path before the first CUDA query restores it.
 fn load_cuda_runtime() {
     #[cfg(target_os = "linux")]
-    if let Some(dir) = crate::LIBTORCH_LIB_DIR {
-        let path = std::path::Path::new(dir).join("libtorch_cuda.so");
+    if let Some(dir) = crate::libtorch_lib_dir() {
+        let path = dir.join("libtorch_cuda.so");
         if path.exists() {
             if let Ok(c) = std::ffi::CString::new(path.to_string_lossy().as_bytes()) {
                 // SAFETY: dlopen with a valid NUL-terminated path; the handle is deliberately leaked.

@@ -19,11 +19,15 @@ pub mod weights;
 pub use error::{PrismaError, Result};
 pub use model::{Model, ModelInfo, RunOutput, RunRequest};
 
-/// libtorch's library folder as seen at build time (set by scripts/setup.mjs).
-pub const LIBTORCH_LIB_DIR: Option<&str> = option_env!("PRISMA_LIBTORCH_LIB");
+/// libtorch's library folder, read at run time from PRISMA_LIBTORCH_LIB (set by the Node loader,
+/// src/setup/load.ts, and by scripts/cargo-test.mjs). Not a build-time constant: a prebuilt addon
+/// runs against the libtorch of the machine it is installed on.
+pub fn libtorch_lib_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os("PRISMA_LIBTORCH_LIB").filter(|d| !d.is_empty()).map(std::path::PathBuf::from)
+}
 
 pub fn libtorch_has_cuda() -> bool {
-    LIBTORCH_LIB_DIR.map(|d| std::path::Path::new(d).join("libtorch_cuda.so").exists()).unwrap_or(false)
+    libtorch_lib_dir().map(|d| d.join("libtorch_cuda.so").exists()).unwrap_or(false)
 }
 
 pub fn cuda_available() -> bool {

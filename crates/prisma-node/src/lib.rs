@@ -235,5 +235,5 @@ pub fn libtorch_version() -> String {
 
 #[napi]
 pub fn libtorch_lib_dir() -> Option<String> {
-    prisma_core::LIBTORCH_LIB_DIR.map(str::to_string)
+    prisma_core::libtorch_lib_dir().map(|d| d.display().to_string())
 }
