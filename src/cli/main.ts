@@ -12,12 +12,14 @@ import { registerClassify } from './commands/classify.js';
 import { registerDataset } from './commands/dataset.js';
 import { registerDemo } from './commands/demo.js';
 import { registerDla } from './commands/dla.js';
+import { registerDoctor } from './commands/doctor.js';
 import { registerHeads } from './commands/heads.js';
 import { registerInspect } from './commands/inspect.js';
 import { registerLogitLens } from './commands/logit-lens.js';
 import { registerMerge } from './commands/merge.js';
 import { registerPatch } from './commands/patch.js';
 import { registerRun } from './commands/run.js';
+import { registerSetup } from './commands/setup.js';
 import { registerTrain } from './commands/train.js';
 import { printJson, type CommandContext, type Io } from './context.js';
 import { PrismaError, errorJson, oneLine, toPrismaError } from '../errors.js';
@@ -47,6 +49,8 @@ export function buildProgram(ctx: CommandContext): Command {
   registerDataset(program, ctx);
   registerTrain(program, ctx);
   registerDemo(program, ctx);
+  registerDoctor(program, ctx);
+  registerSetup(program, ctx);
   for (const cmd of [program, ...program.commands]) {
     cmd.exitOverride().configureOutput({
       writeOut: (s) => ctx.io.stdout.write(s),
