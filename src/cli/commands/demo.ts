@@ -30,7 +30,8 @@ export const DEMO_MODELS = {
 };
 /** The toy CLIP's zero-shot prompts (its MODEL_CARD). */
 const CLIP_TEMPLATE = 'a large {}';
-const FASHION_IMAGES = join(PACKAGE_ROOT, 'fixtures', 'fashion-mnist');
+/** The first 8 Fashion-MNIST test images (`prisma dataset fashion-mnist --n 8`), shipped with the package. */
+const FASHION_IMAGES = join(PACKAGE_ROOT, 'demo-data', 'fashion-mnist');
 const DEMO_SEED = 2026;
 
 export interface DemoOptions {
