@@ -113,6 +113,18 @@ function hostTarget(env: NodeJS.ProcessEnv): string | undefined {
   return r.status === 0 ? /host: (\S+)/.exec(r.stdout ?? '')?.[1] : undefined;
 }
 
+/** cargo and the host's target triple; E_NATIVE_MISSING without a Rust toolchain. */
+function rustToolchain(env: NodeJS.ProcessEnv): { cargo: string; target: string } {
+  const cargo = findExecutable('cargo', env);
+  const target = cargo ? hostTarget(env) : undefined;
+  if (!cargo || !target) {
+    throw new PrismaError('E_NATIVE_MISSING', `no prebuilt native addon for ${platformName()}, and no Rust toolchain to build one`, {
+      hint: `install Rust (https://rustup.rs) and run again: the addon is then built from source once; ${DOCTOR_HINT}`,
+    });
+  }
+  return { cargo, target };
+}
+
 export interface BuildOptions {
   /** The source tree: Cargo.toml and crates/ (a clone, or an installed package, which ships them). */
   root: string;
@@ -130,13 +142,7 @@ export interface BuildOptions {
  */
 export function buildAddon(options: BuildOptions): Addon {
   const env = options.env ?? process.env;
-  const cargo = findExecutable('cargo', env);
-  const target = cargo ? hostTarget(env) : undefined;
-  if (!cargo || !target) {
-    throw new PrismaError('E_NATIVE_MISSING', `no prebuilt native addon for ${platformName()}, and no Rust toolchain to build one`, {
-      hint: `install Rust (https://rustup.rs) and run again: the addon is then built from source once; ${DOCTOR_HINT}`,
-    });
-  }
+  const { cargo, target } = rustToolchain(env);
   const buildEnv = {
     ...env,
     ...cargoEnv(options.torch, env),
@@ -177,6 +183,7 @@ export function buildAddonIntoCache(torch: Libtorch, log: SetupLog, env: NodeJS.
       hint: `reinstall ${PACKAGE_NAME} with its optional dependencies (npm install --include=optional); ${DOCTOR_HINT}`,
     });
   }
+  rustToolchain(env);
   log(`native addon: no prebuilt addon for ${platformName()}; building it from source into ${sourceBuildDir(env)}`);
   return buildAddon({ root: PACKAGE_ROOT, outDir: sourceBuildDir(env), torch, env, log });
 }

@@ -26,12 +26,19 @@ beforeAll(() => {
 });
 
 let copies = 0;
-/** A copy of the package whose addon claims to be built for `libtorch` (no local libtorch path). */
-function packageCopy(libtorch = `${TORCH_VERSION}+cpu`): string {
+/**
+ * A copy of the package whose addon claims to be built for `libtorch` (no local libtorch path), or
+ * with no addon at all (`null`: what a platform without a prebuilt addon gets, Rust sources and all).
+ */
+function packageCopy(libtorch: string | null = `${TORCH_VERSION}+cpu`): string {
   const root = join(tmp, `pkg-${++copies}`);
   for (const dir of ['bin', 'dist']) cpSync(join(ROOT, dir), join(root, dir), { recursive: true });
   copyFileSync(join(ROOT, 'package.json'), join(root, 'package.json'));
   symlinkSync(join(ROOT, 'node_modules'), join(root, 'node_modules'));
+  if (libtorch === null) {
+    for (const f of ['crates', 'Cargo.toml', 'Cargo.lock']) symlinkSync(join(ROOT, f), join(root, f));
+    return root;
+  }
   mkdirSync(join(root, 'native'));
   symlinkSync(ADDON, join(root, 'native', 'prisma.node'));
   const build = { version: '0.1.0', target: 'x86_64-unknown-linux-gnu', libtorch };
@@ -153,6 +160,16 @@ describe('bad set-ups: one line and a hint', () => {
       `cannot write the cache directory ${cache} (ENOTDIR)`,
       [/^\[setup\] libtorch: torch 2\.11\.0\S* from /],
     );
+  });
+
+  it('no prebuilt addon for the platform and no Rust to build one', () => {
+    const root = packageCopy(null);
+    const env = cleanEnv({ LIBTORCH: dirname(torchLib) });
+    expectSetupError(root, env, 'E_NATIVE_MISSING', 'no prebuilt native addon for linux-x64-gnu, and no Rust toolchain to build one');
+    const d = run(root, ['doctor'], env);
+    expect(d.code).toBe(1);
+    expect(d.stdout).toMatch(/^! addon +no addon for linux-x64-gnu \(no vit-prisma-linux-x64-gnu, no source build in /m);
+    expect(d.lines.at(-1)).toMatch(/^hint: .*install Rust/);
   });
 });
 
