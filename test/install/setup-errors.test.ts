@@ -85,7 +85,7 @@ function expectSetupError(root: string, env: NodeJS.ProcessEnv, code: string, me
   expect(r.code, r.stderr).toBe(1);
   expect(r.lines).toEqual([
     ...progress.map((p) => expect.stringMatching(p)),
-    `prisma: ${message}`,
+    `prisma: ${code}: ${message}`,
     expect.stringMatching(/^hint: .*`prisma doctor`/),
   ]);
   const j = run(root, ['inspect', MODEL, '--json'], env);
@@ -108,7 +108,7 @@ describe('bad set-ups: one line and a hint', () => {
     expect(d.code).toBe(1);
     expect(d.stdout).toMatch(/^! libtorch /m);
     expect(d.stdout).toContain(`cache     ${join(env.HOME!, '.cache', 'vit-prisma')}`);
-    expect(d.stderr).toMatch(/^prisma: libtorch 2\.11\.0 not found.*\nhint: install Python 3/);
+    expect(d.stderr).toMatch(/^prisma: E_LIBTORCH: libtorch 2\.11\.0 not found.*\nhint: install Python 3/);
   });
 
   it('a LIBTORCH of the wrong version', () => {
@@ -131,7 +131,7 @@ describe('bad set-ups: one line and a hint', () => {
     expect(r.code).toBe(1);
     expect(r.lines).toEqual([
       `[setup] PRISMA_PYTHON=${python} has torch 2.10.0+cpu, not ${TORCH_VERSION}; looking further`,
-      expect.stringMatching(/^prisma: libtorch 2\.11\.0 not found: /),
+      expect.stringMatching(/^prisma: E_LIBTORCH: libtorch 2\.11\.0 not found: /),
       expect.stringMatching(/^hint: .*`prisma doctor`/),
     ]);
   });
