@@ -8,9 +8,8 @@
 use super::check_model;
 use super::metric::{normalise, MetricSpec, MetricValue};
 use crate::error::{PrismaError, Result};
-use crate::hooks::{HookCtx, HookPoint, HookSelection, Site};
+use crate::hooks::{HookCtx, HookEdit, HookPoint, HookSelection, Site, SiteAxes};
 use crate::inference_mode::inference_mode;
-use crate::interventions::Intervention;
 use crate::model::Model;
 use crate::models::linear::{with_linear_kernels, LinearKernels};
 use crate::models::vit::{BlockEntry, EntryPoint, ForwardPlan, ForwardStart};
@@ -261,8 +260,18 @@ struct Layout {
 impl Layout {
     fn new(model: &Model, opts: &PatchOptions, layers: &[usize]) -> Self {
         let cfg = &model.vit.cfg;
-        let (n_pos, n_heads) = (cfg.n_pos(), cfg.n_heads);
-        let items: Vec<Item> = match opts.by {
+        let rows_per_block = opts.chunk.unwrap_or_else(|| {
+            let per_run = (cfg.n_pos() * cfg.d_mlp.max(cfg.d_model * 4) * 4 * 3).max(1) as usize;
+            // ~128 MB of activations per batched block: measured fastest on ViT-B (chunk 16 vs 36: -12%).
+            ((128usize << 20) / per_run).clamp(1, 256)
+        });
+        Self::of(opts.by, cfg.n_pos(), cfg.n_heads, layers, rows_per_block)
+    }
+
+    /// The layout of a sweep by `by` over `layers` of a model with `n_pos` tokens and `n_heads`
+    /// heads, with at most about `rows_per_block` patched runs in one batched block.
+    fn of(by: PatchBy, n_pos: i64, n_heads: i64, layers: &[usize], rows_per_block: usize) -> Self {
+        let items: Vec<Item> = match by {
             PatchBy::LayerPos => (0..n_pos).map(|p| (Some(p), None)).collect(),
             PatchBy::LayerHead => (0..n_heads).map(|h| (None, Some(h))).collect(),
             PatchBy::LayerPosHead => (0..n_pos).flat_map(|p| (0..n_heads).map(move |h| (Some(p), Some(h)))).collect(),
@@ -270,11 +279,6 @@ impl Layout {
         let mut order = layers.to_vec();
         order.sort_unstable();
         order.dedup();
-        let rows_per_block = opts.chunk.unwrap_or_else(|| {
-            let per_run = (n_pos * cfg.d_mlp.max(cfg.d_model * 4) * 4 * 3).max(1) as usize;
-            // ~128 MB of activations per batched block: measured fastest on ViT-B (chunk 16 vs 36: -12%).
-            ((128usize << 20) / per_run).clamp(1, 256)
-        });
         // A pass's last blocks hold at most about `rows_per_block` rows. Big models get one layer per
         // pass with many items (the GEMMs are what costs); small models get every layer in one pass.
         let per_pass = rows_per_block.min(items.len()).max(1);
@@ -412,6 +416,29 @@ enum PatchEntry {
     Intervened { resid_pre: Tensor, values: Tensor, mask: Tensor },
 }
 
+/// A patch applied inside a block as it runs (the pattern): `values` where `mask` is true, the
+/// run's own value elsewhere, both broadcast to the activation, so each row patches its own
+/// position and/or head.
+struct MaskedPatch {
+    point: HookPoint,
+    values: Tensor,
+    mask: Tensor,
+}
+
+impl HookEdit for MaskedPatch {
+    fn point(&self) -> HookPoint {
+        self.point
+    }
+
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let shape = x.size();
+        let values = self.values.f_broadcast_to(shape.as_slice()).map_err(|_| {
+            PrismaError::Shape(format!("values of shape {:?} do not broadcast to '{}' of shape {shape:?}", self.values.size(), self.point))
+        })?;
+        Ok(values.f_where_self(&self.mask, x)?)
+    }
+}
+
 /// Where a site's patched runs enter block `layer`: inside it (see `patch_entry`), or after it
 /// (None). The pattern, which enters through an intervention, has no such point.
 fn entry_point(site: Site) -> Option<EntryPoint> {
@@ -449,7 +476,7 @@ struct SweepPlan<'a> {
 fn run_pass(model: &Model, plan: &SweepPlan, first_slot: usize, band_layers: &[usize], group: &[Item]) -> Result<(Tensor, Vec<usize>)> {
     let none = HookSelection::none();
     let last = model.vit.cfg.n_layers - 1;
-    let mask = patch_mask(model, plan.site, plan.by, group)?;
+    let mask = patch_mask(&plan.site.shape(&model.vit.shape_dims(1)), plan.site.axes(), plan.by, group, model.info.device)?;
     let positions: Vec<i64> = group.iter().map(|(p, _)| p.unwrap_or(0)).collect();
     // Rows inside the forward at the current block's input.
     let (mut carried, first_layer, record) = match &plan.values {
@@ -463,7 +490,7 @@ fn run_pass(model: &Model, plan: &SweepPlan, first_slot: usize, band_layers: &[u
     for layer in first_layer..=last {
         let cls_only = plan.cls_only_last && layer == last;
         let mut after = None;
-        let mut interventions = Vec::new();
+        let mut masked_patch = None;
         let entry = match band_layers.binary_search(&layer) {
             Err(_) => carried.take().map(BlockEntry::resid_pre),
             Ok(i) => {
@@ -481,7 +508,7 @@ fn run_pass(model: &Model, plan: &SweepPlan, first_slot: usize, band_layers: &[u
                 };
                 match entry {
                     PatchEntry::Inside(entry) => Some(match carried.take() {
-                        Some(c) => model.vit.join(layer, c, entry, cls_only, &mut HookCtx::new(&none, &[]))?,
+                        Some(c) => model.vit.layer(layer).join(c, entry, cls_only, &mut HookCtx::new(&none, &[]))?,
                         None => entry,
                     }),
                     PatchEntry::AfterBlock(resid) => {
@@ -499,15 +526,19 @@ fn run_pass(model: &Model, plan: &SweepPlan, first_slot: usize, band_layers: &[u
                             }
                             None => (resid_pre, mask),
                         };
-                        interventions.push(Intervention::masked_set(HookPoint::block(layer, plan.site), values, mask));
+                        masked_patch = Some(MaskedPatch { point: HookPoint::block(layer, plan.site), values, mask });
                         Some(BlockEntry::resid_pre(resid_pre))
                     }
                 }
             }
         };
         if let Some(entry) = entry {
-            let mut ctx = HookCtx::new(&none, &interventions);
-            carried = Some(model.vit.block(layer, entry, cls_only, &mut ctx)?);
+            let ctx = HookCtx::new(&none, &[]);
+            let mut ctx = match &masked_patch {
+                Some(patch) => ctx.with_edit(patch),
+                None => ctx,
+            };
+            carried = Some(model.vit.layer(layer).run(entry, cls_only, &mut ctx)?);
         }
         if let Some(resid) = after {
             carried = Some(match carried {
@@ -547,8 +578,8 @@ fn walk_to_patches(
 ) -> Result<PatchEntry> {
     let mut ctx = HookCtx::new(record, &[]);
     let (advanced, after_block) = match entry_point(site) {
-        Some(point) => (Some(model.vit.advance(layer, rows, point, cls_only, &mut ctx)?), None),
-        None => (None, Some(model.vit.block(layer, BlockEntry::resid_pre(rows), cls_only, &mut ctx)?)),
+        Some(point) => (Some(model.vit.layer(layer).advance(rows, point, cls_only, &mut ctx)?), None),
+        None => (None, Some(model.vit.layer(layer).run(BlockEntry::resid_pre(rows), cls_only, &mut ctx)?)),
     };
     let recorded = ctx.recorded;
     let at = HookPoint::block(layer, site);
@@ -563,11 +594,10 @@ fn walk_to_patches(
     })
 }
 
-/// Which values each run of a group patches: [n, ...] over the site's shape with only the batch,
-/// position and head axes spelled out (the others broadcast), true at the run's own position/head.
-fn patch_mask(model: &Model, site: Site, by: PatchBy, group: &[Item]) -> Result<Tensor> {
-    let axes = site.axes();
-    let shape = site.shape(&model.vit.shape_dims(1));
+/// Which values each run of a group patches: [n, ...] over the site's shape (`shape`, for one
+/// run, with position and head axes `axes`) with only the batch, position and head axes spelled
+/// out (the others broadcast), true at the run's own position/head.
+fn patch_mask(shape: &[i64], axes: SiteAxes, by: PatchBy, group: &[Item], device: tch::Device) -> Result<Tensor> {
     let n = group.len() as i64;
     let mut mask_shape = vec![1i64; shape.len()];
     mask_shape[0] = n;
@@ -597,7 +627,7 @@ fn patch_mask(model: &Model, site: Site, by: PatchBy, group: &[Item]) -> Result<
         flags[offset as usize] = true;
     }
     let mask = Tensor::from_slice(&flags).f_reshape(mask_shape.as_slice())?;
-    Ok(if model.info.device == tch::Device::Cpu { mask } else { mask.f_to_device(model.info.device)? })
+    Ok(if device == tch::Device::Cpu { mask } else { mask.f_to_device(device)? })
 }
 
 /// Where and how the runs patched at `layer` enter the forward: the patched value (`values` where
@@ -632,7 +662,8 @@ fn patch_entry(
     };
     Ok(match site {
         Site::ResidPre if by == PatchBy::LayerPos => {
-            PatchEntry::Inside(resid_pre_entry(model, layer, &patched(Site::ResidPre)?, positions, base)?)
+            let base_qkv = [base_at(Site::Q)?, base_at(Site::K)?, base_at(Site::V)?];
+            PatchEntry::Inside(model.vit.layer(layer).qkv_entry_at(&patched(Site::ResidPre)?, positions, base_qkv)?)
         }
         Site::ResidPost => PatchEntry::AfterBlock(patched(Site::ResidPost)?),
         Site::MlpOut => PatchEntry::AfterBlock(expand(&base_at(Site::ResidMid)?)?.f_add(&patched(Site::MlpOut)?)?),
@@ -701,27 +732,89 @@ pub(crate) fn recorded_run(model: &Model, pixels: &Tensor, points: &[HookPoint],
     })
 }
 
-/// Entering block `layer` after patching one position per run in its input: every other position's
-/// q, k and v are the base run's, so only the patched rows go through ln1 and the projections.
-fn resid_pre_entry(model: &Model, layer: usize, resid: &Tensor, positions: &[i64], base: &dyn PatchSource) -> Result<BlockEntry> {
-    let cfg = &model.vit.cfg;
-    let w = &model.vit.weights.blocks[layer];
-    let n = positions.len() as i64;
-    let device = model.info.device;
-    let rows_idx = Tensor::from_slice(&(0..n).collect::<Vec<i64>>()).f_to_device(device)?;
-    let pos_idx = Tensor::from_slice(positions).f_to_device(device)?;
-    let rows = resid.f_index(&[Some(&rows_idx), Some(&pos_idx)])?; // [n, d]
-    let x = rows.f_layer_norm([cfg.d_model].as_slice(), Some(&w.ln1.weight), Some(&w.ln1.bias), cfg.layer_norm_eps, true)?;
-    let qkv = x.f_linear(&w.w_qkv, w.b_qkv.as_ref())?.f_reshape([n, 3, cfg.n_heads, cfg.d_head].as_slice())?.f_unbind(1)?;
-    let mut out = Vec::with_capacity(3);
-    for (part, site) in qkv.iter().zip([Site::Q, Site::K, Site::V]) {
-        let full = base.values(HookPoint::block(layer, site))?;
-        let mut size = full.size();
-        size[0] = n;
-        let mut t = full.f_expand(size.as_slice(), false)?.f_contiguous()?;
-        let _ = t.f_index_put_(&[Some(&rows_idx), Some(&pos_idx)], part, false)?;
-        out.push(t);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// Every (layer, item) of a sweep is in exactly one pass; a pass takes consecutive patched
+    /// layers in forward order and, at each, one group of items; its first slot is its first
+    /// layer's place in that order.
+    #[test]
+    fn passes_cover_every_patch_once() {
+        for (by, rows) in [
+            (PatchBy::LayerPos, 1),
+            (PatchBy::LayerPos, 7),
+            (PatchBy::LayerHead, 7),
+            (PatchBy::LayerPosHead, 40),
+            (PatchBy::LayerHead, 256),
+        ] {
+            let layout = Layout::of(by, 17, 4, &[5, 0, 3, 3, 11], rows);
+            assert_eq!(layout.order, vec![0, 3, 5, 11]);
+            let mut seen = BTreeSet::new();
+            let mut n_passes = 0;
+            for (first_slot, layers, group) in layout.passes() {
+                n_passes += 1;
+                assert_eq!(layout.order[first_slot], layers[0], "{by:?} {rows}");
+                assert_eq!(&layout.order[first_slot..first_slot + layers.len()], layers);
+                assert!(layers.len() * group.len() <= rows, "{by:?} {rows}: pass of {} x {}", layers.len(), group.len());
+                for &l in layers {
+                    for item in group {
+                        assert!(seen.insert((l, *item)), "{by:?} {rows}: ({l}, {item:?}) twice");
+                    }
+                }
+            }
+            assert_eq!(seen.len(), layout.order.len() * layout.items.len(), "{by:?} {rows}");
+            assert_eq!(layout.one_pass(), n_passes == 1, "{by:?} {rows}");
+        }
+        // Items per layer: positions, heads, or both (position-major).
+        assert_eq!(Layout::of(PatchBy::LayerPos, 3, 2, &[0], 8).items, vec![(Some(0), None), (Some(1), None), (Some(2), None)]);
+        assert_eq!(
+            Layout::of(PatchBy::LayerPosHead, 2, 2, &[0], 8).items[..3],
+            [(Some(0), Some(0)), (Some(0), Some(1)), (Some(1), Some(0))]
+        );
     }
-    let [q, k, v]: [Tensor; 3] = out.try_into().map_err(|_| PrismaError::Internal("qkv".into()))?;
-    Ok(BlockEntry::Qkv { resid_pre: resid.shallow_clone(), q, k, v })
+
+    /// Each row of a mask is true at exactly its own item, along the site's position and head axes
+    /// wherever the site keeps them.
+    #[test]
+    fn patch_masks_pick_each_rows_item() {
+        let group: Vec<Item> = vec![(Some(0), Some(1)), (Some(3), Some(0)), (Some(4), Some(2))];
+        // (site, by): the mask's shape and where row i's single true value sits.
+        for (site, by, mask_shape) in [
+            (Site::ResidPost, PatchBy::LayerPos, vec![3, 5, 1]),
+            (Site::Z, PatchBy::LayerPosHead, vec![3, 5, 3, 1]),
+            (Site::Z, PatchBy::LayerHead, vec![3, 1, 3, 1]),
+            (Site::Pattern, PatchBy::LayerPosHead, vec![3, 3, 5, 1]),
+            (Site::Pattern, PatchBy::LayerHead, vec![3, 3, 1, 1]),
+        ] {
+            let dims = crate::hooks::ShapeDims {
+                batch: 1,
+                pos: 5,
+                embed_tokens: 4,
+                d_model: 6,
+                n_heads: 3,
+                d_head: 2,
+                d_mlp: 8,
+                embed_dim: 6,
+                n_classes: 2,
+                pooled_final_norm: false,
+            };
+            let mask = patch_mask(&site.shape(&dims), site.axes(), by, &group, tch::Device::Cpu).unwrap();
+            assert_eq!(mask.size(), mask_shape, "{site:?} {by:?}");
+            let axes = site.axes();
+            for (i, (p, h)) in group.iter().enumerate() {
+                let row = mask.get(i as i64);
+                assert_eq!(row.sum(tch::Kind::Int64).int64_value(&[]), 1, "{site:?} {by:?} row {i}");
+                let mut at = vec![0i64; mask_shape.len() - 1];
+                if let (true, Some(a)) = (by.uses_pos(), axes.pos) {
+                    at[a - 1] = p.unwrap();
+                }
+                if let (true, Some(a)) = (by.uses_head(), axes.head) {
+                    at[a - 1] = h.unwrap();
+                }
+                assert!(row.to_kind(tch::Kind::Int64).int64_value(&at) == 1, "{site:?} {by:?} row {i}: not at {at:?}");
+            }
+        }
+    }
 }

@@ -8,9 +8,16 @@ use crate::error::{PrismaError, Result};
 use crate::interventions::Intervention;
 use tch::Tensor;
 
+/// Something that edits the value at one hook point during a forward. Interventions (data from the
+/// caller) are the common kind; an engine may bring its own (a patching sweep's per-row patch).
+pub trait HookEdit {
+    fn point(&self) -> HookPoint;
+    fn apply(&self, x: &Tensor) -> Result<Tensor>;
+}
+
 pub struct HookCtx<'a> {
     record: &'a HookSelection,
-    interventions: &'a [Intervention],
+    edits: Vec<&'a dyn HookEdit>,
     splices: &'a [&'a Splice],
     /// Per splice: what its read point encoded, waiting for its write point.
     pending: Vec<Option<Encoded>>,
@@ -20,7 +27,14 @@ pub struct HookCtx<'a> {
 
 impl<'a> HookCtx<'a> {
     pub fn new(record: &'a HookSelection, interventions: &'a [Intervention]) -> Self {
-        HookCtx { record, interventions, splices: &[], pending: Vec::new(), recorded: Vec::new() }
+        let edits = interventions.iter().map(|i| i as &dyn HookEdit).collect();
+        HookCtx { record, edits, splices: &[], pending: Vec::new(), recorded: Vec::new() }
+    }
+
+    /// With one more edit, applied after the interventions at its point.
+    pub fn with_edit(mut self, edit: &'a dyn HookEdit) -> Self {
+        self.edits.push(edit);
+        self
     }
 
     /// With modules spliced into the forward (checked against the model: see `Splice::compile`).
@@ -32,7 +46,7 @@ impl<'a> HookCtx<'a> {
     /// (fused layer norm, fused attention, no per-head result) wherever nobody is looking.
     pub fn active(&self, point: HookPoint) -> bool {
         self.record.contains(&point)
-            || self.interventions.iter().any(|i| i.point == point)
+            || self.edits.iter().any(|e| e.point() == point)
             || self.splices.iter().any(|s| s.read == point || s.write == point)
     }
 
@@ -56,8 +70,8 @@ impl<'a> HookCtx<'a> {
 
     fn edit_and_record(&mut self, point: HookPoint, x: Tensor) -> Result<Tensor> {
         let mut x = x;
-        for intervention in self.interventions.iter().filter(|i| i.point == point) {
-            x = intervention.apply(&x)?;
+        for edit in self.edits.iter().filter(|e| e.point() == point) {
+            x = edit.apply(&x)?;
         }
         if self.record.contains(&point) {
             // The forward never writes in place, so sharing storage with the live value is safe.

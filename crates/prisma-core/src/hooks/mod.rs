@@ -6,7 +6,7 @@
 mod ctx;
 mod select;
 pub mod splice;
-pub use ctx::HookCtx;
+pub use ctx::{HookCtx, HookEdit};
 pub use select::{resolve_point, HookSelection};
 pub use splice::{HookModule, SharedModule, Splice, SpliceSpec, SubHook, SubHooks, Tokens};
 

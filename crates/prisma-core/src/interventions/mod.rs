@@ -2,7 +2,7 @@
 //! action. The same JSON spec comes from the library API and from CLI flags.
 
 use crate::error::{PrismaError, Result};
-use crate::hooks::{HookPoint, SiteAxes};
+use crate::hooks::{HookEdit, HookPoint, SiteAxes};
 use serde::Deserialize;
 use std::collections::HashMap;
 use tch::{Kind, Tensor};
@@ -59,9 +59,6 @@ pub struct Intervention {
     axes: SiteAxes,
     selection: Selection,
     action: Action,
-    /// A precomputed boolean mask (broadcastable to the activation) that replaces `selection`;
-    /// sweeps use it to patch a different position/head in every batch entry.
-    mask: Option<Tensor>,
 }
 
 impl Intervention {
@@ -103,41 +100,7 @@ impl Intervention {
                 Action::Set(runs.f_mean_dim([0i64].as_slice(), true, Kind::Float)?.f_to_kind(runs.kind())?)
             }
         };
-        Ok(Intervention { point, axes, selection: spec.select.clone(), action, mask: None })
-    }
-
-    /// Replace the entries where `mask` is true with `values` (both broadcast to the activation).
-    pub fn masked_set(point: HookPoint, values: Tensor, mask: Tensor) -> Self {
-        Intervention { point, axes: point.site.axes(), selection: Selection::default(), action: Action::Set(values), mask: Some(mask) }
-    }
-
-    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let shape = x.size();
-        let new = match &self.action {
-            Action::Zero => x.f_zeros_like()?,
-            Action::Scale(f) => x.f_mul_scalar(*f)?,
-            Action::Add(direction) => {
-                let last = shape.last().copied().unwrap_or(0);
-                if direction.numel() as i64 != last {
-                    return Err(PrismaError::Shape(format!(
-                        "add at '{}': direction has {} values, the activation's last axis has {last}",
-                        self.point,
-                        direction.numel()
-                    )));
-                }
-                x.f_add(&direction.f_reshape([last])?)?
-            }
-            Action::Set(values) => values.f_broadcast_to(shape.as_slice()).map_err(|_| {
-                PrismaError::Shape(format!("values of shape {:?} do not broadcast to '{}' of shape {shape:?}", values.size(), self.point))
-            })?,
-        };
-        if let Some(mask) = &self.mask {
-            return Ok(new.f_where_self(mask, x)?);
-        }
-        match self.mask(&shape, x.device())? {
-            None => Ok(new),
-            Some(mask) => Ok(new.f_where_self(&mask, x)?),
-        }
+        Ok(Intervention { point, axes, selection: spec.select.clone(), action })
     }
 
     /// Boolean mask broadcastable to the activation, or None when everything is selected.
@@ -169,5 +132,37 @@ impl Intervention {
             });
         }
         Ok(mask)
+    }
+}
+
+impl HookEdit for Intervention {
+    fn point(&self) -> HookPoint {
+        self.point
+    }
+
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let shape = x.size();
+        let new = match &self.action {
+            Action::Zero => x.f_zeros_like()?,
+            Action::Scale(f) => x.f_mul_scalar(*f)?,
+            Action::Add(direction) => {
+                let last = shape.last().copied().unwrap_or(0);
+                if direction.numel() as i64 != last {
+                    return Err(PrismaError::Shape(format!(
+                        "add at '{}': direction has {} values, the activation's last axis has {last}",
+                        self.point,
+                        direction.numel()
+                    )));
+                }
+                x.f_add(&direction.f_reshape([last])?)?
+            }
+            Action::Set(values) => values.f_broadcast_to(shape.as_slice()).map_err(|_| {
+                PrismaError::Shape(format!("values of shape {:?} do not broadcast to '{}' of shape {shape:?}", values.size(), self.point))
+            })?,
+        };
+        match self.mask(&shape, x.device())? {
+            None => Ok(new),
+            Some(mask) => Ok(new.f_where_self(&mask, x)?),
+        }
     }
 }

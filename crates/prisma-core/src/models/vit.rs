@@ -3,8 +3,9 @@
 //! struct covers every family we load (HF ViT/DeiT/DINOv2/CLIP vision, open_clip, timm, VideoMAE,
 //! ViViT): they differ only in the switches of `ViTConfig` and in which weights exist.
 
-use super::block::{advance, block_from, join_entry, layer_norm};
-pub use super::block::{Activation, BlockDims, BlockEntry, BlockWeights, EntryPoint, LayerNormWeights};
+use super::block::{block_from, layer_norm, Layer};
+pub use super::block::{Activation, BlockDims, BlockWeights, LayerNormWeights};
+pub(crate) use super::block::{BlockEntry, EntryPoint};
 use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookPoint, ShapeDims, Site, Tower};
 use tch::{Kind, Tensor};
@@ -220,11 +221,6 @@ pub enum ForwardStart<'a> {
         layer: usize,
         resid: &'a Tensor,
     },
-    /// Start inside block `layer` with some of its values already known (see `BlockEntry`).
-    Inside {
-        layer: usize,
-        entry: BlockEntry,
-    },
 }
 
 /// Options that change how much of the last block is computed.
@@ -318,12 +314,6 @@ impl HookedViT {
         let (first_layer, mut resid) = match start {
             ForwardStart::Pixels(pixels) => (0, self.embed(pixels, ctx)?),
             ForwardStart::Resid { layer, resid } => (layer, resid.shallow_clone()),
-            ForwardStart::Inside { layer, entry } => {
-                if layer >= n_layers {
-                    return Err(PrismaError::LayerRange(format!("cannot enter block {layer} of {n_layers}")));
-                }
-                (layer + 1, block_from(&dims, &self.weights.blocks[layer], layer, entry, cls_only(layer), None, ctx)?)
-            }
         };
         for layer in first_layer..last_layer {
             resid = block_from(&dims, &self.weights.blocks[layer], layer, BlockEntry::resid_pre(resid), cls_only(layer), None, ctx)?;
@@ -342,19 +332,9 @@ impl HookedViT {
         self.cfg.pooling == Pooling::ClassToken && self.cfg.has_class_token
     }
 
-    /// Runs block `layer` alone from `entry` (see `ForwardPlan` for `cls_only`).
-    pub fn block(&self, layer: usize, entry: BlockEntry, cls_only: bool, ctx: &mut HookCtx) -> Result<Tensor> {
-        block_from(&self.cfg.dims(), &self.weights.blocks[layer], layer, entry, cls_only, None, ctx)
-    }
-
-    /// Brings rows at block `layer`'s input up to `point` (see `advance`), visiting its hooks.
-    pub fn advance(&self, layer: usize, resid_pre: Tensor, point: EntryPoint, cls_only: bool, ctx: &mut HookCtx) -> Result<BlockEntry> {
-        advance(&self.cfg.dims(), &self.weights.blocks[layer], layer, resid_pre, point, cls_only, ctx)
-    }
-
-    /// Joins rows carried at block `layer`'s input with rows entering it part-way (see `join_entry`).
-    pub fn join(&self, layer: usize, carried: Tensor, entry: BlockEntry, cls_only: bool, ctx: &mut HookCtx) -> Result<BlockEntry> {
-        join_entry(&self.cfg.dims(), &self.weights.blocks[layer], layer, carried, entry, cls_only, ctx)
+    /// Block `index`, for sweeps that enter it part-way (see block.rs).
+    pub(crate) fn layer(&self, index: usize) -> Layer<'_> {
+        Layer { dims: self.cfg.dims(), w: &self.weights.blocks[index], index }
     }
 
     /// Pools the final residual stream [B, pos, d] over the tokens the head reads → [B, d].
