@@ -195,7 +195,7 @@ export function resolveAblations(model: Model, specs: readonly (string | AblateS
 /** Ablate the given hook selections together on one image. */
 export async function ablate(model: Model, input: string | PixelBatch, options: AblateOptions): Promise<AblateAnalysis> {
   requireHead(model, 'ablation');
-  const mode = options.mode ?? 'zero';
+  const mode = options.mode === undefined ? 'zero' : parseAblationMode(options.mode);
   const resolved = resolveAblations(model, options.ablate);
   const batch = await oneImage(model, input, 'ablation');
   const hooks = [...new Set(resolved.flatMap((r) => r.hooks))];
@@ -244,7 +244,7 @@ export async function ablate(model: Model, input: string | PixelBatch, options: 
 /** Ablate every head (hook_z, one at a time) on one image; batched in the addon. */
 export async function ablateSweep(model: Model, input: string | PixelBatch, options: AblateCommon = {}): Promise<AblateSweepAnalysis> {
   requireHead(model, 'ablation');
-  const mode = options.mode ?? 'zero';
+  const mode = options.mode === undefined ? 'zero' : parseAblationMode(options.mode);
   const batch = await oneImage(model, input, 'ablation');
   const refs = await loadReferences(model, options.references, mode);
   const seed = options.seed ?? 0;

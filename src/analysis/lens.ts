@@ -12,7 +12,7 @@ import { classInfo, firstPatchToken, patchGrid, requireHead, resolveClass, toBat
 export const LENS_SITES: readonly LensSite[] = ['resid_pre', 'resid_mid', 'resid_post'];
 
 export interface LogitLensOptions {
-  /** Residual sites to read (default ['resid_post']). */
+  /** Residual sites to read (default ['resid_post']); `hook_resid_post` is read as `resid_post`, as `--site` reads it. */
   sites?: LensSite[];
   /** Class to follow (index or label); default: each image's own top-1. */
   target?: ClassRef;
@@ -67,8 +67,7 @@ export async function logitLens(
 ): Promise<LogitLensResult[]> {
   requireHead(model, 'the logit lens');
   const info = model.info;
-  const sites = options.sites && options.sites.length > 0 ? [...new Set(options.sites)] : ['resid_post' as const];
-  for (const s of sites) parseLensSite(s);
+  const sites = options.sites && options.sites.length > 0 ? [...new Set(options.sites.map(parseLensSite))] : ['resid_post' as const];
   const target = options.target === undefined ? undefined : resolveClass(options.target, info, 'target');
   const topK = Math.max(1, Math.min(options.topK ?? 5, info.nClasses));
   const batch = await toBatch(model, inputs);

@@ -68,9 +68,14 @@ export function checkWhatBy(what: PatchWhat, by: PatchBy): void {
   }
 }
 
+/** `by` as the CLI spells it (`layer,pos`) or as the addon does (`layer_pos`); the library takes both. */
+export type PatchBySpelling = PatchBy | 'layer,pos' | 'layer,head' | 'layer,pos,head';
+
 export interface PatchOptions {
+  /** A site, as `--what` takes it (case-insensitive). */
   what: PatchWhat;
-  by: PatchBy;
+  /** `layer,pos` / `layer_pos` etc., as `--by` takes it. */
+  by: PatchBySpelling;
   /** Default 'exact'. */
   method?: PatchMethod;
   /** Default: the clean image's top-1. */
@@ -151,8 +156,11 @@ export async function patch(
 ): Promise<PatchAnalysis> {
   requireHead(model, 'activation patching');
   const info = model.info;
-  checkWhatBy(options.what, options.by);
-  const method = options.method ?? 'exact';
+  // The CLI's spellings are the library's too (`by: 'layer,pos'`, `what: 'HEAD_Z'`).
+  const what = parsePatchWhat(options.what);
+  const by = parsePatchBy(options.by);
+  checkWhatBy(what, by);
+  const method = options.method === undefined ? 'exact' : parsePatchMethod(options.method);
   const layers =
     options.layers === undefined ? Array.from({ length: info.nLayers }, (_, i) => i) : checkLayers(options.layers, info.nLayers);
   if (layers.length === 0) throw new PrismaError('E_USAGE', '--layers names no layer');
@@ -186,8 +194,8 @@ export async function patch(
   }
 
   const nativeOptions = {
-    what: options.what,
-    by: options.by,
+    what,
+    by,
     target,
     layers,
     ...(baseline === null ? {} : { baseline }),
@@ -201,8 +209,8 @@ export async function patch(
     method === 'exact' ? undefined : await model.native.patch(cleanBatch.data, corruptBatch.data, shape, nativeOptions, true);
   const ref = (exact ?? attribution)!;
   const result: PatchAnalysis = {
-    what: options.what,
-    by: options.by,
+    what,
+    by,
     method,
     target: classInfo(info, target),
     targetSource: givenTarget === undefined ? 'clean-top1' : 'given',
