@@ -132,6 +132,53 @@ export interface PatchAnalysis {
   attribution?: PatchMatrix;
   /** With method 'both': Pearson correlation of exact and attribution normalised values (null when undefined). */
   correlation?: number | null;
+  /** clean - corrupt metric: what every normalised effect is divided by. */
+  denominator: number;
+  /** Why the normalised effects may mean little (see `patchWarnings`); empty when none. */
+  warnings: string[];
+}
+
+/**
+ * |clean - corrupt| below this share of the metric's scale (the standard deviation of the clean
+ * image's logits over classes) makes the normalised effects ratios of small numbers.
+ */
+export const SMALL_DENOMINATOR = 0.1;
+
+function std(xs: ArrayLike<number>): number {
+  let mean = 0;
+  for (let i = 0; i < xs.length; i++) mean += xs[i]!;
+  mean /= xs.length;
+  let v = 0;
+  for (let i = 0; i < xs.length; i++) v += (xs[i]! - mean) ** 2;
+  return Math.sqrt(v / xs.length);
+}
+
+/**
+ * Warnings for a pair the model treats alike: the two metrics differ by little against the metric's
+ * scale (normalised effects then divide by almost nothing: 0.275 vs 0.258 gave a 'largest effect'
+ * of 7.53), or both images have the same top-1 class (with the default target there is then no
+ * baseline, and the metric is one logit both images push the same way).
+ */
+export function patchWarnings(
+  a: Pick<PatchAnalysis, 'clean' | 'corrupt' | 'target' | 'baselineSource' | 'metric'>,
+  cleanLogits: ArrayLike<number>,
+): string[] {
+  const out: string[] = [];
+  const denominator = a.clean.metric.value - a.corrupt.metric.value;
+  const scale = std(cleanLogits);
+  const metric = a.metric === 'logit' ? `${a.target.label} logit` : 'logit difference';
+  const fmt = (x: number) => (Math.abs(x) >= 100 || Math.abs(x) < 0.01 ? x.toExponential(2) : x.toFixed(3));
+  if (!(Math.abs(denominator) >= SMALL_DENOMINATOR * scale)) {
+    out.push(
+      `clean and corrupted differ little on the ${metric} (${fmt(a.clean.metric.value)} vs ${fmt(a.corrupt.metric.value)}, difference ${fmt(denominator)}; the clean logits' spread is ${fmt(scale)}): normalised effects divide by ${fmt(denominator)} and can be large and meaningless; choose a --target (and --baseline) the two inputs disagree on, or a pair the model treats differently`,
+    );
+  }
+  if (a.clean.top1.index === a.corrupt.top1.index) {
+    out.push(
+      `both inputs' top-1 class is ${a.clean.top1.label}${a.baselineSource === 'none' ? ', so there is no baseline class and the metric is one logit' : ''}: patching measures how much of a shared prediction moves; pass --target and --baseline to compare two classes`,
+    );
+  }
+  return out;
 }
 
 function matrix(method: PatchMatrix['method'], r: PatchResult): PatchMatrix {
@@ -220,7 +267,10 @@ export async function patch(
     layers,
     clean: { input: cleanBatch.labels[0]!, metric: ref.clean, top1: classInfo(info, cleanTop) },
     corrupt: { input: corruptBatch.labels[0]!, metric: ref.corrupt, top1: classInfo(info, corruptTop) },
+    denominator: ref.clean.value - ref.corrupt.value,
+    warnings: [],
   };
+  result.warnings = patchWarnings(result, cleanLogits!);
   if (exact) result.exact = matrix('exact', exact);
   if (attribution) result.attribution = matrix('attribution', attribution);
   if (exact && attribution) result.correlation = pearson(exact.normalised, attribution.normalised);

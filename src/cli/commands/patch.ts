@@ -76,6 +76,9 @@ export async function patchCommand(modelDir: string, options: PatchCommandOption
     ...(options.layers === undefined ? {} : { layers: options.layers }),
     ...(options.fastLinear ? { fastLinear: true } : {}),
   });
+  // On stderr as well as in the report (with --json, the JSON's result.warnings carries them alone):
+  // a pair the model treats alike makes every number below fragile.
+  if (!ctx.json) for (const w of analysis.warnings) ctx.io.stderr.write(`prisma: warning: ${w}\n`);
   let figures: Figure[] = [];
   let notes = patchFigureNotes(options.by, options.method);
   if (out !== undefined) {

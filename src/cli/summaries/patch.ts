@@ -16,7 +16,7 @@ export function patchSummary(r: PatchReport, color: boolean): string {
     const largest = largestEffect(m);
     const where = largest.at.map(({ axis, index }) => `${axis} ${index}`).join(', ');
     lines.push(
-      `  ${m.method}: ${m.patchedRuns} patched runs in ${m.batchedForwards} batched forwards; largest effect ${fmt(largest.value)} at ${where}`,
+      `  ${m.method}: ${m.patchedRuns} patched runs in ${m.batchedForwards} batched forwards; largest normalised effect ${fmt(largest.value)} at ${where} (effects are (patched - corrupt) / ${fmt(a.denominator)})`,
     );
   }
   if (a.correlation !== undefined)

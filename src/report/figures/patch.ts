@@ -69,7 +69,7 @@ export async function patchFigures(
 async function matrixFigures(model: Model, a: PatchAnalysis, m: PatchMatrix, input: PatchFigureInput, w: FigureWriter): Promise<Figure[]> {
   const info = model.info;
   const metric = a.metric === 'logit' ? `${a.target.label} logit` : `${a.target.label} - ${a.baseline!.label} logit diff`;
-  const sub = `${m.method} patching of ${a.what} (clean -> corrupt); metric: ${metric}; 0 = corrupt (${fmt(a.corrupt.metric.value)}), 1 = clean (${fmt(a.clean.metric.value)})`;
+  const sub = `${m.method} patching of ${a.what} (clean -> corrupt); metric: ${metric}; normalised = (patched - corrupt) / ${fmt(a.denominator)}: 0 = corrupt (${fmt(a.corrupt.metric.value)}), 1 = clean (${fmt(a.clean.metric.value)})${a.warnings.length > 0 ? '; WARNING: see the warnings in report.json' : ''}`;
   const figures: Figure[] = [];
   const name = `patch-${m.method}`;
   const nL = m.layers.length;
