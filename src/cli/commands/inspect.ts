@@ -103,9 +103,21 @@ export function formatInspect(r: InspectReport, color: boolean): string {
   }
   const kw = Math.max(...rows.map(([k]) => k.length));
   const lines = [bold(m.modelDir, color), ...rows.map(([k, v]) => `  ${k.padEnd(kw)}  ${v}`), ''];
-  lines.push(bold(`hooks (${r.hooks.length}, shapes for 1 image)`, color));
+  // A video model's batch entry is a clip; a CLIP model's text hooks have one row per prompt, and
+  // there are no prompts until --labels gives some (their batch is then P, not 0).
+  const unit = m.numFrames ? `1 clip of ${m.numFrames} frames` : '1 image';
+  const prompts = m.hasTextTower
+    ? m.nClasses > 0
+      ? `; text.* hooks: ${r.hooks.find((x) => x.name.startsWith('text.'))?.shape[0] ?? 0} prompts (--labels x --template)`
+      : '; text.* hooks: P = the number of prompts, none until --labels'
+    : '';
+  lines.push(bold(`hooks (${r.hooks.length}, shapes for ${unit}${prompts})`, color));
   const nw = Math.max(...r.hooks.map((x) => x.name.length));
-  for (const hook of r.hooks) lines.push(`  ${hook.name.padEnd(nw)}  ${formatShape(hook.shape)}`);
+  for (const hook of r.hooks) {
+    const perPrompt = hook.name.startsWith('text.') || hook.name === 'hook_text_embeds';
+    const shape = m.hasTextTower && m.nClasses === 0 && perPrompt ? `[P, ${hook.shape.slice(1).join(', ')}]` : formatShape(hook.shape);
+    lines.push(`  ${hook.name.padEnd(nw)}  ${shape}`);
+  }
   return `${lines.join('\n')}\n`;
 }
 
