@@ -9,7 +9,8 @@ import type { PixelBatch } from '../tensor.js';
 import { checkLayers, firstPatchToken, oneImage, patchGrid } from './common.js';
 
 /** 'cls' (the class token) or a patch index (0-based, row-major over the patch grid). */
-export type HeadsQuery = 'cls' | number;
+/** 'cls', a patch index (row-major), or a patch by its token name as reports print it (`r2c3`). */
+export type HeadsQuery = 'cls' | number | `r${number}c${number}`;
 
 export interface HeadsOptions {
   /** Default 'cls' (or patch 0 for models without a class token). */
@@ -57,14 +58,25 @@ export function parseHeadsQuery(value: string): HeadsQuery {
   const v = value.trim().toLowerCase();
   if (v === 'cls') return 'cls';
   if (/^\d+$/.test(v)) return Number.parseInt(v, 10);
-  throw new PrismaError('E_USAGE', `--query must be 'cls' or a patch index, got '${value}'`);
+  if (/^r\d+c\d+$/.test(v)) return v as `r${number}c${number}`;
+  throw new PrismaError('E_USAGE', `--query must be 'cls', a patch index or a patch name like r2c3, got '${value}'`);
 }
 
 /** Resolve and check a query against the model (E_ARGUMENT when out of range). */
 export function resolveQuery(model: Pick<Model, 'info'>, q: HeadsQuery | undefined): HeadsAnalysis['query'] {
   const info = model.info;
   const first = firstPatchToken(info);
-  const query = q ?? (info.hasClassToken ? 'cls' : 0);
+  let query = q ?? (info.hasClassToken ? 'cls' : 0);
+  if (typeof query === 'string' && query !== 'cls') {
+    // r{row}c{col}, the token names reports print: row-major index on the patch grid.
+    const m = /^r(\d+)c(\d+)$/.exec(query);
+    const cols = Math.floor(info.imageSize[1]! / info.patchSize);
+    const rows = Math.floor(info.imageSize[0]! / info.patchSize);
+    if (!m || Number(m[1]) >= rows || Number(m[2]) >= cols) {
+      throw new PrismaError('E_ARGUMENT', `--query ${query} is not on the ${rows}x${cols} patch grid (r0c0..r${rows - 1}c${cols - 1})`);
+    }
+    query = Number(m[1]) * cols + Number(m[2]);
+  }
   if (query === 'cls') {
     if (!info.hasClassToken) throw new PrismaError('E_ARGUMENT', 'this model has no class token; pass --query PATCH_INDEX');
     return { kind: 'cls', token: 0, patch: null };

@@ -21,6 +21,7 @@ import { registerPatch } from './commands/patch.js';
 import { registerRun } from './commands/run.js';
 import { registerSetup } from './commands/setup.js';
 import { registerTrain } from './commands/train.js';
+import { configureHelp } from './help.js';
 import { printJson, type CommandContext, type Io } from './context.js';
 import { PrismaError, errorJson, oneLine, toPrismaError } from '../errors.js';
 import { red, useColor } from './ui/style.js';
@@ -51,6 +52,7 @@ export function buildProgram(ctx: CommandContext): Command {
   registerDemo(program, ctx);
   registerDoctor(program, ctx);
   registerSetup(program, ctx);
+  configureHelp(program);
   for (const cmd of [program, ...program.commands]) {
     cmd.exitOverride().configureOutput({
       writeOut: (s) => ctx.io.stdout.write(s),

@@ -23,7 +23,15 @@ describe('prisma inspect: what the shapes are for', () => {
   });
 
   it('CLIP with --labels: the prompts are counted', async () => {
-    const out = await inspect(join(FIXTURES, 'models', 'clip-tiny'), '--labels', 'cat,dog,cow', '--template', 'a {}', '--template', 'the {}');
+    const out = await inspect(
+      join(FIXTURES, 'models', 'clip-tiny'),
+      '--labels',
+      'cat,dog,cow',
+      '--template',
+      'a {}',
+      '--template',
+      'the {}',
+    );
     expect(out).toMatch(/text\.\* hooks: 6 prompts \(--labels x --template\)\)$/m);
     expect(out).toMatch(/^ {2}text\.hook_embed +\[6, /m);
   });

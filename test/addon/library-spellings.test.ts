@@ -4,7 +4,7 @@ import { join } from 'node:path';
 
 import { beforeAll, describe, expect, it } from 'vitest';
 
-import { ablate, loadModel, logitLens, patch, type Model, type PatchWhat } from '../../src/index.js';
+import { ablate, heads, loadModel, logitLens, patch, type Model, type PatchWhat } from '../../src/index.js';
 import type { AblationMode, LensSite } from '../../src/native.js';
 import { FIXTURES, requireBuilt } from '../helpers/cli.js';
 
@@ -36,6 +36,14 @@ describe("the CLI's spellings in the library", () => {
     const a = await logitLens(model, [image('chelsea.jpg')], { sites: ['hook_resid_post' as LensSite] });
     const b = await logitLens(model, [image('chelsea.jpg')], { sites: ['resid_post'] });
     expect(a).toEqual(b);
+  });
+
+  it('heads takes a patch by the name reports print (r1c2 = patch 6 on the 4x4 grid; issue 21, item 13)', async () => {
+    const a = await heads(model, image('chelsea.jpg'), { query: 'r1c2' });
+    const b = await heads(model, image('chelsea.jpg'), { query: 6 });
+    expect(a.query).toEqual({ kind: 'patch', token: 7, patch: 6 });
+    expect(a.heads).toEqual(b.heads);
+    await expect(heads(model, image('chelsea.jpg'), { query: 'r4c0' })).rejects.toMatchObject({ code: 'E_ARGUMENT' });
   });
 
   it("ablate takes --mode's spelling ('ZERO')", async () => {

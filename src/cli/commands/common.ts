@@ -32,12 +32,21 @@ export function asOptionError(err: unknown): Error {
   return isPrismaError(err) ? err : new InvalidArgumentError(String(err));
 }
 
+/** The heading the shared model options are listed under in --help, after the command's own. */
+export const MODEL_OPTIONS = 'Model options:';
+
 export function deviceOption(): Option {
-  return new Option('--device <device>', 'cpu, cuda, cuda:N, mps or auto').default('cpu').argParser(argParser(normalizeDevice));
+  return new Option('--device <device>', 'cpu, cuda, cuda:N, mps or auto')
+    .default('cpu')
+    .argParser(argParser(normalizeDevice))
+    .helpGroup(MODEL_OPTIONS);
 }
 
 export function dtypeOption(): Option {
-  return new Option('--dtype <dtype>', 'f32, f16 or bf16').default('float32', 'f32').argParser(argParser(normalizeDtype));
+  return new Option('--dtype <dtype>', 'f32, f16 or bf16')
+    .default('float32', 'f32')
+    .argParser(argParser(normalizeDtype))
+    .helpGroup(MODEL_OPTIONS);
 }
 
 export function jsonOption(): Option {
@@ -97,27 +106,31 @@ export function imageSizeOption(): Option {
   return new Option(
     '--image-size <size>',
     'run at this input size (N or HxW); position embeddings are interpolated like the reference library',
-  ).argParser(argParser(parseImageSize));
+  )
+    .argParser(argParser(parseImageSize))
+    .helpGroup(MODEL_OPTIONS);
 }
 
 export function labelsOption(): Option {
-  return new Option('--labels <labels>', 'CLIP-style models: class labels, comma-separated or a file with one per line').argParser(
-    argParser(parseLabels),
-  );
+  return new Option('--labels <labels>', 'CLIP-style models: class labels, comma-separated or a file with one per line')
+    .argParser(argParser(parseLabels))
+    .helpGroup(MODEL_OPTIONS);
 }
 
 export function probeOption(): Option {
   return new Option(
     '--probe <file>',
     'headless models (e.g. DINOv2): a linear probe .safetensors (weight [classes, d_model], bias [classes]) read as the head; --labels names its classes',
-  );
+  ).helpGroup(MODEL_OPTIONS);
 }
 
 export function templateOption(): Option {
   return new Option(
     '--template <text>',
     `CLIP-style models: prompt for each label, {} = the label (default '${DEFAULT_TEMPLATE}'); repeat to average several prompts per label (prompt ensembling)`,
-  ).argParser((value: string, previous: string[] | undefined) => [...(previous ?? []), value]);
+  )
+    .argParser((value: string, previous: string[] | undefined) => [...(previous ?? []), value])
+    .helpGroup(MODEL_OPTIONS);
 }
 
 /** `--recursive`: images in subfolders too (class-per-folder layouts). */

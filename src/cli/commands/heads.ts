@@ -59,7 +59,10 @@ export function registerHeads(program: Command, ctx: CommandContext): void {
     description: 'attention heads: entropy, attention to the class token, distance, self-attention; overlays and an HTML viewer',
     model: 'Hugging Face model folder',
     options: [
-      new Option('--query <token>', "query token: 'cls' or a patch index (0-based, row-major)").argParser(argParser(parseHeadsQuery)),
+      new Option(
+        '--query <token>',
+        "query token: 'cls', a patch as reports name it (r2c3), or a patch index (0-based, row-major) (default: cls; patch 0 without a class token)",
+      ).argParser(argParser(parseHeadsQuery)),
       layersOption(),
     ],
     outFiles: 'DIR/report.json and, per input, DIR/heads/<name>/{L<l>H<h>.png, heads-grid.png, heads.html}',
