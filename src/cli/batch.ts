@@ -16,7 +16,7 @@ import { batchRows, type PixelBatch } from '../tensor.js';
 import { startProgress } from './ui/progress.js';
 import { FigureWriter, sanitizeName, type Figure } from '../report/figures.js';
 import type { DisplaySource } from '../report/overlay.js';
-import { removeStaleTemps, writeJsonAtomic } from '../report/write.js';
+import { cleanUpOnSignal, removeStaleTemps, writeJsonAtomic } from '../report/write.js';
 
 export interface BatchItem {
   /** The input's label (the path, or `file[i]` for a row of a tensor file). */
@@ -131,6 +131,17 @@ export async function runBatch<R>(spec: BatchSpec<R>): Promise<BatchOutcome<R>> 
   const spec0 = await model.preprocessSpec().catch(() => undefined);
   const out: BatchOutcome<R> = { items: [], errors: [], resumed: 0, computed: 0 };
   const progress = startProgress(spec.ctx, spec.files.length, command);
+  // Ctrl-C (or SIGTERM): end the progress line and say what is kept and how to go on; every
+  // finished item is already on disk (written atomically), so --resume picks up from there.
+  const stopOnSignal = cleanUpOnSignal(() => {
+    progress.stop();
+    const done = out.items.length;
+    spec.ctx.io.stderr.write(
+      spec.outDir === undefined
+        ? `\nprisma: interrupted after ${done} of ${spec.files.length} inputs; nothing was saved (no --out)\n`
+        : `\nprisma: interrupted: ${done} of ${spec.files.length} inputs saved in ${spec.outDir}; rerun the same command with --resume to finish\n`,
+    );
+  });
 
   const fail = (input: string, err: unknown) => {
     const pe = toPrismaError(err);
@@ -197,6 +208,7 @@ export async function runBatch<R>(spec: BatchSpec<R>): Promise<BatchOutcome<R>> 
       }
     }
   } finally {
+    stopOnSignal();
     progress.update(spec.files.length);
     progress.stop();
   }

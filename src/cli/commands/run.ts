@@ -82,12 +82,18 @@ export async function runCommand(modelDir: string, inputs: string[], options: Ru
   const full = (t: Named) => (byInput(t.name) ? [plan.total, ...t.shape.slice(1)] : [...t.shape]);
   const progress = startProgress(ctx, plan.total, 'running');
   let writer: SafetensorsWriter | undefined;
+  let row = 0;
   // Ctrl-C mid-run must not leave a temporary file of gigabytes behind.
-  const stopWatching = cleanUpOnSignal(() => writer?.discardSync());
+  const stopWatching = cleanUpOnSignal(() => {
+    writer?.discardSync();
+    progress.stop();
+    ctx.io.stderr.write(
+      `\nprisma: interrupted after ${row} of ${plan.total} inputs${options.out === undefined ? '' : `; ${options.out} was not written (a file of activations is all or nothing): run again`}\n`,
+    );
+  });
   // Names and shapes from the first batch (its values are not kept: they are written and dropped).
   let first: { output: Named; cached: string[]; written: Named[] } | undefined;
   const predictions: Prediction[][] = [];
-  let row = 0;
   try {
     for await (const batch of plan.batches()) {
       const result = await model.run(batch, {
