@@ -12,6 +12,7 @@ export const NATIVE_CODES = [
   'E_WEIGHTS_MISSING',
   'E_WEIGHTS_SHAPE',
   'E_WEIGHTS_FORMAT',
+  'E_WEIGHTS_NONFINITE',
   'E_UNKNOWN_HOOK',
   'E_LAYER_RANGE',
   'E_SHAPE',
@@ -127,6 +128,8 @@ export function hintFor(code: string): string | undefined {
     case 'E_MODEL_DIR':
     case 'E_WEIGHTS_MISSING':
       return 'MODEL_DIR must be a folder holding config.json and model.safetensors (Hugging Face layout)';
+    case 'E_WEIGHTS_NONFINITE':
+      return 'the checkpoint is broken (diverged training, a bad conversion); pass --allow-nonfinite to load it anyway and look at it';
     case 'E_WEIGHTS_FORMAT':
       return 'the weights file is unreadable or truncated; download it again';
     case 'E_UNKNOWN_HOOK':

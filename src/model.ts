@@ -27,6 +27,8 @@ export interface LoadOptions {
   dtype?: string;
   /** Run at this input size instead of the model's own: a side length or [height, width]. */
   imageSize?: number | readonly [number, number];
+  /** Load weights holding NaN or infinities (refused by default with E_WEIGHTS_NONFINITE naming the tensor). */
+  allowNonfinite?: boolean;
   /** For a hub ID (`ORG/NAME[@REVISION]`): environment (HF_*), download progress. */
   hub?: HubOptions;
 }
@@ -100,7 +102,8 @@ export class Model {
    */
   static async load(source: string, options: LoadOptions = {}): Promise<Model> {
     const dir = await resolveModelSource(source, options.hub);
-    const nativeOptions: { device?: string; dtype?: string; imageSize?: number[] } = {};
+    const nativeOptions: { device?: string; dtype?: string; imageSize?: number[]; allowNonfinite?: boolean } = {};
+    if (options.allowNonfinite) nativeOptions.allowNonfinite = true;
     if (options.imageSize !== undefined) {
       const size = typeof options.imageSize === 'number' ? [options.imageSize, options.imageSize] : [...options.imageSize];
       if (size.length !== 2 || !size.every((n) => Number.isInteger(n) && n > 0)) {

@@ -85,6 +85,8 @@ export interface NativeLoadOptions {
   dtype?: string;
   /** [size] or [height, width]: run at this input size (position embeddings resized at load). */
   imageSize?: number[];
+  /** Load weights holding NaN or infinities (E_WEIGHTS_NONFINITE otherwise). */
+  allowNonfinite?: boolean;
 }
 
 // Analysis results (docs/native-api.md, "Analysis methods"): the addon returns JSON strings.

@@ -19,6 +19,8 @@ pub enum PrismaError {
     WeightsFormat { file: PathBuf, reason: String },
     #[error("{file}: refusing to load a pickle that calls '{global}': loading it would run code (only torch.save tensor data and known configs are read)")]
     UnsafePickle { file: PathBuf, global: String },
+    #[error("{file}: tensor '{tensor}' holds {nan} NaN and {inf} infinite values; the model's outputs would be NaN")]
+    WeightsNonFinite { file: PathBuf, tensor: String, nan: i64, inf: i64 },
     #[error("{0}")]
     UnknownHook(String),
     #[error("{0}")]
@@ -52,6 +54,7 @@ impl PrismaError {
             PrismaError::WeightsShape { .. } => "E_WEIGHTS_SHAPE",
             PrismaError::WeightsFormat { .. } => "E_WEIGHTS_FORMAT",
             PrismaError::UnsafePickle { .. } => "E_UNSAFE_PICKLE",
+            PrismaError::WeightsNonFinite { .. } => "E_WEIGHTS_NONFINITE",
             PrismaError::UnknownHook(_) => "E_UNKNOWN_HOOK",
             PrismaError::LayerRange(_) => "E_LAYER_RANGE",
             PrismaError::Shape(_) => "E_SHAPE",

@@ -14,7 +14,8 @@ const TOL: f64 = 1e-4;
 const PROMPTS: [&str; 4] = ["a photo of a cat.", "a photo of a dog.", "a photo of coffee.", "a photo of a person."];
 
 fn load_at(name: &str, size: Option<[i64; 2]>) -> Model {
-    Model::load_with(&fixtures().join("models").join(name), "cpu", "f32", &LoadOptions { image_size: size }).expect("fixture model loads")
+    Model::load_with(&fixtures().join("models").join(name), "cpu", "f32", &LoadOptions { image_size: size, ..Default::default() })
+        .expect("fixture model loads")
 }
 
 /// Runs `pixels` recording every hook; returns name → value (the output included).
@@ -127,7 +128,9 @@ fn clip_at_another_resolution_interpolates_like_transformers() {
 fn an_image_size_beyond_memory_is_refused_before_resizing() {
     let dir = fixtures().join("models").join("vit-tiny-cls");
     // 3e12 pixels alone: ~11 TB in f32.
-    let err = Model::load_with(&dir, "cpu", "f32", &LoadOptions { image_size: Some([1_000_000, 1_000_000]) }).err().expect("refused");
+    let err = Model::load_with(&dir, "cpu", "f32", &LoadOptions { image_size: Some([1_000_000, 1_000_000]), ..Default::default() })
+        .err()
+        .expect("refused");
     assert_eq!(err.code(), "E_ARGUMENT", "{err}");
     let text = err.to_string();
     assert!(text.contains("1000000x1000000") && text.contains("GB of memory"), "{text}");

@@ -26,6 +26,8 @@ pub struct LoadOptions {
     pub dtype: Option<String>,
     /// [height, width] to run at (position embeddings are resized at load).
     pub image_size: Option<Vec<i64>>,
+    /// Load weights holding NaN or infinities (refused by default).
+    pub allow_nonfinite: Option<bool>,
 }
 
 #[napi(object)]
@@ -92,8 +94,15 @@ impl NativeModel {
     /// Loads a model folder off the JS thread.
     #[napi(ts_return_type = "Promise<NativeModel>")]
     pub fn load(dir: String, options: Option<LoadOptions>) -> TorchTask<LoadTask> {
-        let (device, dtype, image_size) = options.map(|o| (o.device, o.dtype, o.image_size)).unwrap_or((None, None, None));
-        TorchTask(LoadTask { dir, device: device.unwrap_or_default(), dtype: dtype.unwrap_or_default(), image_size })
+        let (device, dtype, image_size, allow_nonfinite) =
+            options.map(|o| (o.device, o.dtype, o.image_size, o.allow_nonfinite)).unwrap_or((None, None, None, None));
+        TorchTask(LoadTask {
+            dir,
+            device: device.unwrap_or_default(),
+            dtype: dtype.unwrap_or_default(),
+            image_size,
+            allow_nonfinite: allow_nonfinite.unwrap_or(false),
+        })
     }
 
     #[napi]

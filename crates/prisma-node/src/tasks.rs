@@ -15,6 +15,7 @@ pub struct LoadTask {
     pub device: String,
     pub dtype: String,
     pub image_size: Option<Vec<i64>>,
+    pub allow_nonfinite: bool,
 }
 
 impl Task for LoadTask {
@@ -33,7 +34,7 @@ impl Task for LoadTask {
                     ))))
                 }
             };
-            let opts = prisma_core::weights::family::LoadOptions { image_size };
+            let opts = prisma_core::weights::family::LoadOptions { image_size, allow_nonfinite: self.allow_nonfinite };
             Model::load_with(std::path::Path::new(&self.dir), &self.device, &self.dtype, &opts).map_err(to_js_error)
         })
     }

@@ -16,6 +16,7 @@ import { parsePositiveInt } from '../../options.js';
 import { startProgress } from '../ui/progress.js';
 import { bold, useColor } from '../ui/style.js';
 import {
+  allowNonfiniteOption,
   argParser,
   DEFAULT_TEMPLATE,
   deviceOption,
@@ -113,6 +114,7 @@ export function registerClassify(program: Command, ctx: CommandContext): void {
     .addOption(imageSizeOption())
     .addOption(deviceOption())
     .addOption(dtypeOption())
+    .addOption(allowNonfiniteOption())
     .addOption(jsonOption())
     .action(async (modelDir: string, inputs: string[], options: ClassifyCommandOptions) => {
       const report = await classifyCommand(modelDir, inputs, options, ctx);

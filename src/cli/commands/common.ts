@@ -98,6 +98,7 @@ export interface ModelOptions {
   /** Prompt templates (several: averaged per label); default [DEFAULT_TEMPLATE]. */
   template?: string[];
   probe?: string;
+  allowNonfinite?: boolean;
 }
 
 export const DEFAULT_TEMPLATE = 'a photo of a {}.';
@@ -157,9 +158,25 @@ export function expandOptions(options: { recursive?: boolean }, ctx: CommandCont
   };
 }
 
+/** `--allow-nonfinite`: load a checkpoint holding NaN / infinite weights (refused by default). */
+export function allowNonfiniteOption(): Option {
+  return new Option(
+    '--allow-nonfinite',
+    'load weights holding NaN or infinities (refused by default, naming the tensor): to look at a broken model',
+  ).helpGroup(MODEL_OPTIONS);
+}
+
 /** Adds the options every model-loading command takes (device, dtype, size, CLIP labels, probe). */
 export function withModelOptions(cmd: Command): Command {
-  for (const option of [deviceOption(), dtypeOption(), imageSizeOption(), labelsOption(), templateOption(), probeOption()])
+  for (const option of [
+    deviceOption(),
+    dtypeOption(),
+    imageSizeOption(),
+    labelsOption(),
+    templateOption(),
+    probeOption(),
+    allowNonfiniteOption(),
+  ])
     cmd.addOption(option);
   return cmd;
 }
@@ -173,6 +190,7 @@ export async function openModel(dir: string, options: ModelOptions, ctx?: Comman
     device: options.device,
     dtype: options.dtype,
     ...(options.imageSize === undefined ? {} : { imageSize: options.imageSize }),
+    ...(options.allowNonfinite ? { allowNonfinite: true } : {}),
     hub: { env: ctx?.io.env ?? process.env, ...(ctx ? { onProgress: downloadReporter(ctx) } : {}) },
   });
   if (options.probe !== undefined) {

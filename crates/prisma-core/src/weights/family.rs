@@ -18,6 +18,8 @@ open_clip_model.safetensors); timm ViT (config.json with pretrained_cfg + model.
 pub struct LoadOptions {
     /// Run at this input size: position embeddings are resized to its patch grid.
     pub image_size: Option<[i64; 2]>,
+    /// Load weights holding NaN or infinities (refused by default: the outputs would be NaN).
+    pub allow_nonfinite: bool,
 }
 
 pub struct LoadedModel {
@@ -103,6 +105,9 @@ pub fn load_dir(dir: &Path, kind: Kind, device: Device, opts: &LoadOptions) -> R
             reason: "no config.json or open_clip_config.json here (expected a Hugging Face, timm or open_clip model folder)".into(),
         });
     };
+    if let Some(bad) = store.nonfinite.first().filter(|_| !opts.allow_nonfinite) {
+        return Err(bad.error());
+    }
     let tokenizer = Some(dir.join("tokenizer.json")).filter(|p| p.is_file() && parts.text.is_some());
     Ok(LoadedModel {
         architecture: parts.cfg.architecture.clone(),

@@ -14,6 +14,33 @@ pub struct TensorStore {
     /// Where a caller should say a missing tensor was looked for.
     primary: PathBuf,
     pub n_params: i64,
+    /// Tensors taken that hold NaN or infinities, in the order taken (checked once, at load).
+    pub nonfinite: Vec<NonFinite>,
+}
+
+/// A weight with NaN or infinite values: where it came from and how many of each.
+#[derive(Debug, Clone)]
+pub struct NonFinite {
+    pub file: PathBuf,
+    pub tensor: String,
+    pub nan: i64,
+    pub inf: i64,
+}
+
+impl NonFinite {
+    pub fn error(&self) -> PrismaError {
+        PrismaError::WeightsNonFinite { file: self.file.clone(), tensor: self.tensor.clone(), nan: self.nan, inf: self.inf }
+    }
+}
+
+/// NaN and infinity counts of a floating tensor, or None when every value is finite.
+fn nonfinite_counts(t: &Tensor) -> Result<Option<(i64, i64)>> {
+    if !t.is_floating_point() || t.f_isfinite()?.f_all()?.f_int64_value(&[])? != 0 {
+        return Ok(None);
+    }
+    let nan = t.f_isnan()?.f_sum(Kind::Int64)?.f_int64_value(&[])?;
+    let inf = t.f_isinf()?.f_sum(Kind::Int64)?.f_int64_value(&[])?;
+    Ok(Some((nan, inf)))
 }
 
 impl TensorStore {
@@ -48,14 +75,14 @@ impl TensorStore {
             }
         }
         let primary = if files.len() == 1 { files[0].clone() } else { index };
-        Ok(TensorStore { tensors, primary, n_params: 0 })
+        Ok(TensorStore { tensors, primary, n_params: 0, nonfinite: Vec::new() })
     }
 
     /// Opens one named safetensors file (open_clip's `open_clip_model.safetensors`).
     pub fn open_file(file: &Path, kind: Kind, device: Device) -> Result<Self> {
         let mut tensors = BTreeMap::new();
         read_file_into(file, kind, device, &mut tensors)?;
-        Ok(TensorStore { tensors, primary: file.to_path_buf(), n_params: 0 })
+        Ok(TensorStore { tensors, primary: file.to_path_buf(), n_params: 0, nonfinite: Vec::new() })
     }
 
     /// Opens a PyTorch pickle checkpoint (`torch.save` zip format: transformers' `pytorch_model.bin`,
@@ -64,7 +91,7 @@ impl TensorStore {
     pub fn open_torch_pickle(file: &Path, kind: Kind, device: Device) -> Result<Self> {
         let mut tensors = BTreeMap::new();
         read_pickle_into(file, kind, device, &mut tensors)?;
-        Ok(TensorStore { tensors, primary: file.to_path_buf(), n_params: 0 })
+        Ok(TensorStore { tensors, primary: file.to_path_buf(), n_params: 0, nonfinite: Vec::new() })
     }
 
     /// Every tensor name still in the store (loaders use it to count layers).
@@ -86,6 +113,11 @@ impl TensorStore {
             return Err(PrismaError::WeightsShape { file, tensor: name.into(), expected: shape.to_vec(), found: tensor.size() });
         }
         self.n_params += tensor.numel() as i64;
+        // A NaN or infinite weight makes every output NaN while the run reports success: noted
+        // here (one pass over each weight the model uses), refused by the loader unless allowed.
+        if let Some((nan, inf)) = nonfinite_counts(&tensor)? {
+            self.nonfinite.push(NonFinite { file, tensor: name.into(), nan, inf });
+        }
         Ok(tensor)
     }
 
