@@ -2,7 +2,9 @@
  * A self-contained HTML viewer for attention heads: no network, the image as a data URL, the
  * patterns inline. Each pattern row (one query's attention) is stored as bytes scaled to the row's
  * maximum (plus that maximum), base64-encoded, which keeps 12 layers × 12 heads × 197² entries
- * near 7 MB. A head selector picks the head; hovering a patch shows that patch's attention. Video
+ * near 7 MB. A head selector picks the head; hovering a patch shows that patch's attention. The
+ * compact page (`compact`, the default of `prisma heads`) keeps only the chosen query's row per head
+ * (a few kB), so hovering is off there. Video
  * models get a time-slice selector: the image shows one slice's patches (keys), and hovering picks
  * queries in that slice.
  */
@@ -23,6 +25,8 @@ export interface HeadsHtmlInput {
   nHeads: number;
   /** Per analysed layer, [H, pos, pos] row-major. */
   patterns: Float32Array[];
+  /** Keep only `defaultQuery`'s row of each pattern (no hovering): a small page. */
+  compact?: boolean;
   stats: {
     layer: number;
     head: number;
@@ -34,15 +38,16 @@ export interface HeadsHtmlInput {
   }[];
 }
 
-function encodeHead(data: Float32Array, offset: number, nPos: number): { bytes: string; rowMax: number[] } {
-  const bytes = new Uint8Array(nPos * nPos);
+/** The rows `queries` of one head's [pos, pos] pattern, each as bytes scaled to its maximum. */
+function encodeHead(data: Float32Array, offset: number, nPos: number, queries: readonly number[]): { bytes: string; rowMax: number[] } {
+  const bytes = new Uint8Array(queries.length * nPos);
   const rowMax: number[] = [];
-  for (let q = 0; q < nPos; q++) {
+  queries.forEach((q, r) => {
     let m = 0;
     for (let k = 0; k < nPos; k++) m = Math.max(m, data[offset + q * nPos + k]!);
     rowMax.push(Number(m.toPrecision(5)));
-    for (let k = 0; k < nPos; k++) bytes[q * nPos + k] = m > 0 ? Math.round((data[offset + q * nPos + k]! / m) * 255) : 0;
-  }
+    for (let k = 0; k < nPos; k++) bytes[r * nPos + k] = m > 0 ? Math.round((data[offset + q * nPos + k]! / m) * 255) : 0;
+  });
   return { bytes: Buffer.from(bytes).toString('base64'), rowMax };
 }
 
@@ -91,7 +96,8 @@ function draw() {
   const W = cv.width, H = cv.height, cw = W / GW, ch = H / GH;
   ctx.clearRect(0, 0, W, H);
   ctx.drawImage(img, 0, 0, W, H);
-  const row = query * D.nPos, m = h.rowMax[query];
+  const r = D.compact ? 0 : query;
+  const row = r * D.nPos, m = h.rowMax[r];
   for (let p = 0; p < G; p++) {
     ctx.fillStyle = color(h.a[row + keys + p] / 255);
     ctx.fillRect((p % GW) * cw, Math.floor(p / GW) * ch, cw + 0.5, ch + 0.5);
@@ -109,6 +115,7 @@ function draw() {
   stats.textContent = 'entropy (--query token) ' + fmt(h.entropy) + ' nats; mean entropy ' + fmt(h.meanEntropy) + '; mean attention to class token ' + fmt(h.clsAttention) + '; mean distance ' + fmt(h.meanDistance) + ' patches; self-attention ' + fmt(h.selfShare);
 }
 cv.addEventListener('mousemove', (e) => {
+  if (D.compact) return;
   const r = cv.getBoundingClientRect();
   const c = Math.floor(((e.clientX - r.left) / r.width) * GW), rr = Math.floor(((e.clientY - r.top) / r.height) * GH);
   if (c < 0 || c >= GW || rr < 0 || rr >= GH) return;
@@ -128,11 +135,12 @@ img.src = D.sliceImages[Number(sliceSel.value)] || D.image;
 
 export function headsHtml(input: HeadsHtmlInput): string {
   const heads: { layer: number; head: number; bytes: string; rowMax: number[] }[] = [];
+  const queries = input.compact ? [input.defaultQuery] : Array.from({ length: input.nPos }, (_, q) => q);
   input.layers.forEach((layer, li) => {
     const data = input.patterns[li]!;
     for (let h = 0; h < input.nHeads; h++) {
       const s = input.stats.find((x) => x.layer === layer && x.head === h);
-      heads.push({ layer, head: h, ...encodeHead(data, h * input.nPos * input.nPos, input.nPos), ...(s ? { ...s } : {}) });
+      heads.push({ layer, head: h, ...encodeHead(data, h * input.nPos * input.nPos, input.nPos, queries), ...(s ? { ...s } : {}) });
     }
   });
   // Video: patch tokens are time-major, one grid per time slice.
@@ -145,6 +153,7 @@ export function headsHtml(input: HeadsHtmlInput): string {
     nPos: input.nPos,
     firstPatch: input.firstPatch,
     defaultQuery: input.defaultQuery,
+    compact: input.compact === true,
     heads,
   };
   // '<' is escaped so the JSON cannot close the script element.
@@ -169,7 +178,7 @@ select { font: inherit; margin: 0 0 12px 8px; }
 <div><canvas id="cv" width="448" height="${Math.round((448 * input.grid[0]) / input.grid[1])}"></canvas></div>
 <div id="info"></div>
 <div id="stats"></div>
-<p style="color:#666">Hover a patch to see its attention over the patches; leave the image to return to the chosen query.</p>
+<p style="color:#666">${input.compact ? 'The chosen query only (a compact page); `prisma heads --all-heads` writes the page where hovering a patch shows its attention.' : 'Hover a patch to see its attention over the patches; leave the image to return to the chosen query.'}</p>
 <script type="application/json" id="data">${json}</script>
 <script>${SCRIPT}</script>
 </body>

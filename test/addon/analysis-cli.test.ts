@@ -129,8 +129,8 @@ describe('prisma patch', () => {
 });
 
 describe('prisma heads', () => {
-  it('class-token query: stats per head, one PNG per head, a grid and an HTML viewer', async () => {
-    const { doc, out } = await runReport('heads', [CLS, image('chelsea.jpg')]);
+  it('class-token query: stats per head, one PNG per head (--all-heads), a grid and an HTML viewer', async () => {
+    const { doc, out } = await runReport('heads', [CLS, image('chelsea.jpg'), '--all-heads']);
     const res = (
       doc.results as {
         heads: { layer: number; head: number; entropy: number; queryAttention: number[]; selfShare: number; meanDistance: number }[];

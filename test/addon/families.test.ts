@@ -356,8 +356,8 @@ describe('techniques on the CLIP, DINOv2-with-registers and video fixtures', () 
       'layer,pos',
     ]);
     expect((patch.doc.result as { exact: { dims: number[] } }).exact.dims).toEqual([2, tokens.length]);
-    const heads = await runReport('heads', [model(name), clean]);
-    // heads.html: a time-slice selector; each slice draws its own keys over its own frame, and
+    const heads = await runReport('heads', [model(name), clean, '--all-heads']);
+    // heads.html (the full one, --all-heads): a time-slice selector; each slice draws its own keys over its own frame, and
     // hovering picks a query in the shown slice.
     const viewer = runHeadsViewer(readFileSync(join(heads.out, 'heads', 'clean', 'heads.html'), 'utf8'));
     const cells = viewer.data.grid[0] * viewer.data.grid[1];

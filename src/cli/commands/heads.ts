@@ -16,6 +16,7 @@ import { argParser } from './common.js';
 export interface HeadsCommandOptions extends BatchCommandOptions {
   query?: HeadsQuery;
   layers?: number[];
+  allHeads?: boolean;
 }
 
 export type HeadsReport = BatchReport<'heads', HeadsAnalysis, { query: HeadsQuery; layers: number[] | null }>;
@@ -47,7 +48,7 @@ export async function headsCommand(
     process: async (item, w) => {
       const r = await heads(model, item.batch, { query, ...(options.layers ? { layers: options.layers } : {}) });
       const { patterns: _p, ...analysis } = r;
-      return { result: analysis, figures: w ? await headsFigures(model.info, item, r, w) : [] };
+      return { result: analysis, figures: w ? await headsFigures(model.info, item, r, w, options.allHeads === true) : [] };
     },
     summary: headsSummary,
   });
@@ -64,8 +65,13 @@ export function registerHeads(program: Command, ctx: CommandContext): void {
         "query token: 'cls', a patch as reports name it (r2c3), or a patch index (0-based, row-major) (default: cls; patch 0 without a class token)",
       ).argParser(argParser(parseHeadsQuery)),
       layersOption(),
+      new Option(
+        '--all-heads',
+        'also one PNG per head and the full heads.html (every query; 146 files and 38 MB per image on ViT-B); default: the grid and a compact heads.html',
+      ),
     ],
-    outFiles: 'DIR/report.json and, per input, DIR/heads/<name>/{L<l>H<h>.png, heads-grid.png, heads.html}',
+    outFiles:
+      'DIR/report.json and, per input, DIR/heads/<name>/{heads-grid.png, heads.html} (with --all-heads also L<l>H<h>.png and the full heads.html)',
   }).action(async (modelDir: string, inputs: string[], options: HeadsCommandOptions) => {
     await headsCommand(modelDir, inputs, options, ctx);
   });

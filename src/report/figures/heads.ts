@@ -30,14 +30,25 @@ async function sliceFrames(info: ModelInfo, display: DisplaySource): Promise<str
   return frames;
 }
 
-export async function headsFigures(info: ModelInfo, item: FigureInput, r: HeadsResult, w: FigureWriter): Promise<Figure[]> {
+/**
+ * The figures of one input: the layer x head grid and the HTML viewer; with `allHeads`, also one
+ * PNG per head and the full viewer (every query's attention), which for ViT-B is 146 files and
+ * 38 MB an image, so it is opt-in (`--all-heads`).
+ */
+export async function headsFigures(
+  info: ModelInfo,
+  item: FigureInput,
+  r: HeadsResult,
+  w: FigureWriter,
+  allHeads = false,
+): Promise<Figure[]> {
   const first = firstPatchToken(info);
   const dir = `heads/${item.name}`;
   const image = await displayImage(item.display, 224);
   const mark = r.query.patch ?? undefined;
   const qname = r.query.kind === 'cls' ? 'the class token' : `patch ${r.query.patch}`;
   const figures: Figure[] = [];
-  for (const s of r.heads) {
+  for (const s of allHeads ? r.heads : []) {
     const panels = slicePanels(info, s.queryAttention, '');
     const max = Math.max(...panels.flatMap((p) => p.values), 1e-6);
     const scale: ColorScale = { kind: 'sequential', min: 0, max };
@@ -74,7 +85,7 @@ export async function headsFigures(info: ModelInfo, item: FigureInput, r: HeadsR
       'heads-grid',
       overlaySvg({
         title: `Attention from ${qname}, every layer and head: ${item.name}`,
-        subtitle: `each thumbnail scaled to its own maximum ("max" above it; "cls": attention to the class token); class token not drawn`,
+        subtitle: `each thumbnail scaled to its own maximum, the number above it; class token not drawn`,
         image: small,
         grid: r.grid,
         panels: r.heads.map((s) => {
@@ -82,7 +93,8 @@ export async function headsFigures(info: ModelInfo, item: FigureInput, r: HeadsR
           const values = sumOverSlices(info, s.queryAttention);
           const max = Math.max(...values, 1e-9);
           return {
-            title: `max ${fmt(max, 2)}${s.clsAttention === null ? '' : ` cls ${fmt(s.queryAttention[0]!, 2)}`}`,
+            // Only the maximum: longer titles ran into their neighbours on 56-120 px thumbnails.
+            title: fmt(max, 2),
             values: values.map((v) => v / max),
             ...(mark === undefined ? {} : { mark }),
           };
@@ -113,6 +125,7 @@ export async function headsFigures(info: ModelInfo, item: FigureInput, r: HeadsR
         nHeads: nH,
         patterns: r.patterns.map((p) => p.data),
         stats: r.heads,
+        compact: !allHeads,
       }),
     ),
   );
