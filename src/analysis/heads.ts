@@ -26,8 +26,13 @@ export interface HeadStats {
   entropy: number;
   /** Entropy averaged over all queries. */
   meanEntropy: number;
-  /** Attention to the class token, averaged over all queries (null without a class token). */
+  /**
+   * "Mean attention to cls": attention to the class token averaged over ALL queries (null without a
+   * class token). Not the chosen query's attention to the class token, which is `queryAttention[0]`.
+   */
   clsAttention: number | null;
+  /** "Mean attention to registers": attention to the register tokens (summed), averaged over all queries (null without registers). */
+  registerAttention: number | null;
   /**
    * Mean attention distance in patches: for each patch query, the Euclidean grid distance to each
    * patch key weighted by attention (renormalised over patch keys), averaged over patch queries.
@@ -41,6 +46,12 @@ export interface HeadStats {
 
 export interface HeadsAnalysis {
   input: string;
+  /**
+   * Attention rollout (Abnar & Zuidema 2020) from the chosen query over every token, through the
+   * analysed layers: each layer's attention averaged over heads, plus the identity for the residual
+   * stream, rows renormalised, multiplied from the last layer down (row vector: q^T A_L ... A_1).
+   */
+  rollout: number[];
   query: { kind: 'cls' | 'patch'; token: number; patch: number | null };
   /** [rows, cols] of the patch grid. */
   grid: [number, number];
@@ -107,12 +118,14 @@ export function headStats(
   grid: readonly [number, number],
   first: number,
   queryToken: number,
+  registers = 0,
 ): Omit<HeadStats, 'layer' | 'head'> {
   const gw = grid[1];
   // Video tokens are time-major: distance is measured on the spatial grid, across time slices.
   const np = grid[0] * gw;
   let meanEntropy = 0;
   let cls = 0;
+  let reg = 0;
   let self = 0;
   let dist = 0;
   let nq = 0;
@@ -120,6 +133,7 @@ export function headStats(
     const row = o + q * nPos;
     meanEntropy += entropy(a, row, row + nPos);
     cls += a[row]!;
+    for (let r = 1; r <= registers; r++) reg += a[row + r]!;
     self += a[row + q]!;
     if (q >= first) {
       const pq = (q - first) % np;
@@ -144,10 +158,42 @@ export function headStats(
     entropy: entropy(a, qrow, qrow + nPos),
     meanEntropy: meanEntropy / nPos,
     clsAttention: first > 0 ? cls / nPos : null,
+    registerAttention: registers > 0 ? reg / nPos : null,
     meanDistance: nq > 0 ? dist / nq : 0,
     selfShare: self / nPos,
     queryAttention: Array.from(a.subarray(qrow, qrow + nPos)),
   };
+}
+
+/**
+ * Attention rollout of `query`: the row vector e_q^T · Â_L · … · Â_1 over the layers given (first to
+ * last), Â_l = rownorm(mean over heads of A_l + I). `patterns[l]` is [H, pos, pos] row-major. A row
+ * times a matrix per layer: O(L · pos²), no full matrix product.
+ */
+export function attentionRollout(patterns: readonly Float32Array[], nHeads: number, nPos: number, query: number): number[] {
+  let v = new Float64Array(nPos);
+  v[query] = 1;
+  for (let l = patterns.length - 1; l >= 0; l--) {
+    const a = patterns[l]!;
+    const next = new Float64Array(nPos);
+    for (let q = 0; q < nPos; q++) {
+      if (v[q] === 0) continue;
+      // row q of rownorm(mean_h A + I), normalised by its own sum (float32 rows sum to 1 only
+      // to rounding): (mean_h A[q, :] + e_q) / z
+      const mean = new Float64Array(nPos);
+      for (let h = 0; h < nHeads; h++) {
+        const row = (h * nPos + q) * nPos;
+        for (let k = 0; k < nPos; k++) mean[k]! += a[row + k]! / nHeads;
+      }
+      mean[q]! += 1;
+      let z = 0;
+      for (let k = 0; k < nPos; k++) z += mean[k]!;
+      const w = v[q]! / z;
+      for (let k = 0; k < nPos; k++) next[k]! += w * mean[k]!;
+    }
+    v = next;
+  }
+  return Array.from(v);
 }
 
 export async function heads(model: Model, input: string | PixelBatch, options: HeadsOptions = {}): Promise<HeadsResult> {
@@ -171,8 +217,14 @@ export async function heads(model: Model, input: string | PixelBatch, options: H
     nPos = p;
     patterns.push({ layer: l, data: t.data });
     for (let head = 0; head < h; head++) {
-      stats.push({ layer: l, head, ...headStats(t.data, head * p * p, p, grid, first, query.token) });
+      stats.push({ layer: l, head, ...headStats(t.data, head * p * p, p, grid, first, query.token, info.nRegisters ?? 0) });
     }
   }
-  return { input: batch.labels[0]!, query, grid, nPos, layers, heads: stats, patterns };
+  const rollout = attentionRollout(
+    patterns.map((x) => x.data),
+    info.nHeads,
+    nPos,
+    query.token,
+  );
+  return { input: batch.labels[0]!, query, rollout, grid, nPos, layers, heads: stats, patterns };
 }

@@ -33,6 +33,7 @@ export interface HeadsHtmlInput {
     entropy: number;
     meanEntropy: number;
     clsAttention: number | null;
+    registerAttention: number | null;
     meanDistance: number;
     selfShare: number;
   }[];
@@ -110,9 +111,9 @@ function draw() {
   const qp = (query - D.firstPatch) % G, qt = Math.floor((query - D.firstPatch) / G);
   const qname = query < D.firstPatch ? 'class token' : 'patch ' + (query - D.firstPatch) + ' (' + (D.slices > 1 ? 'slice ' + qt + ', ' : '') + 'row ' + Math.floor(qp / GW) + ', col ' + (qp % GW) + ')';
   const shown = D.slices > 1 ? ' | keys: slice ' + slice : '';
-  const toCls = D.firstPatch > 0 ? ', to class token ' + fmt(h.a[row] / 255 * m) : '';
+  const toCls = D.firstPatch > 0 ? ', this query to cls ' + fmt(h.a[row] / 255 * m) : '';
   info.textContent = 'query: ' + qname + shown + ' | max attention ' + fmt(m) + toCls + ' | colours: share of the row maximum';
-  stats.textContent = 'entropy (--query token) ' + fmt(h.entropy) + ' nats; mean entropy ' + fmt(h.meanEntropy) + '; mean attention to class token ' + fmt(h.clsAttention) + '; mean distance ' + fmt(h.meanDistance) + ' patches; self-attention ' + fmt(h.selfShare);
+  stats.textContent = 'entropy (--query token) ' + fmt(h.entropy) + ' nats; mean entropy ' + fmt(h.meanEntropy) + '; mean attention to cls (all queries) ' + fmt(h.clsAttention) + (h.registerAttention === null || h.registerAttention === undefined ? '' : '; mean attention to registers ' + fmt(h.registerAttention)) + '; mean distance ' + fmt(h.meanDistance) + ' patches; self-attention ' + fmt(h.selfShare);
 }
 cv.addEventListener('mousemove', (e) => {
   if (D.compact) return;

@@ -15,8 +15,12 @@ function viewerData(html: string): { compact: boolean; heads: { rowMax: number[]
 describe('prisma heads output', () => {
   it('default: the grid and a compact heads.html (one query row per head); --all-heads: a PNG per head and every row', async () => {
     const small = await runReport('heads', [CLS, image('chelsea.jpg')]);
-    expect(small.doc.figures.map((f) => f.path).sort()).toEqual(['heads/chelsea/heads-grid.png', 'heads/chelsea/heads.html']);
-    expect(readdirSync(join(small.out, 'heads', 'chelsea')).sort()).toEqual(['heads-grid.png', 'heads.html']);
+    expect(small.doc.figures.map((f) => f.path).sort()).toEqual([
+      'heads/chelsea/heads-grid.png',
+      'heads/chelsea/heads.html',
+      'heads/chelsea/rollout.png',
+    ]);
+    expect(readdirSync(join(small.out, 'heads', 'chelsea')).sort()).toEqual(['heads-grid.png', 'heads.html', 'rollout.png']);
     const compact = readFileSync(join(small.out, 'heads', 'chelsea', 'heads.html'), 'utf8');
     const c = viewerData(compact);
     expect(c.compact).toBe(true);
@@ -24,7 +28,7 @@ describe('prisma heads output', () => {
     expect(compact).toContain('--all-heads');
 
     const full = await runReport('heads', [CLS, image('chelsea.jpg'), '--all-heads']);
-    expect(full.doc.figures).toHaveLength(2 * 4 + 2);
+    expect(full.doc.figures).toHaveLength(2 * 4 + 3);
     const f = viewerData(readFileSync(join(full.out, 'heads', 'chelsea', 'heads.html'), 'utf8'));
     expect(f.compact).toBe(false);
     for (const h of f.heads) expect(h.rowMax).toHaveLength(f.nPos);

@@ -58,7 +58,7 @@ export async function headsFigures(
         'heads-head',
         overlaySvg({
           title: `Layer ${s.layer} head ${s.head}: attention from ${qname}`,
-          subtitle: `entropy ${fmt(s.entropy)} nats (mean ${fmt(s.meanEntropy)}); to class token ${s.clsAttention === null ? '-' : fmt(s.clsAttention)}; distance ${fmt(s.meanDistance)}; self ${fmt(s.selfShare)}`,
+          subtitle: `entropy ${fmt(s.entropy)} nats (mean ${fmt(s.meanEntropy)}); mean attention to cls ${s.clsAttention === null ? '-' : fmt(s.clsAttention)}${s.registerAttention === null ? '' : `, to registers ${fmt(s.registerAttention)}`} (all queries); distance ${fmt(s.meanDistance)}; self ${fmt(s.selfShare)}`,
           image,
           grid: r.grid,
           panels: panels.map((p) => ({
@@ -109,6 +109,31 @@ export async function headsFigures(
     ),
   );
   if (nL === 0) throw new PrismaError('E_INTERNAL', 'no layers analysed');
+  {
+    const panels = slicePanels(info, r.rollout, '');
+    const max = Math.max(...panels.flatMap((p) => p.values), 1e-9);
+    figures.push(
+      await w.png(
+        `${dir}/rollout.png`,
+        'heads-rollout',
+        overlaySvg({
+          title: `Attention rollout from ${qname}: ${item.name}`,
+          subtitle: `layers ${r.layers[0]}-${r.layers.at(-1)}: heads averaged, identity added for the residual stream, multiplied down the layers (Abnar & Zuidema 2020)${first > 0 ? `; to cls ${fmt(r.rollout[0]!, 2)}, not drawn` : ''}`,
+          image,
+          grid: r.grid,
+          panels: panels.map((p) => ({
+            ...(p.title ? { title: p.title.trim() } : {}),
+            values: p.values,
+            ...(mark === undefined ? {} : { mark }),
+          })),
+          scale: { kind: 'sequential', min: 0, max },
+          colorbarLabel: 'rollout',
+          columns: panels.length,
+          panelSize: 320,
+        }),
+      ),
+    );
+  }
   figures.push(
     await w.html(
       `${dir}/heads.html`,
