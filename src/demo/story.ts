@@ -8,7 +8,11 @@ import type { LogitLensResult } from '../analysis/lens.js';
 import type { PatchAnalysis } from '../analysis/patch.js';
 import type { DemoPair } from './pick.js';
 
-const pct = (x: number) => `${(x * 100).toFixed(0)}%`;
+/** A share as a whole percentage; never "-0%" (a value that rounds to zero is 0%). */
+export const pct = (x: number): string => {
+  const v = Math.round(x * 100);
+  return `${v === 0 ? 0 : v}%`;
+};
 const mean = (xs: number[]) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : NaN);
 
 export interface LayerRestoration {
@@ -70,10 +74,17 @@ export function patchingStory(pair: DemoPair, resid: PatchAnalysis, heads: Patch
     );
   }
   const handover = rows.find((r) => r.classToken >= 0.5);
-  const lastObject = [...rows].reverse().find((r) => r.objectPatches >= 0.1);
+  // Layers where patching one object patch still restores at least 10% on average.
+  const objectLayers = rows.filter((r) => r.objectPatches >= 0.1).map((r) => r.layer);
+  const objectClause =
+    objectLayers.length === 0
+      ? ''
+      : objectLayers.length === 1
+        ? `; a single object patch restores 10% or more only at layer ${objectLayers[0]}'s input`
+        : `; a single object patch restores 10% or more at the inputs of layers ${objectLayers[0]} to ${objectLayers.at(-1)}`;
   lines.push(
     handover
-      ? `The answer reaches the class token by layer ${handover.layer}${lastObject ? `; object patches still matter up to layer ${lastObject.layer}` : ''}: the colour is read from the object's patches and moved to the class token by attention.`
+      ? `The answer reaches the class token by layer ${handover.layer}${objectClause}: the colour is read from the object's patches and moved to the class token by attention.`
       : `No single class-token patch restores half of the clean metric at any layer's resid_pre; the answer is assembled late or spread over positions.`,
   );
   if (resid.attribution && resid.exact) {

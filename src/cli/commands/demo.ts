@@ -44,21 +44,53 @@ export interface DemoSummary {
   schemaVersion: 1;
   out: string;
   index: string;
-  sections: { title: string; lines: string[]; report: string; figures: string[] }[];
+  sections: DemoSection[];
 }
+
+export interface DemoSection {
+  title: string;
+  /** The `prisma ...` command that writes this section's report (paths as the demo used them). */
+  command: string;
+  lines: string[];
+  report: string;
+  figures: { path: string; caption: string }[];
+}
+
+/** What each kind of figure shows, for captions (a file name says little). */
+const CAPTIONS: Record<string, string> = {
+  'patch-overlay': 'normalised patching effect per layer, over the clean image',
+  'patch-matrix': 'normalised patching effect, layer x token position',
+  'patch-heads': 'normalised patching effect, layer x head',
+  'patch-scatter': 'exact vs attribution patching, one point per patch',
+  'lens-prob': "the lens's probability of the target class, per layer",
+  'lens-patches': 'the lens read at every patch, per layer',
+  'heads-grid': 'attention from the class token, every layer and head',
+  'heads-rollout': 'attention rollout from the class token through all layers',
+  'heads-head': "one head's attention from the class token",
+  'heads-html': 'interactive viewer of the heads',
+  'dla-components': 'direct contribution of each component to the logit',
+  'dla-heads': 'direct contribution of each head, layer x head',
+  'dla-top-heads': 'where the strongest heads attend',
+  'ablate-effect': 'effect of the ablation on the logit',
+  'ablate-heads': 'effect of ablating each head, layer x head',
+};
+
+const quote = (s: string) => (/^[\w./,:=@+-]+$/.test(s) ? s : `'${s.replace(/'/g, "'\\''")}'`);
 
 const escapeHtml = (s: string) => s.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]!);
 
 function indexHtml(summary: Omit<DemoSummary, 'index'>, pair: { clean: string; corrupt: string }): string {
   const sections = summary.sections
     .map(
-      (s) => `<section><h2>${escapeHtml(s.title)}</h2>${s.lines.map((l) => `<p>${escapeHtml(l)}</p>`).join('')}
+      (
+        s,
+      ) => `<section><h2>${escapeHtml(s.title)}</h2><pre class="cmd">$ ${escapeHtml(s.command)}</pre>${s.lines.map((l) => `<p>${escapeHtml(l)}</p>`).join('')}
 <p class="meta">report: <a href="${escapeHtml(s.report)}">${escapeHtml(s.report)}</a></p>
 <div class="figs">${s.figures
         .map((f) =>
-          f.endsWith('.html')
-            ? `<p><a href="${escapeHtml(f)}">${escapeHtml(f)}</a> (interactive)</p>`
-            : `<figure><a href="${escapeHtml(f)}"><img src="${escapeHtml(f)}" alt="${escapeHtml(f)}"></a><figcaption>${escapeHtml(f)}</figcaption></figure>`,
+          f.path.endsWith('.html')
+            ? `<p><a href="${escapeHtml(f.path)}">${escapeHtml(f.caption)}</a></p>`
+            : `<figure><a href="${escapeHtml(f.path)}"><img src="${escapeHtml(f.path)}" alt="${escapeHtml(f.caption)}"></a><figcaption>${escapeHtml(f.caption)}</figcaption></figure>`,
         )
         .join('')}</div></section>`,
     )
@@ -66,7 +98,7 @@ function indexHtml(summary: Omit<DemoSummary, 'index'>, pair: { clean: string; c
   return `<!doctype html><html><head><meta charset="utf-8"><title>vit-prisma demo</title>
 <style>body{font:15px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 img{max-width:100%;border:1px solid #ddd}figure{display:inline-block;margin:.5em;max-width:48%;vertical-align:top}
-figcaption,.meta{font-size:12px;color:#666}.pair img{width:192px;image-rendering:pixelated}</style></head><body>
+figcaption,.meta{font-size:12px;color:#666}pre.cmd{background:#f4f4f4;padding:.5em;overflow-x:auto;font-size:13px}.pair img{width:192px;image-rendering:pixelated}</style></head><body>
 <h1>vit-prisma demo</h1>
 <p>Two small ViTs and a toy CLIP trained by <code>prisma train</code> and shipped in <code>models/</code> (see their MODEL_CARD.md).</p>
 <div class="pair"><figure><img src="${escapeHtml(pair.clean)}"><figcaption>clean</figcaption></figure><figure><img src="${escapeHtml(pair.corrupt)}"><figcaption>corrupted (largest object recoloured)</figcaption></figure></div>
@@ -167,22 +199,81 @@ export async function demo(options: DemoOptions, ctx: CommandContext): Promise<D
     ...lensStory('toy CLIP', lensClip.results, clipTruth),
   ];
 
-  const section = (title: string, dir: string, lines: string[], report: ReportBase) => ({
+  // Paths in the commands as a user would type them here: relative to the working folder when
+  // under it, else absolute.
+  const rel = (p: string) => {
+    const r = relative(process.cwd(), p);
+    return r === '' ? '.' : r.startsWith('..') ? resolve(p) : r;
+  };
+  const cmd = (args: string[]) => ['prisma', ...args.map(quote)].join(' ');
+  const lensCmd = (model: string, inputs: string[], dir: string, extra: string[] = []) =>
+    cmd(['logit-lens', rel(model), ...inputs, '--site', 'resid_post', '--top-k', '3', ...extra, '--out', join(rel(out), dir)]);
+  const pairArgs = ['--clean', rel(pair.clean), '--corrupt', rel(pair.corrupt)];
+  const section = (title: string, command: string, dir: string, lines: string[], report: ReportBase): DemoSection => ({
     title,
+    command,
     lines,
     report: `${dir}/report.json`,
-    figures: report.figures.map((f) => `${dir}/${f.path}`),
+    figures: report.figures.map((f) => ({ path: `${dir}/${f.path}`, caption: CAPTIONS[f.kind] ?? f.kind })),
   });
   const dlaItem = dla.results[0];
   const sections = [
-    section('Activation patching: where the answer lives', 'patch-resid', patchingStory(pair, resid.result, heads.result), resid),
-    section('Patching heads', 'patch-heads', [], heads),
-    section('Logit lens (clevr-lite)', 'lens-clevr', lensStory('clevr-lite', lensClevr.results), lensClevr),
-    section('Attention heads', 'heads', [], att),
-    section('Direct logit attribution', 'dla', dlaItem ? dlaStory(dlaItem) : [], dla),
-    section('CLIP logit lens (image-text similarity per layer)', 'lens-clip', clipLines, lensClip),
+    section(
+      'Activation patching: where the answer lives',
+      cmd([
+        'patch',
+        rel(DEMO_MODELS.clevr),
+        ...pairArgs,
+        '--what',
+        'resid_pre',
+        '--by',
+        'layer,pos',
+        '--method',
+        'both',
+        '--out',
+        join(rel(out), 'patch-resid'),
+      ]),
+      'patch-resid',
+      patchingStory(pair, resid.result, heads.result),
+      resid,
+    ),
+    section(
+      'Patching heads',
+      cmd(['patch', rel(DEMO_MODELS.clevr), ...pairArgs, '--what', 'head_z', '--by', 'layer,head', '--out', join(rel(out), 'patch-heads')]),
+      'patch-heads',
+      [],
+      heads,
+    ),
+    section(
+      'Logit lens (clevr-lite)',
+      lensCmd(DEMO_MODELS.clevr, [rel(pair.clean)], 'lens-clevr'),
+      'lens-clevr',
+      lensStory('clevr-lite', lensClevr.results),
+      lensClevr,
+    ),
+    section('Attention heads', cmd(['heads', rel(DEMO_MODELS.clevr), rel(pair.clean), '--out', join(rel(out), 'heads')]), 'heads', [], att),
+    section(
+      'Direct logit attribution',
+      cmd(['dla', rel(DEMO_MODELS.clevr), rel(pair.clean), '--baseline', pair.to, '--per-position', '--out', join(rel(out), 'dla')]),
+      'dla',
+      dlaItem ? dlaStory(dlaItem) : [],
+      dla,
+    ),
+    section(
+      'CLIP logit lens (image-text similarity per layer)',
+      lensCmd(DEMO_MODELS.clip, [rel(pair.clean), rel(pair.corrupt)], 'lens-clip', [
+        '--labels',
+        colours.join(','),
+        '--template',
+        CLIP_TEMPLATE,
+      ]),
+      'lens-clip',
+      clipLines,
+      lensClip,
+    ),
     section(
       'Logit lens (Fashion-MNIST)',
+      lensCmd(DEMO_MODELS.fashion, [join(rel(FASHION_IMAGES), 'images')], 'lens-fashion'),
       'lens-fashion',
       lensStory(
         'Fashion-MNIST',
@@ -195,7 +286,11 @@ export async function demo(options: DemoOptions, ctx: CommandContext): Promise<D
   const partial = { ok: true as const, schemaVersion: 1 as const, out, sections };
   const index = join(out, 'index.html');
   await writeAtomic(index, indexHtml(partial, { clean: 'inputs/clean.png', corrupt: 'inputs/corrupt.png' }));
-  const text = sections.map((s) => `## ${s.title}\n\n${s.lines.map((l) => `- ${l}`).join('\n')}\n`).join('\n');
+  // Sections with findings only: a heading with nothing under it says nothing.
+  const text = sections
+    .filter((s) => s.lines.length > 0)
+    .map((s) => `## ${s.title}\n\n\`\`\`sh\n${s.command}\n\`\`\`\n\n${s.lines.map((l) => `- ${l}`).join('\n')}\n`)
+    .join('\n');
   await writeAtomic(join(out, 'summary.md'), `# vit-prisma demo\n\n${text}`);
   return { ...partial, index };
 }
