@@ -89,7 +89,7 @@ let localLogits: number[];
 beforeAll(async () => {
   const doc = await runOk([join(FIXTURES, 'models', 'vit-tiny-cls'), IMAGE, '--top-k', '5'], {});
   localLogits = doc.predictions[0]!.topK.map((t) => t.logit);
-});
+}, 120_000); // one spawned CLI run: seconds alone, more on a loaded machine
 
 describe('reading the cache huggingface_hub laid out', () => {
   it('the fixture is what hf_hub_download writes: refs/main, blobs by etag, relative symlinks', () => {
