@@ -22,6 +22,7 @@ export const EXAMPLES: Record<string, string[]> = {
   patch: [
     'prisma patch models/clevr-vit --clean a.png --corrupt b.png --what resid_pre --by layer,pos --out patch/',
     'prisma patch models/clevr-vit --clean a.png --corrupt b.png --what head_z --by layer,head --method both',
+    'prisma patch models/clevr-vit --pairs clevr/edits.jsonl --what resid_pre --by layer,pos --out patch-many/     # mean and spread over pairs',
   ],
   heads: [
     'prisma heads models/clevr-vit photo.jpg --out heads/',

@@ -69,10 +69,13 @@ describe('--help', () => {
     for (const entry of section.split(/\n(?= {2}-)/)) expect(entry.match(/default/gi)?.length ?? 0, entry).toBeLessThanOrEqual(1);
   });
 
-  it('patch marks --clean, --corrupt, --what and --by as required', async () => {
+  it('patch marks --what and --by as required, and --clean/--corrupt as required unless --pairs', async () => {
     const text = (await help('patch')).replace(/\s+/g, ' ');
-    for (const flag of ['--clean <image>', '--corrupt <image>', '--what <site>', '--by <axes>']) {
+    for (const flag of ['--what <site>', '--by <axes>']) {
       expect(text).toMatch(new RegExp(`${flag.replace(/[<>]/g, '.')} [^-]*\\(required\\)`));
+    }
+    for (const flag of ['--clean <image>', '--corrupt <image>']) {
+      expect(text).toMatch(new RegExp(`${flag.replace(/[<>]/g, '.')} .*?\\(required unless --pairs\\)`));
     }
   });
 

@@ -21,13 +21,16 @@ import type { PatchBy, PatchWhat } from '../../native.js';
 import type { Figure } from '../../report/figures.js';
 import { FigureWriter } from '../../report/figures.js';
 import { patchFigureNotes, patchFigures } from '../../report/figures/patch.js';
-import { patchSummary } from '../summaries/patch.js';
+import { patchPairsSummary, patchSummary } from '../summaries/patch.js';
+import { isFolder, pairsFromFolders, pairsFromJsonl, patchPairs, type PatchPairsAnalysis } from '../../analysis/patch-pairs.js';
+import { startProgress } from '../ui/progress.js';
 import { baselineOption, finishReport, layersOption, outOption, prepareOut, reportBase, type ReportBase } from './analysis.js';
 import { argParser, jsonOption, openModel, withModelOptions, type ModelOptions } from './common.js';
 
 export interface PatchCommandOptions extends ModelOptions {
-  clean: string;
-  corrupt: string;
+  clean?: string;
+  corrupt?: string;
+  pairs?: string;
   target?: string;
   baseline?: string;
   what: PatchWhat;
@@ -42,8 +45,9 @@ export interface PatchCommandOptions extends ModelOptions {
 export interface PatchReport extends ReportBase {
   command: 'patch';
   options: {
-    clean: string;
-    corrupt: string;
+    clean: string | null;
+    corrupt: string | null;
+    pairs: string | null;
     what: PatchWhat;
     by: PatchBy;
     method: PatchMethod;
@@ -55,7 +59,26 @@ export interface PatchReport extends ReportBase {
   result: PatchAnalysis & { figureNotes: string[] };
 }
 
+/** The report of a run over many pairs (schemas/patch.schema.json, `pairsResult`). */
+export interface PatchPairsReport extends Omit<PatchReport, 'result'> {
+  result: PatchPairsAnalysis & { figureNotes: string[] };
+}
+
+/** Over many pairs: --pairs FILE, or --clean and --corrupt naming folders (pairs by file name). */
+function isPairsRun(options: PatchCommandOptions): boolean {
+  return options.pairs !== undefined || (options.clean !== undefined && isFolder(options.clean));
+}
+
 export async function patchCommand(modelDir: string, options: PatchCommandOptions, ctx: CommandContext): Promise<PatchReport> {
+  if (options.pairs === undefined && (options.clean === undefined || options.corrupt === undefined)) {
+    throw usageError('patch needs --clean and --corrupt (images, or folders of pairs matched by name), or --pairs FILE');
+  }
+  if (options.pairs !== undefined && (options.clean !== undefined || options.corrupt !== undefined)) {
+    throw usageError('give --pairs FILE or --clean/--corrupt, not both');
+  }
+  if (isPairsRun(options)) throw usageError('patchCommand takes one pair; use patchPairsCommand for folders or --pairs');
+  const cleanInput = options.clean!;
+  const corruptInput = options.corrupt!;
   checkWhatBy(options.what, options.by);
   const out = prepareOut(options.out, false);
   const model = await openModel(modelDir, options, ctx);
@@ -64,8 +87,8 @@ export async function patchCommand(modelDir: string, options: PatchCommandOption
   const baselineNone = options.baseline !== undefined && options.baseline.toLowerCase() === 'none';
   if (options.baseline !== undefined && !baselineNone) resolveClass(options.baseline, model.info, 'baseline');
   if (options.layers) checkLayers(options.layers, model.info.nLayers);
-  const clean = await model.loadInputs([options.clean]);
-  const corrupt = await model.loadInputs([options.corrupt]);
+  const clean = await model.loadInputs([cleanInput]);
+  const corrupt = await model.loadInputs([corruptInput]);
   if (clean.shape[0] !== 1 || corrupt.shape[0] !== 1) throw usageError('--clean and --corrupt must each be one image');
   const analysis = await patch(model, clean, corrupt, {
     what: options.what,
@@ -82,16 +105,17 @@ export async function patchCommand(modelDir: string, options: PatchCommandOption
   let figures: Figure[] = [];
   let notes = patchFigureNotes(options.by, options.method);
   if (out !== undefined) {
-    const cleanPath = /\.(npy|safetensors)$/i.test(options.clean) ? undefined : options.clean;
+    const cleanPath = /\.(npy|safetensors)$/i.test(cleanInput) ? undefined : cleanInput;
     ({ figures, notes } = await patchFigures(model, analysis, { clean, cleanPath }, new FigureWriter(out)));
   }
   const report: PatchReport = {
     ...reportBase('patch', model, modelDir),
     command: 'patch',
-    inputs: [options.clean, options.corrupt],
+    inputs: [cleanInput, corruptInput],
     options: {
-      clean: options.clean,
-      corrupt: options.corrupt,
+      clean: cleanInput,
+      corrupt: corruptInput,
+      pairs: null,
       what: options.what,
       by: options.by,
       method: options.method,
@@ -110,14 +134,86 @@ export async function patchCommand(modelDir: string, options: PatchCommandOption
   return report;
 }
 
+/** `prisma patch` over many pairs: each through the single-pair engine, then mean and spread per effect. */
+export async function patchPairsCommand(modelDir: string, options: PatchCommandOptions, ctx: CommandContext): Promise<PatchPairsReport> {
+  checkWhatBy(options.what, options.by);
+  const out = prepareOut(options.out, false);
+  const model = await openModel(modelDir, options, ctx);
+  requireHead(model, 'activation patching');
+  if (options.layers) checkLayers(options.layers, model.info.nLayers);
+  const pairs =
+    options.pairs !== undefined
+      ? pairsFromJsonl(options.pairs, model.info.labels)
+      : await pairsFromFolders(options.clean!, options.corrupt!);
+  const baselineNone = options.baseline !== undefined && options.baseline.toLowerCase() === 'none';
+  const progress = startProgress(ctx, pairs.length, 'patching pairs');
+  let analysis: PatchPairsAnalysis;
+  try {
+    analysis = await patchPairs(
+      model,
+      pairs,
+      {
+        what: options.what,
+        by: options.by,
+        method: options.method,
+        ...(options.target === undefined ? {} : { target: options.target }),
+        ...(options.baseline === undefined ? {} : { baseline: baselineNone ? null : options.baseline }),
+        ...(options.layers === undefined ? {} : { layers: options.layers }),
+        ...(options.fastLinear ? { fastLinear: true } : {}),
+      },
+      (done) => progress.update(done),
+    );
+  } finally {
+    progress.stop();
+  }
+  const left = analysis.pairs.filter((p) => !p.included).length;
+  if (!ctx.json && left > 0) {
+    ctx.io.stderr.write(
+      `prisma: warning: ${left} of ${analysis.pairs.length} pairs left out of the mean: clean and corrupt differ little (see result.pairs)\n`,
+    );
+  }
+  void out; // figures of the mean: not drawn yet (the report holds mean and std per effect)
+  const report: PatchPairsReport = {
+    ...reportBase('patch', model, modelDir),
+    command: 'patch',
+    inputs: analysis.pairs.flatMap((p) => [p.clean, p.corrupt]),
+    options: {
+      clean: options.clean ?? null,
+      corrupt: options.corrupt ?? null,
+      pairs: options.pairs ?? null,
+      what: options.what,
+      by: options.by,
+      method: options.method,
+      target: options.target ?? null,
+      baseline: options.baseline ?? null,
+      layers: options.layers ?? null,
+      fastLinear: options.fastLinear ?? false,
+    },
+    result: { ...analysis, figureNotes: [] },
+    errors: [],
+    resumed: 0,
+    computed: analysis.pairs.length,
+    figures: [],
+  };
+  await finishReport(report, options, ctx, patchPairsSummary);
+  return report;
+}
+
 export function registerPatch(program: Command, ctx: CommandContext): void {
   withModelOptions(
     program
       .command('patch')
       .description('activation patching: patch clean activations into the corrupted run, per layer and position / head')
       .argument('<MODEL_DIR>', 'Hugging Face model folder with a classification head')
-      .requiredOption('--clean <image>', 'the clean image (its activations are patched in)')
-      .requiredOption('--corrupt <image>', 'the corrupted image (the run that is patched)')
+      .option('--clean <image>', 'the clean image (its activations are patched in), or a folder of them (required unless --pairs)')
+      .option(
+        '--corrupt <image>',
+        'the corrupted image (the run that is patched), or a folder with the same file names (required unless --pairs)',
+      )
+      .option(
+        '--pairs <file>',
+        "many pairs: `prisma dataset clevr-lite --edit`'s edits.jsonl (target / baseline: each edit's colours), or {clean, corrupt} JSON lines; reports mean and spread per effect",
+      )
       .addOption(new Option('--target <class>', "class index or label (default: the clean image's top-1)"))
       .addOption(baselineOption("the corrupt image's top-1 when it differs from the target; 'none' for no baseline"))
       .addOption(
@@ -145,6 +241,7 @@ export function registerPatch(program: Command, ctx: CommandContext): void {
     .addOption(jsonOption())
     .addHelpText('after', '\nWith --out DIR: DIR/report.json and patch-*.png figures (see docs/commands.md).')
     .action(async (modelDir: string, options: PatchCommandOptions) => {
-      await patchCommand(modelDir, options, ctx);
+      if (isPairsRun(options)) await patchPairsCommand(modelDir, options, ctx);
+      else await patchCommand(modelDir, options, ctx);
     });
 }

@@ -1,6 +1,6 @@
 /** The terminal summary of `prisma patch`: the metric on both images and, per method, the largest effect. */
 import { largestEffect } from '../../analysis/patch.js';
-import type { PatchReport } from '../commands/patch.js';
+import type { PatchPairsReport, PatchReport } from '../commands/patch.js';
 import { fmt } from '../../report/svg.js';
 import { bold } from '../ui/style.js';
 
@@ -21,6 +21,27 @@ export function patchSummary(r: PatchReport, color: boolean): string {
   }
   if (a.correlation !== undefined)
     lines.push(`  correlation exact vs attribution (normalised): ${a.correlation === null ? 'undefined' : fmt(a.correlation)}`);
+  if (r.figures.length > 0) lines.push(`  wrote report.json and ${r.figures.length} figures`);
+  return `${lines.join('\n')}\n`;
+}
+
+/** Over many pairs: how many were averaged, and per method the effect with the largest mean (with its spread). */
+export function patchPairsSummary(r: PatchPairsReport, color: boolean): string {
+  const a = r.result;
+  const used = a.pairs.filter((p) => p.included).length;
+  const lines = [
+    bold(`patch ${a.what} by ${a.by.replace(/_/g, ',')} (${a.method}) over ${a.pairs.length} pairs`, color),
+    `  ${used} pairs in the mean${used < a.pairs.length ? ` (${a.pairs.length - used} left out: clean and corrupt differ little)` : ''}`,
+  ];
+  for (const m of [a.exact, a.attribution]) {
+    if (!m || m.n === 0) continue;
+    const largest = largestEffect({ ...m, value: m.mean, prob: [], normalised: m.mean, batchedForwards: 0, patchedRuns: 0 });
+    const flat = m.mean.indexOf(largest.value);
+    const where = largest.at.map(({ axis, index }) => `${axis} ${index}`).join(', ');
+    lines.push(
+      `  ${m.method}: largest mean normalised effect ${fmt(largest.value)} ± ${fmt(m.std[flat] ?? 0)} (sd over ${m.n} pairs) at ${where}`,
+    );
+  }
   if (r.figures.length > 0) lines.push(`  wrote report.json and ${r.figures.length} figures`);
   return `${lines.join('\n')}\n`;
 }
