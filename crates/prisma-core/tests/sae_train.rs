@@ -34,26 +34,42 @@ fn one_step_per_architecture_matches_sae_lens() {
     let r = reference("sae-train.safetensors");
     let x = &r["x"];
     let dead = &r["dead"];
-    let cases: [Case; 7] = [
+    let cases: [Case; 9] = [
         ("standard", "standard", |_| {}),
         ("standard-unit-norm", "standard", |c| c.unit_norm_decoder = true),
         ("topk", "topk", |_| {}),
         ("topk-plain", "topk", |c| c.rescale_acts_by_decoder_norm = false),
         ("batchtopk", "batchtopk", |_| {}),
+        ("topk-sparse-edge", "topk", |_| {}),
+        ("batchtopk-sparse-edge", "batchtopk", |_| {}),
         ("jumprelu", "jumprelu", |_| {}),
         ("gated", "gated", |_| {}),
     ];
-    for (name, arch, tweak) in cases {
+    let runs = cases.iter().flat_map(|c| {
+        // TopK and BatchTopK run both ways: the sparse step (default) and dense products + autograd.
+        let both = matches!(c.1, "topk" | "batchtopk");
+        [(c, false), (c, true)].into_iter().filter(move |(_, dense)| both || !dense)
+    });
+    for ((name, arch, tweak), dense) in runs {
+        let (name, arch) = (*name, *arch);
         let mut cfg = config(arch);
         tweak(&mut cfg);
+        cfg.dense_products = dense;
         let weights: Vec<(&'static str, Tensor)> =
             PARAMS.iter().filter_map(|p| r.get(&format!("{name}.before.{p}")).map(|t| (*p, t.shallow_clone()))).collect();
         let mut t = SaeTrainer::from_tensors(cfg, weights).unwrap();
-        // 20 features dead for longer than the window: AuxK (and its scale) come into play.
-        let since = dead.f_mul_scalar(2000.0).unwrap();
+        // 20 features (5 in the edge cases) dead for longer than the window: AuxK and its scale.
+        let mask = if name.ends_with("sparse-edge") { &r["dead_few"] } else { dead };
+        let since = mask.f_mul_scalar(2000.0).unwrap();
         t.set_steps_since_fired(&since).unwrap();
         if arch == "batchtopk" {
             t.topk_threshold = 0.05;
+        }
+        if name.ends_with("sparse-edge") {
+            // The case exists for these: some selected entries are not positive.
+            let pre = x.matmul(t.parameter("W_enc").unwrap()) + t.parameter("b_enc").unwrap();
+            let positive_per_row = pre.gt(0.0).sum_dim_intlist([-1i64].as_slice(), false, Kind::Int64);
+            assert!(positive_per_row.lt(6).any().int64_value(&[]) != 0, "{name}: every row has k positive pre-activations");
         }
         let m = t.train_step(x).unwrap();
         let want = |k: &str| r.get(&format!("{name}.loss.{k}")).map(|t| t.double_value(&[0]));
@@ -73,6 +89,7 @@ fn one_step_per_architecture_matches_sae_lens() {
             }
         }
         let mut worst: f64 = 0.0;
+        let mut worst_grad: f64 = 0.0;
         for p in PARAMS {
             let Some(after) = r.get(&format!("{name}.after.{p}")) else { continue };
             let got = t.parameter(p).unwrap();
@@ -80,15 +97,16 @@ fn one_step_per_architecture_matches_sae_lens() {
             assert!(d <= 1e-5, "{name} {p} after one step: max |diff| {d:e}");
             worst = worst.max(d);
             // Gradients (before clipping; the reference's grads are read before clip_grad_norm_).
-            let g = got.grad();
+            let g = t.last_gradient(p).unwrap();
             let gw = &r[&format!("{name}.grad.{p}")];
             if name != "standard-unit-norm" {
                 let scale = gw.abs().max().double_value(&[]).max(1.0);
-                let dg = diff(&g, gw) / scale;
+                let dg = diff(g, gw) / scale;
                 assert!(dg <= 1e-5, "{name} grad {p}: rel {dg:e}");
+                worst_grad = worst_grad.max(dg);
             }
         }
-        report.push(format!("weights after step {worst:.1e}"));
+        report.push(format!("grads (rel) {worst_grad:.1e}  weights after step {worst:.1e}"));
         if let Some(th) = r.get(&format!("{name}.topk_threshold")) {
             let d = (t.topk_threshold - th.double_value(&[0])).abs();
             assert!(d <= 1e-6, "{name} topk_threshold {} vs {}", t.topk_threshold, th.double_value(&[0]));
@@ -98,7 +116,7 @@ fn one_step_per_architecture_matches_sae_lens() {
             let norms = t.parameter("W_dec").unwrap().norm_scalaropt_dim(2, [-1i64].as_slice(), false);
             assert!(diff(&norms, &norms.ones_like()) < 1e-6);
         }
-        eprintln!("{name:20} {}", report.join("  "));
+        eprintln!("{:28} {}", format!("{name}{}", if dense { " (dense)" } else { "" }), report.join("  "));
     }
 }
 
@@ -238,4 +256,41 @@ fn bad_training_configs_are_refused_with_one_message() {
     assert_eq!(SaeTrainer::new(c).err().unwrap().code(), "E_ARGUMENT");
     let mut t = SaeTrainer::new(config("standard")).unwrap();
     assert_eq!(t.train_step(&Tensor::zeros([4, 31], (Kind::Float, tch::Device::Cpu))).unwrap_err().code(), "E_SHAPE");
+}
+
+#[test]
+fn resampling_reinitialises_dead_relu_features_from_badly_reconstructed_inputs() {
+    let x = data().narrow(0, 0, 64);
+    let mut cfg = config("standard");
+    cfg.resample_every = 1;
+    // Features 0..10 can never fire (a bias far below any pre-activation).
+    let fresh = SaeTrainer::new(cfg.clone()).unwrap();
+    let named: Vec<(&'static str, Tensor)> =
+        ["W_enc", "b_enc", "W_dec", "b_dec"].iter().map(|n| (*n, fresh.parameter(n).unwrap().detach().copy())).collect();
+    let _ = named[1].1.narrow(0, 0, 10).fill_(-1e6);
+    let mut t = SaeTrainer::from_tensors(cfg, named).unwrap();
+    // ... and have been silent for longer than the dead-feature window; the others have not.
+    let since = Tensor::zeros([64], (Kind::Float, tch::Device::Cpu));
+    let _ = since.narrow(0, 0, 10).fill_(2000.0);
+    t.set_steps_since_fired(&since).unwrap();
+    t.train_step(&x).unwrap();
+    let b_dec = t.parameter("b_dec").unwrap().detach();
+    let inputs = &x - &b_dec;
+    let unit = &inputs / inputs.norm_scalaropt_dim(2, [-1i64].as_slice(), true);
+    let w_dec = t.parameter("W_dec").unwrap().detach();
+    for j in 0..64 {
+        // Resampled rows are some input's direction; the others are not.
+        let best = unit.matmul(&w_dec.get(j)).max().double_value(&[]);
+        let norm = w_dec.get(j).norm().double_value(&[]);
+        if j < 10 {
+            assert!((best - 1.0).abs() < 1e-5 && (norm - 1.0).abs() < 1e-5, "feature {j}: cos {best}, norm {norm}");
+            assert_eq!(t.parameter("b_enc").unwrap().double_value(&[j]), 0.0);
+        } else {
+            assert!(best < 0.999, "feature {j} was alive and should keep its direction");
+        }
+    }
+    // Resampling is refused for other architectures.
+    let mut c = config("topk");
+    c.resample_every = 10;
+    assert_eq!(SaeTrainer::new(c).err().unwrap().code(), "E_ARGUMENT");
 }

@@ -71,6 +71,10 @@ pub struct SaeTrainConfig {
     /// Keep decoder rows at unit norm, removing the gradient's parallel component.
     #[serde(default)]
     pub unit_norm_decoder: bool,
+    /// TopK/BatchTopK: compute with dense products and autograd instead of the sparse step
+    /// (same numbers; the sparse step is faster when k is much smaller than d_sae).
+    #[serde(default)]
+    pub dense_products: bool,
     pub lr: f64,
     #[serde(default = "beta1")]
     pub adam_beta1: f64,
@@ -90,6 +94,10 @@ pub struct SaeTrainConfig {
     /// A feature is dead when it has not fired for this many steps.
     #[serde(default = "dead_window")]
     pub dead_feature_window: i64,
+    /// Standard (ReLU) SAEs: every this many steps, re-initialise dead features from inputs the
+    /// SAE reconstructs worst (Anthropic's resampling); 0 turns it off.
+    #[serde(default)]
+    pub resample_every: i64,
     /// Batches used to estimate the expected_average_only_in factor.
     #[serde(default = "norm_batches")]
     pub n_batches_for_norm_estimate: i64,
@@ -220,6 +228,9 @@ impl SaeTrainConfig {
         if let Some(t) = &self.tokens {
             TokenSelection::parse(t)?;
         }
+        if self.resample_every < 0 || (self.resample_every > 0 && arch != TrainArch::Standard) {
+            return Err(PrismaError::Argument("resample_every is for standard (ReLU) SAEs, and must be >= 0".into()));
+        }
         Ok(())
     }
 
@@ -311,6 +322,8 @@ pub struct SaeTrainer {
     pub topk_threshold: f64,
     /// expected_average_only_in: √d_in / mean ‖x‖, estimated before the first step.
     pub scaling_factor: Option<f64>,
+    /// The last step's gradients (before clipping), by parameter name.
+    last_grads: Vec<(&'static str, Tensor)>,
 }
 
 const PARAM_ORDER: [&str; 8] = ["W_enc", "b_enc", "W_dec", "b_dec", "threshold", "b_gate", "r_mag", "b_mag"];
@@ -366,7 +379,19 @@ impl SaeTrainer {
             }
         }
         let since_fired = Tensor::f_zeros([d_sae], (Kind::Float, Device::Cpu))?;
-        Ok(SaeTrainer { cfg, arch, norm, d_sae, params, step: 0, tokens: 0, since_fired, topk_threshold: 0.0, scaling_factor: None })
+        Ok(SaeTrainer {
+            cfg,
+            arch,
+            norm,
+            d_sae,
+            params,
+            step: 0,
+            tokens: 0,
+            since_fired,
+            topk_threshold: 0.0,
+            scaling_factor: None,
+            last_grads: Vec::new(),
+        })
     }
 
     fn p(&self, name: &str) -> Result<&Tensor> {
@@ -548,7 +573,22 @@ impl SaeTrainer {
         }
         let dead = self.dead_mask()?;
         let coefficient = self.cfg.coefficient_at(self.step);
-        let (acts, sae_out, losses) = self.forward(&x, &dead, coefficient)?;
+        let sparse = matches!(self.arch, TrainArch::TopK | TrainArch::BatchTopK) && !self.cfg.dense_products;
+        let (acts, sae_out, losses, grads) = if sparse {
+            let (acts, sae_out, losses, grads) = tch::no_grad(|| self.sparse_topk_step(&x, &dead))?;
+            (acts, sae_out, losses, grads)
+        } else {
+            for p in &self.params {
+                let mut g = p.value.f_grad()?;
+                if g.defined() {
+                    let _ = g.f_zero_()?;
+                }
+            }
+            let (acts, sae_out, losses) = self.forward(&x, &dead, coefficient)?;
+            losses[0].f_add(&losses[1])?.f_add(&losses[2])?.f_backward()?;
+            let grads = self.params.iter().map(|p| p.value.f_grad()).collect::<std::result::Result<Vec<_>, _>>()?;
+            (acts, sae_out, losses, grads)
+        };
         let total = losses[0].f_add(&losses[1])?.f_add(&losses[2])?;
         // Dead-feature counters, from this step's activations.
         tch::no_grad(|| -> Result<()> {
@@ -566,15 +606,13 @@ impl SaeTrainer {
             }
             Ok(())
         })?;
-        for p in &self.params {
-            let mut g = p.value.f_grad()?;
-            if g.defined() {
-                let _ = g.f_zero_()?;
-            }
-        }
-        total.f_backward()?;
         let lr = self.cfg.lr_at(self.step);
-        self.optimizer_step(lr)?;
+        self.last_grads = self.params.iter().zip(&grads).map(|(p, g)| (p.name, g.shallow_clone())).collect();
+        self.optimizer_step(lr, grads)?;
+        let resample_now = self.cfg.resample_every > 0 && (self.step + 1) % self.cfg.resample_every == 0;
+        if resample_now {
+            tch::no_grad(|| self.resample_dead(&x, &sae_out.f_detach()?))?;
+        }
         let metrics = tch::no_grad(|| -> Result<StepMetrics> {
             let n = x.size()[0];
             let l0 = acts.f_detach()?.f_ne(0.0)?.f_sum(Kind::Float)?.double_value(&[]) / n as f64;
@@ -602,21 +640,178 @@ impl SaeTrainer {
         Ok(metrics)
     }
 
+    /// Anthropic's resampling: each dead feature gets a token drawn with probability ∝ its squared
+    /// reconstruction loss; the decoder row becomes that input (minus b_dec) normalised, the encoder
+    /// column the same direction at 0.2 × the mean norm of the live encoder columns, the bias 0,
+    /// and its Adam moments and counter restart. The draw is seeded by (seed, step), so a resumed
+    /// run draws the same.
+    fn resample_dead(&mut self, x: &Tensor, sae_out: &Tensor) -> Result<()> {
+        let dead = self.dead_mask()?;
+        let dead_idx = dead.f_nonzero()?.f_reshape([-1i64])?;
+        let n_dead = dead_idx.size()[0];
+        if n_dead == 0 {
+            return Ok(());
+        }
+        let loss = x.f_sub(sae_out)?.f_square()?.f_sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)?;
+        let weights = loss.f_square()?.f_add_scalar(1e-12)?;
+        tch::manual_seed(self.cfg.seed.wrapping_mul(1_000_003).wrapping_add(self.step));
+        let picks = weights.f_multinomial(n_dead, true)?;
+        let b_dec = self.p("b_dec")?.f_detach()?;
+        let inputs = x.f_index_select(0, &picks)?.f_sub(&b_dec)?;
+        let dirs = inputs.f_div(&inputs.f_norm_scalaropt_dim(2, [-1i64].as_slice(), true)?.f_clamp_min(1e-8)?)?;
+        let w_enc = self.p("W_enc")?.shallow_clone();
+        let alive = dead.f_logical_not()?;
+        let enc_norms = w_enc.f_norm_scalaropt_dim(2, [0i64].as_slice(), false)?;
+        let alive_mean = if alive.f_any()?.int64_value(&[]) != 0 {
+            enc_norms.f_masked_select(&alive)?.f_mean(Kind::Float)?.double_value(&[])
+        } else {
+            1.0
+        };
+        for p in self.params.iter_mut() {
+            let (axis, values) = match p.name {
+                "W_dec" => (0, dirs.shallow_clone()),
+                "W_enc" => (1, dirs.f_mul_scalar(0.2 * alive_mean)?.f_t_copy()?),
+                "b_enc" => (0, Tensor::f_zeros([n_dead], (Kind::Float, Device::Cpu))?),
+                _ => continue,
+            };
+            let _ = p.value.f_index_copy_(axis, &dead_idx, &values)?;
+            let _ = p.m.f_index_fill_(axis, &dead_idx, 0.0)?;
+            let _ = p.v.f_index_fill_(axis, &dead_idx, 0.0)?;
+        }
+        let _ = self.since_fired.f_index_fill_(0, &dead_idx, 0.0)?;
+        Ok(())
+    }
+
+    /// The TopK / BatchTopK step with sparse products (see `sparse`): activations, output, the
+    /// three loss terms and each parameter's gradient, in `params` order.
+    fn sparse_topk_step(&self, x: &Tensor, dead: &Tensor) -> Result<(Tensor, Tensor, [Tensor; 3], Vec<Tensor>)> {
+        use super::sparse::{bag_sum, from_flat, from_topk, row_dots, scatter_rows, Selection};
+        let (w_enc, w_dec, b_dec, b_enc) =
+            (self.p("W_enc")?.f_detach()?, self.p("W_dec")?.f_detach()?, self.p("b_dec")?.f_detach()?, self.p("b_enc")?.f_detach()?);
+        let (b, n) = (x.size()[0], self.d_sae);
+        let sae_in = if self.cfg.apply_b_dec_to_input { x.f_sub(&b_dec)? } else { x.shallow_clone() };
+        let h = sae_in.f_matmul(&w_enc)?.f_add(&b_enc)?;
+        let z = if self.cfg.rescale_acts_by_decoder_norm {
+            h.f_mul(&w_dec.f_norm_scalaropt_dim(2, [-1i64].as_slice(), false)?)?
+        } else {
+            h.shallow_clone()
+        };
+        let k = self.cfg.k.unwrap_or(1.0);
+        // Selected features with their decode coefficient h (0 where the ReLU is 0), and the
+        // activations as SAELens reports them (relu(z)) for counters and the threshold.
+        let (sel, act_vals) = if self.arch == TrainArch::TopK {
+            let (zv, zi) = z.f_topk((k as i64).min(n), -1, true, false)?;
+            let pos = zv.f_gt(0.0)?.f_to_kind(Kind::Float)?;
+            let hv = h.f_gather(1, &zi, false)?.f_mul(&pos)?;
+            (from_topk(&zi, &hv)?, (zv.f_relu()?, zi))
+        } else {
+            let zr = z.f_relu()?.f_reshape([-1i64])?;
+            let keep = ((k * b as f64) as i64).min(b * n);
+            let (zv, flat) = zr.f_topk(keep, -1, true, true)?;
+            let pos = zv.f_gt(0.0)?.f_to_kind(Kind::Float)?;
+            let hv = h.f_reshape([-1i64])?.f_index_select(0, &flat)?.f_mul(&pos)?;
+            let sel = from_flat(&flat, &hv, b, n)?;
+            (sel, (zv, flat))
+        };
+        let acts = match self.arch {
+            TrainArch::TopK => h.f_zeros_like()?.f_scatter(1, &act_vals.1, &act_vals.0)?,
+            _ => h.f_zeros_like()?.f_reshape([-1i64])?.f_scatter(0, &act_vals.1, &act_vals.0)?.f_reshape([b, n])?,
+        };
+        let sae_out = bag_sum(&w_dec, &sel)?.f_add(&b_dec)?;
+        let diff = sae_out.f_sub(x)?;
+        let mse = diff.f_square()?.f_sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)?.f_mean(Kind::Float)?;
+        let g = diff.f_mul_scalar(2.0 / b as f64)?;
+        // AuxK over dead features (their activations skip the ReLU).
+        let n_dead = dead.f_sum(Kind::Int64)?.int64_value(&[]);
+        let mut aux_sel: Option<(Selection, Tensor)> = None;
+        let aux = if n_dead > 0 {
+            let residual = diff.f_neg()?;
+            let k_aux = self.cfg.d_in / 2;
+            let scale = (n_dead as f64 / k_aux as f64).min(1.0);
+            let k_aux = k_aux.min(n_dead);
+            let neg_inf = Tensor::f_full([], f64::NEG_INFINITY, (Kind::Float, tch::Device::Cpu))?;
+            let (_, ei) = z.f_where_self(&dead.f_unsqueeze(0)?, &neg_inf)?.f_topk(k_aux, -1, true, false)?;
+            let hv = h.f_gather(1, &ei, false)?;
+            let sel_aux = from_topk(&ei, &hv)?;
+            let ad = bag_sum(&w_dec, &sel_aux)?.f_sub(&residual)?;
+            let coef = self.cfg.aux_loss_coefficient * scale;
+            let loss = ad.f_square()?.f_sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)?.f_mean(Kind::Float)?.f_mul_scalar(coef)?;
+            aux_sel = Some((sel_aux, ad.f_mul_scalar(2.0 * coef / b as f64)?));
+            loss
+        } else {
+            Tensor::f_zeros([], (Kind::Float, tch::Device::Cpu))?
+        };
+        // Gradients.
+        let mut g_wdec = w_dec.f_zeros_like()?;
+        scatter_rows(&mut g_wdec, &sel, &g)?;
+        let relu_open = sel.vals.f_ne(0.0)?.f_to_kind(Kind::Float)?;
+        let dh = row_dots(&w_dec, &sel, &g)?.f_mul(&relu_open)?;
+        let mut dh_sels = vec![Selection {
+            rows: sel.rows.shallow_clone(),
+            cols: sel.cols.shallow_clone(),
+            vals: dh,
+            offsets: sel.offsets.shallow_clone(),
+        }];
+        if let Some((sa, ga)) = &aux_sel {
+            scatter_rows(&mut g_wdec, sa, ga)?;
+            let dha = row_dots(&w_dec, sa, ga)?;
+            dh_sels.push(Selection {
+                rows: sa.rows.shallow_clone(),
+                cols: sa.cols.shallow_clone(),
+                vals: dha,
+                offsets: sa.offsets.shallow_clone(),
+            });
+        }
+        let mut g_wenc_t = Tensor::f_zeros([n, self.cfg.d_in], (Kind::Float, tch::Device::Cpu))?;
+        let mut g_benc = Tensor::f_zeros([n], (Kind::Float, tch::Device::Cpu))?;
+        let mut g_bdec = g.f_sum_dim_intlist([0i64].as_slice(), false, Kind::Float)?;
+        let w_enc_t = if self.cfg.apply_b_dec_to_input { Some(w_enc.f_t_copy()?.f_contiguous()?) } else { None };
+        for ds in &dh_sels {
+            scatter_rows(&mut g_wenc_t, ds, &sae_in)?;
+            let _ = g_benc.f_index_add_(0, &ds.cols, &ds.vals)?;
+            if let Some(wt) = &w_enc_t {
+                let one_bag = Selection {
+                    rows: ds.rows.shallow_clone(),
+                    cols: ds.cols.shallow_clone(),
+                    vals: ds.vals.shallow_clone(),
+                    offsets: Tensor::f_zeros([1], (Kind::Int64, tch::Device::Cpu))?,
+                };
+                g_bdec = g_bdec.f_sub(&bag_sum(wt, &one_bag)?.f_squeeze_dim(0)?)?;
+            }
+        }
+        let g_wenc = g_wenc_t.f_t_copy()?.f_contiguous()?;
+        let grads = self
+            .params
+            .iter()
+            .map(|p| match p.name {
+                "W_enc" => Ok(g_wenc.shallow_clone()),
+                "b_enc" => Ok(g_benc.shallow_clone()),
+                "W_dec" => Ok(g_wdec.shallow_clone()),
+                "b_dec" => Ok(g_bdec.shallow_clone()),
+                other => Err(PrismaError::Internal(format!("the sparse step has no gradient for {other}"))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((acts, sae_out, [mse, Tensor::f_zeros([], (Kind::Float, tch::Device::Cpu))?, aux], grads))
+    }
+
     /// Decoder constraint (optional), gradient clipping at a global norm of 1.0, then Adam as
     /// torch.optim.Adam computes it.
-    fn optimizer_step(&mut self, lr: f64) -> Result<()> {
+    fn optimizer_step(&mut self, lr: f64, grads: Vec<Tensor>) -> Result<()> {
         let (b1, b2, eps) = (self.cfg.adam_beta1, self.cfg.adam_beta2, 1e-8);
         let unit_norm = self.cfg.unit_norm_decoder;
         tch::no_grad(|| -> Result<()> {
+            let mut grads = grads;
             if unit_norm {
-                let w = self.p("W_dec")?.shallow_clone();
-                let mut g = w.f_grad()?;
-                if g.defined() {
-                    let parallel = g.f_mul(&w)?.f_sum_dim_intlist([-1i64].as_slice(), true, Kind::Float)?;
-                    let _ = g.f_sub_(&parallel.f_mul(&w)?)?;
+                let at = self.params.iter().position(|p| p.name == "W_dec");
+                if let Some(i) = at {
+                    let w = &self.params[i].value;
+                    let g = &grads[i];
+                    if g.defined() {
+                        let parallel = g.f_mul(w)?.f_sum_dim_intlist([-1i64].as_slice(), true, Kind::Float)?;
+                        grads[i] = g.f_sub(&parallel.f_mul(w)?)?;
+                    }
                 }
             }
-            let grads: Vec<Tensor> = self.params.iter().map(|p| p.value.f_grad()).collect::<std::result::Result<_, _>>()?;
             let norms: Vec<Tensor> = grads
                 .iter()
                 .filter(|g| g.defined())
@@ -776,6 +971,11 @@ impl SaeTrainer {
         }
         self.scaling_factor = Some((self.cfg.d_in as f64).sqrt() / (total / count as f64));
         Ok(())
+    }
+
+    /// The gradient of `name` at the last step, before clipping (for tests and inspection).
+    pub fn last_gradient(&self, name: &str) -> Option<&Tensor> {
+        self.last_grads.iter().find(|(n, _)| *n == name).map(|(_, g)| g)
     }
 
     /// The parameter named `name` (SAELens spelling), for tests and inspection.
