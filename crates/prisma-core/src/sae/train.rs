@@ -300,6 +300,44 @@ pub struct StepMetrics {
     pub coefficient: f64,
 }
 
+/// What the step's feature activations tell the counters and metrics.
+struct ActSummary {
+    /// [d_sae] bool: fired on some token of the batch.
+    fired: Tensor,
+    /// Non-zero activations in the batch.
+    active: f64,
+    /// Smallest positive activation (BatchTopK's threshold update).
+    min_positive: Option<f64>,
+}
+
+impl ActSummary {
+    fn dense(acts: &Tensor) -> Result<ActSummary> {
+        let a = acts.f_detach()?;
+        let nz = a.f_ne(0.0)?;
+        let positive = a.f_gt(0.0)?;
+        let min_positive = if positive.f_any()?.int64_value(&[]) != 0 {
+            Some(a.f_masked_select(&positive)?.f_min()?.f_to_kind(Kind::Double)?.double_value(&[]))
+        } else {
+            None
+        };
+        Ok(ActSummary { fired: nz.f_any_dim(0, false)?, active: nz.f_sum(Kind::Double)?.double_value(&[]), min_positive })
+    }
+
+    /// From the selected (feature, activation) pairs of a sparse step.
+    fn sparse(cols: &Tensor, values: &Tensor, d_sae: i64) -> Result<ActSummary> {
+        let nz = values.f_ne(0.0)?;
+        let fired_cols = cols.f_masked_select(&nz)?;
+        let fired = Tensor::f_zeros([d_sae], (Kind::Bool, Device::Cpu))?.f_index_fill(0, &fired_cols, 1)?;
+        let positive = values.f_gt(0.0)?;
+        let min_positive = if positive.f_any()?.int64_value(&[]) != 0 {
+            Some(values.f_masked_select(&positive)?.f_min()?.f_to_kind(Kind::Double)?.double_value(&[]))
+        } else {
+            None
+        };
+        Ok(ActSummary { fired, active: nz.f_sum(Kind::Double)?.double_value(&[]), min_positive })
+    }
+}
+
 struct Param {
     name: &'static str,
     value: Tensor,
@@ -574,9 +612,9 @@ impl SaeTrainer {
         let dead = self.dead_mask()?;
         let coefficient = self.cfg.coefficient_at(self.step);
         let sparse = matches!(self.arch, TrainArch::TopK | TrainArch::BatchTopK) && !self.cfg.dense_products;
-        let (acts, sae_out, losses, grads) = if sparse {
-            let (acts, sae_out, losses, grads) = tch::no_grad(|| self.sparse_topk_step(&x, &dead))?;
-            (acts, sae_out, losses, grads)
+        let (summary, sae_out, losses, grads) = if sparse {
+            let (summary, sae_out, losses, grads) = tch::no_grad(|| self.sparse_topk_step(&x, &dead))?;
+            (summary, sae_out, losses, grads)
         } else {
             for p in &self.params {
                 let mut g = p.value.f_grad()?;
@@ -587,22 +625,16 @@ impl SaeTrainer {
             let (acts, sae_out, losses) = self.forward(&x, &dead, coefficient)?;
             losses[0].f_add(&losses[1])?.f_add(&losses[2])?.f_backward()?;
             let grads = self.params.iter().map(|p| p.value.f_grad()).collect::<std::result::Result<Vec<_>, _>>()?;
-            (acts, sae_out, losses, grads)
+            (ActSummary::dense(&acts)?, sae_out, losses, grads)
         };
         let total = losses[0].f_add(&losses[1])?.f_add(&losses[2])?;
         // Dead-feature counters, from this step's activations.
         tch::no_grad(|| -> Result<()> {
-            let fired = acts.f_detach()?.f_ne(0.0)?.f_any_dim(0, false)?;
             let _ = self.since_fired.f_add_scalar_(1.0)?;
-            let _ = self.since_fired.f_masked_fill_(&fired, 0.0)?;
-            if self.arch == TrainArch::BatchTopK {
-                let a = acts.f_detach()?;
-                let positive = a.f_gt(0.0)?;
-                if positive.f_any()?.int64_value(&[]) != 0 {
-                    let min = a.f_masked_select(&positive)?.f_min()?.f_to_kind(Kind::Double)?.double_value(&[]);
-                    let lr = self.cfg.topk_threshold_lr;
-                    self.topk_threshold = (1.0 - lr) * self.topk_threshold + lr * min;
-                }
+            let _ = self.since_fired.f_masked_fill_(&summary.fired, 0.0)?;
+            if let (TrainArch::BatchTopK, Some(min)) = (self.arch, summary.min_positive) {
+                let lr = self.cfg.topk_threshold_lr;
+                self.topk_threshold = (1.0 - lr) * self.topk_threshold + lr * min;
             }
             Ok(())
         })?;
@@ -615,7 +647,7 @@ impl SaeTrainer {
         }
         let metrics = tch::no_grad(|| -> Result<StepMetrics> {
             let n = x.size()[0];
-            let l0 = acts.f_detach()?.f_ne(0.0)?.f_sum(Kind::Float)?.double_value(&[]) / n as f64;
+            let l0 = summary.active / n as f64;
             let out = sae_out.f_detach()?;
             let sse = out.f_sub(&x)?.f_square()?.f_sum(Kind::Double)?.double_value(&[]);
             let centred = x.f_sub(&x.f_mean_dim([0i64].as_slice(), true, Kind::Float)?)?;
@@ -684,7 +716,7 @@ impl SaeTrainer {
 
     /// The TopK / BatchTopK step with sparse products (see `sparse`): activations, output, the
     /// three loss terms and each parameter's gradient, in `params` order.
-    fn sparse_topk_step(&self, x: &Tensor, dead: &Tensor) -> Result<(Tensor, Tensor, [Tensor; 3], Vec<Tensor>)> {
+    fn sparse_topk_step(&self, x: &Tensor, dead: &Tensor) -> Result<(ActSummary, Tensor, [Tensor; 3], Vec<Tensor>)> {
         use super::sparse::{bag_sum, from_flat, from_topk, row_dots, scatter_rows, Selection};
         let (w_enc, w_dec, b_dec, b_enc) =
             (self.p("W_enc")?.f_detach()?, self.p("W_dec")?.f_detach()?, self.p("b_dec")?.f_detach()?, self.p("b_enc")?.f_detach()?);
@@ -713,10 +745,7 @@ impl SaeTrainer {
             let sel = from_flat(&flat, &hv, b, n)?;
             (sel, (zv, flat))
         };
-        let acts = match self.arch {
-            TrainArch::TopK => h.f_zeros_like()?.f_scatter(1, &act_vals.1, &act_vals.0)?,
-            _ => h.f_zeros_like()?.f_reshape([-1i64])?.f_scatter(0, &act_vals.1, &act_vals.0)?.f_reshape([b, n])?,
-        };
+        let summary = ActSummary::sparse(&act_vals.1.f_reshape([-1i64])?.f_remainder(n)?, &act_vals.0.f_reshape([-1i64])?, n)?;
         let sae_out = bag_sum(&w_dec, &sel)?.f_add(&b_dec)?;
         let diff = sae_out.f_sub(x)?;
         let mse = diff.f_square()?.f_sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)?.f_mean(Kind::Float)?;
@@ -791,7 +820,7 @@ impl SaeTrainer {
                 other => Err(PrismaError::Internal(format!("the sparse step has no gradient for {other}"))),
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok((acts, sae_out, [mse, Tensor::f_zeros([], (Kind::Float, tch::Device::Cpu))?, aux], grads))
+        Ok((summary, sae_out, [mse, Tensor::f_zeros([], (Kind::Float, tch::Device::Cpu))?, aux], grads))
     }
 
     /// Decoder constraint (optional), gradient clipping at a global norm of 1.0, then Adam as
