@@ -11,11 +11,11 @@
 // fixtures venv with transformers, see fixtures/README.md, and bench/python/make_random_vit.py).
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-const native = createRequire(import.meta.url)('../native/prisma.node');
+// The addon has no rpath: the library's loader puts libtorch in place first (src/setup/load.ts).
+const native = (await import('../dist/setup/load.js')).loadNative();
 const args = process.argv.slice(2);
 const skipVitB = args.includes('--skip-vitb');
 const skipTiny = args.includes('--skip-tiny');

@@ -113,16 +113,22 @@ function hostTarget(env: NodeJS.ProcessEnv): string | undefined {
   return r.status === 0 ? /host: (\S+)/.exec(r.stdout ?? '')?.[1] : undefined;
 }
 
-/** cargo and the host's target triple; E_NATIVE_MISSING without a Rust toolchain. */
-function rustToolchain(env: NodeJS.ProcessEnv): { cargo: string; target: string } {
+/** cargo and the host's target triple, when a Rust toolchain runs (rustup's needs its RUSTUP_HOME). */
+export function findRust(env: NodeJS.ProcessEnv): { cargo: string; target: string } | undefined {
   const cargo = findExecutable('cargo', env);
   const target = cargo ? hostTarget(env) : undefined;
-  if (!cargo || !target) {
+  return cargo && target ? { cargo, target } : undefined;
+}
+
+/** findRust, or E_NATIVE_MISSING without a Rust toolchain. */
+function rustToolchain(env: NodeJS.ProcessEnv): { cargo: string; target: string } {
+  const rust = findRust(env);
+  if (!rust) {
     throw new PrismaError('E_NATIVE_MISSING', `no prebuilt native addon for ${platformName()}, and no Rust toolchain to build one`, {
       hint: `install Rust (https://rustup.rs) and run again: the addon is then built from source once; ${DOCTOR_HINT}`,
     });
   }
-  return { cargo, target };
+  return rust;
 }
 
 export interface BuildOptions {

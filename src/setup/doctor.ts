@@ -8,7 +8,16 @@ import { dirname } from 'node:path';
 
 import { PrismaError, errorJson, type ErrorJson } from '../errors.js';
 import { PACKAGE_NAME, PACKAGE_ROOT, VERSION } from '../version.js';
-import { type Addon, type AddonBuild, checkAddonFits, locateAddon, platformName, platformPackage, sourceBuildDir } from './addon.js';
+import {
+  type Addon,
+  type AddonBuild,
+  checkAddonFits,
+  findRust,
+  locateAddon,
+  platformName,
+  platformPackage,
+  sourceBuildDir,
+} from './addon.js';
 import { DOCTOR_HINT, cacheDir } from './cache.js';
 import {
   type Libtorch,
@@ -72,7 +81,7 @@ function describeSource(t: Libtorch): string {
     case 'python':
       return `torch of ${t.source.python}`;
     case 'build':
-      return "the libtorch this clone's addon was built against";
+      return 'the libtorch this addon was built against';
   }
 }
 
@@ -175,7 +184,7 @@ export function doctor(options: PrepareOptions = {}): DoctorReport {
     }
     items.push({ name: 'addon', ok: fits, detail: describeAddon(addon) });
   } else {
-    const rust = findExecutable('cargo', env) !== undefined;
+    const rust = findRust(env) !== undefined;
     const detail = `no addon for ${node.platform} (no ${platformPackage()}, no source build in ${sourceBuildDir(env)})`;
     items.push({ name: 'addon', ok: false, detail });
     fail(

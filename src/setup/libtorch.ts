@@ -31,7 +31,7 @@ export type LibtorchSource =
   | { kind: 'LIBTORCH'; libtorch: string }
   /** The torch package of a Python install (`prefix` is its sys.prefix). */
   | { kind: 'python'; python: string; prefix: string }
-  /** The libtorch a clone's own addon build was compiled against. */
+  /** The libtorch the addon was compiled against (a clone's build, or a source build in the cache). */
   | { kind: 'build' };
 
 export interface Libtorch extends LibtorchInstall {
@@ -237,7 +237,7 @@ export function setUpLibtorch(options: FindOptions): Libtorch {
 }
 
 /**
- * The libtorch already chosen, without searching: LIBTORCH, else the one a clone's addon was built
+ * The libtorch already chosen, without searching: LIBTORCH, else the one a locally built addon was built
  * against (`builtAgainst`), else the cache's record. A record that no longer fits (folder gone, torch
  * upgraded) is skipped, with a line saying so.
  */

@@ -3,10 +3,12 @@
 // then run with HOME, the cache and the working directory all new and no LD_LIBRARY_PATH. torch is
 // reused through the documented variable (PRISMA_PYTHON, or LIBTORCH) instead of being downloaded
 // again; npm reuses its own cache. Then the same tarballs as a library dependency of a scratch
-// project. Slow (packs, installs twice, runs the demo): each step's time goes to the log.
+// project, and the package alone (no platform package), whose addon is built from source on first
+// use. Slow (packs, installs three times, runs the demo, compiles the two workspace crates): each
+// step's time goes to the log.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { homedir, tmpdir } from 'node:os';
 import { delimiter, dirname, join } from 'node:path';
 
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -51,14 +53,14 @@ function userEnv(home: string): NodeJS.ProcessEnv {
   return { HOME: home, PATH: [dirname(process.execPath), process.env.PATH].join(delimiter), NO_COLOR: '1', ...torchVariable };
 }
 
-function npmInstall(args: string[], cwd: string, home: string) {
+function npmInstall(args: string[], cwd: string, home: string, tarballs = [main.file, platform.file]) {
   const started = Date.now();
   // npm itself keeps the machine's network environment (proxies, certificates); prisma runs without it.
   const network = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^(LIBTORCH|PRISMA_|LD_LIBRARY_PATH|CARGO_)/.test(k)));
   const env = { ...network, ...userEnv(home), ...npmConfig };
-  const r = sh('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', ...args, main.file, platform.file], cwd, env);
+  const r = sh('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', ...args, ...tarballs], cwd, env);
   expect(r.code, r.stderr).toBe(0);
-  log(`npm install ${args.join(' ')} (two tarballs)`, started);
+  log(`npm install ${args.join(' ')} (${tarballs.length} tarballs)`, started);
 }
 
 beforeAll(() => {
@@ -210,4 +212,48 @@ console.log(JSON.stringify({ layers: model.info.nLayers, logits: Array.from(outp
     expect(got.logits).toHaveLength(want.length);
     for (const [i, v] of got.logits.entries()) expect(v).toBeCloseTo(want[i]!, 5);
   }, 600_000);
+});
+
+describe('no prebuilt addon for the platform (installed without optional dependencies)', () => {
+  it('prisma setup builds it from the Rust sources in the package into the cache; inspect then runs', () => {
+    const home = mkdtempSync(join(tmp, 'home-'));
+    const work = mkdtempSync(join(tmp, 'work-'));
+    // Cargo reuses this clone's compiled dependencies (same target folder and libtorch environment),
+    // so only the two workspace crates compile. The prefix has a fixed path: Cargo's hashes of the
+    // workspace crates include their path, and a new one each run would pile up in the target folder.
+    const buildEnv = JSON.parse(readFileSync(join(ROOT, 'native', '.build-env.json'), 'utf8')) as { CARGO_TARGET_DIR: string };
+    const prefix = join(buildEnv.CARGO_TARGET_DIR, 'prisma-install-test');
+    rmSync(prefix, { recursive: true, force: true });
+    npmInstall(['-g', '--prefix', prefix, '--omit=optional'], work, home, [main.file]);
+    const prisma = join(prefix, 'bin', 'prisma');
+    const env = {
+      ...userEnv(home),
+      CARGO_TARGET_DIR: buildEnv.CARGO_TARGET_DIR,
+      // rustup finds its toolchains under the user's HOME unless told; the new HOME has none.
+      RUSTUP_HOME: process.env.RUSTUP_HOME ?? join(homedir(), '.rustup'),
+      CARGO_HOME: process.env.CARGO_HOME ?? join(homedir(), '.cargo'),
+    };
+    const built = join(home, '.cache', 'vit-prisma', 'addon', `${main.version}-linux-x64-gnu`, 'prisma.node');
+
+    const doctor = sh(prisma, ['doctor'], work, env);
+    expect(doctor.code).toBe(1);
+    expect(doctor.lines.at(-1)).toBe('hint: run `prisma setup` (or any command that needs it) to build it from source (Rust found)');
+
+    let started = Date.now();
+    const setup = sh(prisma, ['setup'], work, env);
+    log('prisma setup (source build of the addon)', started);
+    expect(setup.code, setup.stderr).toBe(0);
+    expect(setup.stderr).toContain(
+      `[setup] native addon: no prebuilt addon for linux-x64-gnu; building it from source into ${dirname(built)}`,
+    );
+    expect(setup.stdout).toContain(`addon     ${built} (built from source into the cache; `);
+    expect(sh('readelf', ['-d', built], tmp, process.env).stdout).not.toMatch(/RUNPATH|RPATH/);
+
+    started = Date.now();
+    const inspect = sh(prisma, ['inspect', join(prefix, 'lib', 'node_modules', 'vit-prisma', 'models', 'clevr-vit')], work, env);
+    log('prisma inspect (the source-built addon)', started);
+    expect(inspect.code, inspect.stderr).toBe(0);
+    expect(inspect.stderr).toBe('');
+    expect(inspect.stdout).toContain('ViTForImageClassification');
+  }, 1_800_000);
 });
