@@ -149,6 +149,30 @@ describe('bad set-ups: one line and a hint', () => {
     expect(r.lines[1]).toContain('reinstall vit-prisma');
   });
 
+  it('a libtorch whose libraries lack what the addon needs (undefined symbols at load)', () => {
+    // Real shared libraries with libtorch's names and nothing in them, claiming to be 2.11.0.
+    const libtorch = fakeLibtorch(`${TORCH_VERSION}+cpu`);
+    const source = join(libtorch, 'empty.c');
+    writeFileSync(source, 'int prisma_test_placeholder(void) { return 0; }\n');
+    for (const name of ['libc10.so', 'libtorch_cpu.so']) {
+      const cc = spawnSync('cc', ['-shared', '-fPIC', `-Wl,-soname,${name}`, '-o', join(libtorch, 'lib', name), source], {
+        encoding: 'utf8',
+      });
+      expect(cc.status, cc.stderr).toBe(0);
+    }
+    const root = packageCopy();
+    const r = run(root, ['inspect', MODEL], cleanEnv({ LIBTORCH: libtorch }));
+    expect(r.code).toBe(1);
+    expect(r.lines).toEqual([
+      expect.stringMatching(
+        new RegExp(
+          `^prisma: E_NATIVE_MISMATCH: the native addon ${join(root, 'native', 'prisma.node')} does not fit libtorch ${TORCH_VERSION}\\+cpu in ${join(libtorch, 'lib')} \\(.*undefined symbol: \\S+\\)$`,
+        ),
+      ),
+      expect.stringMatching(/^hint: reinstall vit-prisma .*`prisma doctor`/),
+    ]);
+  });
+
   it('a cache directory that cannot be written', () => {
     const file = join(tmp, 'a-file');
     writeFileSync(file, '');
