@@ -3,20 +3,9 @@
 // lint), rustfmt (`cargo fmt --check`) and clippy with warnings as errors, in the libtorch
 // environment scripts/setup.mjs recorded. Fix with `npm run fmt`.
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { cargoEnv, root } from './cargo-env.mjs';
 
-const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-let buildEnv;
-try {
-  buildEnv = JSON.parse(readFileSync(join(root, 'native', '.build-env.json'), 'utf8'));
-} catch {
-  process.stderr.write('[check] run `node scripts/setup.mjs` first (no native/.build-env.json)\n');
-  process.exit(1);
-}
-const env = { ...process.env, ...buildEnv };
-const host = /host: (\S+)/.exec(spawnSync('rustc', ['-vV'], { encoding: 'utf8' }).stdout ?? '')?.[1];
+const { env, host } = cargoEnv('check');
 const steps = [
   ['npx', ['biome', 'check', '.']],
   ['cargo', ['fmt', '--all', '--check']],
