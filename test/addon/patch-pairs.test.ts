@@ -95,7 +95,7 @@ describe('prisma patch over many pairs', () => {
   });
 
   it('two folders matched by file name; a name on one side only is one E_INPUT line', async () => {
-    const r = await cli([
+    const byName = [
       'patch',
       MODEL,
       '--clean',
@@ -106,22 +106,12 @@ describe('prisma patch over many pairs', () => {
       'resid_pre',
       '--by',
       'layer,pos',
-    ]);
+    ];
+    const r = await cli(byName);
     expect(r.code).toBe(0);
     expect(r.out).toMatch(/over 4 pairs/);
     unlinkSync(join(DATA, 'edited', '000003.png'));
-    const bad = await cli([
-      'patch',
-      MODEL,
-      '--clean',
-      join(DATA, 'images'),
-      '--corrupt',
-      join(DATA, 'edited'),
-      '--what',
-      'resid_pre',
-      '--by',
-      'layer,pos',
-    ]);
+    const bad = await cli(byName);
     expect(bad.code).toBe(1);
     expect(bad.err[0]).toMatch(
       /^prisma: E_INPUT: --clean .* and --corrupt .* do not hold the same file names; only in --clean: 000003\.png$/,

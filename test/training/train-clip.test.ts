@@ -8,8 +8,8 @@ import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 
 import { COLOURS, largestObject, SHAPES, type ClevrRecord } from '../../src/dataset/clevr.js';
-import { readTensorFile } from '../../src/native.js';
-import { FIXTURES, prisma, requireBuilt, spawnAndKillWhen } from '../helpers/cli.js';
+import { FIXTURES, prisma, requireBuilt } from '../helpers/cli.js';
+import { expectKilledRunResumes } from '../helpers/training.js';
 
 const work = mkdtempSync(join(tmpdir(), 'prisma-train-clip-'));
 const data = join(work, 'clevr');
@@ -56,10 +56,6 @@ interface Summary {
   steps: number;
   resumedFromStep: number | null;
   evaluation: { n: number; zeroShot: ZeroShot[] };
-}
-
-function weights(dir: string): Map<string, Float32Array> {
-  return new Map(readTensorFile(join(dir, 'model.safetensors')).map((t) => [t.name, t.data]));
 }
 
 beforeAll(() => {
@@ -147,27 +143,7 @@ describe('prisma train --clip', () => {
   }, 60_000);
 
   it('continues a killed run from its last checkpoint to the same weights', async () => {
-    const out = join(work, 'killed');
-    // Kill it hard as soon as a checkpoint exists (well before the 200 steps are done).
-    await spawnAndKillWhen([...common, '--out', out], () => existsSync(join(out, 'training-state.json')), 'no checkpoint', 2);
-    expect(existsSync(join(out, 'model.safetensors'))).toBe(false);
-    const state = JSON.parse(readFileSync(join(out, 'training-state.json'), 'utf8')) as { step: number };
-    expect(state.step).toBeGreaterThan(0);
-    expect(state.step).toBeLessThan(200);
-
-    const refused = prisma([...common, '--out', out]);
-    expect(refused.code).toBe(2);
-    expect(refused.stderr).toContain('--resume');
-
-    const resumed = prisma([...common, '--out', out, '--resume', '--json']);
-    expect(resumed.code, resumed.stderr).toBe(0);
-    const summary = JSON.parse(resumed.stdout) as Summary;
-    expect(summary.resumedFromStep).toBeGreaterThanOrEqual(state.step);
-    expect(summary.steps).toBe(200);
-
-    const a = weights(join(work, 'straight'));
-    const b = weights(out);
-    expect([...b.keys()].sort()).toEqual([...a.keys()].sort());
-    for (const [name, values] of a) expect(b.get(name), name).toEqual(values);
+    // Killed hard as soon as a checkpoint exists (well before the 200 steps are done).
+    await expectKilledRunResumes(common, join(work, 'killed'), join(work, 'straight'), 200, 2);
   }, 240_000);
 });

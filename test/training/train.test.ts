@@ -7,8 +7,8 @@ import { join } from 'node:path';
 
 import { beforeAll, describe, expect, it } from 'vitest';
 
-import { readTensorFile } from '../../src/native.js';
-import { prisma, requireBuilt, spawnAndKillWhen } from '../helpers/cli.js';
+import { prisma, requireBuilt } from '../helpers/cli.js';
+import { expectKilledRunResumes } from '../helpers/training.js';
 
 const work = mkdtempSync(join(tmpdir(), 'prisma-train-'));
 const data = join(work, 'clevr');
@@ -36,10 +36,6 @@ const common = [
   '--lr',
   '0.003',
 ];
-
-function weights(dir: string): Map<string, Float32Array> {
-  return new Map(readTensorFile(join(dir, 'model.safetensors')).map((t) => [t.name, t.data]));
-}
 
 beforeAll(() => {
   requireBuilt();
@@ -76,27 +72,7 @@ describe('prisma train', () => {
   });
 
   it('continues a killed run from its last checkpoint to the same weights', async () => {
-    const out = join(work, 'killed');
-    // Kill it hard as soon as a checkpoint exists (well before the 120 steps are done).
-    await spawnAndKillWhen(['train', ...common, '--out', out], () => existsSync(join(out, 'training-state.json')), 'no checkpoint', 5);
-    expect(existsSync(join(out, 'model.safetensors'))).toBe(false);
-    const state = JSON.parse(readFileSync(join(out, 'training-state.json'), 'utf8')) as { step: number };
-    expect(state.step).toBeGreaterThan(0);
-    expect(state.step).toBeLessThan(120);
-
-    const refused = prisma(['train', ...common, '--out', out]);
-    expect(refused.code).toBe(2);
-    expect(refused.stderr).toContain('--resume');
-
-    const resumed = prisma(['train', ...common, '--out', out, '--resume', '--json']);
-    expect(resumed.code, resumed.stderr).toBe(0);
-    const summary = JSON.parse(resumed.stdout) as { resumedFromStep: number; steps: number };
-    expect(summary.resumedFromStep).toBeGreaterThanOrEqual(state.step);
-    expect(summary.steps).toBe(120);
-
-    const a = weights(join(work, 'straight'));
-    const b = weights(out);
-    expect([...b.keys()].sort()).toEqual([...a.keys()].sort());
-    for (const [name, values] of a) expect(b.get(name), name).toEqual(values);
+    // Killed hard as soon as a checkpoint exists (well before the 120 steps are done).
+    await expectKilledRunResumes(['train', ...common], join(work, 'killed'), join(work, 'straight'), 120, 5);
   }, 240_000);
 });
