@@ -533,7 +533,8 @@ export interface ClevrLiteSummary {
   files: string[];
 }
 
-export function datasetJson(options: {
+/** What a clevr-lite folder was generated with (recorded in its dataset.json). */
+export interface ClevrDatasetOptions {
   n: number;
   seed: number;
   size: number;
@@ -541,7 +542,9 @@ export function datasetJson(options: {
   patchSize?: number;
   patchMinFraction?: number;
   edit?: boolean;
-}): Record<string, unknown> {
+}
+
+export function datasetJson(options: ClevrDatasetOptions): Record<string, unknown> {
   const classes = questionClasses(options.maxObjects);
   return {
     schemaVersion: 1,

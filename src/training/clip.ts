@@ -16,9 +16,8 @@ import { COLOURS, largestObject, SHAPES } from '../dataset/clevr.js';
 import { mapPool } from '../dataset/io.js';
 import { usageError } from '../errors.js';
 import { parsePreprocessorConfig, preprocessImage } from '../image/preprocess.js';
-import { writeFileAtomic } from '../report/write.js';
 import { clevrCommand, readClevrFolder, splitHeldOut } from './data.js';
-import { cleanUp, runLoop } from './loop.js';
+import { runLoop } from './loop.js';
 import {
   Trainer,
   type CaptionedImages,
@@ -150,41 +149,31 @@ export interface ClipTrainSummary {
 export async function trainClip(run: ClipTrainRun): Promise<ClipTrainSummary> {
   const { outDir, config, data } = run;
   const r = await runLoop({
-    outDir,
+    ...run,
     totalSteps: config.totalSteps,
-    resume: run.resume,
-    checkpointEvery: run.checkpointEvery,
     create: () => Trainer.createClip(config, data.train, data.evaluation, data.tasks),
-    onProgress: run.onProgress,
-    stopAfterSteps: run.stopAfterSteps,
+    files: (r) => {
+      const record: ClipRecord = {
+        outDir,
+        command: run.command,
+        dataCommand: data.dataCommand,
+        config,
+        data: data.description,
+        template: data.template,
+        steps: r.steps,
+        resumedFromStep: r.resumedFromStep,
+        trainSeconds: r.seconds,
+        threads: cpus().length,
+        heldOut: { zeroShot: r.evaluation.zeroShot, captionMatching: r.evaluation.accuracy, loss: r.evaluation.loss, n: r.evaluation.n },
+      };
+      return {
+        'preprocessor_config.json': `${JSON.stringify(clipPreprocessorConfig(data.imageSize), null, 2)}\n`,
+        'training.json': `${JSON.stringify(record, null, 2)}\n`,
+        'MODEL_CARD.md': clipModelCard(record),
+      };
+    },
   });
-  const summary: ClipTrainSummary = {
-    outDir,
-    steps: r.steps,
-    resumedFromStep: r.resumedFromStep,
-    seconds: r.seconds,
-    evaluation: r.evaluation,
-    finished: r.finished,
-  };
-  if (!r.finished) return summary;
-  await writeFileAtomic(join(outDir, 'preprocessor_config.json'), `${JSON.stringify(clipPreprocessorConfig(data.imageSize), null, 2)}\n`);
-  const record: ClipRecord = {
-    outDir,
-    command: run.command,
-    dataCommand: data.dataCommand,
-    config,
-    data: data.description,
-    template: data.template,
-    steps: r.steps,
-    resumedFromStep: r.resumedFromStep,
-    trainSeconds: summary.seconds,
-    threads: cpus().length,
-    heldOut: { zeroShot: r.evaluation.zeroShot, captionMatching: r.evaluation.accuracy, loss: r.evaluation.loss, n: r.evaluation.n },
-  };
-  await writeFileAtomic(join(outDir, 'training.json'), `${JSON.stringify(record, null, 2)}\n`);
-  await writeFileAtomic(join(outDir, 'MODEL_CARD.md'), clipModelCard(record));
-  cleanUp(outDir);
-  return summary;
+  return { outDir, ...r };
 }
 
 interface ClipRecord {

@@ -69,6 +69,8 @@ export interface LoopRun<S extends StepReport, E> {
   onProgress?: ((report: S, total: number) => void) | undefined;
   /** For tests of resumption: stop (as if killed) after this many steps of this run. */
   stopAfterSteps?: number | undefined;
+  /** The files a finished run writes beside the model (name -> text), before the checkpoint is removed. */
+  files(result: LoopResult<E>): Record<string, string>;
 }
 
 export interface LoopResult<E> {
@@ -81,8 +83,8 @@ export interface LoopResult<E> {
 
 /**
  * Trains in bursts of 10 steps (progress after each), checkpointing every `checkpointEvery` steps;
- * `--resume` continues from the checkpoint. A finished run has its model written (the caller adds
- * the files around it, then calls `cleanUp`); an unfinished one leaves a checkpoint.
+ * `--resume` continues from the checkpoint. A finished run has its model and `run.files` written,
+ * then its checkpoint removed; an unfinished one leaves a checkpoint.
  */
 export async function runLoop<S extends StepReport, E>(run: LoopRun<S, E>): Promise<LoopResult<E>> {
   const { outDir, totalSteps } = run;
@@ -136,51 +138,38 @@ export async function runLoop<S extends StepReport, E>(run: LoopRun<S, E>): Prom
     return result;
   }
   await trainer.saveModel(outDir);
+  for (const [name, text] of Object.entries(run.files(result))) await writeFileAtomic(join(outDir, name), text);
+  rmSync(checkpoint, { force: true });
+  rmSync(statePath, { force: true });
   return result;
-}
-
-/** Removes the checkpoint and state file of a finished run (after everything else is written). */
-export function cleanUp(outDir: string): void {
-  rmSync(join(outDir, CHECKPOINT), { force: true });
-  rmSync(join(outDir, STATE), { force: true });
 }
 
 export async function train(run: TrainRun): Promise<TrainSummary> {
   const { outDir, config, data } = run;
+  const chance = 1 / data.classes.length;
   const r = await runLoop({
-    outDir,
+    ...run,
     totalSteps: config.totalSteps,
-    resume: run.resume,
-    checkpointEvery: run.checkpointEvery,
     create: () => Trainer.create(config, data.train, data.evaluation),
-    onProgress: run.onProgress,
-    stopAfterSteps: run.stopAfterSteps,
+    files: (r) => {
+      const record = {
+        command: run.command,
+        config,
+        data: data.description,
+        steps: r.steps,
+        resumedFromStep: r.resumedFromStep,
+        trainSeconds: r.seconds,
+        threads: cpus().length,
+        heldOut: { accuracy: r.evaluation.accuracy, loss: r.evaluation.loss, n: r.evaluation.n, chance },
+      };
+      return {
+        'preprocessor_config.json': `${JSON.stringify(preprocessorConfig(config, data), null, 2)}\n`,
+        'training.json': `${JSON.stringify(record, null, 2)}\n`,
+        'MODEL_CARD.md': modelCard(record, data.classes),
+      };
+    },
   });
-  const summary: TrainSummary = {
-    outDir,
-    steps: r.steps,
-    resumedFromStep: r.resumedFromStep,
-    seconds: r.seconds,
-    evaluation: r.evaluation,
-    chance: 1 / data.classes.length,
-    finished: r.finished,
-  };
-  if (!r.finished) return summary;
-  await writeFileAtomic(join(outDir, 'preprocessor_config.json'), `${JSON.stringify(preprocessorConfig(config, data), null, 2)}\n`);
-  const record = {
-    command: run.command,
-    config,
-    data: data.description,
-    steps: r.steps,
-    resumedFromStep: r.resumedFromStep,
-    trainSeconds: summary.seconds,
-    threads: cpus().length,
-    heldOut: { accuracy: r.evaluation.accuracy, loss: r.evaluation.loss, n: r.evaluation.n, chance: summary.chance },
-  };
-  await writeFileAtomic(join(outDir, 'training.json'), `${JSON.stringify(record, null, 2)}\n`);
-  await writeFileAtomic(join(outDir, 'MODEL_CARD.md'), modelCard(record, data.classes));
-  cleanUp(outDir);
-  return summary;
+  return { outDir, ...r, chance };
 }
 
 /** A ViTImageProcessor config reproducing the training normalisation for every other command. */

@@ -8,7 +8,7 @@ import { Option, type Command } from 'commander';
 
 import { printJson, type CommandContext } from '../context.js';
 import { usageError } from '../../errors.js';
-import { DEFAULT_MAX_OBJECTS, DEFAULT_SIZE, writeClevrLite, type ClevrLiteSummary } from '../../dataset/clevr.js';
+import { DEFAULT_MAX_OBJECTS, DEFAULT_SIZE, writeClevrLite, type ClevrDatasetOptions, type ClevrLiteSummary } from '../../dataset/clevr.js';
 import { exportFashionMnist, type FashionMnistSplit } from '../../dataset/fashion-mnist.js';
 import { DEFAULT_THRESHOLD, writePatchLabels } from '../../dataset/patch-labels.js';
 import { parseNonNegativeInt, parsePositiveInt } from '../../options.js';
@@ -37,15 +37,8 @@ export function parseSeed(value: string): number {
   return n;
 }
 
-export interface ClevrLiteCommandOptions {
-  n: number;
+export interface ClevrLiteCommandOptions extends ClevrDatasetOptions {
   out: string;
-  seed: number;
-  size: number;
-  maxObjects: number;
-  patchSize?: number;
-  patchMinFraction?: number;
-  edit?: boolean;
 }
 
 export async function clevrLiteCommand(

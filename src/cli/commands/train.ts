@@ -165,19 +165,26 @@ export async function trainClipCommand(options: TrainOptions, ctx: CommandContex
   const progress = startProgress(ctx, steps, 'train --clip');
   try {
     return await trainClip({
-      outDir: options.out,
+      ...runSettings(options, argv),
       config,
       data,
-      resume: options.resume === true,
-      checkpointEvery: options.checkpointEvery,
-      command: commandLine(argv),
       onProgress: (r) =>
         progress.update(r.step, `loss ${r.loss.toFixed(3)} match ${(r.accuracy * 100).toFixed(1)}% T ${r.logitScale.toFixed(1)}`),
-      ...(options.stopAfter !== undefined ? { stopAfterSteps: options.stopAfter } : {}),
     });
   } finally {
     progress.stop();
   }
+}
+
+/** Where and how a run goes, the same for both trainers. */
+function runSettings(options: TrainOptions, argv: readonly string[]) {
+  return {
+    outDir: options.out,
+    resume: options.resume === true,
+    checkpointEvery: options.checkpointEvery,
+    command: commandLine(argv),
+    ...(options.stopAfter !== undefined ? { stopAfterSteps: options.stopAfter } : {}),
+  };
 }
 
 export async function trainCommand(options: TrainOptions, ctx: CommandContext, argv: readonly string[]): Promise<TrainSummary> {
@@ -204,18 +211,12 @@ export async function trainCommand(options: TrainOptions, ctx: CommandContext, a
   };
   const progress = startProgress(ctx, steps, 'train');
   try {
-    const run = {
-      outDir: options.out,
+    return await train({
+      ...runSettings(options, argv),
       config,
       data,
-      resume: options.resume === true,
-      checkpointEvery: options.checkpointEvery,
-      command: commandLine(argv),
-      onProgress: (r: { step: number; loss: number; accuracy: number }) =>
-        progress.update(r.step, `loss ${r.loss.toFixed(3)} acc ${(r.accuracy * 100).toFixed(1)}%`),
-      ...(options.stopAfter !== undefined ? { stopAfterSteps: options.stopAfter } : {}),
-    };
-    return await train(run);
+      onProgress: (r) => progress.update(r.step, `loss ${r.loss.toFixed(3)} acc ${(r.accuracy * 100).toFixed(1)}%`),
+    });
   } finally {
     progress.stop();
   }
