@@ -209,9 +209,8 @@ impl Model {
     }
 
     /// Intra-op threads for work on this model: one for tiny models, where thread synchronisation
-    /// costs more than it saves (measured when patching ran one batched forward per layer: a
-    /// vit-tiny sweep ran 2x faster on one thread; the one-pass sweep shows no difference either
-    /// way), else libtorch's default. libtorch's setting is process-wide, so callers set it per call.
+    /// costs more than it saves (docs/benchmarks.md, "Measurements behind choices in the code"),
+    /// else libtorch's default. libtorch's setting is process-wide, so callers set it per call.
     pub fn use_threads(&self) {
         static DEFAULT: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
         let default = *DEFAULT.get_or_init(tch::get_num_threads);

@@ -1,7 +1,7 @@
 //! All libtorch work runs on one dedicated thread. libuv hands AsyncTasks to any of its worker
 //! threads, and each thread that calls into libtorch gets its own OpenMP team; a previous team keeps
-//! spinning after its work while the next one computes, so on a 2-core machine a ViT-B forward took
-//! 347 ms through Node against 241 ms on one thread (and caching every hook 2.8x instead of 1.2x).
+//! spinning after its work while the next one computes, which slows every call on a machine with
+//! few cores (numbers in docs/benchmarks.md, "Measurements behind choices in the code").
 //! Promises from `TorchTask` are settled by the torch thread itself (see there).
 
 use napi::bindgen_prelude::{sys, Task, ToNapiValue, TypeName, ValueType};
@@ -37,8 +37,8 @@ fn sender() -> &'static Mutex<Sender<Job>> {
 
 /// How long the torch thread polls for the next job before it sleeps. Calls from JS tend to come
 /// back to back (a sweep over images, a benchmark, the CLI's next input), and waking a sleeping
-/// thread costs ~40 us on this VM, a tenth of a small model's call; 200 us of polling after each job
-/// is a negligible cost when none comes.
+/// thread costs a noticeable part of a small model's call, while a short poll costs next to nothing
+/// when none comes (docs/benchmarks.md, "Measurements behind choices in the code").
 const POLL_FOR_NEXT_JOB: Duration = Duration::from_micros(200);
 
 /// The next job, polling briefly before blocking; None once every sender is gone.
@@ -86,7 +86,7 @@ pub fn run<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// A napi `Task` run as a promise like `AsyncTask`, but without a libuv worker in between: the JS
 /// thread hands the task straight to the torch thread, which computes it and settles the promise
 /// itself. An `AsyncTask` wakes a libuv worker that then waits for the torch thread, four thread
-/// wake-ups per call instead of two; on a small model that was ~0.15 ms of a 0.4 ms call.
+/// wake-ups per call instead of two, a large share of a small model's call (docs/benchmarks.md).
 pub struct TorchTask<T: Task>(pub T);
 
 type Resolver<T> = Box<dyn FnOnce(Env) -> Result<<T as Task>::JsValue>>;

@@ -262,7 +262,7 @@ impl Layout {
         let cfg = &model.vit.cfg;
         let rows_per_block = opts.chunk.unwrap_or_else(|| {
             let per_run = (cfg.n_pos() * cfg.d_mlp.max(cfg.d_model * 4) * 4 * 3).max(1) as usize;
-            // ~128 MB of activations per batched block: measured fastest on ViT-B (chunk 16 vs 36: -12%).
+            // ~128 MB of activations per batched block, the fastest size on ViT-B (docs/benchmarks.md).
             ((128usize << 20) / per_run).clamp(1, 256)
         });
         Self::of(opts.by, cfg.n_pos(), cfg.n_heads, layers, rows_per_block)

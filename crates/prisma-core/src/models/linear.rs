@@ -2,12 +2,10 @@
 //!
 //! By default every linear is `at::linear`: on the CPU that is MKL's sgemm, the same kernel (and so
 //! the same bits) as transformers. A sweep asked for `fast_linear` switches its thread to oneDNN's
-//! f32 linear (cpp/onednn_linear.cpp), whose AVX-512 kernels run ViT-B's sweeps 10-20% faster on
-//! this project's CPU, with the GELU after the MLP's first product fused into it. The two agree to
-//! float rounding, not bit for bit, and a model can amplify that: the random-init ViT-B of
-//! bench/ (initializer_range 0.2) turns a 1e-6 relative change of its input into 0.04 in a logit,
-//! so its oneDNN sweep differs from transformers' values by up to 0.1 where the default agrees
-//! within 1e-5. Hence opt-in, never the default.
+//! f32 linear (cpp/onednn_linear.cpp), whose AVX-512 kernels run large models' sweeps faster, with
+//! the GELU after the MLP's first product fused into it. The two agree to float rounding, not bit
+//! for bit, and a chaotic model can amplify that far past the fidelity tolerance. Hence opt-in,
+//! never the default (numbers in docs/benchmarks.md, "Measurements behind choices in the code").
 
 use super::block::Activation;
 use crate::error::{PrismaError, Result};

@@ -433,12 +433,10 @@ impl HookedViT {
     /// The patch embedding of a small batch as one matrix product, [B, patches, d]; None where the
     /// convolution should run. Patches never overlap, so the convolution is a product of each
     /// flattened patch with the flattened kernel. The reference libraries run oneDNN's convolution,
-    /// whose setup costs ~40 us a call on CPU: most of a small model's embedding (a 32x32 image
-    /// with 8x8 patches: 54 us against 16 us), nothing on ViT-B (1.3 ms either way). The product
-    /// rounds differently (within 7e-7 of their size on the fixtures' embeddings), so it is taken
-    /// only below `SMALL_PATCH_PRODUCT` multiply-adds, where the setup dominates: large models keep
-    /// the reference's own kernel and its bits, which a chaotic random-init ViT-B amplifies (a 1e-6
-    /// relative change of its pixels moves a logit by 0.04, see docs/benchmarks.md).
+    /// whose per-call setup dominates a small model's embedding and is negligible on a large one.
+    /// The product rounds differently from it, so it is taken only below `SMALL_PATCH_PRODUCT`
+    /// multiply-adds: large models keep the reference's own kernel and its bits, which a chaotic
+    /// model amplifies (numbers in docs/benchmarks.md, "Measurements behind choices in the code").
     fn small_patch_product(&self, pixels: &Tensor) -> Result<Option<Tensor>> {
         let c = &self.cfg;
         let w = &self.weights;
