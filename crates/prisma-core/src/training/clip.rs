@@ -19,7 +19,7 @@ use crate::error::{PrismaError, Result};
 use crate::hooks::{HookCtx, HookSelection};
 use crate::models::text::{HookedTextEncoder, TextConfig, TextPooling, TextWeights};
 use crate::models::vit::{normalize_rows, ClipVisionSizes, FinalNorm, ForwardStart, Head, HookedViT, ViTConfig, ViTWeights};
-use crate::weights::hf::parse_activation;
+use crate::weights::common::parse_activation;
 use crate::weights::hf_clip_save::{save_clip_folder, TokenIds};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;

@@ -93,7 +93,7 @@ pub struct Trainer {
 
 impl Trainer {
     pub fn new(cfg: TrainConfig, train: (Tensor, Tensor), eval: (Tensor, Tensor)) -> Result<Trainer> {
-        let activation = crate::weights::hf::parse_activation(&cfg.activation)
+        let activation = crate::weights::common::parse_activation(&cfg.activation)
             .ok_or_else(|| PrismaError::Argument(format!("unknown activation '{}'", cfg.activation)))?;
         if cfg.d_model % cfg.n_heads != 0 || cfg.image_size % cfg.patch_size != 0 {
             return Err(PrismaError::Argument("d_model must divide by heads and image size by patch size".into()));

@@ -1,26 +1,14 @@
-//! Which loader reads a folder: detection from the files present, the list of supported families
-//! for error messages, and what every loader returns.
+//! Which loader reads a folder: detection from the files present, then the family's loader, then
+//! what every model gets (the unexpected tensors, the refusal of non-finite weights).
 
-use super::{hf, hf_clip, open_clip, store::TensorStore, timm};
+pub use super::common::{labels_from_id2label, LoadOptions, SUPPORTED};
+use super::common::{unsupported, Parts};
+use super::{dinov2, hf_clip, hf_encoder, hf_vit, open_clip, store::TensorStore, timm, videomae, vivit};
 use crate::error::{PrismaError, Result};
 use crate::models::text::HookedTextEncoder;
-use crate::models::vit::{HookedViT, ViTConfig, ViTWeights};
+use crate::models::vit::HookedViT;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
-
-/// What a user is told their folder could have been.
-pub const SUPPORTED: &str = "Hugging Face ViTModel / ViTForImageClassification (ViT, DINO), DeiT, CLIPModel (incl. TinyCLIP), \
-Dinov2Model, Dinov2WithRegistersModel, VideoMAE, ViViT (config.json + model.safetensors); open_clip (open_clip_config.json + \
-open_clip_model.safetensors); timm ViT (config.json with pretrained_cfg + model.safetensors)";
-
-/// Load-time choices that change the model's geometry.
-#[derive(Debug, Clone, Default)]
-pub struct LoadOptions {
-    /// Run at this input size: position embeddings are resized to its patch grid.
-    pub image_size: Option<[i64; 2]>,
-    /// Load weights holding NaN or infinities (refused by default: the outputs would be NaN).
-    pub allow_nonfinite: bool,
-}
 
 pub struct LoadedModel {
     pub vit: HookedViT,
@@ -39,13 +27,24 @@ pub struct LoadedModel {
     pub unexpected: Vec<String>,
 }
 
-/// Parts a family loader fills; `finish` turns them into a `LoadedModel`.
-pub struct Parts {
-    pub cfg: ViTConfig,
-    pub weights: ViTWeights,
-    pub text: Option<HookedTextEncoder>,
-    pub labels: Vec<String>,
-    pub family: &'static str,
+/// A family loader reading a Hugging Face folder (config.json's value, the open tensors).
+type HfLoader = fn(&Path, &serde_json::Value, &mut TensorStore, &LoadOptions) -> Result<Parts>;
+
+/// The loader for a Hugging Face config's `model_type` and `architectures[0]`, if any.
+fn hf_loader(model_type: &str, architecture: &str) -> Option<HfLoader> {
+    if hf_clip::accepts(model_type, architecture) {
+        return Some(hf_clip::load);
+    }
+    if !hf_encoder::accepts_architecture(architecture) {
+        return None;
+    }
+    let families: [(&[&str], HfLoader); 4] = [
+        (hf_vit::MODEL_TYPES, hf_vit::load),
+        (dinov2::MODEL_TYPES, dinov2::load),
+        (videomae::MODEL_TYPES, videomae::load),
+        (vivit::MODEL_TYPES, vivit::load),
+    ];
+    families.into_iter().find(|(types, _)| types.contains(&model_type)).map(|(_, load)| load)
 }
 
 fn read(path: &Path) -> Result<String> {
@@ -78,26 +77,16 @@ pub fn load_dir(dir: &Path, kind: Kind, device: Device, opts: &LoadOptions) -> R
                 .and_then(|a| a.as_str())
                 .unwrap_or("")
                 .to_string();
-            let unsupported = || {
+            let Some(load) = hf_loader(&model_type, &architecture) else {
                 let found = if architecture.is_empty() {
                     format!("model_type '{model_type}'")
                 } else {
                     format!("{architecture}, model_type '{model_type}'")
                 };
-                PrismaError::UnsupportedModel { path: dir.into(), found, supported: SUPPORTED.into() }
+                return Err(unsupported(dir, found));
             };
-            let parts = if hf_clip::accepts(&model_type, &architecture) {
-                let mut store = TensorStore::open_dir(dir, kind, device)?;
-                let parts = hf_clip::load(dir, &v, &mut store, opts)?;
-                (parts, store)
-            } else if hf::accepts(&model_type, &architecture) {
-                let mut store = TensorStore::open_dir(dir, kind, device)?;
-                let parts = hf::load(dir, &v, &mut store, opts)?;
-                (parts, store)
-            } else {
-                return Err(unsupported());
-            };
-            (parts.0, "hf", text, parts.1)
+            let mut store = TensorStore::open_dir(dir, kind, device)?;
+            (load(dir, &v, &mut store, opts)?, "hf", text, store)
         }
     } else {
         return Err(PrismaError::ModelDir {
@@ -121,19 +110,4 @@ pub fn load_dir(dir: &Path, kind: Kind, device: Device, opts: &LoadOptions) -> R
         n_params: store.n_params,
         unexpected: store.leftover(),
     })
-}
-
-/// `id2label` of an HF config as a list, or LABEL_i names when it does not cover every class.
-pub fn labels_from_id2label(v: &serde_json::Value, n_classes: i64) -> Vec<String> {
-    let mut labels: Vec<(i64, String)> = v
-        .get("id2label")
-        .and_then(|m| m.as_object())
-        .map(|m| m.iter().filter_map(|(k, l)| Some((k.parse::<i64>().ok()?, l.as_str()?.to_string()))).collect())
-        .unwrap_or_default();
-    labels.sort();
-    if labels.len() as i64 == n_classes && labels.iter().enumerate().all(|(i, (k, _))| *k == i as i64) {
-        labels.into_iter().map(|(_, l)| l).collect()
-    } else {
-        (0..n_classes).map(|i| format!("LABEL_{i}")).collect()
-    }
 }

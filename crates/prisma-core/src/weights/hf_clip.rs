@@ -1,8 +1,7 @@
 //! Hugging Face `CLIPModel` folders (openai/clip-vit-*, wkcn/TinyCLIP-*): both towers, the
 //! projections and the logit scale. The only place HF CLIP checkpoint names appear.
 
-use super::family::{LoadOptions, Parts};
-use super::hf::{ln, parse_activation, OneOrMany};
+use super::common::{linear, ln, logit_scale, parse_activation, take_cat, LoadOptions, OneOrMany, Parts};
 use super::pos_embed::{set_image_size, GridResample};
 use super::store::TensorStore;
 use crate::error::{PrismaError, Result};
@@ -10,7 +9,6 @@ use crate::models::text::{HookedTextEncoder, TextConfig, TextPooling, TextWeight
 use crate::models::vit::{BlockWeights, ClipVisionSizes, FinalNorm, ViTConfig, ViTWeights};
 use serde::Deserialize;
 use std::path::Path;
-use tch::Tensor;
 
 pub fn accepts(model_type: &str, architecture: &str) -> bool {
     model_type == "clip" && (architecture.is_empty() || architecture == "CLIPModel")
@@ -114,27 +112,15 @@ fn eos() -> i64 {
 fn clip_block(store: &mut TensorStore, b: &str, d: i64, d_mlp: i64, n_heads: i64) -> Result<BlockWeights> {
     let name = |n: &str| format!("{b}.{n}");
     let ln1 = ln(store, &name("layer_norm1"), d)?;
-    let mut w = Vec::new();
-    let mut bias = Vec::new();
-    for proj in ["q_proj", "k_proj", "v_proj"] {
-        w.push(store.take(&name(&format!("self_attn.{proj}.weight")), &[d, d])?);
-        bias.push(store.take(&name(&format!("self_attn.{proj}.bias")), &[d])?);
-    }
-    let w_o = store.take(&name("self_attn.out_proj.weight"), &[d, d])?;
+    let qkv = |what: &str| ["q_proj", "k_proj", "v_proj"].map(|proj| name(&format!("self_attn.{proj}.{what}")));
+    let w_qkv = take_cat(store, qkv("weight"), &[d, d])?;
+    let b_qkv = Some(take_cat(store, qkv("bias"), &[d])?);
+    let (w_o, b_o) = linear(store, &name("self_attn.out_proj"), d, d)?;
     let w_o_heads = BlockWeights::heads_of(&w_o, n_heads, d / n_heads)?;
-    Ok(BlockWeights {
-        ln1,
-        w_qkv: Tensor::f_cat(&w, 0)?,
-        b_qkv: Some(Tensor::f_cat(&bias, 0)?),
-        w_o,
-        w_o_heads,
-        b_o: store.take(&name("self_attn.out_proj.bias"), &[d])?,
-        ln2: ln(store, &name("layer_norm2"), d)?,
-        w_in: store.take(&name("mlp.fc1.weight"), &[d_mlp, d])?,
-        b_in: store.take(&name("mlp.fc1.bias"), &[d_mlp])?,
-        w_out: store.take(&name("mlp.fc2.weight"), &[d, d_mlp])?,
-        b_out: store.take(&name("mlp.fc2.bias"), &[d])?,
-    })
+    let ln2 = ln(store, &name("layer_norm2"), d)?;
+    let (w_in, b_in) = linear(store, &name("mlp.fc1"), d_mlp, d)?;
+    let (w_out, b_out) = linear(store, &name("mlp.fc2"), d, d_mlp)?;
+    Ok(BlockWeights { ln1, w_qkv, b_qkv, w_o, w_o_heads, b_o, ln2, w_in, b_in, w_out, b_out })
 }
 
 pub fn load(dir: &Path, value: &serde_json::Value, store: &mut TensorStore, opts: &LoadOptions) -> Result<Parts> {
@@ -191,7 +177,7 @@ pub fn load(dir: &Path, value: &serde_json::Value, store: &mut TensorStore, opts
     }
     let text_ln = ln(store, &tm("final_layer_norm"), td)?;
     let text_projection = store.take("text_projection.weight", &[proj_dim, td])?;
-    let logit_scale = store.take("logit_scale", &[])?.f_exp()?.double_value(&[]);
+    let logit_scale = logit_scale(store, "logit_scale")?;
     // Buffers some checkpoints carry.
     store.discard_prefix(&vm("embeddings.position_ids"));
     store.discard_prefix(&tm("embeddings.position_ids"));

@@ -1,5 +1,5 @@
 //! Writing a HookedViT as a Hugging Face `ViTForImageClassification` folder (config.json +
-//! model.safetensors): the inverse of weights/hf.rs, so every command (and transformers itself)
+//! model.safetensors): the inverse of weights/hf_vit.rs, so every command (and transformers itself)
 //! loads what `prisma train` produces.
 
 use crate::error::{PrismaError, Result};

@@ -3,8 +3,7 @@
 //! Head counts come from the config (`width / head_width` for vision, `heads` for text), never
 //! from a model name.
 
-use super::family::{LoadOptions, Parts};
-use super::hf::ln;
+use super::common::{linear, ln, logit_scale, unsupported, LoadOptions, OneOrMany, Parts};
 use super::pos_embed::{set_image_size, GridResample};
 use super::store::TensorStore;
 use crate::error::{PrismaError, Result};
@@ -41,7 +40,7 @@ struct ModelCfg {
 
 #[derive(Deserialize)]
 struct VisionCfg {
-    image_size: super::hf::OneOrMany,
+    image_size: OneOrMany,
     layers: usize,
     width: i64,
     #[serde(default = "head_width")]
@@ -95,19 +94,14 @@ fn resblock(store: &mut TensorStore, b: &str, d: i64, d_mlp: i64, n_heads: i64) 
     let name = |n: &str| format!("{b}.{n}");
     let w_o = store.take(&name("attn.out_proj.weight"), &[d, d])?;
     let w_o_heads = BlockWeights::heads_of(&w_o, n_heads, d / n_heads)?;
-    Ok(BlockWeights {
-        ln1: ln(store, &name("ln_1"), d)?,
-        w_qkv: store.take(&name("attn.in_proj_weight"), &[3 * d, d])?,
-        b_qkv: Some(store.take(&name("attn.in_proj_bias"), &[3 * d])?),
-        w_o,
-        w_o_heads,
-        b_o: store.take(&name("attn.out_proj.bias"), &[d])?,
-        ln2: ln(store, &name("ln_2"), d)?,
-        w_in: store.take(&name("mlp.c_fc.weight"), &[d_mlp, d])?,
-        b_in: store.take(&name("mlp.c_fc.bias"), &[d_mlp])?,
-        w_out: store.take(&name("mlp.c_proj.weight"), &[d, d_mlp])?,
-        b_out: store.take(&name("mlp.c_proj.bias"), &[d])?,
-    })
+    let ln1 = ln(store, &name("ln_1"), d)?;
+    let w_qkv = store.take(&name("attn.in_proj_weight"), &[3 * d, d])?;
+    let b_qkv = Some(store.take(&name("attn.in_proj_bias"), &[3 * d])?);
+    let b_o = store.take(&name("attn.out_proj.bias"), &[d])?;
+    let ln2 = ln(store, &name("ln_2"), d)?;
+    let (w_in, b_in) = linear(store, &name("mlp.c_fc"), d_mlp, d)?;
+    let (w_out, b_out) = linear(store, &name("mlp.c_proj"), d, d_mlp)?;
+    Ok(BlockWeights { ln1, w_qkv, b_qkv, w_o, w_o_heads, b_o, ln2, w_in, b_in, w_out, b_out })
 }
 
 pub fn load(dir: &Path, config_text: &str, store: &mut TensorStore, opts: &LoadOptions) -> Result<Parts> {
@@ -118,13 +112,9 @@ pub fn load(dir: &Path, config_text: &str, store: &mut TensorStore, opts: &LoadO
     if v.head_width <= 0 || v.width % v.head_width != 0 || t.heads <= 0 || t.width % t.heads != 0 {
         return Err(bad("width must be a multiple of head_width (vision) / heads (text)".into()));
     }
-    for unsupported in ["visual.attn_pool.query", "visual.conv1.bias", "visual.trunk.patch_embed.proj.weight"] {
-        if store.contains(unsupported) {
-            return Err(PrismaError::UnsupportedModel {
-                path: dir.into(),
-                found: format!("open_clip model with '{unsupported}' (attentional pooling or a timm trunk)"),
-                supported: super::family::SUPPORTED.into(),
-            });
+    for name in ["visual.attn_pool.query", "visual.conv1.bias", "visual.trunk.patch_embed.proj.weight"] {
+        if store.contains(name) {
+            return Err(unsupported(dir, format!("open_clip model with '{name}' (attentional pooling or a timm trunk)")));
         }
     }
     let activation = if raw.model_cfg.quick_gelu { Activation::QuickGelu } else { Activation::Gelu };
@@ -170,7 +160,7 @@ pub fn load(dir: &Path, config_text: &str, store: &mut TensorStore, opts: &LoadO
     }
     let text_ln = ln(store, "ln_final", td)?;
     let text_projection = store.take("text_projection", &[td, proj_dim])?.f_transpose(0, 1)?.f_contiguous()?;
-    let logit_scale = store.take("logit_scale", &[])?.f_exp()?.double_value(&[]);
+    let logit_scale = logit_scale(store, "logit_scale")?;
     store.discard_prefix("attn_mask");
     let text = HookedTextEncoder {
         cfg: TextConfig {

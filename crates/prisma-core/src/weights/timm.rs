@@ -2,8 +2,7 @@
 //! `architecture`, `global_pool`, optional `model_args`, `pretrained_cfg`; `model.safetensors`).
 //! The only place timm tensor names appear.
 
-use super::family::{LoadOptions, Parts};
-use super::hf::{fold_layer_scale, ln};
+use super::common::{fold_layer_scale, linear, ln, unsupported, LoadOptions, Parts};
 use super::pos_embed::{set_image_size, GridResample};
 use super::store::TensorStore;
 use crate::error::{PrismaError, Result};
@@ -48,19 +47,11 @@ pub fn load(dir: &Path, v: &Value, store: &mut TensorStore, opts: &LoadOptions) 
     let bad = |reason: String| PrismaError::Config { path: config_path.clone(), reason };
     let architecture = v.get("architecture").and_then(|a| a.as_str()).unwrap_or("").to_string();
     if !architecture.starts_with("vit_") && !architecture.starts_with("deit_") {
-        return Err(PrismaError::UnsupportedModel {
-            path: dir.into(),
-            found: format!("timm '{architecture}'"),
-            supported: super::family::SUPPORTED.into(),
-        });
+        return Err(unsupported(dir, format!("timm '{architecture}'")));
     }
-    for unsupported in ["reg_token", "attn_pool.latent", "patch_embed.norm.weight"] {
-        if store.contains(unsupported) {
-            return Err(PrismaError::UnsupportedModel {
-                path: dir.into(),
-                found: format!("timm '{architecture}' with '{unsupported}'"),
-                supported: super::family::SUPPORTED.into(),
-            });
+    for name in ["reg_token", "attn_pool.latent", "patch_embed.norm.weight"] {
+        if store.contains(name) {
+            return Err(unsupported(dir, format!("timm '{architecture}' with '{name}'")));
         }
     }
     let args = v.get("model_args").cloned().unwrap_or(Value::Null);
@@ -146,10 +137,10 @@ pub fn load(dir: &Path, v: &Value, store: &mut TensorStore, opts: &LoadOptions) 
         let b = |n: &str| format!("blocks.{l}.{n}");
         let ls1 = store.take_optional(&b("ls1.gamma"), &[d])?;
         let ls2 = store.take_optional(&b("ls2.gamma"), &[d])?;
-        let (w_o, b_o) =
-            fold_layer_scale(store.take(&b("attn.proj.weight"), &[d, d])?, store.take(&b("attn.proj.bias"), &[d])?, ls1.as_ref())?;
-        let (w_out, b_out) =
-            fold_layer_scale(store.take(&b("mlp.fc2.weight"), &[d, d_mlp])?, store.take(&b("mlp.fc2.bias"), &[d])?, ls2.as_ref())?;
+        let (w_o, b_o) = linear(store, &b("attn.proj"), d, d)?;
+        let (w_o, b_o) = fold_layer_scale(w_o, b_o, ls1.as_ref())?;
+        let (w_out, b_out) = linear(store, &b("mlp.fc2"), d, d_mlp)?;
+        let (w_out, b_out) = fold_layer_scale(w_out, b_out, ls2.as_ref())?;
         let w_o_heads = BlockWeights::heads_of(&w_o, n_heads, d / n_heads)?;
         blocks.push(BlockWeights {
             ln1: ln(store, &b("norm1"), d)?,
@@ -167,7 +158,8 @@ pub fn load(dir: &Path, v: &Value, store: &mut TensorStore, opts: &LoadOptions) 
     }
     let ln_final = if final_norm == FinalNorm::Pooled { ln(store, "fc_norm", d)? } else { ln(store, "norm", d)? };
     let head = if n_classes > 0 {
-        Head::Classifier { weight: store.take("head.weight", &[n_classes, d])?, bias: store.take("head.bias", &[n_classes])? }
+        let (weight, bias) = linear(store, "head", n_classes, d)?;
+        Head::Classifier { weight, bias }
     } else {
         Head::None
     };
