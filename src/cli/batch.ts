@@ -9,6 +9,8 @@ import { readFile } from 'node:fs/promises';
 import { basename, extname, join, resolve } from 'node:path';
 
 import type { CommandContext } from './context.js';
+import type { LineSink } from './folder-job.js';
+import type { ShardEntry } from '../shard.js';
 import { PrismaError, toPrismaError } from '../errors.js';
 import { inputKind } from '../image/preprocess.js';
 import type { Model } from '../model.js';
@@ -46,18 +48,21 @@ export interface ItemRecord<R> {
   resumed: boolean;
 }
 
-export interface BatchOutcome<R> {
-  items: ItemRecord<R>[];
-  errors: InputError[];
+export interface BatchOutcome {
   resumed: number;
   computed: number;
+  failed: number;
 }
 
 export interface BatchSpec<R> {
   command: string;
   model: Model;
-  /** Input files, folders already expanded. */
-  files: string[];
+  /** Every input file of the job, folders already expanded (figure names are chosen among them all). */
+  files: readonly string[];
+  /** The files this process runs (all, or its shard's), with their positions in `files`. */
+  entries: readonly ShardEntry<string>[];
+  /** Where each input's result line goes as it finishes. */
+  sink: LineSink;
   outDir?: string;
   resume?: boolean;
   /** Everything that changes the results (options); items from a run with another key are not reused. */
@@ -121,58 +126,69 @@ async function readStored<R>(path: string, command: string, key: string): Promis
   return doc;
 }
 
-export async function runBatch<R>(spec: BatchSpec<R>): Promise<BatchOutcome<R>> {
-  const { model, command } = spec;
+export async function runBatch<R>(spec: BatchSpec<R>): Promise<BatchOutcome> {
+  const { model, command, sink } = spec;
   const key = runKey(command, model, spec.key);
   const writer = spec.outDir === undefined ? undefined : new FigureWriter(spec.outDir);
   const itemsDir = spec.outDir === undefined ? undefined : join(spec.outDir, ITEMS_DIR);
   if (itemsDir) await removeStaleTemps(itemsDir);
   const names = figureNames(spec.files);
   const spec0 = await model.preprocessSpec().catch(() => undefined);
-  const out: BatchOutcome<R> = { items: [], errors: [], resumed: 0, computed: 0 };
-  const progress = startProgress(spec.ctx, spec.files.length, command);
+  const out: BatchOutcome = { resumed: 0, computed: 0, failed: 0 };
+  const total = spec.entries.length;
+  const progress = startProgress(spec.ctx, total, command);
   // Ctrl-C (or SIGTERM): end the progress line and say what is kept and how to go on; every
   // finished item is already on disk (written atomically), so --resume picks up from there.
   const stopOnSignal = cleanUpOnSignal(() => {
     progress.stop();
-    const done = out.items.length;
+    const done = out.resumed + out.computed;
     spec.ctx.io.stderr.write(
       spec.outDir === undefined
-        ? `\nprisma: interrupted after ${done} of ${spec.files.length} inputs; nothing was saved (no --out)\n`
-        : `\nprisma: interrupted: ${done} of ${spec.files.length} inputs saved in ${spec.outDir}; rerun the same command with --resume to finish\n`,
+        ? `\nprisma: interrupted after ${done} of ${total} inputs; nothing was saved (no --out)\n`
+        : `\nprisma: interrupted: ${done} of ${total} inputs saved in ${spec.outDir}; rerun the same command with --resume to finish\n`,
     );
   });
 
-  const fail = (input: string, err: unknown) => {
+  const fail = async (position: number, file: string, input: string, err: unknown) => {
     const pe = toPrismaError(err);
-    out.errors.push({ input, code: pe.code, message: pe.message });
+    out.failed += 1;
+    await sink.add({ position, file, input, ok: false, error: { code: pe.code, message: pe.message } });
   };
-  const tryResume = async (label: string): Promise<boolean> => {
+  const tryResume = async (position: number, file: string, label: string): Promise<boolean> => {
     if (!spec.resume || !itemsDir) return false;
     const stored = await readStored<R>(join(itemsDir, `${itemId(label)}.json`), command, key);
     if (!stored) return false;
-    out.items.push({ input: stored.input, name: stored.name, result: stored.result, figures: stored.figures, resumed: true });
+    await sink.add({
+      position,
+      file,
+      input: stored.input,
+      ok: true,
+      name: stored.name,
+      resumed: true,
+      result: stored.result,
+      figures: stored.figures,
+    });
     out.resumed += 1;
     return true;
   };
 
   try {
-    for (const [n, file] of spec.files.entries()) {
+    for (const [n, { item: file, position }] of spec.entries.entries()) {
       progress.update(n, basename(file));
       const isImage = inputKind(file) === 'image';
-      if (isImage && (await tryResume(file))) continue;
+      if (isImage && (await tryResume(position, file, file))) continue;
       let batch: PixelBatch;
       try {
         batch = await model.loadInputs([file], spec.inputKey === undefined ? {} : { inputKey: spec.inputKey });
       } catch (err) {
-        fail(file, err);
+        await fail(position, file, file, err);
         continue;
       }
       const rows = batch.shape[0];
       const [h, w] = batch.shape.slice(-2) as [number, number];
       for (let i = 0; i < rows; i++) {
         const label = batch.labels[i] ?? file;
-        if (!isImage && (await tryResume(label))) continue;
+        if (!isImage && (await tryResume(position, file, label))) continue;
         const base = names.get(file) ?? 'input';
         const row = batchRows(batch, i, i + 1);
         const item: BatchItem = {
@@ -188,7 +204,7 @@ export async function runBatch<R>(spec: BatchSpec<R>): Promise<BatchOutcome<R>> 
         try {
           done = await spec.process(item, writer);
         } catch (err) {
-          fail(label, err);
+          await fail(position, file, label, err);
           continue;
         }
         if (itemsDir) {
@@ -203,13 +219,13 @@ export async function runBatch<R>(spec: BatchSpec<R>): Promise<BatchOutcome<R>> 
           };
           await writeJsonAtomic(join(itemsDir, `${item.id}.json`), stored);
         }
-        out.items.push({ input: label, name: item.name, result: done.result, figures: done.figures, resumed: false });
+        await sink.add({ position, file, input: label, ok: true, name: item.name, result: done.result, figures: done.figures });
         out.computed += 1;
       }
     }
   } finally {
     stopOnSignal();
-    progress.update(spec.files.length);
+    progress.update(total);
     progress.stop();
   }
   return out;

@@ -115,3 +115,25 @@ export async function writeJsonStreamAtomic(path: string, value: unknown): Promi
     throw (err as NodeJS.ErrnoException).syscall === undefined ? err : cannotWrite(path, err);
   }
 }
+
+/**
+ * The document with its streamed parts resolved (arrays gathered, `Later` values computed, fields
+ * left out as `writeJsonStream` leaves them out): `formatJson` of it gives the streamed bytes.
+ */
+export async function resolveJson(value: unknown): Promise<unknown> {
+  if (value instanceof Later) return resolveJson(await value.value());
+  if (value instanceof StreamedArray) {
+    const out: unknown[] = [];
+    for await (const item of value.items()) out.push(await resolveJson(item));
+    return out;
+  }
+  if (!hasStreamedParts(value)) return value;
+  if (Array.isArray(value)) return Promise.all(value.map(resolveJson));
+  const out: Record<string, unknown> = {};
+  for (const [k, raw] of Object.entries(value as Record<string, unknown>)) {
+    const v = await resolveJson(raw);
+    if (v === undefined || typeof v === 'function') continue;
+    out[k] = v;
+  }
+  return out;
+}

@@ -64,7 +64,7 @@ export async function ablateCommand(
   inputArgs: string[],
   options: AblateCommandOptions,
   ctx: CommandContext,
-): Promise<AblateReport> {
+): Promise<AblateReport | undefined> {
   const specs = options.ablate;
   if (options.sweep !== undefined && options.sweep !== 'heads') throw usageError(`unknown --sweep '${options.sweep}'`, 'use --sweep heads');
   if (options.sweep !== undefined && specs.length > 0) throw usageError('give either --ablate specs or --sweep heads, not both');

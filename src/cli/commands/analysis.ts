@@ -14,7 +14,22 @@ import { printJson, type CommandContext, type Io } from '../context.js';
 import { PrismaError, usageError } from '../../errors.js';
 import { expandInputs, type ExpandOptions } from '../../image/preprocess.js';
 import type { Model } from '../../model.js';
-import { runBatch, type BatchItem, type BatchOutcome, type InputError } from '../batch.js';
+import { runBatch, type BatchItem, type InputError } from '../batch.js';
+import {
+  allFailed,
+  checkFolderFlags,
+  claimOutFolder,
+  finishFolderJob,
+  type FolderJobFlags,
+  type InputList,
+  jsonlOption,
+  LineSink,
+  selectInputs,
+  shardManifest,
+  shardOption,
+} from '../folder-job.js';
+import type { AnalysisFixed } from '../../report/layouts.js';
+import { shardKey, type Shard } from '../../shard.js';
 import type { Figure, FigureWriter } from '../../report/figures.js';
 import { validateReport, type ReportCommand } from '../../report/schema.js';
 import { makeDirSync, writeJsonAtomic } from '../../report/write.js';
@@ -102,12 +117,14 @@ async function readStdinLines(io: Io): Promise<string[]> {
 }
 
 /**
- * Input arguments -> input files: folders expand to their images (sorted), `-` reads one path per
- * line from stdin. Files that do not exist are kept, so they fail (and are recorded) one by one.
+ * Input arguments -> the input list: folders expand to their images (sorted; a video model's folder
+ * of frames is one clip), `-` reads one path per line from stdin. Files that do not exist are kept,
+ * so they fail (and are recorded) one by one. Each input has its shard key: its path relative to
+ * the folder argument it was found in, else the path as given (src/shard.ts).
  */
-/** Input paths from the arguments; a folder is expanded to its images, except for a video model, where a folder of frames is one clip. */
-export async function collectInputs(args: readonly string[], io: Io, video = false, expand: ExpandOptions = {}): Promise<string[]> {
-  const out: string[] = [];
+export async function collectInputList(args: readonly string[], io: Io, video = false, expand: ExpandOptions = {}): Promise<InputList> {
+  const files: string[] = [];
+  const keys: string[] = [];
   let stdinUsed = false;
   for (const arg of args) {
     let paths = [arg];
@@ -119,12 +136,24 @@ export async function collectInputs(args: readonly string[], io: Io, video = fal
     }
     for (const p of paths) {
       const st = await stat(p).catch(() => undefined);
-      if (st?.isDirectory() && !video) out.push(...(await expandInputs([p], expand)));
-      else out.push(p);
+      if (st?.isDirectory() && !video) {
+        for (const file of await expandInputs([p], expand)) {
+          files.push(file);
+          keys.push(shardKey(file, p));
+        }
+      } else {
+        files.push(p);
+        keys.push(shardKey(p));
+      }
     }
   }
-  if (out.length === 0) throw new PrismaError('E_INPUT', 'no inputs given');
-  return out;
+  if (files.length === 0) throw new PrismaError('E_INPUT', 'no inputs given');
+  return { files, keys };
+}
+
+/** The input files of `collectInputList`, without their keys. */
+export async function collectInputs(args: readonly string[], io: Io, video = false, expand: ExpandOptions = {}): Promise<string[]> {
+  return (await collectInputList(args, io, video, expand)).files;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -227,47 +256,6 @@ export async function finishReport<T extends ReportBase>(
   }
 }
 
-/**
- * Finish a multi-input run: like `finishReport`, but when every input failed the report is still
- * written (with --out) and the first error is thrown (exit 1); when some failed, the exit code is 3.
- */
-export async function finishBatch<T extends ReportBase>(
-  report: T,
-  options: { out?: string; json?: boolean },
-  ctx: CommandContext,
-  summary: (r: T, color: boolean) => string,
-): Promise<void> {
-  if (report.errors.length > 0 && report.resumed + report.computed === 0) {
-    validateReport(report.command, report);
-    if (options.out !== undefined) await writeJsonAtomic(join(options.out, 'report.json'), report);
-    const first = report.errors[0]!;
-    const more = report.errors.length > 1 ? ` (all ${report.errors.length} inputs failed)` : '';
-    throw new PrismaError(first.code, `${first.message}${more}`);
-  }
-  await finishReport(report, options, ctx, summary);
-  if (report.errors.length > 0) ctx.partial = true;
-}
-
-/**
- * The fields every batch report takes from its outcome: one result per input (with the paths of its
- * figures), the per-input errors, the resumed/computed counts and all figures in input order.
- */
-export function batchReportFields<R>(outcome: BatchOutcome<R>): {
-  results: (R & { input: string; name: string; figures: string[] })[];
-  errors: InputError[];
-  resumed: number;
-  computed: number;
-  figures: Figure[];
-} {
-  return {
-    results: outcome.items.map((i) => ({ ...i.result, input: i.input, name: i.name, figures: i.figures.map((f) => f.path) })),
-    errors: outcome.errors,
-    resumed: outcome.resumed,
-    computed: outcome.computed,
-    figures: outcome.items.flatMap((i) => i.figures),
-  };
-}
-
 // ---------------------------------------------------------------------------------------------
 // The frame of a multi-input analysis command (logit-lens, heads, dla, ablate)
 
@@ -297,7 +285,8 @@ export function batchCommand(program: Command, frame: BatchCommandFrame): Comman
     .description(frame.description)
     .argument('<MODEL_DIR>', frame.model ?? 'Hugging Face model folder with a classification head')
     .argument('<INPUT...>', "images, folders of images, .npy/.safetensors tensors, or '-' for paths on stdin");
-  for (const option of [...frame.options, outOption(), resumeOption(), recursiveOption()]) cmd.addOption(option);
+  for (const option of [...frame.options, outOption(), resumeOption(), recursiveOption(), shardOption(), jsonlOption()])
+    cmd.addOption(option);
   return withModelOptions(cmd)
     .addOption(jsonOption())
     .addHelpText(
@@ -308,6 +297,8 @@ export function batchCommand(program: Command, frame: BatchCommandFrame): Comman
 
 export interface BatchCommandOptions extends ModelOptions {
   recursive?: boolean;
+  shard?: Shard;
+  jsonl?: boolean;
   target?: string;
   baseline?: string;
   out?: string;
@@ -317,7 +308,9 @@ export interface BatchCommandOptions extends ModelOptions {
 
 export interface OpenedBatch {
   model: Model;
+  /** Every input of the job (with --shard, this process runs its part). */
   files: string[];
+  keys: string[];
   out: string | undefined;
 }
 
@@ -332,21 +325,22 @@ export async function openBatch(
   ctx: CommandContext,
   checks: { head?: string; check?: (model: Model) => void } = {},
 ): Promise<OpenedBatch> {
+  checkFolderFlags(options);
   const out = prepareOut(options.out, options.resume);
   const model = await openModel(modelDir, options, ctx);
   if (checks.head !== undefined) requireHead(model, checks.head);
   if (options.target !== undefined) resolveClass(options.target, model.info, 'target');
   if (options.baseline !== undefined) resolveClass(options.baseline, model.info, 'baseline');
   checks.check?.(model);
-  const files = await collectInputs(inputArgs, ctx.io, (model.info.numFrames ?? 0) > 0, expandOptions(options, ctx));
-  return { model, files, out };
+  const list = await collectInputList(inputArgs, ctx.io, (model.info.numFrames ?? 0) > 0, expandOptions(options, ctx));
+  return { model, ...list, out };
 }
 
-export interface BatchRun<C extends ReportCommand, R, O, E extends object> {
+export interface BatchRun<C extends ReportCommand, R, O, E extends object = Record<never, never>> {
   command: C;
   modelDir: string;
   batch: OpenedBatch;
-  options: { out?: string; resume?: boolean; json?: boolean };
+  options: FolderJobFlags;
   ctx: CommandContext;
   /** Everything that changes the results (see BatchSpec.key). */
   key: unknown;
@@ -354,33 +348,78 @@ export interface BatchRun<C extends ReportCommand, R, O, E extends object> {
   reportOptions: O;
   process(item: BatchItem, figures: FigureWriter | undefined): Promise<{ result: R; figures: Figure[] }>;
   summary(report: BatchReport<C, R, O, E>, color: boolean): string;
-  /** Report fields computed from every input's result. */
-  extra?: (outcome: BatchOutcome<R>) => E;
+  /** Report fields computed from every input's result (names in report/layouts.ts's AGGREGATES). */
+  aggregates?: string[];
 }
 
-/** Run every input (resumable), assemble the report, and finish it (see finishBatch). */
+/**
+ * Runs every input of this process (all, or its shard's; resumable), one result line each as it
+ * finishes, then lays out the report from the lines and finishes: report.json (and shard.json with
+ * --shard) under --out, then the summary, the report as JSON, or nothing more after --jsonl lines.
+ * Exit 3 when some inputs failed; when all failed, the first error (exit 1), except in a shard,
+ * which still finished. Returns the report when it is held (not with --shard or --jsonl).
+ */
 export async function runBatchCommand<C extends ReportCommand, R, O, E extends object = Record<never, never>>(
   run: BatchRun<C, R, O, E>,
-): Promise<BatchReport<C, R, O, E>> {
+): Promise<BatchReport<C, R, O, E> | undefined> {
   const { model, files, out } = run.batch;
-  const outcome = await runBatch<R>({
-    command: run.command,
-    model,
-    files,
-    ...(out === undefined ? {} : { outDir: out }),
-    resume: run.options.resume ?? false,
-    key: run.key,
-    ctx: run.ctx,
-    process: run.process,
-  });
-  const report = {
-    ...reportBase(run.command, model, run.modelDir),
-    command: run.command,
-    inputs: files,
+  const flags = run.options;
+  const entries = selectInputs(run.batch, flags.shard);
+  const fixed: AnalysisFixed = {
+    base: reportBase(run.command, model, run.modelDir),
     options: run.reportOptions,
-    ...batchReportFields(outcome),
-    ...run.extra?.(outcome),
-  } as BatchReport<C, R, O, E>;
-  await finishBatch(report, run.options, run.ctx, run.summary);
+    aggregates: run.aggregates ?? [],
+  };
+  const manifest =
+    flags.shard &&
+    shardManifest({
+      command: run.command,
+      shard: flags.shard,
+      files,
+      inShard: entries.length,
+      model,
+      key: run.key,
+      layout: 'analysis',
+      fixed,
+    });
+  if (out !== undefined) await claimOutFolder(out, flags.shard);
+  const sink = new LineSink(out, flags.jsonl ? run.ctx.io.stdout : undefined, !flags.jsonl && !flags.shard);
+  await sink.open();
+  try {
+    await runBatch<R>({
+      command: run.command,
+      model,
+      files,
+      entries,
+      sink,
+      ...(out === undefined ? {} : { outDir: out }),
+      resume: flags.resume ?? false,
+      key: run.key,
+      ctx: run.ctx,
+      process: run.process,
+    });
+  } catch (err) {
+    await sink.abort();
+    throw err;
+  }
+  const done = await finishFolderJob({
+    command: run.command,
+    layout: 'analysis',
+    fixed,
+    sink,
+    flags,
+    ctx: run.ctx,
+    ...(manifest ? { manifest } : {}),
+  });
+  const failed = allFailed(done.digest, flags);
+  if (failed) throw failed;
+  const report = done.report as BatchReport<C, R, O, E> | undefined;
+  if (report === undefined) return undefined;
+  if (flags.json) printJson(run.ctx, report);
+  else run.ctx.io.stdout.write(run.summary(report, useColor(run.ctx.io.stdout, run.ctx.io.env)));
+  if (report.errors.length > 0 && !flags.json) {
+    const color = useColor(run.ctx.io.stderr, run.ctx.io.env);
+    for (const e of report.errors) run.ctx.io.stderr.write(`${dim('failed:', color)} ${e.input}: ${e.code}: ${e.message}\n`);
+  }
   return report;
 }

@@ -107,6 +107,12 @@ ${sections}
 `;
 }
 
+/** A batch command's report (held whenever neither --shard nor --jsonl is given, as here). */
+function held<T>(report: T | undefined): T {
+  if (report === undefined) throw new PrismaError('E_INTERNAL', 'a demo step returned no report');
+  return report;
+}
+
 export async function demo(options: DemoOptions, ctx: CommandContext): Promise<DemoSummary> {
   for (const dir of Object.values(DEMO_MODELS)) {
     try {
@@ -152,20 +158,19 @@ export async function demo(options: DemoOptions, ctx: CommandContext): Promise<D
     quiet,
   );
   log('logit lens (clevr-lite)');
-  const lensClevr = await logitLensCommand(
-    DEMO_MODELS.clevr,
-    [pair.clean],
-    { ...base, site: ['resid_post'], topK: 3, out: join(out, 'lens-clevr') },
-    quiet,
+  const lensClevr = held(
+    await logitLensCommand(
+      DEMO_MODELS.clevr,
+      [pair.clean],
+      { ...base, site: ['resid_post'], topK: 3, out: join(out, 'lens-clevr') },
+      quiet,
+    ),
   );
   log('attention heads (clevr-lite, from the class token)');
-  const att = await headsCommand(DEMO_MODELS.clevr, [pair.clean], { ...base, out: join(out, 'heads') }, quiet);
+  const att = held(await headsCommand(DEMO_MODELS.clevr, [pair.clean], { ...base, out: join(out, 'heads') }, quiet));
   log('direct logit attribution (clevr-lite)');
-  const dla = await dlaCommand(
-    DEMO_MODELS.clevr,
-    [pair.clean],
-    { ...base, baseline: pair.to, perPosition: true, out: join(out, 'dla') },
-    quiet,
+  const dla = held(
+    await dlaCommand(DEMO_MODELS.clevr, [pair.clean], { ...base, baseline: pair.to, perPosition: true, out: join(out, 'dla') }, quiet),
   );
 
   log('logit lens (Fashion-MNIST test images)');
@@ -173,20 +178,24 @@ export async function demo(options: DemoOptions, ctx: CommandContext): Promise<D
     .split('\n')
     .filter((l) => l.trim())
     .map((l) => JSON.parse(l) as { image: string; label: number });
-  const lensFashion = await logitLensCommand(
-    DEMO_MODELS.fashion,
-    fashionRecords.map((r) => join(FASHION_IMAGES, r.image)),
-    { ...base, site: ['resid_post'], topK: 3, out: join(out, 'lens-fashion') },
-    quiet,
+  const lensFashion = held(
+    await logitLensCommand(
+      DEMO_MODELS.fashion,
+      fashionRecords.map((r) => join(FASHION_IMAGES, r.image)),
+      { ...base, site: ['resid_post'], topK: 3, out: join(out, 'lens-fashion') },
+      quiet,
+    ),
   );
 
   log('CLIP logit lens (toy CLIP, zero-shot over colour prompts, clean and recoloured scene)');
   const colours = clevr.info.labels;
-  const lensClip = await logitLensCommand(
-    DEMO_MODELS.clip,
-    [pair.clean, pair.corrupt],
-    { ...base, site: ['resid_post'], topK: 3, labels: colours, template: [CLIP_TEMPLATE], out: join(out, 'lens-clip') },
-    quiet,
+  const lensClip = held(
+    await logitLensCommand(
+      DEMO_MODELS.clip,
+      [pair.clean, pair.corrupt],
+      { ...base, site: ['resid_post'], topK: 3, labels: colours, template: [CLIP_TEMPLATE], out: join(out, 'lens-clip') },
+      quiet,
+    ),
   );
   const clipTruth = [colours.indexOf(pair.from), colours.indexOf(pair.to)];
   const clipLines = [

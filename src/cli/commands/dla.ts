@@ -31,7 +31,7 @@ export async function dlaCommand(
   inputArgs: string[],
   options: DlaCommandOptions,
   ctx: CommandContext,
-): Promise<DlaReport> {
+): Promise<DlaReport | undefined> {
   const batch = await openBatch(modelDir, inputArgs, options, ctx, { head: 'direct logit attribution' });
   const perPosition = options.perPosition ?? false;
   const reportOptions = { target: options.target ?? null, baseline: options.baseline ?? null, perPosition };

@@ -26,7 +26,7 @@ export async function headsCommand(
   inputArgs: string[],
   options: HeadsCommandOptions,
   ctx: CommandContext,
-): Promise<HeadsReport> {
+): Promise<HeadsReport | undefined> {
   const defaultQuery = (hasClassToken: boolean): HeadsQuery => options.query ?? (hasClassToken ? 'cls' : 0);
   const batch = await openBatch(modelDir, inputArgs, options, ctx, {
     check: (model) => {

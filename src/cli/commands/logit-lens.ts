@@ -5,15 +5,7 @@
  */
 import { Option, type Command } from 'commander';
 
-import {
-  checkPatchLabels,
-  logitLens,
-  parseLensSite,
-  scorePatches,
-  sumPatchScores,
-  type LogitLensResult,
-  type PatchScore,
-} from '../../analysis/lens.js';
+import { checkPatchLabels, logitLens, parseLensSite, scorePatches, type LogitLensResult, type PatchScore } from '../../analysis/lens.js';
 import type { CommandContext } from '../context.js';
 import { findPatchLabels, loadPatchLabels } from '../../dataset/patch-labels.js';
 import type { LensSite } from '../../native.js';
@@ -44,7 +36,7 @@ export async function logitLensCommand(
   inputArgs: string[],
   options: LogitLensCommandOptions,
   ctx: CommandContext,
-): Promise<LogitLensReport> {
+): Promise<LogitLensReport | undefined> {
   const sites: LensSite[] = options.site.length > 0 ? [...new Set(options.site)] : ['resid_post'];
   const batch = await openBatch(modelDir, inputArgs, options, ctx, { head: 'the logit lens' });
   const { model } = batch;
@@ -74,14 +66,8 @@ export async function logitLensCommand(
       };
     },
     summary: logitLensSummary,
-    extra: (outcome) =>
-      patchFile
-        ? {
-            patchLabelAccuracy: sumPatchScores(
-              outcome.items.map((i) => i.result.patchLabels).filter((x): x is PatchScore[] => Array.isArray(x)),
-            ),
-          }
-        : {},
+    // Per layer, correct and labelled patches summed over every image (report/layouts.ts).
+    aggregates: patchFile ? ['patchLabelAccuracy'] : [],
   });
 }
 
