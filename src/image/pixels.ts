@@ -6,6 +6,8 @@
  * torchvision) all resize with Pillow, so the pixels equal theirs; only JPEG decoding can differ by
  * one 8-bit level (docs/preprocessing.md).
  */
+import { readFile } from 'node:fs/promises';
+
 import sharp from 'sharp';
 
 import { PrismaError } from '../errors.js';
@@ -44,8 +46,10 @@ function asBytes(data: Buffer): Uint8Array {
 /** Decode one image (the first page of an animation) to 8-bit RGB, EXIF orientation applied. */
 export async function decodeRgb(path: string): Promise<RawRgb> {
   try {
+    // Read first, so that a file that cannot be read says why (EIO, EACCES) rather than 'unsupported format'.
+    const bytes = await readFile(path);
     // failOn 'error' rejects truncated files; autoOrient applies EXIF orientation like HF's load_image.
-    const { data, info } = await sharp(path, { failOn: 'error', autoOrient: true })
+    const { data, info } = await sharp(bytes, { failOn: 'error', autoOrient: true })
       .removeAlpha()
       .toColourspace('srgb')
       .raw({ depth: 'uchar' })
