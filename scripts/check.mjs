@@ -1,13 +1,15 @@
 #!/usr/bin/env node
 // Formatting and lint, run by `npm test` before the tests: Biome (TypeScript/JavaScript format and
-// lint), rustfmt (`cargo fmt --check`) and clippy with warnings as errors, in the libtorch
-// environment scripts/setup.mjs recorded. Fix with `npm run fmt`.
+// lint), no import cycle between the Rust crates' modules (scripts/rust-cycles.mjs), rustfmt
+// (`cargo fmt --check`) and clippy with warnings as errors, in the libtorch environment
+// scripts/setup.mjs recorded. Fix formatting with `npm run fmt`.
 import { spawnSync } from 'node:child_process';
 import { cargoEnv, root } from './cargo-env.mjs';
 
 const { env, host } = cargoEnv('check');
 const steps = [
   ['npx', ['biome', 'check', '.']],
+  ['node', ['scripts/rust-cycles.mjs']],
   ['cargo', ['fmt', '--all', '--check']],
   ['cargo', ['clippy', '--release', '--workspace', '--all-targets', ...(host ? ['--target', host] : []), '--', '-D', 'warnings']],
 ];

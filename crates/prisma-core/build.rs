@@ -1,6 +1,6 @@
 //! Compiles the C++ shims the core needs (cpp/inference_mode.cpp, cpp/onednn_linear.cpp) against
 //! the headers of the libtorch that torch-sys found. Where libtorch lives is not recorded here: the
-//! core reads it at run time (lib.rs, libtorch_lib_dir), so a built addon is not tied to the
+//! core reads it at run time (device.rs, libtorch_lib_dir), so a built addon is not tied to the
 //! builder's paths.
 fn main() {
     println!("cargo:rerun-if-changed=cpp/inference_mode.cpp");

@@ -20,8 +20,8 @@ pub fn parse_device(name: &str) -> Result<Device> {
         if count == 0 {
             return Err(PrismaError::Device(format!(
                 "device '{name}' requested but CUDA is not available (libtorch {}: {})",
-                crate::libtorch_lib_dir().map(|d| d.display().to_string()).unwrap_or_else(|| "unknown location".into()),
-                if crate::libtorch_has_cuda() { "a CUDA build, but no usable GPU/driver" } else { "a CPU-only build" }
+                libtorch_lib_dir().map(|d| d.display().to_string()).unwrap_or_else(|| "unknown location".into()),
+                if libtorch_has_cuda() { "a CUDA build, but no usable GPU/driver" } else { "a CPU-only build" }
             )));
         }
         if i >= count {
@@ -38,7 +38,7 @@ pub fn parse_device(name: &str) -> Result<Device> {
 /// CUDA invisible to libtorch. Loading it by path before the first CUDA query restores it.
 fn load_cuda_runtime() {
     #[cfg(target_os = "linux")]
-    if let Some(dir) = crate::libtorch_lib_dir() {
+    if let Some(dir) = libtorch_lib_dir() {
         let path = dir.join("libtorch_cuda.so");
         if path.exists() {
             if let Ok(c) = std::ffi::CString::new(path.to_string_lossy().as_bytes()) {
@@ -76,4 +76,19 @@ pub fn device_name(device: Device) -> String {
         Device::Mps => "mps".into(),
         Device::Vulkan => "vulkan".into(),
     }
+}
+
+/// libtorch's library folder, read at run time from PRISMA_LIBTORCH_LIB (set by the Node loader,
+/// src/setup/load.ts, and by scripts/cargo-test.mjs). Not a build-time constant: a prebuilt addon
+/// runs against the libtorch of the machine it is installed on.
+pub fn libtorch_lib_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os("PRISMA_LIBTORCH_LIB").filter(|d| !d.is_empty()).map(std::path::PathBuf::from)
+}
+
+pub fn libtorch_has_cuda() -> bool {
+    libtorch_lib_dir().map(|d| d.join("libtorch_cuda.so").exists()).unwrap_or(false)
+}
+
+pub fn cuda_available() -> bool {
+    parse_device("cuda").is_ok()
 }

@@ -16,20 +16,6 @@ pub mod tensor_file;
 pub mod training;
 pub mod weights;
 
+pub use device::{cuda_available, libtorch_has_cuda, libtorch_lib_dir};
 pub use error::{PrismaError, Result};
 pub use model::{Model, ModelInfo, RunOutput, RunRequest};
-
-/// libtorch's library folder, read at run time from PRISMA_LIBTORCH_LIB (set by the Node loader,
-/// src/setup/load.ts, and by scripts/cargo-test.mjs). Not a build-time constant: a prebuilt addon
-/// runs against the libtorch of the machine it is installed on.
-pub fn libtorch_lib_dir() -> Option<std::path::PathBuf> {
-    std::env::var_os("PRISMA_LIBTORCH_LIB").filter(|d| !d.is_empty()).map(std::path::PathBuf::from)
-}
-
-pub fn libtorch_has_cuda() -> bool {
-    libtorch_lib_dir().map(|d| d.join("libtorch_cuda.so").exists()).unwrap_or(false)
-}
-
-pub fn cuda_available() -> bool {
-    device::parse_device("cuda").is_ok()
-}

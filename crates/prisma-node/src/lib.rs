@@ -17,7 +17,7 @@ use napi_derive::napi;
 use prisma_core::model::to_f32_vec;
 use prisma_core::Model;
 use std::sync::{Arc, Mutex};
-use tasks::{LoadTask, RunTask, SaveTask};
+use tasks::{RunTask, SaveTask};
 use torch_thread::TorchTask;
 
 #[napi(object)]
@@ -78,15 +78,44 @@ pub struct RunOptions {
     pub tensors: Option<Vec<TensorInput>>,
 }
 
-#[napi(object)]
-pub struct RunOutput {
-    pub output: TensorData,
-    pub cache: Vec<TensorData>,
-}
-
 #[napi]
 pub struct NativeModel {
     pub(crate) inner: Arc<Mutex<Model>>,
+}
+
+/// Loading a model folder, on the libtorch thread (loading creates libtorch tensors).
+pub struct LoadTask {
+    pub dir: String,
+    pub device: String,
+    pub dtype: String,
+    pub image_size: Option<Vec<i64>>,
+    pub allow_nonfinite: bool,
+}
+
+impl Task for LoadTask {
+    type Output = Model;
+    type JsValue = NativeModel;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        guard(|| {
+            let image_size = match self.image_size.as_deref() {
+                None => None,
+                Some([n]) => Some([*n, *n]),
+                Some([h, w]) => Some([*h, *w]),
+                Some(other) => {
+                    return Err(to_js_error(prisma_core::PrismaError::Argument(format!(
+                        "image size {other:?}: give [size] or [height, width]"
+                    ))))
+                }
+            };
+            let opts = prisma_core::weights::family::LoadOptions { image_size, allow_nonfinite: self.allow_nonfinite };
+            Model::load_with(std::path::Path::new(&self.dir), &self.device, &self.dtype, &opts).map_err(to_js_error)
+        })
+    }
+
+    fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
+        Ok(NativeModel { inner: Arc::new(Mutex::new(output)) })
+    }
 }
 
 #[napi]

@@ -3,48 +3,20 @@
 //! touches no libtorch (saving tensors from JS).
 
 use crate::convert::{guard, lock, to_js_error, TensorData};
-use crate::{NativeModel, RunOutput};
 use napi::bindgen_prelude::*;
+use napi_derive::napi;
 use prisma_core::model::{from_f32, to_f32_vec};
 use prisma_core::{Model, RunRequest};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-pub struct LoadTask {
-    pub dir: String,
-    pub device: String,
-    pub dtype: String,
-    pub image_size: Option<Vec<i64>>,
-    pub allow_nonfinite: bool,
-}
-
-impl Task for LoadTask {
-    type Output = Model;
-    type JsValue = NativeModel;
-
-    fn compute(&mut self) -> Result<Self::Output> {
-        guard(|| {
-            let image_size = match self.image_size.as_deref() {
-                None => None,
-                Some([n]) => Some([*n, *n]),
-                Some([h, w]) => Some([*h, *w]),
-                Some(other) => {
-                    return Err(to_js_error(prisma_core::PrismaError::Argument(format!(
-                        "image size {other:?}: give [size] or [height, width]"
-                    ))))
-                }
-            };
-            let opts = prisma_core::weights::family::LoadOptions { image_size, allow_nonfinite: self.allow_nonfinite };
-            Model::load_with(std::path::Path::new(&self.dir), &self.device, &self.dtype, &opts).map_err(to_js_error)
-        })
-    }
-
-    fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
-        Ok(NativeModel { inner: Arc::new(Mutex::new(output)) })
-    }
-}
-
 type Owned = (Vec<i64>, Vec<f32>);
+
+#[napi(object)]
+pub struct RunOutput {
+    pub output: TensorData,
+    pub cache: Vec<TensorData>,
+}
 
 pub struct RunTask {
     pub model: Arc<Mutex<Model>>,

@@ -2,18 +2,13 @@
 //! the (possibly edited) value if the caller asked for it, and hand it to a spliced module if one
 //! reads or writes there (see `splice`).
 
+use super::edit::HookEdit;
+use super::point::HookPoint;
+use super::select::HookSelection;
 use super::splice::{Encoded, Splice, SubHookSink};
-use super::{HookPoint, HookSelection};
 use crate::error::{PrismaError, Result};
 use crate::interventions::Intervention;
 use tch::Tensor;
-
-/// Something that edits the value at one hook point during a forward. Interventions (data from the
-/// caller) are the common kind; an engine may bring its own (a patching sweep's per-row patch).
-pub trait HookEdit {
-    fn point(&self) -> HookPoint;
-    fn apply(&self, x: &Tensor) -> Result<Tensor>;
-}
 
 pub struct HookCtx<'a> {
     record: &'a HookSelection,

@@ -1,6 +1,6 @@
 //! Turning user names and patterns (`blocks.*.hook_resid_post`, `*`) into a model's hook points.
 
-use super::HookPoint;
+use super::point::HookPoint;
 use crate::error::{PrismaError, Result};
 use globset::GlobBuilder;
 use std::collections::BTreeSet;

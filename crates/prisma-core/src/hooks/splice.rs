@@ -12,47 +12,12 @@
 //! change to the model's output (SAELens's `use_error_term`). `hook_sae_output` is what goes on.
 //! The model's own hook at the point keeps the model's value (what the module reads).
 
-use super::{HookPoint, SiteAxes, Tower};
+pub use super::point::SubHook;
+use super::point::{HookPoint, SiteAxes, Tower};
+use super::select::resolve_point;
 use crate::error::{PrismaError, Result};
 use std::sync::{Arc, Mutex};
 use tch::Tensor;
-
-/// A value inside a spliced module, in SAELens's names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SubHook {
-    /// The module's input: the hook's value at the selected tokens, trailing axes flattened to `d_in`.
-    Input,
-    /// Feature pre-activations [..., d_sae].
-    ActsPre,
-    /// Feature activations [..., d_sae].
-    ActsPost,
-    /// The reconstruction [..., d_out].
-    Recons,
-    /// The model's value minus the reconstruction computed without hooks (error term only).
-    Error,
-    /// What replaces the model's value at the selected tokens.
-    Output,
-}
-
-impl SubHook {
-    /// In forward order.
-    pub const ALL: [SubHook; 6] = [SubHook::Input, SubHook::ActsPre, SubHook::ActsPost, SubHook::Recons, SubHook::Error, SubHook::Output];
-
-    pub fn spelling(self) -> &'static str {
-        match self {
-            SubHook::Input => "hook_sae_input",
-            SubHook::ActsPre => "hook_sae_acts_pre",
-            SubHook::ActsPost => "hook_sae_acts_post",
-            SubHook::Recons => "hook_sae_recons",
-            SubHook::Error => "hook_sae_error",
-            SubHook::Output => "hook_sae_output",
-        }
-    }
-
-    pub fn parse(spelling: &str) -> Option<SubHook> {
-        Self::ALL.into_iter().find(|s| s.spelling() == spelling)
-    }
-}
 
 /// A module that can be spliced into the forward pass: an encoder to `d_sae` features and a
 /// decoder back. Sparse autoencoders implement it; a transcoder is one whose `d_out` is read at
@@ -202,9 +167,9 @@ pub(super) struct Encoded {
 impl Splice {
     /// Checks `spec` against a model (`target`) and the splices already placed (`placed`).
     pub fn compile(spec: &SpliceSpec, target: &SpliceTarget, placed: &[&Splice]) -> Result<Splice> {
-        let read = super::resolve_point(&spec.hook, target.points)?;
+        let read = resolve_point(&spec.hook, target.points)?;
         let write = match &spec.out {
-            Some(out) => super::resolve_point(out, target.points)?,
+            Some(out) => resolve_point(out, target.points)?,
             None => read,
         };
         let (d_in, d_sae, d_out) = {

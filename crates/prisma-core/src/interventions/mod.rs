@@ -2,7 +2,8 @@
 //! action. The same JSON spec comes from the library API and from CLI flags.
 
 use crate::error::{PrismaError, Result};
-use crate::hooks::{HookEdit, HookPoint, SiteAxes};
+use crate::hooks::edit::HookEdit;
+use crate::hooks::point::{HookPoint, SiteAxes};
 use serde::Deserialize;
 use std::collections::HashMap;
 use tch::{Kind, Tensor};

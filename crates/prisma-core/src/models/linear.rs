@@ -7,7 +7,7 @@
 //! for bit, and a chaotic model can amplify that far past the fidelity tolerance. Hence opt-in,
 //! never the default (numbers in docs/benchmarks.md, "Measurements behind choices in the code").
 
-use super::block::Activation;
+use super::activation::Activation;
 use crate::error::{PrismaError, Result};
 use std::cell::Cell;
 use std::ffi::{c_char, c_int, CStr};

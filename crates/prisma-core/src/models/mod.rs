@@ -1,3 +1,4 @@
+pub mod activation;
 pub mod block;
 pub mod linear;
 pub mod text;
