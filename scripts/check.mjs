@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // Formatting and lint, run by `npm test` before the tests: Biome (TypeScript/JavaScript format and
-// lint), no import cycle between the Rust crates' modules (scripts/rust-cycles.mjs), rustfmt
-// (`cargo fmt --check`) and clippy with warnings as errors, in the libtorch environment
-// scripts/setup.mjs recorded. Fix formatting with `npm run fmt`.
+// lint), no import cycle between the Rust crates' modules (scripts/rust-cycles.mjs), the committed
+// binding contract against the build (scripts/contract.mjs), rustfmt (`cargo fmt --check`) and
+// clippy with warnings as errors, in the libtorch environment scripts/setup.mjs recorded. Fix
+// formatting with `npm run fmt`.
 import { spawnSync } from 'node:child_process';
 import { cargoEnv, root } from './cargo-env.mjs';
 
@@ -10,6 +11,7 @@ const { env, host } = cargoEnv('check');
 const steps = [
   ['npx', ['biome', 'check', '.']],
   ['node', ['scripts/rust-cycles.mjs']],
+  ['node', ['scripts/contract.mjs']],
   ['cargo', ['fmt', '--all', '--check']],
   ['cargo', ['clippy', '--release', '--workspace', '--all-targets', ...(host ? ['--target', host] : []), '--', '-D', 'warnings']],
 ];

@@ -1,50 +1,140 @@
 /**
  * Typed errors. Everything the library or CLI throws on purpose is a PrismaError with a stable
- * `code` (E_…), an optional one-line `hint` (what to do next) and optional structured `data`.
- * The CLI (src/cli/main.ts) turns them into one stderr line (or `{ok:false,error}` with --json).
+ * `code` from ERROR_CODES below, an optional one-line `hint` (what to do next) and optional
+ * structured `data`. Errors from the native addon arrive as data (a JS Error whose `code`, `hint`
+ * and `data` the core set; crates/prisma-core/src/error.rs) and are only re-typed here. The CLI
+ * (src/cli/main.ts) turns a PrismaError into one stderr line (or `{ok:false,error}` with --json).
  */
 
-/** Codes produced by the native addon (see docs/native-api.md). */
-export const NATIVE_CODES = [
-  'E_MODEL_DIR',
-  'E_CONFIG',
-  'E_UNSUPPORTED_MODEL',
-  'E_WEIGHTS_MISSING',
-  'E_WEIGHTS_SHAPE',
-  'E_WEIGHTS_FORMAT',
-  'E_WEIGHTS_NONFINITE',
-  'E_UNKNOWN_HOOK',
-  'E_LAYER_RANGE',
-  'E_SHAPE',
-  'E_INTERVENTION',
-  'E_TENSOR_FILE',
-  'E_DEVICE',
-  'E_DTYPE',
-  'E_IO',
-  'E_ARGUMENT',
-  'E_INTERNAL',
-] as const;
+/** Where a code comes from; `native` codes are exactly the core's (test/addon/error-codes.test.ts). */
+export type CodeSource = 'native' | 'library' | 'cli' | 'setup';
 
-/** Codes produced by the TypeScript layer. */
-export const TS_CODES = [
-  'E_USAGE',
-  'E_NATIVE_MISSING',
-  'E_NATIVE_LOAD',
-  'E_IMAGE_DECODE',
-  'E_INPUT',
-  'E_PREPROCESS_CONFIG',
-  'E_SHARD_MISMATCH',
-  'E_SHARD_MISSING',
-  'E_HUB',
-  // Set-up (src/setup/): libtorch missing or unusable, the wrong release, an addon built for
-  // another libtorch, a cache directory that cannot be written.
-  'E_LIBTORCH',
-  'E_LIBTORCH_VERSION',
-  'E_NATIVE_MISMATCH',
-  'E_CACHE',
-] as const;
+export interface CodeSpec {
+  source: CodeSource;
+  /** Process exit status when the CLI ends on this error: 2 for a call the user can fix by changing it, else 1. */
+  exit: 1 | 2;
+  /** What the code means (docs/architecture.md lists these). */
+  meaning: string;
+  /** Default hint, used when the error carries none. */
+  hint?: string;
+}
 
-export type ErrorCode = (typeof NATIVE_CODES)[number] | (typeof TS_CODES)[number];
+const INSPECT_LAYERS = 'run `prisma inspect MODEL` to see the number of layers';
+
+/** The one registry of error codes. Never change an existing code's name. */
+export const ERROR_CODES = {
+  // --- from the core (crates/prisma-core/src/error.rs, `CODES`) ---
+  E_MODEL_DIR: {
+    source: 'native',
+    exit: 1,
+    meaning: 'the model folder is missing or not a model',
+    hint: 'MODEL must be a folder with config.json and its weights (Hugging Face, timm or open_clip layout), or a hub id ORG/NAME',
+  },
+  E_CONFIG: { source: 'native', exit: 1, meaning: "a model's or processor's config file is unreadable or inconsistent" },
+  E_UNSUPPORTED_MODEL: { source: 'native', exit: 1, meaning: 'the checkpoint is not a supported model family' },
+  E_WEIGHTS_MISSING: {
+    source: 'native',
+    exit: 1,
+    meaning: 'a tensor the model needs is not in the checkpoint',
+    hint: 'MODEL must be a folder with config.json and its weights (Hugging Face, timm or open_clip layout)',
+  },
+  E_WEIGHTS_SHAPE: { source: 'native', exit: 1, meaning: "a checkpoint tensor's shape does not match the config" },
+  E_WEIGHTS_FORMAT: {
+    source: 'native',
+    exit: 1,
+    meaning: 'the weights file is unreadable, truncated or of an unknown format',
+    hint: 'the weights file is unreadable or truncated; download it again',
+  },
+  E_UNSAFE_PICKLE: { source: 'native', exit: 1, meaning: 'a pickle file would run code when loaded, so it is refused' },
+  E_WEIGHTS_NONFINITE: {
+    source: 'native',
+    exit: 1,
+    meaning: 'a weight holds NaN or infinite values',
+    hint: 'the checkpoint is broken (diverged training, a bad conversion); pass --allow-nonfinite (library: allowNonfinite) to load it anyway and look at it',
+  },
+  E_UNKNOWN_HOOK: {
+    source: 'native',
+    exit: 1,
+    meaning: 'a hook name or pattern names no hook of the model',
+    hint: 'run `prisma inspect MODEL` to list hook names',
+  },
+  E_LAYER_RANGE: { source: 'native', exit: 1, meaning: 'a layer index is outside the model', hint: INSPECT_LAYERS },
+  E_SHAPE: { source: 'native', exit: 1, meaning: "a tensor's shape does not fit the model or the operation" },
+  E_INTERVENTION: { source: 'native', exit: 1, meaning: 'an intervention spec is malformed or does not fit its hook' },
+  E_TENSOR_FILE: { source: 'native', exit: 1, meaning: 'a .npy or .safetensors file is unreadable' },
+  E_DEVICE: {
+    source: 'native',
+    exit: 1,
+    meaning: 'the device is unknown or unavailable',
+    hint: 'use --device cpu (library: device), or check that CUDA and a CUDA build of libtorch are available',
+  },
+  E_DTYPE: { source: 'native', exit: 1, meaning: 'the dtype is unknown or unsupported', hint: 'use --dtype f32, f16 or bf16' },
+  E_IO: { source: 'native', exit: 1, meaning: 'a file or folder could not be read or written' },
+  E_ARGUMENT: {
+    source: 'native',
+    exit: 2,
+    meaning:
+      'a well-formed value that the library refuses for this model or call (a class out of range, a head split of a site without heads)',
+  },
+  E_OUT_OF_MEMORY: {
+    source: 'native',
+    exit: 1,
+    meaning: 'libtorch could not allocate memory for what was asked',
+    hint: 'use fewer inputs at once (--batch-size), fewer cached hooks, a smaller --image-size or --dtype f16',
+  },
+  E_INTERNAL: {
+    source: 'native',
+    exit: 1,
+    meaning: 'a bug in vit-prisma',
+    hint: 'this is a bug in vit-prisma; please report it with the command you ran',
+  },
+
+  // --- from the TypeScript library ---
+  E_IMAGE_DECODE: { source: 'library', exit: 1, meaning: 'an image file cannot be decoded' },
+  E_INPUT: { source: 'library', exit: 1, meaning: 'an input is missing, empty, of an unknown kind, or not what the call takes' },
+  E_PREPROCESS_CONFIG: { source: 'library', exit: 1, meaning: "the model's preprocessing config cannot be used" },
+  E_DATASET: { source: 'library', exit: 1, meaning: 'a dataset file or its labels are missing or malformed' },
+  E_HUB: { source: 'library', exit: 1, meaning: 'the model hub cannot be reached or refuses a download' },
+  E_SHARD_MISMATCH: { source: 'library', exit: 1, meaning: 'shard folders given to merge do not belong to one job' },
+  E_SHARD_MISSING: { source: 'library', exit: 1, meaning: 'a shard of the job is missing' },
+
+  // --- from the command line ---
+  E_USAGE: {
+    source: 'cli',
+    exit: 2,
+    meaning: 'the command line cannot be parsed: an unknown command or flag, a missing argument, a malformed flag value',
+  },
+
+  // --- from set-up (src/setup/) ---
+  E_NATIVE_MISSING: {
+    source: 'setup',
+    exit: 1,
+    meaning: 'no native addon for this platform, and none can be built',
+    hint: '`prisma doctor` shows what is set up (in a clone: `npm run setup`)',
+  },
+  E_NATIVE_LOAD: {
+    source: 'setup',
+    exit: 1,
+    meaning: 'the native addon does not load',
+    hint: '`prisma doctor` shows what is set up (in a clone: `npm run setup`)',
+  },
+  E_NATIVE_MISMATCH: { source: 'setup', exit: 1, meaning: 'the native addon was built for another libtorch' },
+  E_LIBTORCH: { source: 'setup', exit: 1, meaning: 'libtorch is missing or unusable' },
+  E_LIBTORCH_VERSION: { source: 'setup', exit: 1, meaning: 'libtorch is the wrong release' },
+  E_CACHE: { source: 'setup', exit: 1, meaning: 'the cache folder cannot be written' },
+} as const satisfies Record<string, CodeSpec>;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+const codesFrom = (source: CodeSource): ErrorCode[] =>
+  (Object.keys(ERROR_CODES) as ErrorCode[]).filter((c) => ERROR_CODES[c].source === source);
+
+/** Codes produced by the native addon: the core's `CODES`, in its order. */
+export const NATIVE_CODES: readonly ErrorCode[] = codesFrom('native');
+
+export function isErrorCode(code: unknown): code is ErrorCode {
+  return typeof code === 'string' && Object.hasOwn(ERROR_CODES, code);
+}
 
 export interface PrismaErrorOptions {
   hint?: string;
@@ -54,11 +144,11 @@ export interface PrismaErrorOptions {
 
 export class PrismaError extends Error {
   override readonly name = 'PrismaError';
-  readonly code: string;
+  readonly code: ErrorCode;
   readonly hint?: string;
   readonly data?: unknown;
 
-  constructor(code: string, message: string, options: PrismaErrorOptions = {}) {
+  constructor(code: ErrorCode, message: string, options: PrismaErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
     if (options.hint !== undefined) this.hint = options.hint;
@@ -70,9 +160,14 @@ export class PrismaError extends Error {
   }
 }
 
-/** A mistake in how the CLI or API was called (exit code 2). */
+/** A command line the CLI cannot parse (exit code 2). Library code throws E_ARGUMENT instead. */
 export function usageError(message: string, hint?: string): PrismaError {
   return new PrismaError('E_USAGE', message, hint === undefined ? {} : { hint });
+}
+
+/** A value the library refuses (exit code 2 from the CLI), in wording that fits library and CLI. */
+export function argumentError(message: string, hint?: string): PrismaError {
+  return new PrismaError('E_ARGUMENT', message, hint === undefined ? {} : { hint });
 }
 
 export function isPrismaError(err: unknown): err is PrismaError {
@@ -80,14 +175,17 @@ export function isPrismaError(err: unknown): err is PrismaError {
 }
 
 export interface ErrorJson {
-  code: string;
+  code: ErrorCode;
   message: string;
   hint?: string;
+  /** Structured context (paths, tensor names, shapes, counts), when the error has it. */
+  data?: unknown;
 }
 
 export function errorJson(err: PrismaError): ErrorJson {
   const out: ErrorJson = { code: err.code, message: err.message };
   if (err.hint !== undefined) out.hint = err.hint;
+  if (err.data !== undefined) out.data = err.data;
   return out;
 }
 
@@ -97,52 +195,32 @@ export function oneLine(text: string): string {
 }
 
 /**
- * Turn anything thrown into a PrismaError. Unknown errors become E_INTERNAL with their message,
- * so the CLI still prints exactly one line.
+ * Turn anything thrown into a PrismaError. An error that already carries a registered `code` (the
+ * native addon's) keeps it, with its `hint` and `data`; anything else becomes E_INTERNAL with its
+ * message, so the CLI still prints exactly one line.
  */
 export function toPrismaError(err: unknown): PrismaError {
   if (err instanceof PrismaError) return err;
   if (err instanceof Error) {
-    const parsed = parseCodedMessage(err.message);
-    if (parsed) return new PrismaError(parsed.code, parsed.message, { cause: err, hint: hintFor(parsed.code) });
-    return new PrismaError('E_INTERNAL', err.message || String(err), { cause: err });
+    const fields = err as Error & { code?: unknown; hint?: unknown; data?: unknown };
+    const options: PrismaErrorOptions = { cause: err };
+    if (!isErrorCode(fields.code)) return new PrismaError('E_INTERNAL', err.message || String(err), options);
+    const code = fields.code;
+    const hint = typeof fields.hint === 'string' ? fields.hint : hintFor(code);
+    if (hint !== undefined) options.hint = hint;
+    if (fields.data !== undefined && fields.data !== null) options.data = fields.data;
+    return new PrismaError(code, oneLine(err.message) || code, options);
   }
   return new PrismaError('E_INTERNAL', String(err));
 }
 
-const CODED = /^(E_[A-Z0-9_]+):\s*([\s\S]*)$/;
-
-/** Parse the native message format `E_CODE: human message`. */
-export function parseCodedMessage(message: string): { code: string; message: string } | undefined {
-  const m = CODED.exec(message);
-  if (!m) return undefined;
-  return { code: m[1]!, message: m[2]!.trim() };
+/** The default hint of a code (ERROR_CODES), if it has one. */
+export function hintFor(code: ErrorCode): string | undefined {
+  const spec: CodeSpec = ERROR_CODES[code];
+  return spec.hint;
 }
 
-/** Default hints for codes a user can act on. */
-export function hintFor(code: string): string | undefined {
-  switch (code) {
-    case 'E_NATIVE_MISSING':
-    case 'E_NATIVE_LOAD':
-      return '`prisma doctor` shows what is set up (in a clone: `npm run setup`)';
-    case 'E_MODEL_DIR':
-    case 'E_WEIGHTS_MISSING':
-      return 'MODEL_DIR must be a folder holding config.json and model.safetensors (Hugging Face layout)';
-    case 'E_WEIGHTS_NONFINITE':
-      return 'the checkpoint is broken (diverged training, a bad conversion); pass --allow-nonfinite to load it anyway and look at it';
-    case 'E_WEIGHTS_FORMAT':
-      return 'the weights file is unreadable or truncated; download it again';
-    case 'E_UNKNOWN_HOOK':
-      return 'run `prisma inspect MODEL_DIR` to list hook names';
-    case 'E_LAYER_RANGE':
-      return 'run `prisma inspect MODEL_DIR` to see the number of layers';
-    case 'E_DEVICE':
-      return 'use --device cpu, or check that CUDA and a CUDA build of libtorch are available';
-    case 'E_DTYPE':
-      return 'use --dtype f32, f16 or bf16';
-    case 'E_INTERNAL':
-      return 'this is a bug in vit-prisma; please report it with the command you ran';
-    default:
-      return undefined;
-  }
+/** The CLI's exit status for an error: 2 for E_USAGE and E_ARGUMENT, 1 otherwise. */
+export function exitStatusFor(code: ErrorCode): 1 | 2 {
+  return ERROR_CODES[code].exit;
 }

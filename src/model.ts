@@ -230,7 +230,7 @@ export class Model {
   /** The shape of one input (image [C, H, W], or video clip [T, C, H, W]). */
   inputShape(): number[] {
     const [h, w] = this.info.imageSize;
-    const frames = this.info.numFrames ?? 0;
+    const frames = this.info.numFrames;
     return frames > 0 ? [frames, this.info.numChannels, h!, w!] : [this.info.numChannels, h!, w!];
   }
 

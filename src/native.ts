@@ -1,93 +1,27 @@
 /**
  * The only module that calls the native addon (built from crates/prisma-node; src/setup/load.ts
  * finds and loads it). See docs/native-api.md for the contract. Every call goes through
- * `guard`/`guardAsync`, which turn native errors (`E_CODE: message`) into PrismaError. The addon is
+ * `guard`/`guardAsync`, which re-type native errors (a JS Error with `code`, `hint`, `data`) as PrismaError. The addon is
  * loaded lazily, on first use, so pure parts of the library (preprocessing, argument parsing) work
  * without it.
  */
-import { PrismaError, hintFor, oneLine, parseCodedMessage } from './errors.js';
+import { PrismaError, toPrismaError } from './errors.js';
 import { loadNative } from './setup/load.js';
 
 // ---------------------------------------------------------------------------------------------
-// Contract types (docs/native-api.md)
+// Contract types. The addon's own surface is typed by src/generated/binding.ts, the declarations
+// napi-rs generates from crates/prisma-node (committed; scripts/contract.mjs fails `npm test`
+// when they drift from the build).
 
-export interface TensorData {
-  name: string;
-  shape: number[];
-  dtype: string;
-  data: Float32Array;
-}
+import type * as Binding from './generated/binding.js';
 
-export interface TensorInput {
-  name: string;
-  shape: number[];
-  data: Float32Array;
-}
-
-export interface ModelInfo {
-  family: string;
-  architecture: string;
-  sourceFormat: string;
-  modelDir: string;
-  configJson: string;
-  nParams: number;
-  imageSize: number[];
-  patchSize: number;
-  numChannels: number;
-  nLayers: number;
-  nHeads: number;
-  dModel: number;
-  dHead: number;
-  dMlp: number;
-  nPos: number;
-  nPatches: number;
-  hasClassToken: boolean;
-  nClasses: number;
-  labels: string[];
-  activation: string;
-  device: string;
-  dtype: string;
-  /** Checkpoint tensors the loader did not use (present in newer addon builds). */
-  unexpectedTensors?: string[];
-  /** Video models: frames per clip the model takes (input [B, T, C, H, W]); 0 for image models. */
-  numFrames?: number;
-  /** Video models: frames per tubelet (tokens are time-major over numFrames / tubeletSize slices). */
-  tubeletSize?: number;
-  /** Register tokens (DINOv2 -reg), placed after the class token. */
-  nRegisters?: number;
-  /** Class, distillation and register tokens before the patches. */
-  nPrefixTokens?: number;
-  /** Text tower present (CLIP / open_clip): zero-shot classes are text prompts. */
-  hasTextTower?: boolean;
-}
-
-export interface HookShape {
-  name: string;
-  shape: number[];
-}
-
-export interface NativeRunOptions {
-  cache?: string[];
-  stopAtLayer?: number;
-  startAtLayer?: number;
-  startResid?: TensorInput;
-  interventions?: string;
-  tensors?: TensorInput[];
-}
-
-export interface NativeRunOutput {
-  output: TensorData;
-  cache: TensorData[];
-}
-
-export interface NativeLoadOptions {
-  device?: string;
-  dtype?: string;
-  /** [size] or [height, width]: run at this input size (position embeddings resized at load). */
-  imageSize?: number[];
-  /** Load weights holding NaN or infinities (E_WEIGHTS_NONFINITE otherwise). */
-  allowNonfinite?: boolean;
-}
+export type HookShape = Binding.HookShape;
+export type ModelInfo = Binding.ModelInfo;
+export type TensorData = Binding.TensorData;
+export type TensorInput = Binding.TensorInput;
+export type NativeRunOptions = Binding.RunOptions;
+export type NativeRunOutput = Binding.RunOutput;
+export type NativeLoadOptions = Binding.LoadOptions;
 
 // Analysis results (docs/native-api.md, "Analysis methods"): the addon returns JSON strings.
 
@@ -205,26 +139,8 @@ export interface DlaResult {
   logit: number;
 }
 
-interface RawNativeModel {
-  info(): ModelInfo;
-  hookShapes(batch: number): HookShape[];
-  matchHooks(patterns: string[]): string[];
-  run(pixels: Float32Array, shape: number[], options?: NativeRunOptions): Promise<NativeRunOutput>;
-  setClassPrompts(labels: string[], prompts: string[]): Promise<void>;
-  setLinearProbe(path: string, labels?: string[]): void;
-  logitLens(pixels: Float32Array, shape: number[], optionsJson: string, targets?: number[]): Promise<string>;
-  patch(clean: Float32Array, corrupt: Float32Array, shape: number[], optionsJson: string, attribution?: boolean): Promise<string>;
-  dla(pixels: Float32Array, shape: number[], optionsJson: string): Promise<string>;
-  ablate(pixels: Float32Array, shape: number[], optionsJson: string, references?: Float32Array, referenceShape?: number[]): Promise<string>;
-}
-
-interface RawBinding {
-  NativeModel: { load(dir: string, options?: NativeLoadOptions): Promise<RawNativeModel> };
-  readTensorFile(path: string): TensorData[];
-  saveSafetensors(path: string, tensors: TensorInput[], metadata?: Record<string, string>): Promise<void>;
-  cudaAvailable(): boolean;
-  libtorchVersion(): string;
-}
+type RawNativeModel = Binding.NativeModel;
+type RawBinding = typeof Binding;
 
 // ---------------------------------------------------------------------------------------------
 // Loading (src/setup/load.ts: finds libtorch and the addon, setting them up on first use)
@@ -239,20 +155,13 @@ function load(): RawBinding {
 // ---------------------------------------------------------------------------------------------
 // Error conversion
 
-/** Convert an error thrown by the addon into a PrismaError (`E_CODE: message` -> code + message). */
+/**
+ * Convert an error thrown by the addon into a PrismaError. The addon's errors are data: a JS Error
+ * whose `code`, `hint` and `data` the core set (crates/prisma-node/src/convert.rs); nothing is
+ * parsed out of the message. Anything else (napi refusing an argument) is E_INTERNAL.
+ */
 export function fromNativeError(err: unknown): PrismaError {
-  if (err instanceof PrismaError) return err;
-  if (!(err instanceof Error)) return new PrismaError('E_INTERNAL', String(err));
-  const withFields = err as Error & { code?: unknown; data?: unknown };
-  const parsed = parseCodedMessage(err.message);
-  const ownCode = typeof withFields.code === 'string' && withFields.code.startsWith('E_') ? withFields.code : undefined;
-  const code = ownCode ?? parsed?.code ?? 'E_INTERNAL';
-  const message = oneLine(parsed?.message ?? err.message) || code;
-  const hint = hintFor(code);
-  const options: { hint?: string; data?: unknown; cause: unknown } = { cause: err };
-  if (hint !== undefined) options.hint = hint;
-  if (withFields.data !== undefined) options.data = withFields.data;
-  return new PrismaError(code, message, options);
+  return toPrismaError(err);
 }
 
 /** Runs a native call, turning its errors into PrismaError (for wrappers in other modules too). */

@@ -1,9 +1,13 @@
 /** Plain tensor values exchanged with the addon: float32 data, row-major, batch axis first. */
 import { PrismaError } from './errors.js';
-import type { TensorData, TensorInput } from './native.js';
+import type { TensorInput as NativeTensorInput } from './generated/binding.js';
+import type { TensorData } from './native.js';
 
 export type Tensor = TensorData;
-export type { TensorInput };
+/** A named tensor handed to the library (an intervention's values, a file to write). */
+export interface TensorInput extends NativeTensorInput {
+  name: string;
+}
 
 /** `[B, C, H, W]` for image models, `[B, T, C, H, W]` for video models (T frames per clip). */
 export type PixelShape = [number, number, number, number] | [number, number, number, number, number];

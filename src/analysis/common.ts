@@ -156,7 +156,7 @@ export function patchGrid(info: Pick<ModelInfo, 'imageSize' | 'patchSize'>): [nu
 
 /** Time slices of a video model's tokens (1 for images). */
 export function timeSlices(info: Pick<ModelInfo, 'numFrames' | 'tubeletSize'>): number {
-  return info.numFrames ? Math.max(1, Math.floor(info.numFrames / Math.max(1, info.tubeletSize ?? 1))) : 1;
+  return info.numFrames ? Math.max(1, Math.floor(info.numFrames / Math.max(1, info.tubeletSize))) : 1;
 }
 
 /** A label per token position: cls, dist, reg0.., then patches r{row}c{col} (video: t{slice}:r{row}c{col}). */
@@ -165,7 +165,7 @@ export function tokenLabels(
 ): string[] {
   const out: string[] = [];
   if (info.hasClassToken) out.push('cls');
-  const registers = info.nRegisters ?? 0;
+  const registers = info.nRegisters;
   while (out.length < firstPatchToken(info) - registers) out.push('dist');
   for (let r = 0; r < registers; r++) out.push(`reg${r}`);
   const [gh, gw] = patchGrid(info);
@@ -208,5 +208,5 @@ export function sumOverSlices(
 
 /** Token index of the first patch: after the class, distillation and register tokens. */
 export function firstPatchToken(info: Pick<ModelInfo, 'hasClassToken' | 'nPrefixTokens'>): number {
-  return info.nPrefixTokens ?? (info.hasClassToken ? 1 : 0);
+  return info.nPrefixTokens;
 }

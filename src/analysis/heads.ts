@@ -217,7 +217,7 @@ export async function heads(model: Model, input: string | PixelBatch, options: H
     nPos = p;
     patterns.push({ layer: l, data: t.data });
     for (let head = 0; head < h; head++) {
-      stats.push({ layer: l, head, ...headStats(t.data, head * p * p, p, grid, first, query.token, info.nRegisters ?? 0) });
+      stats.push({ layer: l, head, ...headStats(t.data, head * p * p, p, grid, first, query.token, info.nRegisters) });
     }
   }
   const rollout = attentionRollout(

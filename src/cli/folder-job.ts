@@ -11,7 +11,7 @@ import { join, resolve } from 'node:path';
 
 import { Option } from 'commander';
 
-import { PrismaError, usageError } from '../errors.js';
+import { PrismaError, isErrorCode, usageError } from '../errors.js';
 import { RESULTS_FILE, REPORT_FILE } from '../merge.js';
 import type { Model } from '../model.js';
 import { resolveJson, writeJsonStream, writeJsonStreamAtomic } from '../report/json-stream.js';
@@ -295,5 +295,5 @@ export function allFailed(digest: LinesDigest, flags: FolderJobFlags): PrismaErr
   if (flags.shard || digest.errors.length === 0 || digest.okInputs.length > 0) return undefined;
   const first = digest.errors[0]!;
   const more = digest.errors.length > 1 ? ` (all ${digest.errors.length} inputs failed)` : '';
-  return new PrismaError(first.code, `${first.message}${more}`);
+  return new PrismaError(isErrorCode(first.code) ? first.code : 'E_INTERNAL', `${first.message}${more}`);
 }

@@ -2,7 +2,8 @@
  * The `prisma` command line. Commands live one per file in src/cli/commands/ and throw on failure;
  * this module owns the only exit path: it prints one error line (plus a hint) to stderr, or
  * `{"ok":false,"error":{...}}` to stdout with --json, and sets `process.exitCode`:
- * 0 ok, 1 failure, 2 usage error (E_USAGE, E_ARGUMENT), 3 partial batch (a multi-input command
+ * 0 ok, 1 failure, 2 a call to change (E_USAGE: the command line does not parse; E_ARGUMENT: a
+ * value the library refuses), 3 partial batch (a multi-input command
  * finished, but some inputs failed; the report lists them under `errors`).
  */
 import { Command, CommanderError } from 'commander';
@@ -23,7 +24,7 @@ import { registerSetup } from './commands/setup.js';
 import { registerTrain } from './commands/train.js';
 import { configureHelp } from './help.js';
 import { printJson, type CommandContext, type Io } from './context.js';
-import { PrismaError, errorJson, oneLine, toPrismaError } from '../errors.js';
+import { PrismaError, errorJson, exitStatusFor, oneLine, toPrismaError } from '../errors.js';
 import { red, useColor } from './ui/style.js';
 import { VERSION } from '../version.js';
 
@@ -89,8 +90,9 @@ function report(err: PrismaError, ctx: CommandContext): void {
   ctx.io.stderr.write(text);
 }
 
+/** The registry's exit status for the error's code (src/errors.ts: 2 for E_USAGE and E_ARGUMENT). */
 export function exitCodeFor(err: PrismaError): number {
-  return err.code === 'E_USAGE' || err.code === 'E_ARGUMENT' ? EXIT_USAGE : EXIT_FAILURE;
+  return exitStatusFor(err.code) === 2 ? EXIT_USAGE : EXIT_FAILURE;
 }
 
 /** Run the CLI on `argv` (arguments after the script name); resolves to the exit code. */

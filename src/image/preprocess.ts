@@ -166,7 +166,8 @@ export async function expandInputs(paths: readonly string[], options: ExpandOpti
 
 /** What `loadInputs` needs to know about the model (a `Model` satisfies it). */
 export interface InputTarget {
-  info: Pick<ModelInfo, 'modelDir' | 'imageSize' | 'numChannels' | 'numFrames'>;
+  /** `numFrames` may be left out for an image model (0). */
+  info: Pick<ModelInfo, 'modelDir' | 'imageSize' | 'numChannels'> & Partial<Pick<ModelInfo, 'numFrames'>>;
 }
 
 export interface LoadInputsOptions {

@@ -22,6 +22,7 @@ import type { PreprocessSpec } from './spec.js';
 
 /** True for video models (they take one clip of `numFrames` frames per batch entry). */
 export function isVideoModel(info: { numFrames?: number | undefined }): boolean {
+  // Library callers may describe an image model without `numFrames` (InputTarget).
   return (info.numFrames ?? 0) > 0;
 }
 

@@ -50,6 +50,14 @@ describe('non-finite weights', () => {
     expect(lines[1]).toMatch(/^hint: .*--allow-nonfinite/);
   });
 
+  it('--json keeps the error data: file, tensor and counts', () => {
+    const r = prisma(['run', nanModel, IMAGE, '--json']);
+    expect(r.code).toBe(1);
+    const out = JSON.parse(r.stdout) as { ok: boolean; error: { code: string; data?: unknown } };
+    expect(out.error.code).toBe('E_WEIGHTS_NONFINITE');
+    expect(out.error.data).toEqual({ file: join(nanModel, 'model.safetensors'), tensor: BAD_TENSOR, nan: 2, inf: 0 });
+  });
+
   it('--allow-nonfinite loads it (CLI and library); a healthy model is unaffected', async () => {
     const r = prisma(['run', nanModel, IMAGE, '--allow-nonfinite', '--json']);
     expect(r.code).toBe(0);

@@ -77,7 +77,8 @@ impl Task for AnalysisTask {
 
 #[napi]
 impl NativeModel {
-    /// Logit lens over a batch; `targets[b]` < 0 means "the model's own top class".
+    /// Logit lens over a batch. `optionsJson`: LensOptions; `targets[b]` < 0 means that image's
+    /// own top-1 class. Resolves to LensImage[] as JSON (src/generated/contract/).
     #[napi(ts_return_type = "Promise<string>")]
     pub fn logit_lens(
         &self,
@@ -90,7 +91,9 @@ impl NativeModel {
         self.analysis(Analysis::LogitLens { pixels: (shape, pixels.to_vec()), targets }, options_json)
     }
 
-    /// Activation patching (clean into corrupted), exact or by attribution.
+    /// Activation patching of one clean image into one corrupted image (each [1, C, H, W]),
+    /// exact or by attribution (a gradient estimate). `optionsJson`: PatchOptions. Resolves to
+    /// PatchResult as JSON.
     #[napi(ts_return_type = "Promise<string>")]
     pub fn patch(
         &self,
@@ -110,11 +113,15 @@ impl NativeModel {
         )
     }
 
+    /// Direct logit attribution for one image. `optionsJson`: DlaOptions. Resolves to DlaResult as JSON.
     #[napi(ts_return_type = "Promise<string>")]
     pub fn dla(&self, pixels: Float32Array, shape: Vec<i64>, options_json: String) -> TorchTask<AnalysisTask> {
         self.analysis(Analysis::Dla { pixels: (shape, pixels.to_vec()) }, options_json)
     }
 
+    /// Ablation sweep for one image; `references` [N, C, H, W] for mean and resample (averaged 16
+    /// at a time). `optionsJson`: AblationOptions. Resolves to PatchResult as JSON (clean = the
+    /// unablated metric).
     #[napi(ts_return_type = "Promise<string>")]
     pub fn ablate(
         &self,

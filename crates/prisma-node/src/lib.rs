@@ -1,5 +1,5 @@
 //! Node binding for prisma-core. No model logic lives here: argument conversion, one error
-//! conversion (`E_CODE: message`), and one task per long operation so the JS thread stays free
+//! conversion (a JS Error with the core's `code`, `message`, `hint` and `data`), and one task per long operation so the JS thread stays free
 //! (a `TorchTask` on the libtorch thread; an `AsyncTask` on the libuv pool for saving, which touches
 //! no libtorch).
 
@@ -11,7 +11,7 @@ mod tasks;
 mod torch_thread;
 mod training;
 
-use convert::{guard, lock, to_js_error, TensorData, TensorInput};
+use convert::{guard, lock, sync, to_js_error, TensorData, TensorInput};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use prisma_core::model::to_f32_vec;
@@ -22,9 +22,11 @@ use torch_thread::TorchTask;
 
 #[napi(object)]
 pub struct LoadOptions {
+    /// 'cpu' (default), 'cuda', 'cuda:N'.
     pub device: Option<String>,
+    /// 'f32' (default), 'f16', 'bf16'.
     pub dtype: Option<String>,
-    /// [height, width] to run at (position embeddings are resized at load).
+    /// [size] or [height, width] to run at (position embeddings are resized at load).
     pub image_size: Option<Vec<i64>>,
     /// Load weights holding NaN or infinities (refused by default).
     pub allow_nonfinite: Option<bool>,
@@ -32,12 +34,17 @@ pub struct LoadOptions {
 
 #[napi(object)]
 pub struct ModelInfo {
+    /// 'vit', 'deit', 'dinov2', 'clip', 'videomae', 'vivit', ... (docs/models.md).
     pub family: String,
+    /// The checkpoint's class, e.g. 'ViTForImageClassification', 'ViTModel'.
     pub architecture: String,
+    /// 'hf', 'timm' or 'open_clip'.
     pub source_format: String,
     pub model_dir: String,
+    /// config.json as read.
     pub config_json: String,
     pub n_params: i64,
+    /// [height, width] the model runs at.
     pub image_size: Vec<i64>,
     pub patch_size: i64,
     pub num_channels: i64,
@@ -46,22 +53,35 @@ pub struct ModelInfo {
     pub d_model: i64,
     pub d_head: i64,
     pub d_mlp: i64,
+    /// Tokens: prefix tokens (class, distillation, registers) and patches.
     pub n_pos: i64,
     pub n_patches: i64,
     pub has_class_token: bool,
+    /// 0 when the model has no classification head.
     pub n_classes: i64,
+    /// id2label in index order ([] when none).
     pub labels: Vec<String>,
+    /// 'gelu', 'gelu_tanh', 'quick_gelu', 'relu' or 'silu'.
     pub activation: String,
+    /// 'cpu', 'cuda:0', ...
     pub device: String,
+    /// 'float32', 'float16' or 'bfloat16'.
     pub dtype: String,
+    /// Checkpoint tensors the loader did not use.
     pub unexpected_tensors: Vec<String>,
+    /// Video models: frames per clip (input [B, T, C, H, W]); 0 for image models.
     pub num_frames: i64,
+    /// Video models: frames per tubelet (tokens are time-major over numFrames / tubeletSize slices).
     pub tubelet_size: i64,
+    /// Register tokens (DINOv2 -reg), after the class token.
     pub n_registers: i64,
+    /// Class, distillation and register tokens before the patches (token nPrefixTokens is the first patch).
     pub n_prefix_tokens: i64,
+    /// A text tower (CLIP, open_clip): zero-shot classes are text prompts.
     pub has_text_tower: bool,
 }
 
+/// A hook point's name and shape, batch axis first.
 #[napi(object)]
 pub struct HookShape {
     pub name: String,
@@ -70,11 +90,16 @@ pub struct HookShape {
 
 #[napi(object)]
 pub struct RunOptions {
+    /// Hook names or glob patterns ('blocks.*.hook_resid_post', '*'); a pattern matching nothing is E_UNKNOWN_HOOK.
     pub cache: Option<Vec<String>>,
+    /// Run blocks [0, stopAtLayer) only; the output is then blocks.{stopAtLayer}.hook_resid_pre.
     pub stop_at_layer: Option<u32>,
+    /// Start at this block from `startResid` (its hook_resid_pre); pixels are ignored (pass an empty array).
     pub start_at_layer: Option<u32>,
     pub start_resid: Option<TensorInput>,
+    /// JSON array of InterventionSpec (src/generated/contract/InterventionSpec.ts).
     pub interventions: Option<String>,
+    /// Named tensors the interventions refer to.
     pub tensors: Option<Vec<TensorInput>>,
 }
 
@@ -135,8 +160,8 @@ impl NativeModel {
     }
 
     #[napi]
-    pub fn info(&self) -> Result<ModelInfo> {
-        guard(|| {
+    pub fn info(&self, env: Env) -> Result<ModelInfo> {
+        sync(&env, || {
             let m = lock(&self.inner)?;
             let c = &m.vit.cfg;
             Ok(ModelInfo {
@@ -172,34 +197,38 @@ impl NativeModel {
         })
     }
 
+    /// Every hook point in forward order (hook_result included), at this batch size.
     #[napi]
-    pub fn hook_shapes(&self, batch: u32) -> Result<Vec<HookShape>> {
-        guard(|| {
+    pub fn hook_shapes(&self, env: Env, batch: u32) -> Result<Vec<HookShape>> {
+        sync(&env, || {
             let m = lock(&self.inner)?;
             Ok(m.hook_points().into_iter().map(|p| HookShape { name: p.to_string(), shape: m.hook_shape(p, batch as i64) }).collect())
         })
     }
 
+    /// The hook names the patterns select, in forward order; E_UNKNOWN_HOOK for a pattern matching nothing.
     #[napi]
-    pub fn match_hooks(&self, patterns: Vec<String>) -> Result<Vec<String>> {
-        guard(|| {
+    pub fn match_hooks(&self, env: Env, patterns: Vec<String>) -> Result<Vec<String>> {
+        sync(&env, || {
             let m = lock(&self.inner)?;
             let selection = m.resolve_hooks(&patterns).map_err(to_js_error)?;
             Ok(m.hook_points().into_iter().filter(|p| selection.contains(p)).map(|p| p.to_string()).collect())
         })
     }
 
-    /// Makes a CLIP-style model classify against text prompts (`labels[i]` ↔ `prompts[i]`): its
-    /// logits become logit_scale · cos(image, prompt) for every later call.
+    /// Makes a CLIP-style model classify against text prompts: its logits become
+    /// logit_scale · cos(image, prompt) for every later call. k = prompts.length / labels.length
+    /// prompts per label, label-major; k > 1 averages their unit embeddings (prompt ensembling).
+    /// Uneven counts: E_ARGUMENT.
     #[napi(ts_return_type = "Promise<void>")]
     pub fn set_class_prompts(&self, labels: Vec<String>, prompts: Vec<String>) -> TorchTask<tasks::PromptsTask> {
         TorchTask(tasks::PromptsTask { model: self.inner.clone(), labels, prompts })
     }
 
-    /// Gives a headless model a linear probe (`weight` [C, d], `bias` [C]) read from a tensor file.
+    /// Gives a headless model a linear probe (`weight` [C, d_model], `bias` [C]) read from a .safetensors file.
     #[napi]
-    pub fn set_linear_probe(&self, path: String, labels: Option<Vec<String>>) -> Result<()> {
-        guard(|| {
+    pub fn set_linear_probe(&self, env: Env, path: String, labels: Option<Vec<String>>) -> Result<()> {
+        sync(&env, || {
             crate::torch_thread::run(|| {
                 let mut model = lock(&self.inner)?;
                 model.set_linear_probe(std::path::Path::new(&path), labels).map_err(to_js_error)
@@ -207,10 +236,11 @@ impl NativeModel {
         })
     }
 
-    /// Runs a hooked forward off the JS thread. Inputs are copied here, on the JS thread.
+    /// Runs a hooked forward off the JS thread (pixels [B, C, H, W], video [B, T, C, H, W]).
+    /// Inputs are copied here, on the JS thread.
     #[napi(ts_return_type = "Promise<RunOutput>")]
-    pub fn run(&self, pixels: Float32Array, shape: Vec<i64>, options: Option<RunOptions>) -> Result<TorchTask<RunTask>> {
-        guard(|| {
+    pub fn run(&self, env: Env, pixels: Float32Array, shape: Vec<i64>, options: Option<RunOptions>) -> Result<TorchTask<RunTask>> {
+        sync(&env, || {
             let options = options.unwrap_or(RunOptions {
                 cache: None,
                 stop_at_layer: None,
@@ -236,8 +266,8 @@ impl NativeModel {
 
 /// Reads a `.npy` (one tensor, named `pixel_values`) or `.safetensors` file as float32 tensors.
 #[napi]
-pub fn read_tensor_file(path: String) -> Result<Vec<TensorData>> {
-    guard(|| {
+pub fn read_tensor_file(env: Env, path: String) -> Result<Vec<TensorData>> {
+    sync(&env, || {
         let tensors = prisma_core::tensor_file::read_tensor_file(std::path::Path::new(&path)).map_err(to_js_error)?;
         tensors
             .into_iter()
@@ -249,7 +279,8 @@ pub fn read_tensor_file(path: String) -> Result<Vec<TensorData>> {
     })
 }
 
-/// Writes float32 tensors to a safetensors file atomically (temp file + rename).
+/// Writes float32 tensors to a safetensors file atomically (temp file + rename); off the
+/// libtorch thread.
 #[napi(ts_return_type = "Promise<void>")]
 pub fn save_safetensors(
     path: String,
@@ -260,17 +291,26 @@ pub fn save_safetensors(
     AsyncTask::new(SaveTask { path, tensors, metadata })
 }
 
+/// Every error code the core can emit (src/errors.ts keeps the matching registry; a test compares).
+#[napi]
+pub fn error_codes() -> Vec<String> {
+    prisma_core::error::CODES.iter().map(|c| c.to_string()).collect()
+}
+
+/// Whether a CUDA device can be used.
 #[napi]
 pub fn cuda_available() -> bool {
     prisma_core::cuda_available()
 }
 
+/// The libtorch release the addon was built for.
 #[napi]
 pub fn libtorch_version() -> String {
     // tch pins one libtorch release; the build script refuses any other.
     "2.11.0".to_string()
 }
 
+/// libtorch's library folder, as the loader set it (PRISMA_LIBTORCH_LIB).
 #[napi]
 pub fn libtorch_lib_dir() -> Option<String> {
     prisma_core::libtorch_lib_dir().map(|d| d.display().to_string())

@@ -2,7 +2,7 @@
 //! (`TorchTask`, so `compute` runs there), or on the libuv pool (`AsyncTask`) for file work that
 //! touches no libtorch (saving tensors from JS).
 
-use crate::convert::{guard, lock, to_js_error, TensorData};
+use crate::convert::{guard, js_error, lock, to_js_error, TensorData};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use prisma_core::model::{from_f32, to_f32_vec};
@@ -14,7 +14,9 @@ type Owned = (Vec<i64>, Vec<f32>);
 
 #[napi(object)]
 pub struct RunOutput {
+    /// 'hook_logits' when the model has a head, else 'ln_final.hook_normalized', or the residual when stopping early.
     pub output: TensorData,
+    /// One per matched hook, in forward order, named by hook.
     pub cache: Vec<TensorData>,
 }
 
@@ -101,6 +103,10 @@ impl Task for SaveTask {
 
     fn resolve(&mut self, _env: Env, _out: Self::Output) -> Result<Self::JsValue> {
         Ok(())
+    }
+
+    fn reject(&mut self, env: Env, err: Error) -> Result<Self::JsValue> {
+        Err(js_error(&env, err))
     }
 }
 

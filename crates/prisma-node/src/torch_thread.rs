@@ -4,6 +4,7 @@
 //! few cores (numbers in docs/benchmarks.md, "Measurements behind choices in the code").
 //! Promises from `TorchTask` are settled by the torch thread itself (see there).
 
+use crate::convert::{internal, js_error};
 use napi::bindgen_prelude::{sys, Task, ToNapiValue, TypeName, ValueType};
 use napi::{Env, Error, JsValue, Result};
 use std::cell::Cell;
@@ -96,13 +97,16 @@ impl<T: Task + 'static> ToNapiValue for TorchTask<T> {
         let env = Env::from_raw(env);
         let (deferred, promise) = env.create_deferred::<T::JsValue, Resolver<T>>()?;
         let mut task = val.0;
+        // A failure settles the promise through a resolver too, so that the JS Error carrying the
+        // payload (crate::convert::js_error) is built on the JS thread.
+        let fail = |e: Error| -> Resolver<T> { Box::new(move |env| Err(js_error(&env, e))) };
         let job: Job = Box::new(move || match catch_unwind(AssertUnwindSafe(|| task.compute())) {
             Ok(Ok(output)) => deferred.resolve(Box::new(move |env| task.resolve(env, output))),
-            Ok(Err(e)) => deferred.reject(e),
-            Err(_) => deferred.reject(Error::from_reason("E_INTERNAL: native panic on the libtorch thread")),
+            Ok(Err(e)) => deferred.resolve(fail(e)),
+            Err(_) => deferred.resolve(fail(internal("native panic on the libtorch thread"))),
         });
         if !queue(job) {
-            return Err(Error::from_reason("E_INTERNAL: the libtorch worker thread is gone"));
+            return Err(js_error(&env, internal("the libtorch worker thread is gone")));
         }
         Ok(promise.raw())
     }

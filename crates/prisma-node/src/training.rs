@@ -2,7 +2,7 @@
 //! calling `trainSteps(n)` repeatedly; each call runs off the JS thread. One NativeTrainer class
 //! over both trainers (a ViT classifier, or a CLIP on image-caption pairs), so the loop is shared.
 
-use crate::convert::{guard, lock, to_js_error};
+use crate::convert::{guard, lock, sync, to_js_error};
 use crate::torch_thread::TorchTask;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
@@ -89,7 +89,9 @@ impl Task for TrainerTask {
 impl NativeTrainer {
     /// `configJson`: TrainConfig (camelCase). Pixels are [N, C, H, W] float32, labels class indices.
     #[napi(factory)]
+    #[allow(clippy::too_many_arguments)]
     pub fn create(
+        env: Env,
         config_json: String,
         train_pixels: Float32Array,
         train_shape: Vec<i64>,
@@ -98,7 +100,7 @@ impl NativeTrainer {
         eval_shape: Vec<i64>,
         eval_labels: Int32Array,
     ) -> Result<NativeTrainer> {
-        guard(|| {
+        sync(&env, || {
             let cfg: TrainConfig = serde_json::from_str(&config_json)
                 .map_err(|err| to_js_error(PrismaError::Argument(format!("bad training config: {err}"))))?;
             let n_classes = cfg.labels.len() as i32;
@@ -125,6 +127,7 @@ impl NativeTrainer {
     #[napi(factory)]
     #[allow(clippy::too_many_arguments)]
     pub fn create_clip(
+        env: Env,
         config_json: String,
         train_pixels: Float32Array,
         train_shape: Vec<i64>,
@@ -134,7 +137,7 @@ impl NativeTrainer {
         eval_captions: Vec<String>,
         tasks_json: String,
     ) -> Result<NativeTrainer> {
-        guard(|| {
+        sync(&env, || {
             let bad = |what: &str, err: serde_json::Error| to_js_error(PrismaError::Argument(format!("bad {what}: {err}")));
             let cfg: ClipTrainConfig = serde_json::from_str(&config_json).map_err(|e| bad("CLIP training config", e))?;
             let tasks: Vec<ZeroShotTask> = serde_json::from_str(&tasks_json).map_err(|e| bad("zero-shot tasks", e))?;
@@ -175,8 +178,8 @@ impl NativeTrainer {
     }
 
     #[napi]
-    pub fn step(&self) -> Result<i64> {
-        Ok(lock(&self.inner)?.step())
+    pub fn step(&self, env: Env) -> Result<i64> {
+        sync(&env, || Ok(lock(&self.inner)?.step()))
     }
 
     fn task(&self, op: TrainerOp) -> TorchTask<TrainerTask> {

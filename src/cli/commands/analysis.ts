@@ -88,7 +88,7 @@ export function reportModel(model: Model, dir: string): ReportModel {
     patchSize: i.patchSize,
     nClasses: i.nClasses,
     family: i.family,
-    numFrames: i.numFrames ?? 0,
+    numFrames: i.numFrames,
     tokens: tokenLabels(i),
   };
 }
@@ -332,7 +332,7 @@ export async function openBatch(
   if (options.target !== undefined) resolveClass(options.target, model.info, 'target');
   if (options.baseline !== undefined) resolveClass(options.baseline, model.info, 'baseline');
   checks.check?.(model);
-  const list = await collectInputList(inputArgs, ctx.io, (model.info.numFrames ?? 0) > 0, expandOptions(options, ctx));
+  const list = await collectInputList(inputArgs, ctx.io, model.info.numFrames > 0, expandOptions(options, ctx));
   return { model, ...list, out };
 }
 

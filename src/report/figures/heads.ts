@@ -18,7 +18,7 @@ async function sliceFrames(info: ModelInfo, display: DisplaySource): Promise<str
   if (slices < 2) return [];
   const [h, w] = display.imageSize as [number, number];
   const frame = 3 * h * w;
-  const tubelet = Math.max(1, info.tubeletSize ?? 1);
+  const tubelet = Math.max(1, info.tubeletSize);
   // The file shows the whole input; a slice's frame comes from the pixels.
   const { path: _whole, ...pixelsOnly } = display;
   const frames: string[] = [];
