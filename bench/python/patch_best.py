@@ -26,6 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import patch_common as pc  # noqa: E402
 
 DEFAULT_CHUNK = 16  # tuned on ViT-B/16 resid, 2 threads (8..197 tried; 16..66 within noise); see README
+# On a GPU a careful user batches a whole layer's patches: a batch of 197 ViT-B rows is far from
+# filling the card, and every extra forward is launch overhead.
+DEFAULT_CHUNK_GPU = 256
 
 
 def cached_run(model, pixels, want_z):
@@ -64,12 +67,12 @@ def finish_from_z(model, l, z, resid_pre):
 
 def main():
     args = pc.parse_args(__doc__.splitlines()[0])
-    pc.setup()
-    model = pc.load_model(args.model, args.attn)
+    pc.setup(args)
+    model = pc.load_model(args.model, args.attn, args.dtype)
     clean, corrupt = pc.load_pixels(args, model)
     n_rows, n_cols = pc.dims(model, args)
     dh = model.config.hidden_size // model.config.num_attention_heads
-    chunk = args.chunk or DEFAULT_CHUNK
+    chunk = args.chunk or (DEFAULT_CHUNK if pc.DEVICE.type == "cpu" else DEFAULT_CHUNK_GPU)
     want_z = args.sweep == "head"
     if not args.no_warmup:
         model(pixel_values=corrupt)  # untimed warm-up (allocator, kernels)
@@ -94,11 +97,11 @@ def main():
         for l in sorted(by_layer):
             cols = by_layer[l]
             for i in range(0, len(cols), chunk):
-                cs = torch.tensor(cols[i:i + chunk])
+                cs = torch.tensor(cols[i:i + chunk], device=pc.DEVICE)
                 b = len(cs)
                 if args.sweep == "resid":
                     x = corrupt_resid[l].expand(b, -1, -1).clone()
-                    x[torch.arange(b), cs] = clean_resid[l][0, cs]
+                    x[torch.arange(b, device=pc.DEVICE), cs] = clean_resid[l][0, cs]
                     logits = finish(model, x, l)
                 else:
                     z = corrupt_z[l].expand(b, -1, -1).clone()

@@ -1,8 +1,9 @@
 """Shared CLI, model/pixel loading, metric and JSON output for patch_tl_way.py and patch_best.py.
 
 Both scripts are benchmarks of *Python* activation patching on Hugging Face ViTs, used to compare
-our tool's results (values) and speed. Everything runs on the CPU, fp32, eval, torch.no_grad,
-torch.set_num_threads(2).
+our tool's results (values) and speed. By default everything runs on the CPU, fp32, eval,
+torch.no_grad, torch.set_num_threads(2); `--device cuda --dtype bf16` is the GPU kit's setting
+(bench/gpu/run.sh), where fp32 means IEEE fp32 (no TF32), as in our core.
 """
 import argparse
 import json
@@ -41,19 +42,37 @@ def parse_args(description):
     ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="HF attention implementation")
     ap.add_argument("--chunk", type=int, default=None, help="(patch_best.py) patches per batched forward")
     ap.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up forward")
+    ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="model and pixel dtype")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run caching + sweep R times; seconds = median, seconds_min/seconds_runs also written")
     return ap.parse_args()
 
 
-def setup():
-    torch.set_num_threads(THREADS)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEVICE = torch.device("cpu")
+
+
+def setup(args=None):
+    global DEVICE
+    DEVICE = torch.device(getattr(args, "device", "cpu"))
+    if DEVICE.type == "cpu":
+        torch.set_num_threads(THREADS)
+    else:
+        # fp32 is IEEE fp32 on the GPU too (PyTorch lets cuDNN convolutions use TF32 by default).
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     torch.set_grad_enabled(False)
 
 
-def load_model(path, attn):
-    model = ViTForImageClassification.from_pretrained(path, dtype=torch.float32, attn_implementation=attn)
-    model.eval()
+def sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def load_model(path, attn, dtype="fp32"):
+    model = ViTForImageClassification.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation=attn)
+    model.eval().to(DEVICE)
     return model
 
 
@@ -71,7 +90,8 @@ def load_pixels(args, model):
         corrupt = px[args.corrupt_index:args.corrupt_index + 1].clone()
     if args.save_pixels:
         save_file({"pixel_values": torch.cat([clean, corrupt]).contiguous()}, args.save_pixels)
-    return clean, corrupt
+    dtype = DTYPES[getattr(args, "dtype", "fp32")]
+    return clean.to(DEVICE, dtype), corrupt.to(DEVICE, dtype)
 
 
 def dims(model, args):
@@ -104,16 +124,21 @@ def resolve_metric(args, clean_logits, corrupt_logits):
 
 
 def metric(logits, target, baseline):
-    """logits [B, C] -> [B] logit difference."""
+    """logits [B, C] -> [B] logit difference (fp32, whatever the model's dtype)."""
+    logits = logits.float()
     return logits[:, target] - logits[:, baseline]
 
 
 class Timer:
+    """Wall and CPU time; on a GPU the queued work is waited for at both ends."""
+
     def __init__(self):
+        sync()
         self.t0 = time.perf_counter()
         self.c0 = time.process_time()
 
     def elapsed(self):
+        sync()
         return time.perf_counter() - self.t0
 
     def cpu(self):
@@ -165,6 +190,8 @@ def write_result(args, impl, model, *, target, baseline, clean_metric, corrupt_m
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "threads": torch.get_num_threads(),
+        "device": str(DEVICE),
+        "dtype": getattr(args, "dtype", "fp32"),
         "loadavg_at_end": list(os.getloadavg()),
     }
     mode = "full"

@@ -30,8 +30,8 @@ def hook_module(model, sweep, layer):
 
 def main():
     args = pc.parse_args(__doc__.splitlines()[0])
-    pc.setup()
-    model = pc.load_model(args.model, args.attn)
+    pc.setup(args)
+    model = pc.load_model(args.model, args.attn, args.dtype)
     clean, corrupt = pc.load_pixels(args, model)
     n_layers_all = model.config.num_hidden_layers
     n_rows, n_cols = pc.dims(model, args)

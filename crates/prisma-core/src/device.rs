@@ -16,6 +16,8 @@ pub fn parse_device(name: &str) -> Result<Device> {
     };
     if let Device::Cuda(i) = device {
         load_cuda_runtime();
+        // SAFETY: sets a field of libtorch's global context; no arguments.
+        unsafe { prisma_cuda_conv_ieee() };
         let count = tch::Cuda::device_count() as usize;
         if count == 0 {
             return Err(PrismaError::Device(format!(
@@ -32,6 +34,23 @@ pub fn parse_device(name: &str) -> Result<Device> {
         return Err(PrismaError::Device("device 'mps' requested but MPS is not available".into()));
     }
     Ok(device)
+}
+
+extern "C" {
+    fn prisma_cuda_conv_ieee();
+    fn prisma_cuda_fp32_precision(conv: *mut std::ffi::c_char, matmul: *mut std::ffi::c_char, len: usize);
+}
+
+/// How libtorch computes fp32 convolutions and matmuls on CUDA ("ieee", "tf32", "none" = the
+/// backend default, ...). Asking for a CUDA device sets convolutions to "ieee": libtorch's default
+/// lets cuDNN use TF32, which moves a patch embedding ~1e-3 away from the CPU's fp32.
+pub fn fp32_precision() -> (String, String) {
+    let (mut conv, mut matmul) = ([0 as std::ffi::c_char; 16], [0 as std::ffi::c_char; 16]);
+    // SAFETY: both buffers hold 16 bytes and the shim writes at most 15 plus a NUL into each.
+    unsafe { prisma_cuda_fp32_precision(conv.as_mut_ptr(), matmul.as_mut_ptr(), 16) };
+    // SAFETY: the shim NUL-terminates both buffers.
+    let name = |b: &[std::ffi::c_char; 16]| unsafe { std::ffi::CStr::from_ptr(b.as_ptr()) }.to_string_lossy().into_owned();
+    (name(&conv), name(&matmul))
 }
 
 /// The linker drops libtorch_cuda when no symbol of it is referenced (--as-needed), which leaves
