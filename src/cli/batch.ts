@@ -10,6 +10,7 @@ import { basename, extname, join, resolve } from 'node:path';
 
 import type { CommandContext } from './context.js';
 import type { LineSink } from './folder-job.js';
+import { prefetch } from '../prefetch.js';
 import type { ShardEntry } from '../shard.js';
 import { PrismaError, toPrismaError } from '../errors.js';
 import { inputKind } from '../image/preprocess.js';
@@ -71,6 +72,17 @@ export interface BatchSpec<R> {
   inputKey?: string;
   process(item: BatchItem, figures: FigureWriter | undefined): Promise<{ result: R; figures: Figure[] }>;
 }
+
+/** Inputs read ahead of the one running (images of a few MB each at most). */
+const PREFETCH = 4;
+
+/** An input read ahead: its record (--resume), its pixels, or why it could not be read. */
+type Prepared<R> = { file: string; position: number; isImage: boolean } & (
+  | { stored: StoredItem<R> }
+  | { batch: PixelBatch }
+  | { failed: unknown }
+  | { fatal: unknown }
+);
 
 interface StoredItem<R> {
   schemaVersion: 1;
@@ -154,10 +166,7 @@ export async function runBatch<R>(spec: BatchSpec<R>): Promise<BatchOutcome> {
     out.failed += 1;
     await sink.add({ position, file, input, ok: false, error: { code: pe.code, message: pe.message } });
   };
-  const tryResume = async (position: number, file: string, label: string): Promise<boolean> => {
-    if (!spec.resume || !itemsDir) return false;
-    const stored = await readStored<R>(join(itemsDir, `${itemId(label)}.json`), command, key);
-    if (!stored) return false;
+  const addResumed = async (position: number, file: string, stored: StoredItem<R>) => {
     await sink.add({
       position,
       file,
@@ -169,21 +178,53 @@ export async function runBatch<R>(spec: BatchSpec<R>): Promise<BatchOutcome> {
       figures: stored.figures,
     });
     out.resumed += 1;
+  };
+  const tryResume = async (position: number, file: string, label: string): Promise<boolean> => {
+    if (!spec.resume || !itemsDir) return false;
+    const stored = await readStored<R>(join(itemsDir, `${itemId(label)}.json`), command, key);
+    if (!stored) return false;
+    await addResumed(position, file, stored);
     return true;
   };
 
   try {
-    for (const [n, { item: file, position }] of spec.entries.entries()) {
-      progress.update(n, basename(file));
+    // Each input is read (or its record found) while the ones before it run.
+    const prepare = async ({ item: file, position }: ShardEntry<string>): Promise<Prepared<R>> => {
       const isImage = inputKind(file) === 'image';
-      if (isImage && (await tryResume(position, file, file))) continue;
-      let batch: PixelBatch;
       try {
-        batch = await model.loadInputs([file], spec.inputKey === undefined ? {} : { inputKey: spec.inputKey });
+        if (isImage && spec.resume && itemsDir) {
+          const stored = await readStored<R>(join(itemsDir, `${itemId(file)}.json`), command, key);
+          if (stored) return { file, position, isImage, stored };
+        }
       } catch (err) {
-        await fail(position, file, file, err);
+        return { file, position, isImage, fatal: err };
+      }
+      try {
+        return {
+          file,
+          position,
+          isImage,
+          batch: await model.loadInputs([file], spec.inputKey === undefined ? {} : { inputKey: spec.inputKey }),
+        };
+      } catch (err) {
+        return { file, position, isImage, failed: err };
+      }
+    };
+    let n = 0;
+    for await (const prepared of prefetch(spec.entries, PREFETCH, prepare)) {
+      const { file, position, isImage } = prepared;
+      progress.update(n, basename(file));
+      n += 1;
+      if ('fatal' in prepared) throw prepared.fatal;
+      if ('stored' in prepared) {
+        await addResumed(position, file, prepared.stored);
         continue;
       }
+      if ('failed' in prepared) {
+        await fail(position, file, file, prepared.failed);
+        continue;
+      }
+      const { batch } = prepared;
       const rows = batch.shape[0];
       const [h, w] = batch.shape.slice(-2) as [number, number];
       for (let i = 0; i < rows; i++) {

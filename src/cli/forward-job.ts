@@ -14,6 +14,7 @@ import { PrismaError, toPrismaError } from '../errors.js';
 import type { Model } from '../model.js';
 import { cannotWrite, tempPathFor } from '../report/write.js';
 import { SafetensorsWriter } from '../safetensors-writer.js';
+import { prefetch } from '../prefetch.js';
 import type { ShardEntry } from '../shard.js';
 import { batchRows, concatBatches, numel, type PixelBatch } from '../tensor.js';
 import type { CommandContext } from './context.js';
@@ -84,15 +85,22 @@ export async function runForwardJob<R>(spec: ForwardJobSpec<R>): Promise<void> {
     rows = 0;
   };
   try {
-    for (const { item: file, position } of spec.entries) {
+    // The next batch's inputs are read and preprocessed while this one runs its forward.
+    const load = async ({ item: file, position }: ShardEntry<string>): Promise<Pending> => {
       try {
-        const batch = await spec.model.loadInputs([file], spec.inputKey === undefined ? {} : { inputKey: spec.inputKey });
-        pending.push({ position, file, batch });
-        rows += batch.shape[0];
+        return {
+          position,
+          file,
+          batch: await spec.model.loadInputs([file], spec.inputKey === undefined ? {} : { inputKey: spec.inputKey }),
+        };
       } catch (err) {
         const pe = toPrismaError(err);
-        pending.push({ position, file, error: { code: pe.code, message: pe.message } });
+        return { position, file, error: { code: pe.code, message: pe.message } };
       }
+    };
+    for await (const loaded of prefetch(spec.entries, Math.min(64, maxRows + 1), load)) {
+      pending.push(loaded);
+      if ('batch' in loaded) rows += loaded.batch.shape[0];
       if (rows >= maxRows) await flush();
     }
     await flush();

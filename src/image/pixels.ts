@@ -12,6 +12,7 @@ import sharp from 'sharp';
 
 import { PrismaError } from '../errors.js';
 import { resamplePil } from './resample.js';
+import { oneSharpAtATime } from './sharp-lock.js';
 import { cropOffset, preprocessGeometry, type PreprocessSpec, type Resample, type Size2 } from './spec.js';
 
 /** File extensions read as images (and as video frames). */
@@ -49,11 +50,13 @@ export async function decodeRgb(path: string): Promise<RawRgb> {
     // Read first, so that a file that cannot be read says why (EIO, EACCES) rather than 'unsupported format'.
     const bytes = await readFile(path);
     // failOn 'error' rejects truncated files; autoOrient applies EXIF orientation like HF's load_image.
-    const { data, info } = await sharp(bytes, { failOn: 'error', autoOrient: true })
-      .removeAlpha()
-      .toColourspace('srgb')
-      .raw({ depth: 'uchar' })
-      .toBuffer({ resolveWithObject: true });
+    const { data, info } = await oneSharpAtATime(() =>
+      sharp(bytes, { failOn: 'error', autoOrient: true })
+        .removeAlpha()
+        .toColourspace('srgb')
+        .raw({ depth: 'uchar' })
+        .toBuffer({ resolveWithObject: true }),
+    );
     if (info.channels !== 3) throw new Error(`decoded to ${info.channels} channels`);
     return { data: asBytes(data), width: info.width, height: info.height };
   } catch (err) {
@@ -68,11 +71,13 @@ export async function decodeRgb(path: string): Promise<RawRgb> {
  */
 export async function decodeFrames(path: string): Promise<RawRgb[]> {
   try {
-    const { data, info } = await sharp(path, { failOn: 'error', pages: -1 })
-      .removeAlpha()
-      .toColourspace('srgb')
-      .raw({ depth: 'uchar' })
-      .toBuffer({ resolveWithObject: true });
+    const { data, info } = await oneSharpAtATime(() =>
+      sharp(path, { failOn: 'error', pages: -1 })
+        .removeAlpha()
+        .toColourspace('srgb')
+        .raw({ depth: 'uchar' })
+        .toBuffer({ resolveWithObject: true }),
+    );
     if (info.channels !== 3) throw new Error(`decoded to ${info.channels} channels`);
     const pageHeight = info.pageHeight ?? info.height;
     const pages = Math.max(1, Math.round(info.height / pageHeight));

@@ -5,6 +5,8 @@
  */
 import sharp from 'sharp';
 
+import { oneSharpAtATime } from '../image/sharp-lock.js';
+
 import { preprocessGeometry, type PreprocessSpec } from '../image/preprocess.js';
 import { colorOf, drawColorbar, type ColorScale } from './colormap.js';
 import { Svg, textWidth } from './svg.js';
@@ -27,7 +29,9 @@ export interface DisplaySource {
 }
 
 async function fromFile(path: string, spec: PreprocessSpec, width: number, height: number): Promise<Buffer | undefined> {
-  const oriented = await sharp(path, { autoOrient: true }).removeAlpha().toColourspace('srgb').png().toBuffer({ resolveWithObject: true });
+  const oriented = await oneSharpAtATime(() =>
+    sharp(path, { autoOrient: true }).removeAlpha().toColourspace('srgb').png().toBuffer({ resolveWithObject: true }),
+  );
   const ow = oriented.info.width;
   const oh = oriented.info.height;
   const { resizedWidth: rw, resizedHeight: rh, left, top, width: cw, height: ch } = preprocessGeometry(spec, ow, oh);
@@ -42,7 +46,9 @@ async function fromFile(path: string, spec: PreprocessSpec, width: number, heigh
   };
   region.width = Math.min(region.width, ow - region.left);
   region.height = Math.min(region.height, oh - region.top);
-  return sharp(oriented.data).extract(region).resize(width, height, { fit: 'fill', kernel: 'lanczos3' }).png().toBuffer();
+  return oneSharpAtATime(() =>
+    sharp(oriented.data).extract(region).resize(width, height, { fit: 'fill', kernel: 'lanczos3' }).png().toBuffer(),
+  );
 }
 
 async function fromPixels(src: DisplaySource, width: number, height: number): Promise<Buffer> {
@@ -72,10 +78,12 @@ async function fromPixels(src: DisplaySource, width: number, height: number): Pr
       rgb[p * 3 + c] = Math.max(0, Math.min(255, Math.round(v)));
     }
   }
-  return sharp(rgb, { raw: { width: w, height: h, channels: 3 } })
-    .resize(width, height, { fit: 'fill', kernel: 'cubic' })
-    .png()
-    .toBuffer();
+  return oneSharpAtATime(() =>
+    sharp(rgb, { raw: { width: w, height: h, channels: 3 } })
+      .resize(width, height, { fit: 'fill', kernel: 'cubic' })
+      .png()
+      .toBuffer(),
+  );
 }
 
 /** The input image at display size (`size` px wide), as the model sees it. */

@@ -5,6 +5,8 @@
  */
 import sharp from 'sharp';
 
+import { oneSharpAtATime } from '../image/sharp-lock.js';
+
 import { PrismaError } from '../errors.js';
 
 export const FONT = "'DejaVu Sans', 'Helvetica Neue', Arial, sans-serif";
@@ -118,10 +120,12 @@ export interface Png {
 export async function svgToPng(svg: Svg | string): Promise<Png> {
   const text = svg.toString();
   try {
-    const { data, info } = await sharp(Buffer.from(text), { density: 72, limitInputPixels: false })
-      .flatten({ background: '#ffffff' })
-      .png({ compressionLevel: 6 })
-      .toBuffer({ resolveWithObject: true });
+    const { data, info } = await oneSharpAtATime(() =>
+      sharp(Buffer.from(text), { density: 72, limitInputPixels: false })
+        .flatten({ background: '#ffffff' })
+        .png({ compressionLevel: 6 })
+        .toBuffer({ resolveWithObject: true }),
+    );
     return { png: data, width: info.width, height: info.height };
   } catch (err) {
     throw new PrismaError('E_INTERNAL', `cannot render a figure: ${(err as Error).message}`, { cause: err });

@@ -78,7 +78,7 @@ function checkLines(lines: Line[], files: string[]): void {
   }
 }
 
-describe('--jsonl', () => {
+describe('--jsonl', { timeout: 300_000 }, () => {
   it("find DIR -name '*.jpg' | prisma logit-lens MODEL - --jsonl: a line per input, bad files as error lines", () => {
     const r = spawnSync(
       'sh',

@@ -71,7 +71,8 @@ beforeAll(async () => {
   await makeImages(images, 8);
 });
 
-describe('--shard k/n, then prisma merge', () => {
+// Each test spawns several processes that each load libtorch: minutes on a loaded machine.
+describe('--shard k/n, then prisma merge', { timeout: 600_000 }, () => {
   it.each(COMMANDS)('%s: n shard processes merged are byte for byte one process', (name, head, tail) => {
     const dir = join(root, name);
     const one = prisma([...head, images, ...tail, '--out', join(dir, 'one')]);
@@ -115,7 +116,7 @@ describe('--shard k/n, then prisma merge', () => {
   });
 });
 
-describe('a killed shard', () => {
+describe('a killed shard', { timeout: 600_000 }, () => {
   it('resumes with --resume and merges into the one-process result', async () => {
     const dir = join(root, 'resume');
     const many = join(root, 'many');
@@ -183,7 +184,7 @@ describe('a killed shard', () => {
   });
 });
 
-describe('merge refuses shards that do not belong together', () => {
+describe('merge refuses shards that do not belong together', { timeout: 600_000 }, () => {
   const shardOf = (out: string, k: number, n: number, extra: string[] = [], model = CLS) =>
     prisma(['run', model, images, '--cache', 'blocks.0.hook_resid_post', ...extra, '--shard', `${k}/${n}`, '--out', out]);
 
