@@ -1,9 +1,11 @@
 /**
- * Typed interventions, serialised to the JSON the addon takes (docs/native-api.md).
+ * Typed interventions, serialised to the JSON the addon takes (InterventionSpec, generated from the
+ * core's serde type; docs/native-api.md).
  * A `tensor` may be the name of an entry in `tensors`, or an inline tensor, which is given a
  * generated name and added to the tensors sent to the addon.
  */
 import { PrismaError } from './errors.js';
+import type { InterventionSpec } from './generated/contract/InterventionSpec.js';
 import { checkTensor, type TensorInput } from './tensor.js';
 
 /** Which entries of the hook to edit; every key optional (omitted = all). */
@@ -40,14 +42,8 @@ export type Intervention =
 export type InterventionAction = Intervention['action'];
 export const INTERVENTION_ACTIONS: readonly InterventionAction[] = ['zero', 'scale', 'add', 'set', 'patch', 'mean'];
 
-interface WireIntervention {
-  hook: string;
-  select?: Select;
-  action: InterventionAction;
-  factor?: number;
-  tensor?: string;
-  coeff?: number;
-}
+/** The addon's form, as the core parses it (src/generated/contract/InterventionSpec.ts). */
+type WireIntervention = InterventionSpec;
 
 function bad(i: number, message: string): PrismaError {
   return new PrismaError('E_INTERVENTION', `intervention ${i}: ${message}`);

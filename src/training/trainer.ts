@@ -4,7 +4,21 @@
  * arguments, results and errors.
  */
 import { PrismaError } from '../errors.js';
+import type { ClipEvalReport } from '../generated/contract/ClipEvalReport.js';
+import type { ClipStepReport } from '../generated/contract/ClipStepReport.js';
+import type { ClipTrainConfig as WireClipTrainConfig } from '../generated/contract/ClipTrainConfig.js';
+import type { EvalReport } from '../generated/contract/EvalReport.js';
+import type { StepReport } from '../generated/contract/StepReport.js';
+import type { TrainConfig as WireTrainConfig } from '../generated/contract/TrainConfig.js';
+import type { ZeroShotResult } from '../generated/contract/ZeroShotResult.js';
+import type { ZeroShotTask } from '../generated/contract/ZeroShotTask.js';
+import type { NativeTrainer } from '../generated/binding.js';
 import { guard, guardAsync, rawBinding } from '../native.js';
+
+/** The JSON the core parses: the compiler checks these configs against the generated contract. */
+function wire<T extends WireTrainConfig | WireClipTrainConfig>(config: T): string {
+  return JSON.stringify(config);
+}
 
 /** The vision tower's sizes, the same fields in both trainers' configs. */
 export interface VisionSizes {
@@ -28,26 +42,12 @@ export interface OptimiserSettings {
   seed: number;
 }
 
-/** Mirrors prisma-core's TrainConfig (camelCase JSON). */
+/** prisma-core's TrainConfig with every field given (sent through `wire`, typed by the generated contract). */
 export interface TrainConfig extends VisionSizes, OptimiserSettings {
   labels: string[];
 }
 
-export interface StepReport {
-  step: number;
-  loss: number;
-  accuracy: number;
-  lr: number;
-}
-
-export interface EvalReport {
-  step: number;
-  loss: number;
-  accuracy: number;
-  n: number;
-}
-
-/** Mirrors prisma-core's ClipTrainConfig (camelCase JSON). */
+/** prisma-core's ClipTrainConfig with every field given (sent through `wire`). */
 export interface ClipTrainConfig extends VisionSizes, OptimiserSettings {
   textDModel: number;
   textLayers: number;
@@ -59,34 +59,8 @@ export interface ClipTrainConfig extends VisionSizes, OptimiserSettings {
   tokenizer: string;
 }
 
-export interface ClipStepReport extends StepReport {
-  /** exp(logit_scale), the learned temperature. */
-  logitScale: number;
-}
-
-/** A zero-shot question on the held-out images: image i's answer is classes[labels[i]]. */
-export interface ZeroShotTask {
-  name: string;
-  classes: string[];
-  prompts: string[];
-  labels: number[];
-}
-
-export interface ZeroShotResult {
-  name: string;
-  accuracy: number;
-  /** 1 / classes. */
-  chance: number;
-  /** Accuracy of always answering the most common class. */
-  majority: number;
-  n: number;
-  classes: string[];
-  prompts: string[];
-}
-
-export interface ClipEvalReport extends EvalReport {
-  zeroShot: ZeroShotResult[];
-}
+/** What one call to trainSteps / evaluate reports, as the core serialises it (src/generated/contract/). */
+export type { ClipEvalReport, ClipStepReport, EvalReport, StepReport, ZeroShotResult, ZeroShotTask };
 
 /** Images as [N, C, H, W] float32 (already normalised) and one caption each. */
 export interface CaptionedImages {
@@ -102,37 +76,10 @@ export interface LabelledImages {
   labels: Int32Array;
 }
 
-interface RawTrainer {
-  trainSteps(n: number): Promise<string>;
-  evaluate(): Promise<string>;
-  saveModel(dir: string): Promise<string>;
-  saveCheckpoint(path: string): Promise<string>;
-  loadCheckpoint(path: string): Promise<string>;
-  step(): number;
-}
+type RawTrainer = NativeTrainer;
 
 interface TrainerBinding {
-  NativeTrainer: {
-    create(
-      configJson: string,
-      trainPixels: Float32Array,
-      trainShape: number[],
-      trainLabels: Int32Array,
-      evalPixels: Float32Array,
-      evalShape: number[],
-      evalLabels: Int32Array,
-    ): RawTrainer;
-    createClip(
-      configJson: string,
-      trainPixels: Float32Array,
-      trainShape: number[],
-      trainCaptions: string[],
-      evalPixels: Float32Array,
-      evalShape: number[],
-      evalCaptions: string[],
-      tasksJson: string,
-    ): RawTrainer;
-  };
+  NativeTrainer: typeof NativeTrainer;
 }
 
 function binding(factory: 'create' | 'createClip'): TrainerBinding {
@@ -152,7 +99,7 @@ export class Trainer<S extends StepReport = StepReport, E extends EvalReport = E
     const b = binding('create');
     const raw = guard(() =>
       b.NativeTrainer.create(
-        JSON.stringify(config),
+        wire<WireTrainConfig>(config),
         train.pixels,
         train.shape,
         train.labels,
@@ -174,14 +121,14 @@ export class Trainer<S extends StepReport = StepReport, E extends EvalReport = E
     const b = binding('createClip');
     const raw = guard(() =>
       b.NativeTrainer.createClip(
-        JSON.stringify(config),
+        wire<WireClipTrainConfig>(config),
         train.pixels,
         train.shape,
         train.captions,
         evaluation.pixels,
         evaluation.shape,
         evaluation.captions,
-        JSON.stringify(tasks),
+        JSON.stringify(tasks satisfies ZeroShotTask[]),
       ),
     );
     return new Trainer<ClipStepReport, ClipEvalReport>(raw);

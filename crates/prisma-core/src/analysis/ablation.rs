@@ -11,7 +11,7 @@ use crate::models::vit::ForwardPlan;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ts_rs::TS)]
 #[serde(rename_all = "lowercase")]
 pub enum AblationMode {
     Zero,
@@ -19,22 +19,27 @@ pub enum AblationMode {
     Resample,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
+#[ts(optional_fields)]
 pub struct AblationOptions {
     pub mode: AblationMode,
     #[serde(default = "default_what")]
+    #[ts(as = "Option<_>", optional)]
     pub what: PatchWhat,
     #[serde(default = "default_by")]
+    #[ts(as = "Option<_>", optional)]
     pub by: PatchBy,
     #[serde(flatten)]
     pub metric: MetricSpec,
     /// Which reference image resampling takes its values from.
     #[serde(default)]
+    #[ts(as = "Option<_>", optional)]
     pub resample_index: usize,
     pub chunk: Option<usize>,
     /// As `PatchOptions::fast_linear`.
     #[serde(default)]
+    #[ts(as = "Option<_>", optional)]
     pub fast_linear: bool,
 }
 

@@ -15,27 +15,41 @@ use crate::models::vit::{FinalNorm, ForwardStart, Head, Pooling};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct DlaOptions {
     #[serde(flatten)]
     pub metric: MetricSpec,
     /// Also split each head by source position (the key it attends to).
     #[serde(default)]
+    #[ts(as = "Option<_>", optional)]
     pub per_position: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// What a DLA component is: the embeddings, a head, the attention output bias, an MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ts_rs::TS)]
+#[serde(rename_all = "snake_case")]
+#[ts(rename = "DlaComponentKind")]
+pub enum ComponentKind {
+    Embed,
+    PosEmbed,
+    Head,
+    AttnBias,
+    Mlp,
+}
+
+#[derive(Debug, Clone, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
+#[ts(rename = "DlaComponent")]
 pub struct Component {
     pub name: String,
-    pub kind: String,
+    pub kind: ComponentKind,
     pub layer: Option<usize>,
     pub head: Option<i64>,
     pub value: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct DlaResult {
     pub target: i64,
@@ -133,7 +147,7 @@ fn direct_logit_attribution_here(model: &Model, pixels: &Tensor, opts: &DlaOptio
         let embedded = get(HookPoint::block(0, Site::ResidPre))?;
         components.push(Component {
             name: "ln_pre".into(),
-            kind: "embed".into(),
+            kind: ComponentKind::Embed,
             layer: None,
             head: None,
             value: project(&pool(&embedded)?)?.double_value(&[]),
@@ -144,14 +158,14 @@ fn direct_logit_attribution_here(model: &Model, pixels: &Tensor, opts: &DlaOptio
         let token_embed = full.f_sub(&pos)?;
         components.push(Component {
             name: "embed".into(),
-            kind: "embed".into(),
+            kind: ComponentKind::Embed,
             layer: None,
             head: None,
             value: project(&pool(&token_embed)?)?.double_value(&[]),
         });
         components.push(Component {
             name: "pos_embed".into(),
-            kind: "pos_embed".into(),
+            kind: ComponentKind::PosEmbed,
             layer: None,
             head: None,
             value: project(&pool(&pos)?)?.double_value(&[]),
@@ -163,13 +177,19 @@ fn direct_logit_attribution_here(model: &Model, pixels: &Tensor, opts: &DlaOptio
         let result = pool(&get(HookPoint::block(l, Site::Result))?)?; // [H, d]
         let per_head = to_vec_f64(&project(&result)?)?;
         for (h, v) in per_head.iter().enumerate() {
-            components.push(Component { name: format!("L{l}H{h}"), kind: "head".into(), layer: Some(l), head: Some(h as i64), value: *v });
+            components.push(Component {
+                name: format!("L{l}H{h}"),
+                kind: ComponentKind::Head,
+                layer: Some(l),
+                head: Some(h as i64),
+                value: *v,
+            });
         }
         heads.extend(per_head);
         let b_o = dbl(&w.blocks[l].b_o)?;
         components.push(Component {
             name: format!("L{l}.attn_bias"),
-            kind: "attn_bias".into(),
+            kind: ComponentKind::AttnBias,
             layer: Some(l),
             head: None,
             value: project(&b_o)?.double_value(&[]),
@@ -177,7 +197,7 @@ fn direct_logit_attribution_here(model: &Model, pixels: &Tensor, opts: &DlaOptio
         let mlp = pool(&get(HookPoint::block(l, Site::MlpOut))?)?;
         components.push(Component {
             name: format!("L{l}.mlp"),
-            kind: "mlp".into(),
+            kind: ComponentKind::Mlp,
             layer: Some(l),
             head: None,
             value: project(&mlp)?.double_value(&[]),

@@ -12,7 +12,7 @@ use tch::{Kind, Tensor};
 
 /// The residual streams the lens reads, named on the wire as the site table names them (see
 /// `analysis::tests`).
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, ts_rs::TS)]
 #[serde(rename_all = "snake_case")]
 pub enum LensSite {
     ResidPre,
@@ -30,14 +30,17 @@ impl LensSite {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
+#[ts(optional_fields)]
 pub struct LensOptions {
     /// Target class per image is given separately; this is the default for all images.
     pub target: Option<i64>,
     #[serde(default = "default_sites")]
+    #[ts(as = "Option<_>", optional)]
     pub sites: Vec<LensSite>,
     #[serde(default = "default_k")]
+    #[ts(as = "Option<_>", optional)]
     pub top_k: usize,
 }
 
@@ -48,14 +51,14 @@ fn default_k() -> usize {
     5
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ts_rs::TS)]
 pub struct Ranked {
     pub index: i64,
     pub logit: f64,
     pub prob: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct LensLayer {
     pub layer: usize,
@@ -74,7 +77,7 @@ pub struct LensLayer {
     pub pos_top1: Vec<i64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct LensImage {
     pub target: i64,

@@ -6,14 +6,15 @@ use crate::error::{PrismaError, Result};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
+#[ts(optional_fields)]
 pub struct MetricSpec {
     pub target: i64,
     pub baseline: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ts_rs::TS)]
 pub struct MetricValue {
     /// logit[target] - logit[baseline], or logit[target] without a baseline.
     pub value: f64,

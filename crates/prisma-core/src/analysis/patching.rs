@@ -18,7 +18,7 @@ use tch::{Kind, Tensor};
 
 /// The sites a sweep patches, named on the wire as the site table names them (see
 /// `analysis::tests`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ts_rs::TS)]
 #[serde(rename_all = "snake_case")]
 pub enum PatchWhat {
     ResidPre,
@@ -51,7 +51,7 @@ impl PatchWhat {
 }
 
 /// The axes a sweep runs over, besides the layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ts_rs::TS)]
 #[serde(rename_all = "snake_case")]
 pub enum PatchBy {
     LayerPos,
@@ -68,8 +68,9 @@ impl PatchBy {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
+#[ts(optional_fields)]
 pub struct PatchOptions {
     pub what: PatchWhat,
     pub by: PatchBy,
@@ -82,10 +83,11 @@ pub struct PatchOptions {
     /// Compute the sweep's linear layers with oneDNN (f32 CPU models only; see models/linear.rs):
     /// faster on large models, equal to at::linear only to float rounding.
     #[serde(default)]
+    #[ts(as = "Option<_>", optional)]
     pub fast_linear: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct PatchResult {
     pub what: PatchWhat,

@@ -8,15 +8,16 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use tch::{Kind, Tensor};
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, ts_rs::TS)]
 #[serde(deny_unknown_fields)]
+#[ts(optional_fields)]
 pub struct Selection {
     pub batch: Option<Vec<i64>>,
     pub pos: Option<Vec<i64>>,
     pub head: Option<Vec<i64>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "lowercase")]
 pub enum ActionKind {
     Zero,
@@ -28,11 +29,13 @@ pub enum ActionKind {
 }
 
 /// The serialised form (`[{"hook": "...", "select": {...}, "action": "zero"}]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ts_rs::TS)]
 #[serde(deny_unknown_fields)]
+#[ts(optional_fields)]
 pub struct InterventionSpec {
     pub hook: String,
     #[serde(default)]
+    #[ts(as = "Option<_>", optional)]
     pub select: Selection,
     pub action: ActionKind,
     pub factor: Option<f64>,

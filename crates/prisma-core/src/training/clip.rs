@@ -31,12 +31,13 @@ pub const LOGIT_SCALE_INIT: f64 = 2.659_260_036_932_778_4;
 /// ln(100): CLIP clamps the learned temperature here.
 pub const LOGIT_SCALE_MAX: f64 = 4.605_170_185_988_092;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct ClipTrainConfig {
     pub image_size: i64,
     pub patch_size: i64,
     #[serde(default = "three")]
+    #[ts(as = "Option<_>", optional)]
     pub num_channels: i64,
     /// Vision tower.
     pub d_model: i64,
@@ -53,6 +54,7 @@ pub struct ClipTrainConfig {
     /// Size of the shared embedding space.
     pub projection_dim: i64,
     #[serde(default = "quick_gelu")]
+    #[ts(as = "Option<_>", optional)]
     pub activation: String,
     /// A folder holding the tokenizer.json captions are encoded with (copied into the saved model).
     pub tokenizer: String,
@@ -61,8 +63,10 @@ pub struct ClipTrainConfig {
     pub lr: f64,
     pub weight_decay: f64,
     #[serde(default)]
+    #[ts(as = "Option<_>", optional)]
     pub warmup_steps: i64,
     #[serde(default)]
+    #[ts(as = "Option<_>", optional)]
     pub seed: i64,
 }
 
@@ -81,7 +85,7 @@ pub struct CaptionedImages {
 
 /// A zero-shot question on the held-out images: image i's answer is `classes[labels[i]]`, asked
 /// with the text `prompts[c]` for class c.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct ZeroShotTask {
     pub name: String,
@@ -90,7 +94,7 @@ pub struct ZeroShotTask {
     pub labels: Vec<i64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct ClipStepReport {
     pub step: i64,
@@ -102,7 +106,7 @@ pub struct ClipStepReport {
     pub logit_scale: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct ZeroShotResult {
     pub name: String,
@@ -116,7 +120,7 @@ pub struct ZeroShotResult {
     pub prompts: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct ClipEvalReport {
     pub step: i64,

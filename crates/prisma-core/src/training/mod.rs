@@ -22,29 +22,35 @@ use std::collections::HashMap;
 use std::path::Path;
 use tch::{Kind, Tensor};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct TrainConfig {
     pub image_size: i64,
     pub patch_size: i64,
     #[serde(default = "three")]
+    #[ts(as = "Option<_>", optional)]
     pub num_channels: i64,
     pub d_model: i64,
     pub n_layers: usize,
     pub n_heads: i64,
     pub d_mlp: i64,
     #[serde(default = "gelu")]
+    #[ts(as = "Option<_>", optional)]
     pub activation: String,
     pub labels: Vec<String>,
     pub batch_size: i64,
     pub total_steps: i64,
     #[serde(default = "lr")]
+    #[ts(as = "Option<_>", optional)]
     pub lr: f64,
     #[serde(default = "wd")]
+    #[ts(as = "Option<_>", optional)]
     pub weight_decay: f64,
     #[serde(default)]
+    #[ts(as = "Option<_>", optional)]
     pub warmup_steps: i64,
     #[serde(default)]
+    #[ts(as = "Option<_>", optional)]
     pub seed: i64,
 }
 
@@ -61,7 +67,7 @@ fn wd() -> f64 {
     0.05
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct StepReport {
     pub step: i64,
@@ -70,7 +76,7 @@ pub struct StepReport {
     pub lr: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct EvalReport {
     pub step: i64,
