@@ -82,6 +82,19 @@ export const ERROR_CODES = {
     meaning: 'libtorch could not allocate memory for what was asked',
     hint: 'use fewer inputs at once (--batch-size), fewer cached hooks, a smaller --image-size or --dtype f16',
   },
+  E_CACHE_MISMATCH: {
+    source: 'native',
+    exit: 1,
+    meaning:
+      'an activation cache (or one of its shards) was made for other activations: another model, hook, token selection, dtype or inputs',
+    hint: 'write the cache into a new --out folder, or pass the hook the cache holds',
+  },
+  E_CACHE_CORRUPT: {
+    source: 'native',
+    exit: 1,
+    meaning: 'an activation cache file is truncated, missing or not a cache shard',
+    hint: 'delete the named shard and rerun the same `prisma sae cache` command to write it again',
+  },
   E_INTERNAL: {
     source: 'native',
     exit: 1,

@@ -121,6 +121,11 @@ export class NativeModelHandle {
     return guard(() => this.raw.info());
   }
 
+  /** The addon's object, for other native classes that take a model (the SAE cache). */
+  rawHandle(): RawNativeModel {
+    return this.raw;
+  }
+
   hookShapes(batch: number): HookShape[] {
     return guard(() => this.raw.hookShapes(batch));
   }
@@ -213,4 +218,68 @@ export function libtorchVersion(): string {
 /** The loaded binding object, for wrappers kept in their own modules (src/training/trainer.ts). */
 export function rawBinding(): unknown {
   return load();
+}
+
+// ---------------------------------------------------------------------------------------------
+// SAE activation cache and training (crates/prisma-node/src/sae_train.rs); wrapped by
+// src/sae/cache.ts and src/sae/training.ts.
+
+type RawNativeSaeCache = Binding.NativeSaeCache;
+type RawNativeSaeTraining = Binding.NativeSaeTraining;
+
+/** A cache folder being written (see `NativeSaeCache` in the addon). */
+export class NativeSaeCacheHandle {
+  private constructor(private readonly raw: RawNativeSaeCache) {}
+
+  static async open(model: NativeModelHandle, dir: string, spec: unknown): Promise<NativeSaeCacheHandle> {
+    const b = load();
+    const raw = await guardAsync(() => b.NativeSaeCache.open(model.rawHandle(), dir, JSON.stringify(spec)));
+    return new NativeSaeCacheHandle(raw);
+  }
+
+  imagesDone(): number {
+    return guard(() => this.raw.imagesDone());
+  }
+
+  meta(): string {
+    return guard(() => this.raw.meta());
+  }
+
+  stopAtLayer(): number | null {
+    return guard(() => this.raw.stopAtLayer());
+  }
+
+  append(model: NativeModelHandle, pixels: Float32Array, shape: number[]): Promise<void> {
+    return guardAsync(() => this.raw.append(model.rawHandle(), pixels, shape));
+  }
+
+  finish(): string {
+    return guard(() => this.raw.finish());
+  }
+}
+
+/** One training pass over a cache: `run()` trains, `drain()` gives the step metrics so far. */
+export class NativeSaeTrainingHandle {
+  private readonly raw: RawNativeSaeTraining;
+
+  constructor(request: unknown) {
+    const b = load();
+    this.raw = guard(() => new b.NativeSaeTraining(JSON.stringify(request)));
+  }
+
+  run(): Promise<string> {
+    return guardAsync(() => this.raw.run());
+  }
+
+  drain(): string[] {
+    return guard(() => this.raw.drain());
+  }
+}
+
+export function saeCacheInfo(dir: string): string {
+  return guard(() => load().saeCacheInfo(dir));
+}
+
+export function saeCacheMerge(dst: string, srcs: string[]): string {
+  return guard(() => load().saeCacheMerge(dst, srcs));
 }

@@ -34,6 +34,16 @@ export const EXAMPLES: Record<string, string[]> = {
     'prisma ablate models/clevr-vit photo.jpg --mode mean --reference refs/ --out ablate/',
   ],
   merge: ['prisma merge out/all out/shard-0 out/shard-1'],
+  sae: ['prisma sae cache models/clevr-vit clevr/ --hook blocks.1.hook_resid_post --out acts/'],
+  'sae cache': [
+    'prisma sae cache models/clevr-vit clevr/ --hook blocks.1.hook_resid_post --tokens patches --out acts/',
+    'prisma sae cache models/clevr-vit clevr/ --hook blocks.1.hook_resid_post --out acts-0/ --shard 0/2     # one part per machine',
+  ],
+  'sae cache-merge': ['prisma sae cache-merge acts-0/ acts-1/ --out acts/'],
+  'sae train': [
+    'prisma sae train --cache acts/ --arch topk --k 16,32 --expansion 8 --out saes/',
+    'prisma sae train --cache acts/ --arch standard --l1 5 --lr-warm-up 100 --out sae-relu/ --resume     # after a kill',
+  ],
   dataset: ['prisma dataset clevr-lite --n 200 --seed 1 --out clevr/', 'prisma dataset fashion-mnist --n 50 --out fm/'],
   'dataset clevr-lite': ['prisma dataset clevr-lite --n 200 --seed 1 --out clevr/ --edit     # also edited copies for patching pairs'],
   'dataset patch-labels': ['prisma dataset patch-labels --annotations boxes/ --model models/clevr-vit --out labels.json'],

@@ -20,6 +20,7 @@ import { registerLogitLens } from './commands/logit-lens.js';
 import { registerMerge } from './commands/merge.js';
 import { registerPatch } from './commands/patch.js';
 import { registerRun } from './commands/run.js';
+import { registerSae } from './commands/sae.js';
 import { registerSetup } from './commands/setup.js';
 import { registerTrain } from './commands/train.js';
 import { configureHelp } from './help.js';
@@ -50,6 +51,7 @@ export function buildProgram(ctx: CommandContext): Command {
   registerMerge(program, ctx);
   registerDataset(program, ctx);
   registerTrain(program, ctx);
+  registerSae(program, ctx);
   registerDemo(program, ctx);
   registerDoctor(program, ctx);
   registerSetup(program, ctx);

@@ -44,6 +44,36 @@ export declare class NativeModel {
   run(pixels: Float32Array, shape: Array<number>, options?: RunOptions | undefined | null): Promise<RunOutput>
 }
 
+export declare class NativeSaeCache {
+  /**
+   * Opens (or resumes) a cache folder; `specJson`: hooks, tokens, dtype, imagesPerShard,
+   * modelFingerprint, preprocessing, shard, images, inputs, info.
+   */
+  static open(model: NativeModel, dir: string, specJson: string): Promise<NativeSaeCache>
+  /** Images already in complete shards (a resumed run skips them). */
+  imagesDone(): number
+  /** The metadata so far, as JSON. */
+  meta(): string
+  /** The block the forward stops before (none: the whole model runs). */
+  stopAtLayer(): number | null
+  /** Runs `model` on a pixel batch and appends its activations. */
+  append(model: NativeModel, pixels: Float32Array, shape: Array<number>): Promise<void>
+  /** Marks the cache complete; returns its metadata as JSON. */
+  finish(): string
+}
+
+export declare class NativeSaeTraining {
+  /** `requestJson`: {cache, hook, configs: SaeTrainConfig[], options: RunOptions, outs}. */
+  constructor(requestJson: string)
+  /**
+   * Trains every SAE in one pass over the cache (resuming from the checkpoint folder when it
+   * holds one) and saves each as a SAELens folder; resolves to {rows, position} as JSON.
+   */
+  run(): Promise<string>
+  /** Step metrics since the last call, one JSON object each. */
+  drain(): Array<string>
+}
+
 export declare class NativeTrainer {
   /** `configJson`: TrainConfig (camelCase). Pixels are [N, C, H, W] float32, labels class indices. */
   static create(configJson: string, trainPixels: Float32Array, trainShape: Array<number>, trainLabels: Int32Array, evalPixels: Float32Array, evalShape: Array<number>, evalLabels: Int32Array): NativeTrainer
@@ -163,6 +193,12 @@ export interface RunOutput {
   /** One per matched hook, in forward order, named by hook. */
   cache: Array<TensorData>
 }
+
+/** Checks a complete cache (every shard's header and size) and returns its metadata as JSON. */
+export declare function saeCacheInfo(dir: string): string
+
+/** Merges complete caches of the same activations into `dst`; returns its metadata as JSON. */
+export declare function saeCacheMerge(dst: string, srcs: Array<string>): string
 
 /**
  * Writes float32 tensors to a safetensors file atomically (temp file + rename); off the

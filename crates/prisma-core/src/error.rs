@@ -48,6 +48,12 @@ pub enum PrismaError {
     /// the device's memory. Caused by what the user asked for, so not a bug.
     #[error("{0}")]
     OutOfMemory(String),
+    /// An activation cache made for other activations (model, hooks, tokens, dtype or inputs).
+    #[error("{path}: {reason}")]
+    CacheMismatch { path: PathBuf, reason: String },
+    /// A truncated or unreadable activation cache file.
+    #[error("{path}: {reason}")]
+    CacheCorrupt { path: PathBuf, reason: String },
     #[error("{0}")]
     Internal(String),
 }
@@ -88,6 +94,8 @@ codes! {
     Io => "E_IO",
     Argument => "E_ARGUMENT",
     OutOfMemory => "E_OUT_OF_MEMORY",
+    CacheMismatch => "E_CACHE_MISMATCH",
+    CacheCorrupt => "E_CACHE_CORRUPT",
     Internal => "E_INTERNAL",
 }
 
@@ -127,7 +135,10 @@ impl PrismaError {
             PrismaError::WeightsNonFinite { file, tensor, nan, inf } => {
                 json!({ "file": path(file), "tensor": tensor, "nan": nan, "inf": inf })
             }
-            PrismaError::TensorFile { path: p, .. } | PrismaError::Io { path: p, .. } => json!({ "path": path(p) }),
+            PrismaError::TensorFile { path: p, .. }
+            | PrismaError::Io { path: p, .. }
+            | PrismaError::CacheMismatch { path: p, .. }
+            | PrismaError::CacheCorrupt { path: p, .. } => json!({ "path": path(p) }),
             _ => return None,
         })
     }

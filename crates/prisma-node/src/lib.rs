@@ -7,6 +7,7 @@
 
 mod analysis;
 mod convert;
+pub mod sae_train;
 mod tasks;
 mod torch_thread;
 mod training;

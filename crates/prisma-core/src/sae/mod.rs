@@ -10,10 +10,12 @@
 //! Sae::forward_hooked(x, error_term, hook) the spliced forward with its six sub-hooks
 //! train::SaeTrainer::new(cfg) / train_step(batch) -> StepMetrics / to_sae()
 //! run::train(source, &[cfg..], &RunOptions, on_step) -> Vec<Sae>   several SAEs, one pass, resumable
+//! cache::CacheWriter / CacheReader::source(hook) / merge   the activation cache on disk
 //! metrics::ReconstructionMetrics / DownstreamMetrics (update per batch, finish -> report)
 //! metrics::downstream_logits(model, pixels, sae, hook_mean) -> clean / spliced / ablated logits
 //! ```
 
+pub mod cache;
 pub mod config;
 pub mod import;
 pub mod metrics;
