@@ -7,8 +7,8 @@
 
 use super::config::{config_error, kind_from_name, Architecture, Normalization, SaeConfig, TokenSelection};
 use super::model::Sae;
-use super::pickle::{self, Py};
 use crate::error::{PrismaError, Result};
+use crate::weights::pickle::{self, Py};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -20,7 +20,8 @@ pub mod config;
 pub mod import;
 pub mod metrics;
 pub mod model;
-pub mod pickle;
+/// The pickle reader SAE files are imported with (shared with model checkpoints).
+pub use crate::weights::pickle;
 pub mod run;
 pub mod saelens;
 mod sparse;

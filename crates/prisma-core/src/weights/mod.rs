@@ -13,6 +13,7 @@ mod hf_encoder;
 pub mod hf_save;
 pub mod hf_vit;
 pub mod open_clip;
+pub mod pickle;
 pub mod pos_embed;
 pub mod store;
 pub mod timm;

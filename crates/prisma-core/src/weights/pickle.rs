@@ -1,11 +1,15 @@
-//! Reading PyTorch/pickle files as data, without running any of their code.
+//! Reading PyTorch/pickle files as data, without running any of their code: the one pickle reader,
+//! for model checkpoints (`weights/torch_pickle.rs`) and SAE files (`sae/import.rs`).
 //!
 //! A pickle is a small stack program whose `GLOBAL` + `REDUCE`/`NEWOBJ` opcodes call arbitrary
 //! Python callables; loading one with `pickle.load` runs whatever it names. Here the opcodes are
-//! parsed (`repugnant-pickle`'s opcode parser) and interpreted by a closed evaluator: the only
-//! callables it knows are the ones `torch.save` uses to rebuild tensors and storages, `OrderedDict`,
-//! and a short list of configuration dataclasses whose state it keeps as a plain dict. Any other
-//! global is refused with `E_UNSAFE_PICKLE` before anything is built.
+//! parsed (`repugnant-pickle`'s opcode parser) and interpreted by a closed evaluator that calls
+//! nothing: the only callables it knows are the ones `torch.save` uses to rebuild tensors and
+//! storages, `OrderedDict`, and a short list of configuration dataclasses whose state it keeps as a
+//! plain dict. What any other global becomes is the caller's choice (`Globals`): refused with
+//! `E_UNSAFE_PICKLE` before anything is built (SAE files), or an inert name whose application gives
+//! an inert value (checkpoints, whose training state holds classes such as `argparse.Namespace`
+//! beside the tensors; an inert value is never a tensor, so it cannot become a weight).
 //!
 //! Three containers are understood: the zip format of `torch.save` (`*/data.pkl` + `*/data/<key>`),
 //! the legacy `torch.save` stream (magic, protocol, sys info, the object, storage keys, raw storages;
@@ -17,9 +21,22 @@ use repugnant_pickle::ops::PickleOp;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::Read;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use tch::{Kind, Tensor};
+
+/// What a global outside the known callables and names becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Globals {
+    /// `E_UNSAFE_PICKLE` naming it.
+    Refuse,
+    /// `Py::Global`, and applying it (or a class it names) gives `Py::Inert`.
+    Inert,
+}
+
+/// Deeper than any file nests its values; `to_json` stops there.
+const MAX_JSON_DEPTH: usize = 256;
 
 /// Configuration classes whose pickled instances are read as their field dict (never constructed).
 const KNOWN_CLASSES: &[&str] = &[
@@ -61,12 +78,75 @@ pub enum Py {
         class: String,
         state: Rc<RefCell<Py>>,
     },
+    /// A global outside the known ones, read with `Globals::Inert`: only its name.
+    Global(String),
+    /// What applying such a global gives: nothing of it is kept.
+    Inert,
+}
+
+/// Dropping a value frees its children from a work list instead of recursively, so a crafted file
+/// nesting its values millions deep cannot overflow the stack.
+impl Drop for Py {
+    fn drop(&mut self) {
+        let mut work = Vec::new();
+        take_children(self, &mut work);
+        while let Some(mut v) = work.pop() {
+            take_children(&mut v, &mut work);
+        }
+    }
+}
+
+/// Moves the children this value alone owns into `work`.
+fn take_children(v: &mut Py, work: &mut Vec<Py>) {
+    match v {
+        Py::List(items) => {
+            if let Some(cell) = Rc::get_mut(items) {
+                work.append(cell.get_mut());
+            }
+        }
+        Py::Tuple(items) => {
+            if let Some(items) = Rc::get_mut(items) {
+                work.append(items);
+            }
+        }
+        Py::Dict(pairs) => {
+            if let Some(cell) = Rc::get_mut(pairs) {
+                for (k, v) in cell.get_mut().drain(..) {
+                    work.push(k);
+                    work.push(v);
+                }
+            }
+        }
+        Py::Object { state, .. } => {
+            if let Some(cell) = Rc::get_mut(state) {
+                work.push(std::mem::replace(cell.get_mut(), Py::None));
+            }
+        }
+        _ => {}
+    }
 }
 
 #[derive(Debug)]
 pub struct Storage {
     kind: Kind,
-    bytes: Vec<u8>,
+    bytes: Bytes,
+}
+
+/// A storage's bytes: read out of the file, or in place in its memory map (uncompressed zip
+/// members, which is how `torch.save` writes them).
+#[derive(Debug)]
+enum Bytes {
+    Owned(Vec<u8>),
+    Mapped(Rc<memmap2::Mmap>, Range<usize>),
+}
+
+impl Storage {
+    fn data(&self) -> &[u8] {
+        match &self.bytes {
+            Bytes::Owned(v) => v,
+            Bytes::Mapped(map, range) => &map[range.clone()],
+        }
+    }
 }
 
 impl Py {
@@ -102,51 +182,84 @@ impl Py {
         }
     }
 
-    /// JSON for the plain-data part of the graph (configs); tensors and storages become null.
+    /// JSON for the plain-data part of the graph (configs); tensors, storages and inert values
+    /// become null, and so does anything nested deeper than any real configuration.
     pub fn to_json(&self) -> serde_json::Value {
+        self.to_json_at(0)
+    }
+
+    fn to_json_at(&self, depth: usize) -> serde_json::Value {
         use serde_json::Value as J;
+        if depth > MAX_JSON_DEPTH {
+            return J::Null;
+        }
         match self {
-            Py::None | Py::Storage(_) | Py::Tensor(_) | Py::Bytes(_) => J::Null,
+            Py::None | Py::Storage(_) | Py::Tensor(_) | Py::Bytes(_) | Py::Inert => J::Null,
             Py::Bool(b) => J::Bool(*b),
             Py::Int(i) => J::from(*i),
             Py::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
             Py::Str(s) => J::String(s.clone()),
             // `torch.float32` reads back as the string a JSON config would hold.
-            Py::Name(n) => J::String(n.clone()),
-            Py::List(items) => J::Array(items.borrow().iter().map(Py::to_json).collect()),
-            Py::Tuple(items) => J::Array(items.iter().map(Py::to_json).collect()),
-            Py::Dict(_) | Py::Object { .. } => J::Object(self.items().into_iter().map(|(k, v)| (k, v.to_json())).collect()),
+            Py::Name(n) | Py::Global(n) => J::String(n.clone()),
+            Py::List(items) => J::Array(items.borrow().iter().map(|v| v.to_json_at(depth + 1)).collect()),
+            Py::Tuple(items) => J::Array(items.iter().map(|v| v.to_json_at(depth + 1)).collect()),
+            Py::Dict(_) | Py::Object { .. } => J::Object(self.items().into_iter().map(|(k, v)| (k, v.to_json_at(depth + 1))).collect()),
         }
     }
 }
 
 /// Reads a `torch.save` file (zip or legacy) or a plain pickle (optionally gzip-compressed) into its
-/// object graph.
+/// object graph, refusing unknown globals.
 pub fn load_file(path: &Path) -> Result<Py> {
-    let bytes = std::fs::read(path).map_err(|e| PrismaError::Io { path: path.into(), reason: e.to_string() })?;
-    load_bytes(&bytes, path)
+    load_file_with(path, Globals::Refuse)
+}
+
+/// As `load_file`, with unknown globals handled as `globals` says. A zip's storages stay in the
+/// file's memory map until their tensors are built (one copy each).
+pub fn load_file_with(path: &Path, globals: Globals) -> Result<Py> {
+    let handle = std::fs::File::open(path).map_err(|e| PrismaError::Io { path: path.into(), reason: e.to_string() })?;
+    // SAFETY: a read-only map; tensors copy their bytes out of it. A file changed under us can only
+    // give wrong values or a format error, never unsoundness in our code, which reads it as bytes.
+    let map = unsafe { memmap2::Mmap::map(&handle) }.map_err(|e| PrismaError::Io { path: path.into(), reason: e.to_string() })?;
+    let map = Rc::new(map);
+    let ctx = Ctx { path: path.to_path_buf(), dry: false, globals };
+    if map.starts_with(b"PK\x03\x04") {
+        return ctx.load_zip(&map, Some(&map));
+    }
+    ctx.load(&map)
 }
 
 /// As `load_file`, on bytes already read (`path` names them in errors).
 pub fn load_bytes(bytes: &[u8], path: &Path) -> Result<Py> {
-    let ctx = Ctx { path: path.to_path_buf(), dry: false };
-    if bytes.starts_with(b"PK\x03\x04") {
-        return ctx.load_zip(bytes);
+    load_bytes_with(bytes, path, Globals::Refuse)
+}
+
+/// As `load_bytes`, with unknown globals handled as `globals` says.
+pub fn load_bytes_with(bytes: &[u8], path: &Path, globals: Globals) -> Result<Py> {
+    Ctx { path: path.to_path_buf(), dry: false, globals }.load(bytes)
+}
+
+impl Ctx {
+    fn load(&self, bytes: &[u8]) -> Result<Py> {
+        let ctx = self;
+        if bytes.starts_with(b"PK\x03\x04") {
+            return ctx.load_zip(bytes, None);
+        }
+        if bytes.starts_with(&[0x1f, 0x8b]) {
+            let mut raw = Vec::new();
+            flate2::read::GzDecoder::new(bytes).read_to_end(&mut raw).map_err(|e| ctx.bad(format!("not a readable gzip stream ({e})")))?;
+            return ctx.load(&raw);
+        }
+        if bytes.first() != Some(&0x80) {
+            return Err(ctx.bad("not a pickle or torch.save file".into()));
+        }
+        // A legacy torch.save stream starts with the pickled magic number 0x1950a86a20f9469cfc6c.
+        let (first, rest) = ctx.run(bytes, &mut NoPersistent)?;
+        if matches!(&first, Py::Int(_) | Py::Str(_)) && is_legacy_magic(bytes) {
+            return ctx.load_legacy_after_magic(rest);
+        }
+        Ok(first)
     }
-    if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut raw = Vec::new();
-        flate2::read::GzDecoder::new(bytes).read_to_end(&mut raw).map_err(|e| ctx.bad(format!("not a readable gzip stream ({e})")))?;
-        return load_bytes(&raw, path);
-    }
-    if bytes.first() != Some(&0x80) {
-        return Err(ctx.bad("not a pickle or torch.save file".into()));
-    }
-    // A legacy torch.save stream starts with the pickled magic number 0x1950a86a20f9469cfc6c.
-    let (first, rest) = ctx.run(bytes, &mut NoPersistent)?;
-    if matches!(&first, Py::Int(_) | Py::Str(_)) && is_legacy_magic(bytes) {
-        return ctx.load_legacy_after_magic(rest);
-    }
-    Ok(first)
 }
 
 fn is_legacy_magic(bytes: &[u8]) -> bool {
@@ -159,6 +272,7 @@ struct Ctx {
     path: PathBuf,
     /// A first pass over a legacy stream: storages have no bytes yet, so tensors are not built.
     dry: bool,
+    globals: Globals,
 }
 
 /// Where persistent ids (storages) come from.
@@ -178,6 +292,8 @@ struct ZipStorages<'a> {
     archive: zip::ZipArchive<std::io::Cursor<&'a [u8]>>,
     prefix: String,
     loaded: HashMap<String, Rc<Storage>>,
+    /// The file's map, when the archive is it: stored members are then used in place.
+    map: Option<&'a Rc<memmap2::Mmap>>,
 }
 
 impl Persistent for ZipStorages<'_> {
@@ -188,13 +304,23 @@ impl Persistent for ZipStorages<'_> {
         }
         let name = format!("{}/data/{key}", self.prefix);
         let mut member = self.archive.by_name(&name).map_err(|e| ctx.bad(format!("storage '{name}' is missing ({e})")))?;
-        let want = numel * kind.elt_size_in_bytes();
-        let mut bytes = Vec::with_capacity(want);
-        member.read_to_end(&mut bytes).map_err(|e| ctx.bad(format!("storage '{name}' is unreadable ({e})")))?;
-        if bytes.len() < want {
-            return Err(ctx.bad(format!("storage '{name}' is truncated: {} of {want} bytes", bytes.len())));
+        let want = numel.checked_mul(kind.elt_size_in_bytes()).ok_or_else(|| ctx.bad(format!("storage '{name}' is too large")))?;
+        let (start, size) = (member.data_start() as usize, member.size() as usize);
+        let bytes = match self.map {
+            Some(map) if member.compression() == zip::CompressionMethod::Stored && start.saturating_add(size) <= map.len() => {
+                Bytes::Mapped(Rc::clone(map), start..start + size)
+            }
+            _ => {
+                let mut bytes = Vec::with_capacity(want);
+                member.read_to_end(&mut bytes).map_err(|e| ctx.bad(format!("storage '{name}' is unreadable ({e})")))?;
+                Bytes::Owned(bytes)
+            }
+        };
+        let storage = Storage { kind, bytes };
+        if storage.data().len() < want {
+            return Err(ctx.bad(format!("storage '{name}' is truncated: {} of {want} bytes", storage.data().len())));
         }
-        let storage = Rc::new(Storage { kind, bytes });
+        let storage = Rc::new(storage);
         self.loaded.insert(key, storage.clone());
         Ok(Py::Storage(storage))
     }
@@ -212,7 +338,7 @@ impl Persistent for LegacyDeclared {
         if !self.declared.iter().any(|(k, _, _)| *k == key) {
             self.declared.push((key, kind, numel));
         }
-        Ok(Py::Storage(Rc::new(Storage { kind, bytes: Vec::new() })))
+        Ok(Py::Storage(Rc::new(Storage { kind, bytes: Bytes::Owned(Vec::new()) })))
     }
 }
 
@@ -268,9 +394,15 @@ impl Ctx {
         PrismaError::UnsafePickle { file: self.path.clone(), global: name.to_string() }
     }
 
-    fn load_zip(&self, bytes: &[u8]) -> Result<Py> {
+    fn load_zip<'a>(&self, bytes: &'a [u8], map: Option<&'a Rc<memmap2::Mmap>>) -> Result<Py> {
         let mut archive =
             zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| self.bad(format!("not a readable torch.save zip ({e})")))?;
+        if archive.file_names().any(|n| n.ends_with("/constants.pkl")) {
+            return Err(self.bad(
+                "a TorchScript archive (torch.jit.save), not a torch.save state dict; save model.state_dict() with torch.save or safetensors"
+                    .into(),
+            ));
+        }
         let data_pkl = archive
             .file_names()
             .find(|n| n.ends_with("/data.pkl") || *n == "data.pkl")
@@ -283,7 +415,7 @@ impl Ctx {
             .map_err(|e| self.bad(e.to_string()))?
             .read_to_end(&mut pickle)
             .map_err(|e| self.bad(format!("data.pkl is unreadable ({e})")))?;
-        let mut storages = ZipStorages { archive, prefix, loaded: HashMap::new() };
+        let mut storages = ZipStorages { archive, prefix, loaded: HashMap::new(), map };
         let (value, _) = self.run(&pickle, &mut storages)?;
         Ok(value)
     }
@@ -295,10 +427,10 @@ impl Ctx {
         let (_sys_info, object) = self.run(rest, &mut NoPersistent)?;
         // First pass: which storages the object uses (tensors are not built yet).
         let mut declared = LegacyDeclared::default();
-        let dry = Ctx { path: self.path.clone(), dry: true };
+        let dry = Ctx { path: self.path.clone(), dry: true, globals: self.globals };
         let (_, rest) = dry.run(object, &mut declared)?;
         let (keys, mut rest) = self.run(rest, &mut NoPersistent)?;
-        let keys: Vec<String> = match keys {
+        let keys: Vec<String> = match &keys {
             Py::List(items) => items
                 .borrow()
                 .iter()
@@ -325,7 +457,7 @@ impl Ctx {
             if count != numel || rest.len() < 8 + n {
                 return Err(self.bad(format!("storage '{key}' is truncated or misdeclared")));
             }
-            filled.insert(key, Rc::new(Storage { kind, bytes: rest[8..8 + n].to_vec() }));
+            filled.insert(key, Rc::new(Storage { kind, bytes: Bytes::Owned(rest[8..8 + n].to_vec()) }));
             rest = &rest[8 + n..];
         }
         let (value, _) = self.run(object, &mut LegacyFilled(filled))?;
@@ -455,7 +587,7 @@ impl Ctx {
                 PickleOp::STACK_GLOBAL => {
                     let name = pop(self, &mut stack)?;
                     let module = pop(self, &mut stack)?;
-                    match (module, name) {
+                    match (&module, &name) {
                         (Py::Str(m), Py::Str(n)) => push(&mut stack, self.global(&format!("{m}.{n}"))?),
                         _ => return Err(self.bad("bad STACK_GLOBAL".into())),
                     }
@@ -493,13 +625,25 @@ impl Ctx {
                             };
                             *slot.borrow_mut() = dict;
                         }
-                        // OrderedDict state (`_metadata`) and tensor state carry no numbers we read.
-                        Py::Dict(_) | Py::Tensor(_) => {}
+                        // OrderedDict state (`_metadata`), tensor state and an inert object's state
+                        // carry no numbers we read.
+                        Py::Dict(_) | Py::Tensor(_) | Py::Inert => {}
                         _ => return Err(self.bad("BUILD on an unexpected value".into())),
                     }
                 }
-                PickleOp::INST(module, name) => return Err(self.unsafe_global(&format!("{module}.{name}"))),
-                PickleOp::OBJ => return Err(self.bad("OBJ opcode (protocol 0 instances) is not supported".into())),
+                PickleOp::INST(module, name) => {
+                    let class = self.global(&format!("{module}.{name}"))?;
+                    pop_mark(self, &mut stack)?;
+                    push(&mut stack, self.instantiate(&class)?);
+                }
+                PickleOp::OBJ => {
+                    let mut items = pop_mark(self, &mut stack)?;
+                    if items.is_empty() {
+                        return Err(self.bad("OBJ without a class".into()));
+                    }
+                    let class = items.swap_remove(0);
+                    push(&mut stack, self.instantiate(&class)?);
+                }
                 PickleOp::EXT1(_) | PickleOp::EXT2(_) | PickleOp::EXT4(_) => return Err(self.unsafe_global("copyreg extension")),
                 PickleOp::STRING(_) => return Err(self.bad("protocol 0 strings are not supported".into())),
                 PickleOp::NEXT_BUFFER | PickleOp::READONLY_BUFFER => return Err(self.bad("out-of-band buffers are not supported".into())),
@@ -513,6 +657,9 @@ impl Ctx {
             "torch._utils._rebuild_tensor_v2",
             "torch._utils._rebuild_tensor",
             "torch._utils._rebuild_parameter",
+            "torch._utils._rebuild_parameter_with_state",
+            "torch._tensor._rebuild_from_type_v2",
+            "torch.Size",
             "torch.storage._load_from_bytes",
             "collections.OrderedDict",
             "_codecs.encode",
@@ -527,7 +674,16 @@ impl Ctx {
         if CALLABLES.contains(&name) || KNOWN_CLASSES.contains(&name) || is_known_name(name) {
             Ok(Py::Name(name.to_string()))
         } else {
-            Err(self.unsafe_global(name))
+            self.unknown(name, Py::Global(name.to_string()))
+        }
+    }
+
+    /// An unknown global (or a known name used as a callable): refused, or `inert` under
+    /// `Globals::Inert`.
+    fn unknown(&self, name: &str, inert: Py) -> Result<Py> {
+        match self.globals {
+            Globals::Refuse => Err(self.unsafe_global(name)),
+            Globals::Inert => Ok(inert),
         }
     }
 
@@ -537,26 +693,39 @@ impl Ctx {
                 Ok(Py::Object { class: n.clone(), state: Rc::new(RefCell::new(Py::Dict(Rc::new(RefCell::new(Vec::new()))))) })
             }
             Py::Name(n) if n == "collections.OrderedDict" => Ok(Py::Dict(Rc::new(RefCell::new(Vec::new())))),
-            Py::Name(n) => Err(self.unsafe_global(n)),
+            Py::Name(n) => self.unknown(n, Py::Inert),
+            Py::Global(_) | Py::Inert => Ok(Py::Inert),
             _ => Err(self.bad("NEWOBJ on a non-class".into())),
         }
     }
 
     fn call(&self, callable: &Py, args: &Py) -> Result<Py> {
-        let Py::Name(name) = callable else { return Err(self.bad("REDUCE on a non-callable".into())) };
+        let name = match callable {
+            Py::Name(name) => name,
+            Py::Global(_) | Py::Inert => return Ok(Py::Inert),
+            _ => return Err(self.bad("REDUCE on a non-callable".into())),
+        };
         let args: Vec<Py> = match args {
             Py::Tuple(t) => t.as_ref().clone(),
             _ => return Err(self.bad(format!("arguments of {name} are not a tuple"))),
         };
         match name.as_str() {
             "torch._utils._rebuild_tensor_v2" | "torch._utils._rebuild_tensor" => self.rebuild_tensor(&args),
-            "torch._utils._rebuild_parameter" => args.first().cloned().ok_or_else(|| self.bad("empty _rebuild_parameter".into())),
+            "torch._utils._rebuild_parameter" | "torch._utils._rebuild_parameter_with_state" => {
+                args.first().cloned().ok_or_else(|| self.bad("empty _rebuild_parameter".into()))
+            }
+            // (func, new_type, args, state): a tensor subclass; the data is func(*args).
+            "torch._tensor._rebuild_from_type_v2" => match args.as_slice() {
+                [func, _, inner, ..] => self.call(func, inner),
+                _ => Err(self.bad("_rebuild_from_type_v2 with too few arguments".into())),
+            },
+            "torch.Size" => Ok(args.first().cloned().unwrap_or_else(|| Py::Tuple(Rc::new(Vec::new())))),
             "collections.OrderedDict" | "builtins.set" | "builtins.frozenset" => match args.first() {
                 None => Ok(Py::Dict(Rc::new(RefCell::new(Vec::new())))),
                 Some(Py::List(items)) if name == "collections.OrderedDict" => {
                     let items = items.borrow().clone();
                     let kv = items
-                        .into_iter()
+                        .iter()
                         .map(|p| match p {
                             Py::Tuple(t) if t.len() == 2 => Ok((t[0].clone(), t[1].clone())),
                             _ => Err(self.bad("bad OrderedDict item".into())),
@@ -592,7 +761,7 @@ impl Ctx {
                 },
                 _ => Err(self.bad("unexpected _load_from_bytes arguments".into())),
             },
-            other => Err(self.unsafe_global(other)),
+            other => self.unknown(other, Py::Inert),
         }
     }
 
@@ -602,24 +771,37 @@ impl Ctx {
             return Ok(Py::None);
         }
         let (storage, offset, size, stride) = match args {
-            [Py::Storage(s), Py::Int(o), Py::Tuple(size), Py::Tuple(stride), ..] => (s, *o, size, stride),
+            [Py::Storage(s), Py::Int(o), size, stride, ..] => (s, *o, size, stride),
             _ => return Err(self.bad("unexpected arguments to _rebuild_tensor_v2".into())),
         };
-        let dims = |t: &Rc<Vec<Py>>| -> Result<Vec<i64>> {
-            t.iter().map(|v| if let Py::Int(i) = v { Ok(*i) } else { Err(self.bad("bad tensor shape".into())) }).collect()
+        let dims = |v: &Py| -> Result<Vec<i64>> {
+            let items = match v {
+                Py::Tuple(t) => t.as_ref().clone(),
+                Py::List(l) => l.borrow().clone(),
+                _ => return Err(self.bad("bad tensor shape".into())),
+            };
+            items.iter().map(|v| if let Py::Int(i) = v { Ok(*i) } else { Err(self.bad("bad tensor shape".into())) }).collect()
         };
         let (size, stride) = (dims(size)?, dims(stride)?);
         if size.len() != stride.len() || size.iter().chain(&stride).any(|&d| d < 0) || offset < 0 {
             return Err(self.bad("bad tensor shape or stride".into()));
         }
         let item = storage.kind.elt_size_in_bytes();
-        let available = (storage.bytes.len() / item) as i64;
-        let reach = if size.contains(&0) { 0 } else { 1 + size.iter().zip(&stride).map(|(n, s)| (n - 1) * s).sum::<i64>() };
-        if offset + reach > available {
+        let available = (storage.data().len() / item) as i64;
+        // Elements the strided view reaches from its offset (checked: the numbers come from the file).
+        let reach = if size.contains(&0) {
+            Some(0)
+        } else {
+            size.iter().zip(&stride).try_fold(1i64, |acc, (&n, &st)| acc.checked_add((n - 1).checked_mul(st)?))
+        };
+        let end = reach.and_then(|r| offset.checked_add(r)).filter(|&e| e <= available);
+        let (Some(reach), Some(end)) = (reach, end) else {
             return Err(self.bad(format!("a tensor of shape {size:?} reaches past its storage ({available} elements)")));
-        }
-        let flat = Tensor::f_from_data_size(&storage.bytes, &[available], storage.kind)?;
-        let t = flat.f_as_strided(size.as_slice(), stride.as_slice(), offset)?.f_contiguous()?;
+        };
+        // Only the elements the view reaches are copied out of the storage.
+        let bytes = &storage.data()[offset as usize * item..end as usize * item];
+        let flat = Tensor::f_from_data_size(bytes, &[reach], storage.kind)?;
+        let t = flat.f_as_strided(size.as_slice(), stride.as_slice(), 0)?.f_contiguous()?;
         Ok(Py::Tensor(Rc::new(t)))
     }
 }
