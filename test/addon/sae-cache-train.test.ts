@@ -218,6 +218,45 @@ describe('prisma sae train', () => {
     }
   });
 
+  it('trains straight from MODEL DATA, caching the images first into OUT/activations', () => {
+    const out = join(tmp, 'direct');
+    const r = prisma([
+      'sae',
+      'train',
+      MODEL,
+      folder,
+      '--hook',
+      HOOK,
+      '--tokens',
+      'cls',
+      '--out',
+      out,
+      '--arch',
+      'standard',
+      '--l1',
+      '1',
+      '--expansion',
+      '2',
+      '--batch-size',
+      '8',
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    const meta = JSON.parse(readFileSync(join(out, 'activations', 'metadata.json'), 'utf8')) as {
+      complete: boolean;
+      rows: number;
+      identity: { tokens: string; hooks: string[] };
+    };
+    expect(meta).toMatchObject({ complete: true, rows: N, identity: { tokens: 'cls', hooks: [HOOK] } });
+    const cfg = JSON.parse(readFileSync(join(out, 'cfg.json'), 'utf8')) as { architecture: string; d_sae: number };
+    expect(cfg).toMatchObject({ architecture: 'standard', d_sae: 64 });
+    // One pass over the 24 class-token vectors in batches of 8.
+    const steps = readFileSync(join(out, 'training_log.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => (JSON.parse(l) as { step: number }).step);
+    expect(steps).toEqual([0, 1, 2]);
+  });
+
   it('refuses a hook the cache lacks and an unknown architecture', () => {
     const hook = prisma(['sae', 'train', '--cache', join(tmp, 'cache'), '--hook', 'blocks.1.hook_mlp_out', '--out', join(tmp, 'x')]);
     expect(hook.code).toBe(1);
