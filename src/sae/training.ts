@@ -197,8 +197,16 @@ export async function trainSaes(options: SaeTrainOptions): Promise<SaeTrainResul
       `${options.cache} holds no activations at '${hook}' (it has ${meta.identity.hooks.join(', ')})`,
     );
   }
-  const totalSteps = options.steps ?? Math.floor(meta.rows / options.batchSize);
-  if (totalSteps < 1) throw usageError(`--batch-size ${options.batchSize} is larger than the cache's ${meta.rows} vectors`);
+  const onePass = Math.floor(meta.rows / options.batchSize);
+  if (onePass < 1) throw usageError(`--batch-size ${options.batchSize} is larger than the cache's ${meta.rows} vectors`);
+  // The run makes one pass over the cache: more steps than it holds would end early, silently.
+  if (options.steps !== undefined && options.steps > onePass) {
+    throw usageError(
+      `--steps ${options.steps} needs ${options.steps * options.batchSize} vectors; the cache holds ${meta.rows} (${onePass} steps of ${options.batchSize})`,
+      'cache more images, or lower --steps or --batch-size',
+    );
+  }
+  const totalSteps = options.steps ?? onePass;
   const plans = planRuns(options, meta, hook, totalSteps);
   const checkpoint = join(options.out, CHECKPOINT_DIR);
   const hasCheckpoint = existsSync(join(checkpoint, 'checkpoint.safetensors'));

@@ -261,6 +261,9 @@ describe('prisma sae train', () => {
     const hook = prisma(['sae', 'train', '--cache', join(tmp, 'cache'), '--hook', 'blocks.1.hook_mlp_out', '--out', join(tmp, 'x')]);
     expect(hook.code).toBe(1);
     expect(stderrLines(hook)[0]).toMatch(/^prisma: E_CACHE_MISMATCH: .*holds no activations at 'blocks\.1\.hook_mlp_out'/);
+    const steps = prisma(['sae', 'train', '--cache', join(tmp, 'cache'), '--batch-size', '8', '--steps', '52', '--out', join(tmp, 'z')]);
+    expect(steps.code).toBe(2);
+    expect(stderrLines(steps)[0]).toMatch(/--steps 52 needs 416 vectors; the cache holds 408 \(51 steps of 8\)/);
     const arch = prisma(['sae', 'train', '--cache', join(tmp, 'cache'), '--arch', 'matryoshka', '--out', join(tmp, 'y')]);
     expect(arch.code).toBe(2);
     expect(stderrLines(arch)[0]).toMatch(/unknown --arch 'matryoshka'/);
