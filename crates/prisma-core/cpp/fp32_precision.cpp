@@ -1,28 +1,27 @@
 // libtorch's fp32 precision settings for CUDA, which tch does not expose. libtorch lets cuDNN
 // convolutions run in TF32 by default (10-bit mantissa), which puts a ViT's patch embedding ~1e-3
-// off CPU fp32 and the fidelity claim (1e-4) out of reach; device.rs asks for IEEE fp32 instead.
+// off CPU fp32 and the fidelity claim (1e-4) out of reach; device.rs turns it off when CUDA is
+// asked for. These are settings of libtorch's global context: they need no GPU to set or read.
 // Context.h pulls in headers that trip -Wunused-parameter (cc's -Wextra); they are libtorch's.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wunused-parameter"
 #include <ATen/Context.h>
 #pragma GCC diagnostic pop
 
-#include <string>
+// What Python's `torch.backends.cudnn.allow_tf32 = False` does: convolutions and RNNs both, the
+// legacy flag and the per-operator settings kept consistent (libtorch refuses a mix of the two).
+extern "C" void prisma_cuda_no_tf32() { at::globalContext().setAllowTF32CuDNN(false); }
 
-extern "C" void prisma_cuda_conv_ieee() {
-  at::globalContext().setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV, at::Float32Precision::IEEE);
-}
-
-// Writes "ieee", "tf32", "bf16" or "none" for CUDA convolutions and matmuls.
-static void copy_name(at::Float32Op op, char *out, size_t len) {
-  std::string s = at::precision2str(at::globalContext().float32Precision(at::Float32Backend::CUDA, op));
-  if (len == 0) return;
-  size_t n = s.size() < len - 1 ? s.size() : len - 1;
-  s.copy(out, n);
-  out[n] = '\0';
-}
-
-extern "C" void prisma_cuda_fp32_precision(char *conv, char *matmul, size_t len) {
-  copy_name(at::Float32Op::CONV, conv, len);
-  copy_name(at::Float32Op::MATMUL, matmul, len);
+// Whether CUDA convolutions and matmuls may use TF32 (1 yes, 0 no), and whether the settings are
+// consistent (the operator-less query, which throws on a mix of legacy and new settings, answers).
+extern "C" void prisma_cuda_tf32_state(int *conv, int *matmul, int *consistent) {
+  auto &ctx = at::globalContext();
+  *conv = ctx.allowTF32CuDNN(at::Float32Op::CONV) ? 1 : 0;
+  *matmul = ctx.allowTF32CuBLAS() ? 1 : 0;
+  try {
+    (void)ctx.allowTF32CuDNN();
+    *consistent = 1;
+  } catch (...) {
+    *consistent = 0;
+  }
 }

@@ -367,6 +367,13 @@ fn loaded_libraries() -> Vec<String> {
     libs
 }
 
+fn same_file(a: &str, b: &str) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
 fn environment(checks: &mut Checks, device: &str) -> Res<Value> {
     let lib = prisma_core::libtorch_lib_dir().map(|d| d.display().to_string());
     let parsed = prisma_core::device::parse_device(device);
@@ -376,17 +383,17 @@ fn environment(checks: &mut Checks, device: &str) -> Res<Value> {
         let want = lib.as_deref().map(|l| format!("{l}/libtorch_cuda.so")).unwrap_or_default();
         checks.add(
             "libtorch_cuda dlopened from PRISMA_LIBTORCH_LIB",
-            parsed.is_ok() && libs.iter().any(|l| *l == want || Path::new(l) == Path::new(&want)),
+            parsed.is_ok() && libs.iter().any(|l| same_file(l, &want)),
             json!({ "wanted": want, "loaded": libs, "error": parsed.as_ref().err().map(|e| e.to_string()) }),
         );
     }
-    let (conv, matmul) = prisma_core::device::fp32_precision();
+    let tf32 = prisma_core::device::tf32_state();
     if cuda {
         // fp32 means fp32: TF32 convolutions (libtorch's default for cuDNN) would miss the 1e-4 claim.
         checks.add(
             "fp32 on CUDA is IEEE (no TF32) for convolutions and matmuls",
-            conv == "ieee" && matmul != "tf32",
-            json!({ "conv": conv, "matmul": matmul }),
+            !tf32.conv && !tf32.matmul && tf32.consistent,
+            json!({ "tf32_conv": tf32.conv, "tf32_matmul": tf32.matmul, "settings_consistent": tf32.consistent }),
         );
     }
     Ok(json!({
@@ -396,7 +403,7 @@ fn environment(checks: &mut Checks, device: &str) -> Res<Value> {
         "cuda_devices": tch::Cuda::device_count(),
         "cudnn": tch::Cuda::cudnn_is_available(),
         "threads": tch::get_num_threads(),
-        "fp32_precision": { "cuda_conv": conv, "cuda_matmul": matmul },
+        "tf32": { "conv": tf32.conv, "matmul": tf32.matmul, "settings_consistent": tf32.consistent },
     }))
 }
 

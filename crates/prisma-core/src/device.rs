@@ -16,8 +16,7 @@ pub fn parse_device(name: &str) -> Result<Device> {
     };
     if let Device::Cuda(i) = device {
         load_cuda_runtime();
-        // SAFETY: sets a field of libtorch's global context; no arguments.
-        unsafe { prisma_cuda_conv_ieee() };
+        no_tf32();
         let count = tch::Cuda::device_count() as usize;
         if count == 0 {
             return Err(PrismaError::Device(format!(
@@ -37,20 +36,31 @@ pub fn parse_device(name: &str) -> Result<Device> {
 }
 
 extern "C" {
-    fn prisma_cuda_conv_ieee();
-    fn prisma_cuda_fp32_precision(conv: *mut std::ffi::c_char, matmul: *mut std::ffi::c_char, len: usize);
+    fn prisma_cuda_no_tf32();
+    fn prisma_cuda_tf32_state(conv: *mut std::ffi::c_int, matmul: *mut std::ffi::c_int, consistent: *mut std::ffi::c_int);
 }
 
-/// How libtorch computes fp32 convolutions and matmuls on CUDA ("ieee", "tf32", "none" = the
-/// backend default, ...). Asking for a CUDA device sets convolutions to "ieee": libtorch's default
-/// lets cuDNN use TF32, which moves a patch embedding ~1e-3 away from the CPU's fp32.
-pub fn fp32_precision() -> (String, String) {
-    let (mut conv, mut matmul) = ([0 as std::ffi::c_char; 16], [0 as std::ffi::c_char; 16]);
-    // SAFETY: both buffers hold 16 bytes and the shim writes at most 15 plus a NUL into each.
-    unsafe { prisma_cuda_fp32_precision(conv.as_mut_ptr(), matmul.as_mut_ptr(), 16) };
-    // SAFETY: the shim NUL-terminates both buffers.
-    let name = |b: &[std::ffi::c_char; 16]| unsafe { std::ffi::CStr::from_ptr(b.as_ptr()) }.to_string_lossy().into_owned();
-    (name(&conv), name(&matmul))
+/// fp32 on a GPU means IEEE fp32: libtorch lets cuDNN convolutions use TF32 by default, which
+/// moves a patch embedding ~1e-3 away from the CPU's fp32. Set when CUDA is first asked for.
+fn no_tf32() {
+    // SAFETY: sets fields of libtorch's global context; no arguments.
+    unsafe { prisma_cuda_no_tf32() };
+}
+
+/// Whether CUDA may compute fp32 with TF32: convolutions, matmuls, and whether libtorch's legacy
+/// and per-operator settings agree (it refuses queries when they do not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tf32 {
+    pub conv: bool,
+    pub matmul: bool,
+    pub consistent: bool,
+}
+
+pub fn tf32_state() -> Tf32 {
+    let (mut conv, mut matmul, mut consistent) = (0, 0, 0);
+    // SAFETY: three valid out-pointers; the shim only reads libtorch's global context.
+    unsafe { prisma_cuda_tf32_state(&mut conv, &mut matmul, &mut consistent) };
+    Tf32 { conv: conv != 0, matmul: matmul != 0, consistent: consistent != 0 }
 }
 
 /// The linker drops libtorch_cuda when no symbol of it is referenced (--as-needed), which leaves
@@ -110,4 +120,18 @@ pub fn libtorch_has_cuda() -> bool {
 
 pub fn cuda_available() -> bool {
     parse_device("cuda").is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// libtorch's default lets convolutions use TF32; asking for CUDA turns that off, consistently
+    /// (a GPU is not needed: these are libtorch's global settings).
+    #[test]
+    fn fp32_on_cuda_is_ieee() {
+        assert!(tf32_state().conv, "libtorch's default: TF32 convolutions");
+        no_tf32();
+        assert_eq!(tf32_state(), Tf32 { conv: false, matmul: false, consistent: true });
+    }
 }
