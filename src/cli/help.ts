@@ -49,7 +49,7 @@ export const EXAMPLES: Record<string, string[]> = {
   'dataset patch-labels': ['prisma dataset patch-labels --annotations boxes/ --model models/clevr-vit --out labels.json'],
   'dataset fashion-mnist': ['prisma dataset fashion-mnist --n 50 --out fm/'],
   train: ['prisma train --data fashion-mnist --out my-vit', 'prisma train --data clevr/ --question color --seed 1 --out my-clevr-vit'],
-  demo: ['prisma demo --out demo-report'],
+  demo: ['prisma demo --out demo-report', 'prisma demo --out demo-report --device cuda     # the models on the first GPU'],
   doctor: ['prisma doctor', 'prisma doctor --json     # what was found, as JSON'],
   setup: ['prisma setup'],
 };

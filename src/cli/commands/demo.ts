@@ -1,5 +1,5 @@
 /**
- * `prisma demo [--out DIR]`: the README's main command. On the shipped toy models (a ViT trained on
+ * `prisma demo [--out DIR] [--device cuda]`: the README's main command. On the shipped toy models (a ViT trained on
  * clevr-lite to name the colour of the largest object, and one trained on Fashion-MNIST) it runs
  * activation patching, attribution patching, the logit lens, attention heads and DLA, and writes a
  * report folder with index.html, every figure, and a summary whose sentences come from the numbers.
@@ -20,7 +20,7 @@ import { headsCommand } from './heads.js';
 import { logitLensCommand } from './logit-lens.js';
 import { patchCommand } from './patch.js';
 import type { ReportBase } from './analysis.js';
-import { jsonOption } from './common.js';
+import { deviceOption, jsonOption } from './common.js';
 import { PACKAGE_ROOT } from '../../version.js';
 
 export const DEMO_MODELS = {
@@ -36,6 +36,8 @@ const DEMO_SEED = 2026;
 
 export interface DemoOptions {
   out: string;
+  /** Where the models run (default cpu); the sections' commands carry it when it is not the CPU. */
+  device?: string;
   json?: boolean;
 }
 
@@ -123,6 +125,9 @@ export async function demo(options: DemoOptions, ctx: CommandContext): Promise<D
       });
     }
   }
+  // The device is checked (by loading the first model) before the report folder is replaced.
+  const device = options.device ?? 'cpu';
+  const clevr = await loadModel(DEMO_MODELS.clevr, { device });
   const out = resolve(options.out);
   rmSync(out, { recursive: true, force: true });
   makeDirSync(join(out, 'inputs'));
@@ -131,9 +136,8 @@ export async function demo(options: DemoOptions, ctx: CommandContext): Promise<D
   const log = (msg: string) => {
     if (!ctx.json) ctx.io.stderr.write(`demo: ${msg}\n`);
   };
-  const base = { device: 'cpu', dtype: 'float32' };
+  const base = { device, dtype: 'float32' };
 
-  const clevr = await loadModel(DEMO_MODELS.clevr);
   log('choosing a clevr-lite scene the model answers correctly, before and after recolouring its largest object');
   const pair = await pickPair(clevr, join(out, 'inputs'), DEMO_SEED);
 
@@ -214,7 +218,8 @@ export async function demo(options: DemoOptions, ctx: CommandContext): Promise<D
     const r = relative(process.cwd(), p);
     return r === '' ? '.' : r.startsWith('..') ? resolve(p) : r;
   };
-  const cmd = (args: string[]) => ['prisma', ...args.map(quote)].join(' ');
+  const onDevice = device === 'cpu' ? [] : ['--device', device];
+  const cmd = (args: string[]) => ['prisma', ...[...args, ...onDevice].map(quote)].join(' ');
   const lensCmd = (model: string, inputs: string[], dir: string, extra: string[] = []) =>
     cmd(['logit-lens', rel(model), ...inputs, '--site', 'resid_post', '--top-k', '3', ...extra, '--out', join(rel(out), dir)]);
   const pairArgs = ['--clean', rel(pair.clean), '--corrupt', rel(pair.corrupt)];
@@ -309,6 +314,7 @@ export function registerDemo(program: Command, ctx: CommandContext): void {
     .command('demo')
     .description('run every technique on the shipped toy models and write a report folder with index.html')
     .addOption(new Option('--out <dir>', 'report folder (replaced)').default('demo-report'))
+    .addOption(deviceOption())
     .addOption(jsonOption())
     .action(async (options: DemoOptions) => {
       const summary = await demo(options, ctx);
