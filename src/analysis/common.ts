@@ -54,19 +54,27 @@ export function resolveClass(ref: ClassRef, info: Pick<ModelInfo, 'labels' | 'nC
   return index;
 }
 
-/** Throw a clear error when `what` needs a classification head and the model has none. */
+/**
+ * Fail fast, before inputs are read, when `what` needs a classification head and the model has
+ * none. The core checks the same (crates/prisma-core/src/analysis/mod.rs, `require_head`) with the
+ * same code and wording: E_UNSUPPORTED_MODEL without a head, E_ARGUMENT for a CLIP-style model
+ * without class prompts.
+ */
 export function requireHead(model: Pick<Model, 'info'>, what: string): void {
   if (model.info.nClasses > 0) return;
   if (model.info.hasTextTower) {
-    throw new PrismaError('E_ARGUMENT', `${what} on a CLIP-style model needs text classes`, {
-      hint: 'pass --labels "cat,dog" (or a file with one label per line) and optionally --template "a photo of a {}."',
-    });
+    throw new PrismaError(
+      'E_ARGUMENT',
+      `${what} on a CLIP-style model needs class prompts (CLI: --labels and --template; library: model.setClassPrompts), so that logits are image-text similarities`,
+      { hint: 'pass --labels "cat,dog" (or a file with one label per line) and optionally --template "a photo of a {}."' },
+    );
   }
   throw new PrismaError(
     'E_UNSUPPORTED_MODEL',
     `${what} needs a classification head, and ${model.info.modelDir} has none (${model.info.architecture})`,
     {
       hint: 'give it a linear probe with --probe FILE (.safetensors with weight [classes, d_model] and bias [classes]; --labels names the classes), or use a model with a head, e.g. ViTForImageClassification',
+      data: { path: model.info.modelDir, architecture: model.info.architecture },
     },
   );
 }

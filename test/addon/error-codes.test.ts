@@ -5,7 +5,9 @@ import { join } from 'node:path';
 
 import { beforeAll, describe, expect, it } from 'vitest';
 
+import { requireHead } from '../../src/analysis/common.js';
 import { ERROR_CODES, NATIVE_CODES, exitStatusFor, type ErrorCode } from '../../src/errors.js';
+import { loadModel } from '../../src/model.js';
 import { loadNative } from '../../src/setup/load.js';
 import { FIXTURES, requireBuilt } from '../helpers/cli.js';
 
@@ -18,7 +20,11 @@ interface Raw {
   errorCodes(): string[];
   readTensorFile(path: string): unknown;
   NativeModel: {
-    load(dir: string): Promise<{ matchHooks(p: string[]): string[]; run(px: Float32Array, shape: number[], o?: object): Promise<unknown> }>;
+    load(dir: string): Promise<{
+      matchHooks(p: string[]): string[];
+      run(px: Float32Array, shape: number[], o?: object): Promise<unknown>;
+      logitLens(px: Float32Array, shape: number[], optionsJson: string): Promise<string>;
+    }>;
   };
 }
 
@@ -75,5 +81,18 @@ describe('native errors are data', () => {
     const f = thrown(() => raw.readTensorFile(join(FIXTURES, 'nope.safetensors')));
     expect(f.code).toBe('E_IO');
     expect(f.data).toEqual({ path: join(FIXTURES, 'nope.safetensors') });
+  });
+
+  it('a missing head is one code and one message in the core and in the library preflight', async () => {
+    const dir = join(FIXTURES, 'models', 'vit-tiny-base');
+    const model = await raw.NativeModel.load(dir);
+    const e = await rejection(model.logitLens(new Float32Array(3 * 32 * 32), [1, 3, 32, 32], '{}'));
+    const lib = await loadModel(dir);
+    const f = thrown(() => requireHead(lib, 'the logit lens'));
+    expect(e.code).toBe('E_UNSUPPORTED_MODEL');
+    expect(f.code).toBe(e.code);
+    expect(f.message).toBe(e.message);
+    expect(f.hint).toBe(e.hint);
+    expect(e.data).toEqual({ path: dir, architecture: 'ViTModel' });
   });
 });

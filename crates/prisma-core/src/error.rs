@@ -2,7 +2,7 @@
 //! through the binding to the shell (`prisma: E_UNKNOWN_HOOK: ...`), so scripts can branch on it.
 //! [`PrismaError::payload`] is what crosses to JavaScript: code, message, an optional hint and the
 //! variant's structured fields as `data` (the binding turns it into a JS Error with those
-//! properties; src/errors.ts holds the matching registry, checked against [`CODES`] by a test).
+//! properties; src/errors.ts holds the matching registry, checked against [`codes`] by a test).
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -16,6 +16,9 @@ pub enum PrismaError {
     Config { path: PathBuf, reason: String },
     #[error("{path}: unsupported model ({found}); supported: {supported}")]
     UnsupportedModel { path: PathBuf, found: String, supported: String },
+    /// A technique that reads logits, asked of a model without a classification head.
+    #[error("{what} needs a classification head, and {} has none ({architecture})", path.display())]
+    NoHead { what: String, path: PathBuf, architecture: String },
     #[error("{file}: missing tensor '{tensor}'")]
     WeightsMissing { file: PathBuf, tensor: String },
     #[error("{file}: tensor '{tensor}' has shape {found:?}, expected {expected:?}")]
@@ -58,11 +61,12 @@ pub enum PrismaError {
     Internal(String),
 }
 
-/// Declares each variant's stable code once; [`PrismaError::code`] and [`CODES`] both come from it.
+/// Declares each variant's stable code once; [`PrismaError::code`] and [`codes`] both come from it.
 macro_rules! codes {
     ($($variant:ident => $code:literal,)*) => {
-        /// Every code the core (and so the native addon) can emit, in declaration order.
-        pub const CODES: &[&str] = &[$($code,)*];
+        /// Every variant's code in declaration order; a code shared by two variants (one
+        /// mistake, two places it is found) appears twice here, once in [`codes`].
+        const VARIANT_CODES: &[&str] = &[$($code,)*];
 
         impl PrismaError {
             /// Stable machine-readable code; never change an existing one.
@@ -79,6 +83,7 @@ codes! {
     ModelDir => "E_MODEL_DIR",
     Config => "E_CONFIG",
     UnsupportedModel => "E_UNSUPPORTED_MODEL",
+    NoHead => "E_UNSUPPORTED_MODEL",
     WeightsMissing => "E_WEIGHTS_MISSING",
     WeightsShape => "E_WEIGHTS_SHAPE",
     WeightsFormat => "E_WEIGHTS_FORMAT",
@@ -97,6 +102,17 @@ codes! {
     CacheMismatch => "E_CACHE_MISMATCH",
     CacheCorrupt => "E_CACHE_CORRUPT",
     Internal => "E_INTERNAL",
+}
+
+/// Every code the core (and so the native addon) can emit, once each, in declaration order.
+pub fn codes() -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for c in VARIANT_CODES {
+        if !out.contains(c) {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// An error as data, the form in which it crosses the binding.
@@ -126,6 +142,7 @@ impl PrismaError {
             PrismaError::UnsupportedModel { path: p, found, supported } => {
                 json!({ "path": path(p), "found": found, "supported": supported })
             }
+            PrismaError::NoHead { path: p, architecture, .. } => json!({ "path": path(p), "architecture": architecture }),
             PrismaError::WeightsMissing { file, tensor } => json!({ "file": path(file), "tensor": tensor }),
             PrismaError::WeightsShape { file, tensor, expected, found } => {
                 json!({ "file": path(file), "tensor": tensor, "expected": expected, "found": found })
@@ -146,6 +163,11 @@ impl PrismaError {
     /// A hint specific to this error, where the code's default hint would mislead.
     pub fn hint(&self) -> Option<String> {
         match self {
+            PrismaError::NoHead { .. } => Some(
+                "give it a linear probe with --probe FILE (.safetensors with weight [classes, d_model] and bias [classes]; \
+                 --labels names the classes), or use a model with a head, e.g. ViTForImageClassification"
+                    .into(),
+            ),
             PrismaError::Shape(m) if m.starts_with(LIBTORCH) => Some(
                 "the input's shape does not fit the model (`prisma inspect MODEL` shows what it takes); if it does, this is a bug".into(),
             ),
@@ -198,10 +220,12 @@ mod tests {
     use tch::{Device, Kind, Tensor};
 
     #[test]
-    fn every_variant_code_is_listed_once() {
+    fn every_code_is_listed_once() {
+        let codes = codes();
         let mut seen = std::collections::HashSet::new();
-        assert!(CODES.iter().all(|c| seen.insert(*c)), "a code is declared twice");
-        assert!(CODES.contains(&PrismaError::OutOfMemory(String::new()).code()));
+        assert!(codes.iter().all(|c| seen.insert(*c)), "a code is listed twice");
+        assert!(VARIANT_CODES.iter().all(|c| codes.contains(c)));
+        assert!(codes.contains(&PrismaError::OutOfMemory(String::new()).code()));
     }
 
     #[test]

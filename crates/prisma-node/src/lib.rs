@@ -295,7 +295,7 @@ pub fn save_safetensors(
 /// Every error code the core can emit (src/errors.ts keeps the matching registry; a test compares).
 #[napi]
 pub fn error_codes() -> Vec<String> {
-    prisma_core::error::CODES.iter().map(|c| c.to_string()).collect()
+    prisma_core::error::codes().into_iter().map(String::from).collect()
 }
 
 /// Whether a CUDA device can be used.

@@ -24,14 +24,15 @@ fn require_head(model: &Model, what: &str) -> Result<()> {
     if !model.vit.weights.has_head() {
         if model.text.is_some() {
             return Err(PrismaError::Argument(format!(
-                "{what} on a CLIP-style model needs class prompts: pass --labels (and --template) so logits are image-text similarities"
+                "{what} on a CLIP-style model needs class prompts (CLI: --labels and --template; library: model.setClassPrompts), \
+                 so that logits are image-text similarities"
             )));
         }
-        return Err(PrismaError::Argument(format!(
-            "{what} needs a classification head, and {} has none ({})",
-            model.info.model_dir.display(),
-            model.info.architecture
-        )));
+        return Err(PrismaError::NoHead {
+            what: what.to_string(),
+            path: model.info.model_dir.clone(),
+            architecture: model.info.architecture.clone(),
+        });
     }
     Ok(())
 }
