@@ -6,15 +6,7 @@
  */
 import { Option, type Command } from 'commander';
 
-import {
-  ablate,
-  ablateSweep,
-  parseAblationMode,
-  resolveAblations,
-  type AblateAnalysis,
-  type AblateSweepAnalysis,
-  type AblationMode,
-} from '../../analysis/ablate.js';
+import { ablate, ablateSweep, parseAblationMode, resolveAblations, type AblationMode } from '../../analysis/ablate.js';
 import { parseAblateSpec, type AblateSpec } from '../../analysis/ablate-spec.js';
 import type { CommandContext } from '../context.js';
 import type { Figure } from '../../report/figures.js';
@@ -22,16 +14,11 @@ import { usageError } from '../../errors.js';
 import { ablateFigures, ablateSweepFigures } from '../../report/figures/ablate.js';
 import type { PixelBatch } from '../../tensor.js';
 import { ablateSummary } from '../summaries/ablate.js';
-import {
-  baselineOption,
-  batchCommand,
-  openBatch,
-  runBatchCommand,
-  targetOption,
-  type BatchCommandOptions,
-  type BatchReport,
-} from './analysis.js';
+import type { AblateItem, AblateReport } from '../summaries/ablate.js';
+import { baselineOption, batchCommand, openBatch, runBatchCommand, targetOption, type BatchCommandOptions } from './analysis.js';
 import { argParser } from './common.js';
+
+export type { AblateItem, AblateReport };
 
 export interface AblateCommandOptions extends BatchCommandOptions {
   ablate: AblateSpec[];
@@ -41,23 +28,6 @@ export interface AblateCommandOptions extends BatchCommandOptions {
   sweep?: string;
   fastLinear?: boolean;
 }
-
-export type AblateItem = (Omit<AblateAnalysis, 'input'> & { kind: 'specs' }) | (Omit<AblateSweepAnalysis, 'input'> & { kind: 'sweep' });
-
-export type AblateReport = BatchReport<
-  'ablate',
-  AblateItem,
-  {
-    ablate: string[];
-    sweep: string | null;
-    mode: AblationMode;
-    reference: string | null;
-    seed: number;
-    target: string | null;
-    baseline: string | null;
-    fastLinear: boolean;
-  }
->;
 
 export async function ablateCommand(
   modelDir: string,

@@ -4,27 +4,18 @@
  */
 import { Option, type Command } from 'commander';
 
-import { dla, dlaCheck, type DlaAnalysis, type DlaCheck } from '../../analysis/dla.js';
+import { dla, dlaCheck } from '../../analysis/dla.js';
 import type { CommandContext } from '../context.js';
 import { dlaFigures } from '../../report/figures/dla.js';
 import { dlaSummary } from '../summaries/dla.js';
-import {
-  baselineOption,
-  batchCommand,
-  openBatch,
-  runBatchCommand,
-  targetOption,
-  type BatchCommandOptions,
-  type BatchReport,
-} from './analysis.js';
+import type { DlaItem, DlaReport } from '../summaries/dla.js';
+import { baselineOption, batchCommand, openBatch, runBatchCommand, targetOption, type BatchCommandOptions } from './analysis.js';
+
+export type { DlaItem, DlaReport };
 
 export interface DlaCommandOptions extends BatchCommandOptions {
   perPosition?: boolean;
 }
-
-export type DlaItem = DlaAnalysis & { check: DlaCheck };
-
-export type DlaReport = BatchReport<'dla', DlaItem, { target: string | null; baseline: string | null; perPosition: boolean }>;
 
 export async function dlaCommand(
   modelDir: string,

@@ -6,20 +6,21 @@
 import { Option, type Command } from 'commander';
 
 import { checkLayers } from '../../analysis/common.js';
-import { heads, parseHeadsQuery, resolveQuery, type HeadsAnalysis, type HeadsQuery } from '../../analysis/heads.js';
+import { heads, parseHeadsQuery, resolveQuery, type HeadsQuery } from '../../analysis/heads.js';
 import type { CommandContext } from '../context.js';
 import { headsFigures } from '../../report/figures/heads.js';
 import { headsSummary } from '../summaries/heads.js';
-import { batchCommand, layersOption, openBatch, runBatchCommand, type BatchCommandOptions, type BatchReport } from './analysis.js';
+import type { HeadsReport } from '../summaries/heads.js';
+import { batchCommand, layersOption, openBatch, runBatchCommand, type BatchCommandOptions } from './analysis.js';
 import { argParser } from './common.js';
+
+export type { HeadsReport };
 
 export interface HeadsCommandOptions extends BatchCommandOptions {
   query?: HeadsQuery;
   layers?: number[];
   allHeads?: boolean;
 }
-
-export type HeadsReport = BatchReport<'heads', HeadsAnalysis, { query: HeadsQuery; layers: number[] | null }>;
 
 export async function headsCommand(
   modelDir: string,

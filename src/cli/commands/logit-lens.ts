@@ -5,31 +5,24 @@
  */
 import { Option, type Command } from 'commander';
 
-import { checkPatchLabels, logitLens, parseLensSite, scorePatches, type LogitLensResult, type PatchScore } from '../../analysis/lens.js';
+import { checkPatchLabels, logitLens, parseLensSite, scorePatches } from '../../analysis/lens.js';
 import type { CommandContext } from '../context.js';
 import { findPatchLabels, loadPatchLabels } from '../../dataset/patch-labels.js';
 import type { LensSite } from '../../native.js';
 import { parsePositiveInt } from '../../options.js';
 import { lensFigures } from '../../report/figures/logit-lens.js';
 import { logitLensSummary } from '../summaries/logit-lens.js';
-import { batchCommand, collect, openBatch, runBatchCommand, targetOption, type BatchCommandOptions, type BatchReport } from './analysis.js';
+import type { LogitLensItem, LogitLensReport } from '../summaries/logit-lens.js';
+import { batchCommand, collect, openBatch, runBatchCommand, targetOption, type BatchCommandOptions } from './analysis.js';
 import { argParser } from './common.js';
+
+export type { LogitLensItem, LogitLensReport };
 
 export interface LogitLensCommandOptions extends BatchCommandOptions {
   site: LensSite[];
   patchLabels?: string;
   topK: number;
 }
-
-export type LogitLensItem = Omit<LogitLensResult, 'input'> & { patchLabels?: PatchScore[] | null };
-
-export type LogitLensReport = BatchReport<
-  'logit-lens',
-  LogitLensItem,
-  { sites: LensSite[]; target: string | null; topK: number; patchLabels?: string | null },
-  /** With --patch-labels: per layer, over every labelled patch of every image. */
-  { patchLabelAccuracy?: PatchScore[] | null }
->;
 
 export async function logitLensCommand(
   modelDir: string,

@@ -6,15 +6,7 @@
 import { Option, type Command } from 'commander';
 
 import { checkLayers, requireHead, resolveClass } from '../../analysis/common.js';
-import {
-  checkWhatBy,
-  parsePatchBy,
-  parsePatchMethod,
-  parsePatchWhat,
-  patch,
-  type PatchAnalysis,
-  type PatchMethod,
-} from '../../analysis/patch.js';
+import { checkWhatBy, parsePatchBy, parsePatchMethod, parsePatchWhat, patch, type PatchMethod } from '../../analysis/patch.js';
 import type { CommandContext } from '../context.js';
 import { usageError } from '../../errors.js';
 import type { PatchBy, PatchWhat } from '../../native.js';
@@ -22,10 +14,13 @@ import type { Figure } from '../../report/figures.js';
 import { FigureWriter } from '../../report/figures.js';
 import { patchFigureNotes, patchFigures } from '../../report/figures/patch.js';
 import { patchPairsSummary, patchSummary } from '../summaries/patch.js';
+import type { PatchPairsReport, PatchReport } from '../summaries/patch.js';
 import { isFolder, pairsFromFolders, pairsFromJsonl, patchPairs, type PatchPairsAnalysis } from '../../analysis/patch-pairs.js';
 import { startProgress } from '../ui/progress.js';
-import { baselineOption, finishReport, layersOption, outOption, prepareOut, reportBase, type ReportBase } from './analysis.js';
+import { baselineOption, finishReport, layersOption, outOption, prepareOut, reportBase } from './analysis.js';
 import { argParser, jsonOption, openModel, withModelOptions, type ModelOptions } from './common.js';
+
+export type { PatchPairsReport, PatchReport };
 
 export interface PatchCommandOptions extends ModelOptions {
   clean?: string;
@@ -40,28 +35,6 @@ export interface PatchCommandOptions extends ModelOptions {
   fastLinear?: boolean;
   out?: string;
   json?: boolean;
-}
-
-export interface PatchReport extends ReportBase {
-  command: 'patch';
-  options: {
-    clean: string | null;
-    corrupt: string | null;
-    pairs: string | null;
-    what: PatchWhat;
-    by: PatchBy;
-    method: PatchMethod;
-    target: string | null;
-    baseline: string | null;
-    layers: number[] | null;
-    fastLinear: boolean;
-  };
-  result: PatchAnalysis & { figureNotes: string[] };
-}
-
-/** The report of a run over many pairs (schemas/patch.schema.json, `pairsResult`). */
-export interface PatchPairsReport extends Omit<PatchReport, 'result'> {
-  result: PatchPairsAnalysis & { figureNotes: string[] };
 }
 
 /** Over many pairs: --pairs FILE, or --clean and --corrupt naming folders (pairs by file name). */

@@ -1,8 +1,26 @@
 /** The terminal summary of `prisma ablate`: per input, the metric before and after, or a sweep's most negative heads. */
-import type { AblateReport } from '../commands/ablate.js';
+import type { AblateAnalysis, AblateSweepAnalysis, AblationMode } from '../../analysis/ablate.js';
+import type { BatchReport } from '../commands/analysis.js';
 import { ablationMetricName } from '../../report/figures/ablate.js';
 import { fmt } from '../../report/svg.js';
 import { bold } from '../ui/style.js';
+
+export type AblateItem = (Omit<AblateAnalysis, 'input'> & { kind: 'specs' }) | (Omit<AblateSweepAnalysis, 'input'> & { kind: 'sweep' });
+
+export type AblateReport = BatchReport<
+  'ablate',
+  AblateItem,
+  {
+    ablate: string[];
+    sweep: string | null;
+    mode: AblationMode;
+    reference: string | null;
+    seed: number;
+    target: string | null;
+    baseline: string | null;
+    fastLinear: boolean;
+  }
+>;
 
 export function ablateSummary(r: AblateReport, color: boolean): string {
   const lines: string[] = [];

@@ -1,7 +1,12 @@
 /** The terminal summary of `prisma dla`: per input, the logit, the sum check and the largest components. */
-import type { DlaReport } from '../commands/dla.js';
+import type { DlaAnalysis, DlaCheck } from '../../analysis/dla.js';
+import type { BatchReport } from '../commands/analysis.js';
 import { fmt } from '../../report/svg.js';
 import { bold } from '../ui/style.js';
+
+export type DlaItem = DlaAnalysis & { check: DlaCheck };
+
+export type DlaReport = BatchReport<'dla', DlaItem, { target: string | null; baseline: string | null; perPosition: boolean }>;
 
 export function dlaSummary(r: DlaReport, color: boolean): string {
   const lines: string[] = [];

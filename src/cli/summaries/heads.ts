@@ -1,7 +1,10 @@
 /** The terminal summary of `prisma heads`: per input, a table of each head's statistics. */
-import type { HeadsReport } from '../commands/heads.js';
+import type { HeadsAnalysis, HeadsQuery } from '../../analysis/heads.js';
+import type { BatchReport } from '../commands/analysis.js';
 import { fmt } from '../../report/svg.js';
 import { bold } from '../ui/style.js';
+
+export type HeadsReport = BatchReport<'heads', HeadsAnalysis, { query: HeadsQuery; layers: number[] | null }>;
 
 export function headsSummary(r: HeadsReport, color: boolean): string {
   const lines: string[] = [];

@@ -1,7 +1,19 @@
 /** The terminal summary of `prisma logit-lens`: per input and site, the target's probability and rank by layer. */
-import type { LogitLensReport } from '../commands/logit-lens.js';
+import type { LogitLensResult, PatchScore } from '../../analysis/lens.js';
+import type { LensSite } from '../../native.js';
+import type { BatchReport } from '../commands/analysis.js';
 import { fmt } from '../../report/svg.js';
 import { bold } from '../ui/style.js';
+
+export type LogitLensItem = Omit<LogitLensResult, 'input'> & { patchLabels?: PatchScore[] | null };
+
+export type LogitLensReport = BatchReport<
+  'logit-lens',
+  LogitLensItem,
+  { sites: LensSite[]; target: string | null; topK: number; patchLabels?: string | null },
+  /** With --patch-labels: per layer, over every labelled patch of every image. */
+  { patchLabelAccuracy?: PatchScore[] | null }
+>;
 
 export function logitLensSummary(r: LogitLensReport, color: boolean): string {
   const lines: string[] = [];

@@ -1,8 +1,33 @@
 /** The terminal summary of `prisma patch`: the metric on both images and, per method, the largest effect. */
 import { largestEffect } from '../../analysis/patch.js';
-import type { PatchPairsReport, PatchReport } from '../commands/patch.js';
+import type { PatchAnalysis, PatchMethod } from '../../analysis/patch.js';
+import type { PatchPairsAnalysis } from '../../analysis/patch-pairs.js';
+import type { PatchBy, PatchWhat } from '../../native.js';
+import type { ReportBase } from '../commands/analysis.js';
 import { fmt } from '../../report/svg.js';
 import { bold } from '../ui/style.js';
+
+export interface PatchReport extends ReportBase {
+  command: 'patch';
+  options: {
+    clean: string | null;
+    corrupt: string | null;
+    pairs: string | null;
+    what: PatchWhat;
+    by: PatchBy;
+    method: PatchMethod;
+    target: string | null;
+    baseline: string | null;
+    layers: number[] | null;
+    fastLinear: boolean;
+  };
+  result: PatchAnalysis & { figureNotes: string[] };
+}
+
+/** The report of a run over many pairs (schemas/patch.schema.json, `pairsResult`). */
+export interface PatchPairsReport extends Omit<PatchReport, 'result'> {
+  result: PatchPairsAnalysis & { figureNotes: string[] };
+}
 
 export function patchSummary(r: PatchReport, color: boolean): string {
   const a = r.result;
