@@ -112,16 +112,12 @@ def main():
                 forwards += 1
                 for c, v in zip(cols[i:i + chunk], pc.metric(logits, target, baseline).tolist()):
                     out[(l, c)] = v
-        seconds, cpu_seconds = t.elapsed(), t.cpu()
-        return dict(values=[out[p] for p in patches], seconds=seconds, cpu_seconds=cpu_seconds,
-                    seconds_cache=seconds_cache,
-                    forwards=forwards, target=target, baseline=baseline,
-                    clean_metric=float(pc.metric(clean_logits, target, baseline)[0]),
-                    corrupt_metric=float(pc.metric(corrupt_logits, target, baseline)[0]))
+        return pc.sweep_result(t, [out[p] for p in patches], seconds_cache=seconds_cache, target=target,
+                               baseline=baseline, clean_logits=clean_logits, corrupt_logits=corrupt_logits,
+                               forwards=forwards)
 
     r = pc.repeat(args, run_once)
-    print(f"target {r['target']} baseline {r['baseline']} clean_metric {r['clean_metric']:.6f} "
-          f"corrupt_metric {r['corrupt_metric']:.6f}")
+    pc.print_metrics(r)
     pc.write_result(args, "best_python", model, n_rows=n_rows, n_cols=n_cols, patches=patches,
                     sampled=sampled, extra={"chunk": chunk}, **r)
 

@@ -129,6 +129,19 @@ def metric(logits, target, baseline):
     return logits[:, target] - logits[:, baseline]
 
 
+def sweep_result(t, values, *, seconds_cache, target, baseline, clean_logits, corrupt_logits, **extra):
+    """What a sweep's run_once returns: its values, its times (from Timer t) and the two end metrics."""
+    return dict(values=values, seconds=t.elapsed(), cpu_seconds=t.cpu(), seconds_cache=seconds_cache,
+                target=target, baseline=baseline,
+                clean_metric=float(metric(clean_logits, target, baseline)[0]),
+                corrupt_metric=float(metric(corrupt_logits, target, baseline)[0]), **extra)
+
+
+def print_metrics(r):
+    print(f"target {r['target']} baseline {r['baseline']} clean_metric {r['clean_metric']:.6f} "
+          f"corrupt_metric {r['corrupt_metric']:.6f}")
+
+
 class Timer:
     """Wall and CPU time; on a GPU the queued work is waited for at both ends."""
 

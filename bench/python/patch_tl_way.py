@@ -78,15 +78,11 @@ def main():
             logits = model(pixel_values=corrupt).logits
             handle.remove()
             values.append(float(pc.metric(logits, target, baseline)[0]))
-        seconds, cpu_seconds = t.elapsed(), t.cpu()
-        return dict(values=values, seconds=seconds, cpu_seconds=cpu_seconds,
-                    seconds_cache=seconds_cache, target=target, baseline=baseline,
-                    clean_metric=float(pc.metric(clean_logits, target, baseline)[0]),
-                    corrupt_metric=float(pc.metric(corrupt_logits, target, baseline)[0]))
+        return pc.sweep_result(t, values, seconds_cache=seconds_cache, target=target, baseline=baseline,
+                               clean_logits=clean_logits, corrupt_logits=corrupt_logits)
 
     r = pc.repeat(args, run_once)
-    print(f"target {r['target']} baseline {r['baseline']} clean_metric {r['clean_metric']:.6f} "
-          f"corrupt_metric {r['corrupt_metric']:.6f}")
+    pc.print_metrics(r)
     extra = {}
     if n_rows < n_layers_all:  # every patch is one full forward: the per-patch cost is layer-independent
         extra["seconds_extrapolated_all_layers"] = r["seconds"] / len(patches) * n_layers_all * n_cols

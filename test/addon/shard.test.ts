@@ -5,12 +5,13 @@
 // missing one; a shard index out of range is one usage line. Needs the built addon and CLI.
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, copyFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, relative } from 'node:path';
+import { join } from 'node:path';
 
 import sharp from 'sharp';
 import { beforeAll, describe, expect, it } from 'vitest';
 
 import { FIXTURES, prisma, requireBuilt, spawnAndKillWhen, stderrLines } from '../helpers/cli.js';
+import { fileTree } from '../helpers/files.js';
 
 const CLS = join(FIXTURES, 'models', 'vit-tiny-cls');
 const CLIP = join(FIXTURES, 'models', 'clip-tiny');
@@ -34,23 +35,9 @@ async function makeImages(dir: string, count: number): Promise<void> {
   copyFileSync(join(FIXTURES, 'bad', 'truncated.png'), join(dir, 'truncated.png'));
 }
 
-/** Every file under `dir` (relative path -> bytes). */
-function tree(dir: string): Map<string, Buffer> {
-  const out = new Map<string, Buffer>();
-  const walk = (d: string) => {
-    for (const name of readdirSync(d).sort()) {
-      const p = join(d, name);
-      if (statSync(p).isDirectory()) walk(p);
-      else out.set(relative(dir, p), readFileSync(p));
-    }
-  };
-  walk(dir);
-  return out;
-}
-
 function expectSameTree(actual: string, expected: string): void {
-  const a = tree(actual);
-  const e = tree(expected);
+  const a = fileTree(actual);
+  const e = fileTree(expected);
   expect([...a.keys()]).toEqual([...e.keys()]);
   for (const [name, bytes] of e) expect(a.get(name)?.equals(bytes), `${name} differs`).toBe(true);
 }
@@ -164,8 +151,8 @@ describe('a killed shard', { timeout: 600_000 }, () => {
           return rest;
         });
     expect(lines(join(dir, 'merged'))).toEqual(lines(join(dir, 'one')));
-    const t = tree(join(dir, 'one'));
-    const m = tree(join(dir, 'merged'));
+    const t = fileTree(join(dir, 'one'));
+    const m = fileTree(join(dir, 'merged'));
     for (const [name, bytes] of t) {
       if (name === 'report.json' || name === 'results.jsonl') continue;
       expect(m.get(name)?.equals(bytes), name).toBe(true);

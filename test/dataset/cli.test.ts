@@ -13,32 +13,35 @@ import { expectUsageError, lines, memoryIo } from '../helpers/io.js';
 const tmp = mkdtempSync(join(tmpdir(), 'prisma-dataset-cli-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
+/** Runs the CLI in process and requires success with nothing on stderr. */
+async function runOk(argv: string[]): Promise<ReturnType<typeof memoryIo>> {
+  const io = memoryIo();
+  const code = await runCli(argv, io);
+  expect(io.err()).toBe('');
+  expect(code).toBe(EXIT_OK);
+  return io;
+}
+
 describe('prisma dataset', () => {
   it('clevr-lite writes images, labels, dataset.json and patch labels', async () => {
     const out = join(tmp, 'clevr');
-    const io = memoryIo();
-    const code = await runCli(
-      [
-        'dataset',
-        'clevr-lite',
-        '--n',
-        '4',
-        '--out',
-        out,
-        '--seed',
-        '3',
-        '--size',
-        '64',
-        '--max-objects',
-        '3',
-        '--patch-size',
-        '16',
-        '--edit',
-      ],
-      io,
-    );
-    expect(io.err()).toBe('');
-    expect(code).toBe(EXIT_OK);
+    const io = await runOk([
+      'dataset',
+      'clevr-lite',
+      '--n',
+      '4',
+      '--out',
+      out,
+      '--seed',
+      '3',
+      '--size',
+      '64',
+      '--max-objects',
+      '3',
+      '--patch-size',
+      '16',
+      '--edit',
+    ]);
     expect(JSON.parse(io.out())).toMatchObject({ ok: true, dataset: 'clevr-lite', n: 4, seed: 3, size: 64, maxObjects: 3 });
     for (const f of ['images/000003.png', 'labels.jsonl', 'dataset.json', 'patch-labels/000003.json', 'edited/000003.png', 'edits.jsonl']) {
       expect(existsSync(join(out, f)), f).toBe(true);
@@ -50,24 +53,18 @@ describe('prisma dataset', () => {
 
   it('patch-labels writes the labels file for a model folder', async () => {
     const out = join(tmp, 'labels.json');
-    const io = memoryIo();
-    const code = await runCli(
-      [
-        'dataset',
-        'patch-labels',
-        '--annotations',
-        join(FIXTURES, 'annotations'),
-        '--model',
-        join(FIXTURES, 'models', 'vit-tiny-cls'),
-        '--out',
-        out,
-        '--images',
-        join(FIXTURES, 'images'),
-      ],
-      io,
-    );
-    expect(io.err()).toBe('');
-    expect(code).toBe(EXIT_OK);
+    const io = await runOk([
+      'dataset',
+      'patch-labels',
+      '--annotations',
+      join(FIXTURES, 'annotations'),
+      '--model',
+      join(FIXTURES, 'models', 'vit-tiny-cls'),
+      '--out',
+      out,
+      '--images',
+      join(FIXTURES, 'images'),
+    ]);
     const summary = JSON.parse(io.out());
     expect(summary).toMatchObject({ ok: true, dataset: 'patch-labels', patchSize: 8, threshold: 0.5 });
     expect(summary.images).toHaveLength(4);

@@ -247,26 +247,10 @@ describe('patch label rules', () => {
   });
 
   it('breaks ties by XML order', async () => {
-    expect(
-      (
-        await labelsFor(
-          xml([
-            ['b', 0, 0, 8, 4],
-            ['a', 0, 4, 8, 8],
-          ]),
-        )
-      ).labels[0],
-    ).toBe('b');
-    expect(
-      (
-        await labelsFor(
-          xml([
-            ['a', 0, 4, 8, 8],
-            ['b', 0, 0, 8, 4],
-          ]),
-        )
-      ).labels[0],
-    ).toBe('a');
+    const b: [string, number, number, number, number] = ['b', 0, 0, 8, 4];
+    const a: [string, number, number, number, number] = ['a', 0, 4, 8, 8];
+    expect((await labelsFor(xml([b, a]))).labels[0]).toBe('b');
+    expect((await labelsFor(xml([a, b]))).labels[0]).toBe('a');
   });
 
   it('clips boxes to the image', async () => {

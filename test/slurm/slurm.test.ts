@@ -7,14 +7,15 @@
 // logs are printed, for the CI log. Needs the built addon and CLI; runs as the user who can start
 // the daemons (root in CI).
 import { spawnSync } from 'node:child_process';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, hostname, tmpdir } from 'node:os';
-import { join, relative } from 'node:path';
+import { join } from 'node:path';
 
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { BIN, FIXTURES, prisma, requireBuilt, ROOT } from '../helpers/cli.js';
+import { fileTree } from '../helpers/files.js';
 
 const CLS = join(FIXTURES, 'models', 'vit-tiny-cls');
 const SHARDS = 3;
@@ -118,19 +119,6 @@ function stopSlurm(): void {
   }
 }
 
-function tree(root: string): Map<string, Buffer> {
-  const out = new Map<string, Buffer>();
-  const walk = (d: string) => {
-    for (const name of readdirSync(d).sort()) {
-      const p = join(d, name);
-      if (statSync(p).isDirectory()) walk(p);
-      else out.set(relative(root, p), readFileSync(p));
-    }
-  };
-  walk(root);
-  return out;
-}
-
 beforeAll(async () => {
   requireBuilt();
   dir = mkdtempSync(join(tmpdir(), 'prisma-slurm-'));
@@ -195,8 +183,8 @@ describe('Slurm (examples/slurm)', () => {
 
     const one = join(dir, 'one');
     expect(prisma(['logit-lens', CLS, images, ...args.split(' '), '--out', one]).code).toBe(3);
-    const a = tree(join(out, 'merged'));
-    const e = tree(one);
+    const a = fileTree(join(out, 'merged'));
+    const e = fileTree(one);
     expect([...a.keys()]).toEqual([...e.keys()]);
     for (const [name, bytes] of e) expect(a.get(name)?.equals(bytes), `${name} differs`).toBe(true);
   }, 600_000);

@@ -35,6 +35,11 @@ async function sliceFrames(info: ModelInfo, display: DisplaySource): Promise<str
  * PNG per head and the full viewer (every query's attention), which for ViT-B is 146 files and
  * 38 MB an image, so it is opt-in (`--all-heads`).
  */
+/** One overlay panel per frame slice, marking the chosen query's patch. */
+function overlayPanels(panels: { title?: string; values: number[] }[], mark: number | undefined) {
+  return panels.map((p) => ({ ...(p.title ? { title: p.title.trim() } : {}), values: p.values, ...(mark === undefined ? {} : { mark }) }));
+}
+
 export async function headsFigures(
   info: ModelInfo,
   item: FigureInput,
@@ -61,11 +66,7 @@ export async function headsFigures(
           subtitle: `entropy ${fmt(s.entropy)} nats (mean ${fmt(s.meanEntropy)}); mean attention to cls ${s.clsAttention === null ? '-' : fmt(s.clsAttention)}${s.registerAttention === null ? '' : `, to registers ${fmt(s.registerAttention)}`} (all queries); distance ${fmt(s.meanDistance)}; self ${fmt(s.selfShare)}`,
           image,
           grid: r.grid,
-          panels: panels.map((p) => ({
-            ...(p.title ? { title: p.title.trim() } : {}),
-            values: p.values,
-            ...(mark === undefined ? {} : { mark }),
-          })),
+          panels: overlayPanels(panels, mark),
           scale,
           colorbarLabel: 'attention',
           columns: panels.length,
@@ -121,11 +122,7 @@ export async function headsFigures(
           subtitle: `layers ${r.layers[0]}-${r.layers.at(-1)}: heads averaged, identity added for the residual stream, multiplied down the layers (Abnar & Zuidema 2020)${first > 0 ? `; to cls ${fmt(r.rollout[0]!, 2)}, not drawn` : ''}`,
           image,
           grid: r.grid,
-          panels: panels.map((p) => ({
-            ...(p.title ? { title: p.title.trim() } : {}),
-            values: p.values,
-            ...(mark === undefined ? {} : { mark }),
-          })),
+          panels: overlayPanels(panels, mark),
           scale: { kind: 'sequential', min: 0, max },
           colorbarLabel: 'rollout',
           columns: panels.length,
