@@ -2,7 +2,6 @@
 //! and one corrupted forward + backward. estimate = (clean - corrupt) · d metric / d activation,
 //! taken at the corrupted run and summed over the axes a patch covers.
 
-use super::metric::normalise;
 use super::patching::{check, reference_run, result_axes, PatchOptions, PatchResult};
 use super::to_vec_f64;
 use crate::error::{PrismaError, Result};
@@ -71,22 +70,7 @@ pub fn attribution_patching(model: &Model, clean: &Tensor, corrupt: &Tensor, opt
     }
     // Estimated metric after the patch = corrupted metric + estimated change.
     let value: Vec<f64> = value.into_iter().map(|d| corrupt_metric.value + d).collect();
-    let normalised = value.iter().map(|v| normalise(*v, clean_metric.value, corrupt_metric.value)).collect();
-    let n = value.len();
-    Ok(PatchResult {
-        what: opts.what,
-        by: opts.by,
-        axes: axis_names,
-        dims,
-        layers,
-        clean: clean_metric,
-        corrupt: corrupt_metric,
-        prob: Vec::new(),
-        value,
-        normalised,
-        batched_forwards: 2,
-        patched_runs: n,
-    })
+    Ok(PatchResult::of_runs(opts, axis_names, dims, layers, clean_metric, corrupt_metric, value, Vec::new(), 2))
 }
 
 /// Pearson correlation, used to report how well the estimate tracks exact patching.

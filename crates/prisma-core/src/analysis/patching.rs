@@ -106,6 +106,39 @@ pub struct PatchResult {
     pub patched_runs: usize,
 }
 
+impl PatchResult {
+    /// A sweep's result from one metric per patched run (`value`, row-major over `dims`, whose axes
+    /// are named `axes`), each also normalised: 0 at the corrupted run's metric, 1 at the clean one's.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn of_runs(
+        opts: &PatchOptions,
+        axes: Vec<String>,
+        dims: Vec<usize>,
+        layers: Vec<usize>,
+        clean: MetricValue,
+        corrupt: MetricValue,
+        value: Vec<f64>,
+        prob: Vec<f64>,
+        batched_forwards: usize,
+    ) -> PatchResult {
+        let normalised = value.iter().map(|v| normalise(*v, clean.value, corrupt.value)).collect();
+        PatchResult {
+            what: opts.what,
+            by: opts.by,
+            axes,
+            dims,
+            layers,
+            clean,
+            corrupt,
+            patched_runs: value.len(),
+            value,
+            prob,
+            normalised,
+            batched_forwards,
+        }
+    }
+}
+
 /// Where patched values come from, per layer: the clean run's activation (patching) or a
 /// replacement such as zeros or a mean (ablation). Shapes broadcast to the activation.
 pub trait PatchSource {
@@ -383,21 +416,7 @@ fn run_sweep_here(model: &Model, base: &Tensor, source: Source, opts: &PatchOpti
         value.extend(results[slot].iter().map(|m| m.value));
         prob.extend(results[slot].iter().map(|m| m.prob));
     }
-    let normalised = value.iter().map(|v| normalise(*v, clean.value, corrupt.value)).collect();
-    Ok(PatchResult {
-        what: opts.what,
-        by: opts.by,
-        axes: axis_names,
-        dims,
-        layers,
-        clean,
-        corrupt,
-        patched_runs: value.len(),
-        value,
-        prob,
-        normalised,
-        batched_forwards,
-    })
+    Ok(PatchResult::of_runs(opts, axis_names, dims, layers, clean, corrupt, value, prob, batched_forwards))
 }
 
 /// Files a pass's metrics (its patched rows, `per_slot` at a time, in `row_slots` order) under the

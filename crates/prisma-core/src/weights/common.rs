@@ -3,6 +3,7 @@
 //! linears, q/k/v concatenated into one projection, folded layer scale) or read config values that
 //! several formats spell alike. Nothing here knows one family's checkpoint names.
 
+use super::pos_embed::{set_image_size, GridResample};
 use super::store::TensorStore;
 use crate::error::{PrismaError, Result};
 use crate::models::text::HookedTextEncoder;
@@ -111,6 +112,24 @@ pub fn fold_layer_scale(w: Tensor, b: Tensor, scale: Option<&Tensor>) -> Result<
         None => Ok((w, b)),
         Some(s) => Ok((w.f_mul(&s.f_unsqueeze(1)?)?, b.f_mul(s)?)),
     }
+}
+
+/// A CLIP model's parts: its vision tower (a class-token ViT with ln_pre, see
+/// `ViTWeights::clip_vision`) and text tower. The vision tower runs at its pretraining size unless
+/// the options ask for another, resampled as `how` (its library's way).
+pub fn clip_parts(
+    mut cfg: ViTConfig,
+    mut weights: ViTWeights,
+    text: HookedTextEncoder,
+    how: GridResample,
+    opts: &LoadOptions,
+    config_path: &Path,
+    family: &'static str,
+) -> Result<Parts> {
+    if let Some(size) = opts.image_size {
+        set_image_size(&mut cfg, &mut weights, size, how, config_path)?;
+    }
+    Ok(Parts { cfg, weights, text: Some(text), labels: Vec::new(), family })
 }
 
 /// A CLIP model's temperature: the checkpoint stores its log.

@@ -1,8 +1,8 @@
 //! Hugging Face `CLIPModel` folders (openai/clip-vit-*, wkcn/TinyCLIP-*): both towers, the
 //! projections and the logit scale. The only place HF CLIP checkpoint names appear.
 
-use super::common::{linear, ln, logit_scale, parse_activation, take_cat, LoadOptions, OneOrMany, Parts};
-use super::pos_embed::{set_image_size, GridResample};
+use super::common::{clip_parts, linear, ln, logit_scale, parse_activation, take_cat, LoadOptions, OneOrMany, Parts};
+use super::pos_embed::GridResample;
 use super::store::TensorStore;
 use crate::error::{PrismaError, Result};
 use crate::models::text::{HookedTextEncoder, TextConfig, TextPooling, TextWeights};
@@ -151,7 +151,7 @@ pub fn load(dir: &Path, value: &serde_json::Value, store: &mut TensorStore, opts
         activation: act(&v.hidden_act)?,
     };
     // HF CLIP applies post_layernorm to the pooled class token only.
-    let mut cfg = ViTConfig::clip_vision(architecture, sizes, FinalNorm::Pooled);
+    let cfg = ViTConfig::clip_vision(architecture, sizes, FinalNorm::Pooled);
     let vm = |n: &str| format!("vision_model.{n}");
     let n_pos = cfg.n_pos();
     let patch_weight = store.take(&vm("embeddings.patch_embedding.weight"), &[d, cfg.num_channels, p, p])?;
@@ -206,9 +206,6 @@ pub fn load(dir: &Path, value: &serde_json::Value, store: &mut TensorStore, opts
             logit_scale,
         },
     };
-    let mut weights = ViTWeights::clip_vision(patch_weight, class_token, pos_embed, ln_pre, blocks, ln_final, projection);
-    if let Some(size) = opts.image_size {
-        set_image_size(&mut cfg, &mut weights, size, GridResample::Bicubic, &config_path)?;
-    }
-    Ok(Parts { cfg, weights, text: Some(text), labels: Vec::new(), family: "clip" })
+    let weights = ViTWeights::clip_vision(patch_weight, class_token, pos_embed, ln_pre, blocks, ln_final, projection);
+    clip_parts(cfg, weights, text, GridResample::Bicubic, opts, &config_path, "clip")
 }

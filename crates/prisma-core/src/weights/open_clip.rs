@@ -3,8 +3,8 @@
 //! Head counts come from the config (`width / head_width` for vision, `heads` for text), never
 //! from a model name.
 
-use super::common::{linear, ln, logit_scale, unsupported, LoadOptions, OneOrMany, Parts};
-use super::pos_embed::{set_image_size, GridResample};
+use super::common::{clip_parts, linear, ln, logit_scale, unsupported, LoadOptions, OneOrMany, Parts};
+use super::pos_embed::GridResample;
 use super::store::TensorStore;
 use crate::error::{PrismaError, Result};
 use crate::models::text::{HookedTextEncoder, TextConfig, TextPooling, TextWeights};
@@ -136,7 +136,7 @@ pub fn load(dir: &Path, config_text: &str, store: &mut TensorStore, opts: &LoadO
         activation,
     };
     // open_clip applies ln_post to every token, then takes the class token.
-    let mut cfg = ViTConfig::clip_vision("open_clip CLIP", sizes, FinalNorm::AllTokens);
+    let cfg = ViTConfig::clip_vision("open_clip CLIP", sizes, FinalNorm::AllTokens);
     let n_pos = cfg.n_pos();
     let patch_weight = store.take("visual.conv1.weight", &[d, 3, p, p])?;
     let class_token = store.take("visual.class_embedding", &[d])?.f_reshape([1, 1, d].as_slice())?;
@@ -186,9 +186,6 @@ pub fn load(dir: &Path, config_text: &str, store: &mut TensorStore, opts: &LoadO
             logit_scale,
         },
     };
-    let mut weights = ViTWeights::clip_vision(patch_weight, class_token, pos_embed, ln_pre, blocks, ln_final, projection);
-    if let Some(size) = opts.image_size {
-        set_image_size(&mut cfg, &mut weights, size, GridResample::BicubicAntialias, &config_path)?;
-    }
-    Ok(Parts { cfg, weights, text: Some(text), labels: Vec::new(), family: "open_clip" })
+    let weights = ViTWeights::clip_vision(patch_weight, class_token, pos_embed, ln_pre, blocks, ln_final, projection);
+    clip_parts(cfg, weights, text, GridResample::BicubicAntialias, opts, &config_path, "open_clip")
 }
