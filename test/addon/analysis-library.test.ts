@@ -58,6 +58,7 @@ describe('logitLens', () => {
     const n = model.info.nClasses;
     const lens = await logitLens(model, batch, { sites: ['resid_pre', 'resid_post'], topK: n });
     const logits = await logitsOf(model, batch);
+    expect(lens).toHaveLength(3);
     lens.forEach((img, b) => {
       const last = img.layers.find((l) => l.layer === model.info.nLayers - 1 && l.site === 'resid_post')!;
       expect(last.topK).toHaveLength(n);
@@ -120,9 +121,14 @@ describe('patch', () => {
     expect(r.target.index).toBe(top(lc));
     if (top(lk) !== top(lc)) expect(r.baseline?.index).toBe(top(lk));
     else expect(r.baseline).toBeNull();
-    // patching the whole residual stream at layer 0 at every position restores the clean run: check via the
-    // normalised ends (corrupt = 0 and clean = 1 by definition)
+    // one value per (layer, position), each normalised as (value - corrupt) / (clean - corrupt), so that the
+    // corrupt run is 0 and the clean run 1
+    expect(r.exact!.value).toHaveLength(2 * 17);
     expect(r.exact!.normalised).toHaveLength(2 * 17);
+    const [c, k] = [r.clean.metric.value, r.corrupt.metric.value];
+    r.exact!.value.forEach((v, i) => {
+      expect(Math.abs(r.exact!.normalised[i]! - (v - k) / (c - k))).toBeLessThan(1e-9);
+    });
   });
 });
 
@@ -138,6 +144,7 @@ describe('dla', () => {
       expect(r.components.reduce((a, c) => a + c.value, 0)).toBeCloseTo(r.sumOfComponents, 6);
       // per-position splits add up to each head's total
       const nPos = odd.info.nPos;
+      expect(r.heads).toHaveLength(odd.info.nLayers * odd.info.nHeads);
       r.heads.forEach((h, k) => {
         const s = r.headPositions!.slice(k * nPos, (k + 1) * nPos).reduce((a, b) => a + b, 0);
         expect(Math.abs(s - h)).toBeLessThan(1e-4);
@@ -189,6 +196,8 @@ describe('ablate', () => {
     expect(Math.abs(overMany.after.value - overMany.before.value)).toBeGreaterThan(1e-4);
     const sweepMany = await ablateSweep(odd, img, { mode: 'mean', references });
     const sweepPair = await ablateSweep(odd, img, { mode: 'mean', references: pair });
+    expect(sweepMany.value).toHaveLength(3 * 3);
+    expect(sweepPair.value).toHaveLength(3 * 3);
     sweepMany.value.forEach((v, i) => {
       expect(Math.abs(v - sweepPair.value[i]!)).toBeLessThan(1e-5);
     });
@@ -208,6 +217,7 @@ describe('heads', () => {
     const r = await heads(odd, img, { query: 4 });
     const { cache } = await odd.run(img, { cache: ['blocks.*.attn.hook_pattern'] });
     const nPos = odd.info.nPos;
+    expect(r.heads).toHaveLength(odd.info.nLayers * odd.info.nHeads);
     for (const s of r.heads) {
       const p = cache.get(`blocks.${s.layer}.attn.hook_pattern`)!.data;
       const o = s.head * nPos * nPos;

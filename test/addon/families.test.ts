@@ -97,6 +97,7 @@ describe('prisma classify (zero-shot)', () => {
     expect(doc.prompts).toEqual(['a photo of a cat.', 'a photo of a dog.', 'a photo of coffee.', 'a photo of a person.']);
     const expected = readSafetensors(ref('clip-tiny')).tensors.get('zero_shot_probs')!;
     let worst = 0;
+    expect(doc.results).toHaveLength(3);
     doc.results.forEach((res, i) => {
       expect(res.predictions).toHaveLength(4);
       for (const p of res.predictions) worst = Math.max(worst, Math.abs(p.prob - expected.data[i * 4 + p.index]!));
@@ -135,7 +136,9 @@ describe('prisma classify (zero-shot)', () => {
     const single = readSafetensors(ref('clip-tiny')).tensors.get('zero_shot_probs')!;
     let worst = 0;
     let fromSingle = 0;
+    expect(doc.results).toHaveLength(3);
     doc.results.forEach((res, i) => {
+      expect(res.predictions).toHaveLength(labels.length);
       for (const p of res.predictions) {
         worst = Math.max(worst, Math.abs(p.prob - expected.data[i * labels.length + p.index]!));
         fromSingle = Math.max(fromSingle, Math.abs(p.prob - single.data[i * labels.length + p.index]!));
@@ -151,7 +154,9 @@ describe('prisma classify (zero-shot)', () => {
     expect(r.code, r.stderr).toBe(0);
     const doc = JSON.parse(r.stdout) as { results: { predictions: { index: number; logit: number }[] }[] };
     const expected = readSafetensors(ref('openclip-tiny')).tensors.get('hook_logits')!;
+    expect(doc.results).toHaveLength(3);
     doc.results.forEach((res, i) => {
+      expect(res.predictions).toHaveLength(4);
       for (const p of res.predictions) expect(Math.abs(p.logit - expected.data[i * 4 + p.index]!)).toBeLessThan(1e-4);
     });
   });
@@ -379,10 +384,17 @@ describe('techniques on the CLIP, DINOv2-with-registers and video fixtures', () 
     expect(fromFolder.doc.inputs).toEqual([VIDEO]);
     const gif = await runReport('heads', [model(name), join(VIDEO, 'clip.gif')]);
     expect(gif.doc.computed).toBe(1);
-    // A folder of frames is one clip, equal to the reference preprocessing's clip.
-    const run = prisma(['run', model(name), VIDEO, '--json']);
+    // A folder of frames is one clip, equal to the reference preprocessing's clip: the same logits as the
+    // reference library's on its pixel_values, within the fidelity tolerance (measured: ~1e-6).
+    const run = prisma(['run', model(name), VIDEO, '--json', '--top-k', '3']);
     expect(run.code, run.stderr).toBe(0);
-    expect((JSON.parse(run.stdout) as { inputs: string[] }).inputs).toHaveLength(1);
+    const doc = JSON.parse(run.stdout) as { inputs: string[]; predictions: { topK: { index: number; logit: number }[] }[] };
+    expect(doc.inputs).toHaveLength(1);
+    const logits = readSafetensors(ref(name)).tensors.get('hook_logits')!;
+    expect(logits.shape).toEqual([1, 3]);
+    expect(doc.predictions).toHaveLength(1);
+    expect(doc.predictions[0]!.topK).toHaveLength(3);
+    for (const t of doc.predictions[0]!.topK) expect(Math.abs(t.logit - logits.data[t.index]!)).toBeLessThan(1e-4);
   });
 });
 

@@ -73,7 +73,9 @@ describe('hooks', () => {
   it('hookShapes scales with the batch and matches the reference keys', () => {
     const shapes = model.hookShapes(3);
     const r = ref();
-    expect(new Set(shapes.map((s) => s.name))).toEqual(new Set([...r.keys()].filter((k) => k !== 'pixel_values')));
+    // reference keys at the model's own size (res*.* / pixel_values_* are other resolutions)
+    const atThisSize = [...r.keys()].filter((k) => !k.startsWith('pixel_values') && !k.startsWith('res'));
+    expect(new Set(shapes.map((s) => s.name))).toEqual(new Set(atThisSize));
     for (const s of shapes) expect(s.shape, s.name).toEqual(r.get(s.name)!.shape);
   });
 
@@ -143,6 +145,26 @@ describe('interventions vs reference (fixtures/reference/interventions.safetenso
       interventions: [{ hook: 'blocks.0.hook_mlp_out', action: 'scale', factor: 0.5 }],
     });
     close(output, iv().get('scale_mlp.logits')!, 'scale_mlp.logits');
+  });
+
+  it('adds 0.7 x a direction to blocks.0.hook_attn_out at positions 2 and 5 of batch entries 0 and 2', async () => {
+    const t = iv();
+    const dir = t.get('add_dir.direction')!;
+    const { output } = await model.run(pixels(ref().get('pixel_values')!), {
+      interventions: [{ hook: 'blocks.0.hook_attn_out', select: { batch: [0, 2], pos: [2, 5] }, action: 'add', tensor: 'dir', coeff: 0.7 }],
+      tensors: { dir: { shape: dir.shape, data: dir.data } },
+    });
+    close(output, t.get('add_dir.logits')!, 'add_dir.logits');
+  });
+
+  it('sets head 0 of blocks.1.attn.hook_z of batch entry 1 to the mean over runs', async () => {
+    const t = iv();
+    const runs = t.get('mean_head.runs')!;
+    const { output } = await model.run(pixels(ref().get('pixel_values')!), {
+      interventions: [{ hook: 'blocks.1.attn.hook_z', select: { batch: [1], head: [0] }, action: 'mean', tensor: 'runs' }],
+      tensors: { runs: { shape: runs.shape, data: runs.data } },
+    });
+    close(output, t.get('mean_head.logits')!, 'mean_head.logits');
   });
 
   it('an intervention on an unknown hook fails with a code', async () => {

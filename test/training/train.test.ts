@@ -51,6 +51,9 @@ describe('prisma train', () => {
     const summary = JSON.parse(r.stdout) as { finished: boolean; evaluation: { accuracy: number }; chance: number; steps: number };
     expect(summary.finished).toBe(true);
     expect(summary.steps).toBe(120);
+    // learns: held-out accuracy above chance (1 of 4 counts)
+    expect(summary.chance).toBeGreaterThan(0);
+    expect(summary.evaluation.accuracy).toBeGreaterThan(summary.chance);
     const card = readFileSync(join(out, 'MODEL_CARD.md'), 'utf8');
     expect(card).toContain('prisma train --data');
     expect(existsSync(join(out, 'checkpoint.safetensors'))).toBe(false);

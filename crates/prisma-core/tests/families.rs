@@ -1,7 +1,8 @@
 //! Every model family against its reference library's own activations (fixtures/reference, made by
 //! fixtures/make_family_fixtures.py with transformers / open_clip / timm), within 1e-4 in fp32:
-//! every reference key we expose is compared, at the default and at a non-default resolution, for
-//! images and for a video clip, and CLIP's text tower, tokenizer and zero-shot probabilities.
+//! every hook the model exposes has a reference and is compared (compared == exposed), at the default
+//! and at other resolutions, for images and for a video clip, and CLIP's text tower, tokenizer and
+//! zero-shot probabilities; each model uses its reference's layer-norm eps.
 
 mod common;
 use common::*;
@@ -35,7 +36,9 @@ fn compare(name: &str, reference: &BTreeMap<String, Tensor>, ours: &HashMap<Stri
     let mut worst = 0f64;
     for (key, expected) in reference {
         let Some(hook) = key.strip_prefix(prefix) else { continue };
-        if hook.starts_with("res") || hook.starts_with("pixel_values") || ["input_ids", "attention_mask", "zero_shot_probs"].contains(&hook)
+        if (prefix.is_empty() && hook.starts_with("res"))
+            || hook.starts_with("pixel_values")
+            || ["input_ids", "attention_mask", "zero_shot_probs"].contains(&hook)
         {
             continue;
         }
@@ -53,6 +56,12 @@ fn compare(name: &str, reference: &BTreeMap<String, Tensor>, ours: &HashMap<Stri
     compared
 }
 
+/// Every hook the model exposes (and its output) is among the compared reference keys.
+fn assert_every_hook_compared(name: &str, model: &Model, compared: usize) {
+    let exposed = model.hook_points().len();
+    assert_eq!(compared, exposed, "{name}: {exposed} hooks exposed but {compared} compared with a reference");
+}
+
 #[test]
 fn image_families_match_their_references() {
     // (fixture, reference keys we deliberately do not expose)
@@ -68,7 +77,8 @@ fn image_families_match_their_references() {
         let reference = reference(&format!("{name}.safetensors"));
         let ours = run_all(&model, &reference["pixel_values"]);
         let n = compare(name, &reference, &ours, "", not_exposed);
-        assert!(n >= 10, "{name}: only {n} keys compared");
+        assert_every_hook_compared(name, &model, n);
+        assert_ln_eps(name, &model, &reference_metadata(&format!("{name}.safetensors")));
         eprintln!("{name} ({}): {n} reference keys within {TOL:e}", model.info.family);
     }
 }
@@ -98,19 +108,50 @@ fn clip_families_match_their_references() {
         let prompts: Vec<String> = PROMPTS.iter().map(|p| p.to_string()).collect();
         let (ids, mask) = model.tokenize(&prompts).unwrap();
         assert_eq!(ids, reference["input_ids"].f_to_kind(Kind::Int64).unwrap(), "{name}: token ids");
-        if let Some(expected) = reference.get("attention_mask") {
-            assert_eq!(mask, expected.f_to_kind(Kind::Int64).unwrap(), "{name}: attention mask");
+        match reference.get("attention_mask") {
+            Some(expected) => assert_eq!(mask, expected.f_to_kind(Kind::Int64).unwrap(), "{name}: attention mask"),
+            // open_clip pads with <|endoftext|> and masks nothing but the future
+            None => assert_eq!(name, "openclip-tiny", "{name}: no attention_mask in the reference"),
         }
         let ours = run_all(&model, &reference["pixel_values"]);
         let n = compare(name, &reference, &ours, "", &[]);
-        assert!(n >= 15, "{name}: only {n} keys compared");
-        if let Some(probs) = reference.get("zero_shot_probs") {
-            let got = ours["hook_logits"].f_softmax(-1, Kind::Float).unwrap();
-            let diff = max_abs_diff(&got, probs);
-            assert!(diff <= TOL, "{name}: zero-shot probabilities differ by {diff:e}");
-        }
+        assert_every_hook_compared(name, &model, n);
+        assert_ln_eps(name, &model, &reference_metadata(&format!("{name}.safetensors")));
+        let probs = match reference.get("zero_shot_probs") {
+            Some(probs) => probs.shallow_clone(),
+            // open_clip's reference holds its logits (compared above) and no probabilities of its own
+            None => {
+                assert_eq!(name, "openclip-tiny", "{name}: no zero_shot_probs in the reference");
+                reference["hook_logits"].f_softmax(-1, Kind::Float).unwrap()
+            }
+        };
+        let got = ours["hook_logits"].f_softmax(-1, Kind::Float).unwrap();
+        let diff = max_abs_diff(&got, &probs);
+        assert!(diff <= TOL, "{name}: zero-shot probabilities differ by {diff:e}");
         eprintln!("{name}: {n} reference keys within {TOL:e} (text tower, projections, logits included)");
     }
+}
+
+/// Every `res<tag>.*` key of every reference: the model loaded at that size (its position table
+/// interpolated the way the reference library does) against the library at that size, on image 0.
+#[test]
+fn every_reference_resolution_matches() {
+    let mut tested = Vec::new();
+    for name in ["vit-tiny-cls", "vit-odd", "deit-tiny", "timm-vit-tiny", "timm-vit-gap", "clip-tiny", "dinov2-reg-tiny"] {
+        let reference = reference(&format!("{name}.safetensors"));
+        let sizes = resolutions(&reference);
+        let expected_keys = |tag: &str| reference.keys().filter(|k| k.starts_with(&format!("res{tag}."))).count();
+        for (tag, size) in sizes {
+            let model = if name == "clip-tiny" { clip_with_prompts(name, Some(size)) } else { load_at(name, Some(size)) };
+            assert_eq!(model.vit.cfg.image_size, size, "{name}: loaded at {size:?}");
+            let ours = run_all(&model, &reference[&format!("pixel_values_{tag}")]);
+            let n = compare(&format!("{name}@{tag}"), &reference, &ours, &format!("res{tag}."), &[]);
+            assert!(n >= 3 && n == expected_keys(&tag), "{name}@{tag}: {n} of {} res keys compared", expected_keys(&tag));
+            tested.push(format!("{name}@{tag}"));
+        }
+    }
+    // HF ViT (square and not), DeiT, timm (both poolings), HF CLIP, DINOv2 at its native grid
+    assert_eq!(tested.len(), 7, "resolutions tested: {tested:?}");
 }
 
 #[test]
@@ -158,7 +199,7 @@ fn open_clip_pickle_checkpoint_loads_like_the_safetensors_one() {
     let reference = reference("openclip-tiny.safetensors");
     let ours = run_all(&from_bin, &reference["pixel_values"]);
     let n = compare("openclip-tiny-bin", &reference, &ours, "", &[]);
-    assert!(n >= 15, "only {n} keys compared");
+    assert_every_hook_compared("openclip-tiny-bin", &from_bin, n);
 }
 
 #[test]

@@ -25,8 +25,10 @@ fn every_hook_matches_the_reference() {
         let mut ours: HashMap<String, &Tensor> = out.cache.iter().map(|(p, t)| (p.to_string(), t)).collect();
         ours.insert(out.output_name.to_string(), &out.output);
         let mut compared = 0;
+        // Other resolutions (res*.*, pixel_values_*) are families.rs's every_reference_resolution_matches.
+        let at_this_size = |key: &str| !key.starts_with("pixel_values") && !key.starts_with("res");
         for (key, expected) in &reference {
-            if key == "pixel_values" {
+            if !at_this_size(key) {
                 continue;
             }
             let got = ours.get(key).unwrap_or_else(|| panic!("{name}: we expose no '{key}'"));
@@ -35,9 +37,10 @@ fn every_hook_matches_the_reference() {
             compared += 1;
         }
         // Every reference key was compared; and every hook we expose has a reference.
-        assert_eq!(compared, reference.len() - 1);
+        assert_eq!(compared, reference.keys().filter(|k| at_this_size(k)).count());
         let exposed = model.hook_points().len();
         assert_eq!(compared, exposed, "{name}: {exposed} hooks exposed but {compared} references");
+        assert_ln_eps(name, &model, &reference_metadata(&format!("{name}.safetensors")));
         eprintln!("{name}: {compared} hook points within {TOL:e}");
     }
 }
@@ -262,4 +265,34 @@ fn interventions_match_pytorch_hooks_on_the_reference_model() {
         HashMap::new(),
     );
     assert!(max_abs_diff(&scaled.output, &reference["scale_mlp.logits"]) <= TOL);
+
+    // add, with a coefficient, at two positions of batch entries 0 and 2 only
+    let added = run(
+        vec![InterventionSpec {
+            hook: "blocks.0.hook_attn_out".into(),
+            select: Selection { batch: Some(vec![0, 2]), pos: Some(vec![2, 5]), head: None },
+            action: ActionKind::Add,
+            factor: None,
+            tensor: Some("dir".into()),
+            coeff: Some(0.7),
+        }],
+        HashMap::from([("dir".to_string(), reference["add_dir.direction"].shallow_clone())]),
+    );
+    let diff = max_abs_diff(&added.output, &reference["add_dir.logits"]);
+    assert!(diff <= TOL, "add: logits differ from the PyTorch hook's by {diff:e}");
+
+    // mean over runs, for one head of batch entry 1 only
+    let meaned = run(
+        vec![InterventionSpec {
+            hook: "blocks.1.attn.hook_z".into(),
+            select: Selection { batch: Some(vec![1]), pos: None, head: Some(vec![0]) },
+            action: ActionKind::Mean,
+            factor: None,
+            tensor: Some("runs".into()),
+            coeff: None,
+        }],
+        HashMap::from([("runs".to_string(), reference["mean_head.runs"].shallow_clone())]),
+    );
+    let diff = max_abs_diff(&meaned.output, &reference["mean_head.logits"]);
+    assert!(diff <= TOL, "mean: logits differ from the PyTorch hook's by {diff:e}");
 }
