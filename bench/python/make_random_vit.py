@@ -21,6 +21,6 @@ cfg = ViTConfig(num_labels=1000, id2label={i: f"class_{i}" for i in range(1000)}
                 label2id={f"class_{i}": i for i in range(1000)}, initializer_range=init_range)
 model = ViTForImageClassification(cfg).eval()
 out.mkdir(parents=True, exist_ok=True)
-model.save_pretrained(out, safe_serialization=True)
+model.save_pretrained(out)  # safetensors (the default; transformers 5 dropped safe_serialization)
 ViTImageProcessor(size={"height": 224, "width": 224}).save_pretrained(out)
 print(f"{out}: written")

@@ -37,13 +37,13 @@ def cached_run(model, pixels, want_z):
     resid, z = [None] * len(layers), [None] * len(layers)
     handles = []
     for l, blk in enumerate(layers):
-        def save_resid(mod, inputs, l=l):
-            resid[l] = inputs[0].detach().clone()
-        handles.append(blk.register_forward_pre_hook(save_resid))
+        def save_resid(x, l=l):
+            resid[l] = x.detach().clone()
+        handles.append(pc.pre_hook(blk, save_resid))
         if want_z:
-            def save_z(mod, inputs, l=l):
-                z[l] = inputs[0].detach().clone()
-            handles.append(blk.attention.output.dense.register_forward_pre_hook(save_z))
+            def save_z(x, l=l):
+                z[l] = x.detach().clone()
+            handles.append(pc.pre_hook(blk.attention.output.dense, save_z))
     logits = model(pixel_values=pixels).logits
     for h in handles:
         h.remove()
@@ -54,6 +54,7 @@ def finish(model, x, start):
     """Run layer[start:] on hidden states x [B, P, d], then the final layernorm and classifier on token 0."""
     for blk in model.vit.encoder.layer[start:]:
         x = blk(x)
+        x = x[0] if isinstance(x, tuple) else x  # older transformers return (hidden_states,)
     return model.classifier(model.vit.layernorm(x[:, 0]))
 
 

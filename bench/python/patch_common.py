@@ -70,6 +70,14 @@ def sync():
         torch.cuda.synchronize()
 
 
+def pre_hook(module, fn):
+    """Call fn(x) on the module's first input before it runs, whether it comes positionally or as
+    hidden_states=... (transformers releases differ); fn reads x or edits it in place."""
+    def hook(mod, args, kwargs):
+        fn(args[0] if args else kwargs["hidden_states"])
+    return module.register_forward_pre_hook(hook, with_kwargs=True)
+
+
 def load_model(path, attn, dtype="fp32"):
     model = ViTForImageClassification.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation=attn)
     model.eval().to(DEVICE)

@@ -47,9 +47,9 @@ def main():
         cache = {}
         handles = []
         for l in range(n_layers_all):
-            def save(mod, inputs, l=l):
-                cache[l] = inputs[0].detach().clone()
-            handles.append(hook_module(model, args.sweep, l).register_forward_pre_hook(save))
+            def save(x, l=l):
+                cache[l] = x.detach().clone()
+            handles.append(pc.pre_hook(hook_module(model, args.sweep, l), save))
         clean_logits = model(pixel_values=clean).logits
         for h in handles:
             h.remove()
@@ -63,18 +63,14 @@ def main():
         for (l, c) in patches:
             src = cache[l]
             if args.sweep == "resid":
-                def hook(mod, inputs, src=src, p=c):
-                    x = inputs[0]
+                def hook(x, src=src, p=c):
                     x[:, p, :] = src[:, p, :]  # in place, as TransformerLens's patching hooks do
-                    return (x,) + tuple(inputs[1:])
             else:
                 lo, hi = c * dh, (c + 1) * dh
 
-                def hook(mod, inputs, src=src, lo=lo, hi=hi):
-                    z = inputs[0]
+                def hook(z, src=src, lo=lo, hi=hi):
                     z[..., lo:hi] = src[..., lo:hi]
-                    return (z,) + tuple(inputs[1:])
-            handle = hook_module(model, args.sweep, l).register_forward_pre_hook(hook)
+            handle = pc.pre_hook(hook_module(model, args.sweep, l), hook)
             logits = model(pixel_values=corrupt).logits
             handle.remove()
             values.append(float(pc.metric(logits, target, baseline)[0]))
