@@ -17,42 +17,16 @@ import { NativeSaeCacheHandle, saeCacheInfo, saeCacheMerge } from '../native.js'
 import { hashJson, inputsFingerprint } from '../shard-manifest.js';
 import { formatShard, inputKeys, selectShard, type Shard } from '../shard.js';
 import { rowsPerBatch } from '../batching.js';
+import type { CacheIdentity } from '../generated/contract/CacheIdentity.js';
+import type { CacheMeta } from '../generated/contract/CacheMeta.js';
+import type { CachePart } from '../generated/contract/CachePart.js';
+import type { CacheRequest } from '../generated/contract/CacheRequest.js';
 import type { PixelBatch } from '../tensor.js';
 
 export type CacheTokens = 'all' | 'cls' | 'patches';
 export type CacheDtype = 'f32' | 'f16' | 'bf16';
 
-export interface CacheIdentity {
-  model: string;
-  preprocessing: string;
-  hooks: string[];
-  widths: number[];
-  tokens: CacheTokens;
-  tokensPerImage: number;
-  dtype: string;
-  imagesPerShard: number;
-}
-
-export interface CachePart {
-  shard: string | null;
-  images: number;
-  inputs: string;
-  shards: number;
-}
-
-/** metadata.json of a cache folder. */
-export interface CacheMeta {
-  format: string;
-  version: number;
-  identity: CacheIdentity;
-  parts: CachePart[];
-  complete: boolean;
-  shards: number;
-  images: number;
-  /** Activation vectors per hook. */
-  rows: number;
-  info: Record<string, unknown>;
-}
+export type { CacheIdentity, CacheMeta, CachePart };
 
 export interface CacheOptions {
   hooks: readonly string[];
@@ -154,7 +128,7 @@ export async function cacheActivations(model: Model, data: readonly string[], ou
   let imagesPerShard = options.imagesPerShard ?? Math.max(1, Math.floor(SHARD_BYTES / (perImageValues * bytes)));
   if (options.imagesPerShard === undefined) imagesPerShard = Math.max(batchSize, imagesPerShard - (imagesPerShard % batchSize));
   while (imagesPerShard % batchSize !== 0) batchSize -= 1;
-  const spec = {
+  const spec: CacheRequest = {
     hooks,
     tokens,
     dtype,
@@ -192,17 +166,17 @@ export async function cacheActivations(model: Model, data: readonly string[], ou
       options.onProgress?.(done, total, resumed);
     }
   }
-  const meta = JSON.parse(cache.finish()) as CacheMeta;
+  const meta = cache.finish();
   return { meta, resumed };
 }
 
 /** A finished cache's metadata, every shard checked (E_CACHE_CORRUPT, E_CACHE_MISMATCH). */
 export function readCache(dir: string): CacheMeta {
-  return JSON.parse(saeCacheInfo(dir)) as CacheMeta;
+  return saeCacheInfo(dir);
 }
 
 /** Merges finished caches of the same activations (e.g. `--shard k/n` parts) into a new folder. */
 export function mergeCaches(out: string, caches: readonly string[]): CacheMeta {
   if (caches.length === 0) throw usageError('give the cache folders to merge');
-  return JSON.parse(saeCacheMerge(out, [...caches])) as CacheMeta;
+  return saeCacheMerge(out, [...caches]);
 }

@@ -11,26 +11,16 @@ import { join } from 'node:path';
 import { PrismaError, usageError } from '../errors.js';
 import { NativeSaeTrainingHandle } from '../native.js';
 import { makeDir, writeFileAtomic } from '../report/write.js';
+import type { SaeTrainConfig } from '../generated/contract/SaeTrainConfig.js';
+import type { StepMetrics } from '../generated/contract/StepMetrics.js';
+import type { TrainRequest } from '../generated/contract/TrainRequest.js';
 import { readCache, type CacheMeta } from './cache.js';
 
 export type SaeArchitecture = 'standard' | 'topk' | 'batchtopk' | 'jumprelu' | 'gated';
 export const SAE_ARCHITECTURES: readonly SaeArchitecture[] = ['standard', 'topk', 'batchtopk', 'jumprelu', 'gated'];
 
-/** One step of one SAE (StepMetrics in the core). */
-export interface SaeStep {
-  sae: number;
-  step: number;
-  tokens: number;
-  loss: number;
-  mseLoss: number;
-  sparsityLoss: number;
-  auxLoss: number;
-  l0: number;
-  explainedVariance: number;
-  deadFeatures: number;
-  lr: number;
-  coefficient: number;
-}
+/** One step of one SAE (StepMetrics in the core) and the SAE's index in the run. */
+export type SaeStep = StepMetrics & { sae: number };
 
 /** Options shared by every SAE of a run; `k` and `l1` lists make one SAE per value. */
 export interface SaeTrainOptions {
@@ -70,7 +60,7 @@ export interface SaeTrainOptions {
 export interface SaeRunPlan {
   name: string;
   dir: string;
-  config: Record<string, unknown>;
+  config: SaeTrainConfig;
 }
 
 export interface SaeTrainResult {
@@ -94,7 +84,7 @@ export function planRuns(options: SaeTrainOptions, meta: CacheMeta, hook: string
   if (options.dSae !== undefined && options.expansion !== undefined) throw usageError('give --expansion or --d-sae, not both');
   const dSae = options.dSae ?? dIn * (options.expansion ?? 16);
   const values: (number | undefined)[] = sparse ? (options.k ?? [32]) : (options.l1 ?? [arch === 'jumprelu' ? 1 : 5]);
-  const base: Record<string, unknown> = {
+  const base: SaeTrainConfig = {
     architecture: arch,
     dIn,
     dSae,
@@ -103,7 +93,7 @@ export function planRuns(options: SaeTrainOptions, meta: CacheMeta, hook: string
     seed: options.seed,
     hookName: hook,
     tokens: meta.identity.tokens,
-    modelName: typeof meta.info.model === 'string' ? meta.info.model : null,
+    ...(typeof meta.info.model === 'string' ? { modelName: meta.info.model } : {}),
     ...(options.normalize === undefined ? {} : { normalizeActivations: options.normalize }),
     ...(options.bDecInit === undefined ? {} : { bDecInit: options.bDecInit }),
     ...(options.lrScheduler === undefined ? {} : { lrScheduler: options.lrScheduler }),
@@ -118,14 +108,14 @@ export function planRuns(options: SaeTrainOptions, meta: CacheMeta, hook: string
     const config = { ...base };
     let name = `${arch}-${dSae}`;
     if (sparse) {
-      config.k = v;
+      if (v !== undefined) config.k = v;
       name += `-k${v}`;
     } else if (arch === 'jumprelu') {
-      config.l0Coefficient = v;
+      config.l0Coefficient = v!;
       if (options.l1WarmUpSteps !== undefined) config.l0WarmUpSteps = options.l1WarmUpSteps;
       name += `-l0c${v}`;
     } else {
-      config.l1Coefficient = v;
+      config.l1Coefficient = v!;
       if (options.l1WarmUpSteps !== undefined) config.l1WarmUpSteps = options.l1WarmUpSteps;
       name += `-l1c${v}`;
     }
@@ -218,7 +208,7 @@ export async function trainSaes(options: SaeTrainOptions): Promise<SaeTrainResul
   }
   await makeDir(checkpoint);
   for (const p of plans) await makeDir(p.dir);
-  const request = {
+  const request: TrainRequest = {
     cache: options.cache,
     hook,
     configs: plans.map((p) => p.config),
@@ -235,8 +225,7 @@ export async function trainSaes(options: SaeTrainOptions): Promise<SaeTrainResul
   // The core writes each SAE's log (in step with its checkpoints); here the steps are only shown.
   const last: (SaeStep | undefined)[] = plans.map(() => undefined);
   const flush = () => {
-    for (const line of training.drain()) {
-      const step = JSON.parse(line) as SaeStep;
+    for (const step of training.drain()) {
       last[step.sae] = step;
       options.onStep?.(step, totalSteps, plans[step.sae]!.name);
     }
@@ -254,7 +243,7 @@ export async function trainSaes(options: SaeTrainOptions): Promise<SaeTrainResul
   for (let i = 0; i < plans.length; i++) {
     const plan = plans[i]!;
     const final = last[i];
-    const dSae = plan.config.dSae as number;
+    const dSae = plan.config.dSae!;
     const deadFraction = final ? final.deadFeatures / dSae : null;
     await writeFileAtomic(join(plan.dir, 'README.md'), card(plan, meta, options, final, deadFraction));
     saes.push({ name: plan.name, dir: plan.dir, final, deadFraction, dSae });

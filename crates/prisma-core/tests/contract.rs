@@ -6,6 +6,7 @@
 
 use prisma_core::analysis::{ablation, dla, lens, patching};
 use prisma_core::interventions::InterventionSpec;
+use prisma_core::sae;
 use prisma_core::training::{clip, EvalReport, StepReport, TrainConfig};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,10 @@ fn export(cfg: &Config) -> Result<(), ts_rs::ExportError> {
     clip::ZeroShotTask::export_all(cfg)?;
     clip::ClipStepReport::export_all(cfg)?;
     clip::ClipEvalReport::export_all(cfg)?;
+    sae::cache::CacheRequest::export_all(cfg)?;
+    sae::cache::CacheMeta::export_all(cfg)?;
+    sae::run::TrainRequest::export_all(cfg)?;
+    sae::train::StepMetrics::export_all(cfg)?;
     Ok(())
 }
 

@@ -8,12 +8,9 @@ use crate::NativeModel;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use prisma_core::model::from_f32;
-use prisma_core::sae::cache::{self, CachePart, CacheReader, CacheSpec, CacheWriter};
-use prisma_core::sae::run::{self, RunOptions};
-use prisma_core::sae::train::SaeTrainConfig;
-use prisma_core::sae::TokenSelection;
+use prisma_core::sae::cache::{self, CacheReader, CacheRequest, CacheWriter};
+use prisma_core::sae::run::{self, TrainRequest};
 use prisma_core::{Model, PrismaError};
-use serde::Deserialize;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -24,22 +21,6 @@ fn bad(what: &str, e: serde_json::Error) -> Error {
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(|e| to_js_error(PrismaError::Internal(e.to_string())))
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CacheSpecJson {
-    hooks: Vec<String>,
-    tokens: String,
-    dtype: String,
-    images_per_shard: i64,
-    model_fingerprint: String,
-    preprocessing: String,
-    shard: Option<String>,
-    images: i64,
-    inputs: String,
-    #[serde(default)]
-    info: serde_json::Value,
 }
 
 #[napi]
@@ -59,17 +40,8 @@ impl Task for CacheOpenTask {
 
     fn compute(&mut self) -> Result<Self::Output> {
         guard(|| {
-            let s: CacheSpecJson = serde_json::from_str(&self.spec).map_err(|e| bad("cache spec", e))?;
-            let spec = CacheSpec {
-                hooks: s.hooks,
-                tokens: TokenSelection::parse(&s.tokens).map_err(to_js_error)?,
-                dtype: s.dtype,
-                images_per_shard: s.images_per_shard,
-                model_fingerprint: s.model_fingerprint,
-                preprocessing: s.preprocessing,
-                part: CachePart { shard: s.shard, images: s.images, inputs: s.inputs, shards: 0 },
-                info: s.info,
-            };
+            let request: CacheRequest = serde_json::from_str(&self.spec).map_err(|e| bad("cache request", e))?;
+            let spec = request.into_spec().map_err(to_js_error)?;
             let model = lock(&self.model)?;
             CacheWriter::open(&self.dir, &model, spec).map_err(to_js_error)
         })
@@ -194,17 +166,6 @@ fn open_log(path: &std::path::Path, step: i64) -> std::io::Result<std::fs::File>
         .collect();
     std::fs::write(path, kept)?;
     std::fs::OpenOptions::new().append(true).open(path)
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct TrainRequest {
-    cache: String,
-    hook: String,
-    configs: Vec<SaeTrainConfig>,
-    options: RunOptions,
-    /// One SAELens folder per config.
-    outs: Vec<String>,
 }
 
 #[napi]

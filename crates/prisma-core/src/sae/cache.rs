@@ -34,7 +34,7 @@ const IDENTITY_KEY: &str = "cache";
 const IMAGES_KEY: &str = "images";
 
 /// What the activations are: two caches of equal identity hold interchangeable rows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct CacheIdentity {
     /// A fingerprint of the model's files (the caller's; equal models give equal fingerprints on
@@ -52,7 +52,7 @@ pub struct CacheIdentity {
 }
 
 /// One run of `prisma sae cache` over its inputs (all of them, or shard k of n).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct CachePart {
     /// `k/n` when the inputs were partitioned.
@@ -63,10 +63,12 @@ pub struct CachePart {
     pub inputs: String,
     /// Shard files of this part (merged caches list several parts).
     #[serde(default)]
+    #[ts(as = "Option<_>", optional)]
     pub shards: i64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// metadata.json of a cache folder.
+#[derive(Debug, Clone, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct CacheMeta {
     pub format: String,
@@ -80,6 +82,7 @@ pub struct CacheMeta {
     pub rows: i64,
     /// Free-form description of the model and inputs (folder, architecture, command line).
     #[serde(default)]
+    #[ts(type = "Record<string, unknown>")]
     pub info: serde_json::Value,
 }
 
@@ -96,6 +99,44 @@ pub struct CacheSpec {
     /// This run's inputs: `shard` k/n, image count, fingerprint.
     pub part: CachePart,
     pub info: serde_json::Value,
+}
+
+/// What to cache, as the binding takes it (JSON).
+#[derive(Debug, Clone, Deserialize, ts_rs::TS)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheRequest {
+    pub hooks: Vec<String>,
+    /// all, cls or patches.
+    pub tokens: String,
+    /// f32, f16 or bf16.
+    pub dtype: String,
+    pub images_per_shard: i64,
+    pub model_fingerprint: String,
+    pub preprocessing: String,
+    /// `k/n`, or null for all the inputs.
+    pub shard: Option<String>,
+    /// Images in this run's inputs.
+    pub images: i64,
+    /// A fingerprint of this run's input list.
+    pub inputs: String,
+    #[serde(default)]
+    #[ts(optional, type = "Record<string, unknown>")]
+    pub info: serde_json::Value,
+}
+
+impl CacheRequest {
+    pub fn into_spec(self) -> Result<CacheSpec> {
+        Ok(CacheSpec {
+            hooks: self.hooks,
+            tokens: TokenSelection::parse(&self.tokens)?,
+            dtype: self.dtype,
+            images_per_shard: self.images_per_shard,
+            model_fingerprint: self.model_fingerprint,
+            preprocessing: self.preprocessing,
+            part: CachePart { shard: self.shard, images: self.images, inputs: self.inputs, shards: 0 },
+            info: self.info,
+        })
+    }
 }
 
 fn mismatch(path: &Path, reason: String) -> PrismaError {

@@ -161,7 +161,7 @@ impl ShuffleBuffer {
 }
 
 /// How a run reads, mixes and checkpoints.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct RunOptions {
     /// Rows per training step.
@@ -169,12 +169,28 @@ pub struct RunOptions {
     /// Rows the shuffle buffer mixes (SAELens: n_batches_in_buffer × batch).
     pub buffer_rows: i64,
     #[serde(default)]
+    #[ts(as = "Option<_>", optional)]
     pub seed: i64,
     /// Checkpoint every this many steps into `checkpoint_dir` (0: only at the end).
     #[serde(default)]
+    #[ts(as = "Option<_>", optional)]
     pub checkpoint_every: i64,
     #[serde(default)]
+    #[ts(optional, as = "Option<String>")]
     pub checkpoint_dir: Option<PathBuf>,
+}
+
+/// A training run over one hook of an activation cache, as the binding takes it.
+#[derive(Debug, Clone, Deserialize, ts_rs::TS)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainRequest {
+    /// The cache folder (`prisma sae cache`).
+    pub cache: String,
+    pub hook: String,
+    pub configs: Vec<SaeTrainConfig>,
+    pub options: RunOptions,
+    /// One SAELens folder per config.
+    pub outs: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -22,7 +22,7 @@ use serde_json::{json, Map};
 use tch::{Device, Kind, Tensor};
 
 /// What to train. Field names follow SAELens's where it has one.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ts_rs::TS)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SaeTrainConfig {
     /// standard (ReLU + L1), topk, batchtopk, jumprelu, gated.
@@ -30,85 +30,117 @@ pub struct SaeTrainConfig {
     pub d_in: i64,
     /// Number of features; or `expansion_factor` × d_in.
     #[serde(default)]
+    #[ts(optional)]
     pub d_sae: Option<i64>,
     #[serde(default)]
+    #[ts(optional)]
     pub expansion_factor: Option<i64>,
     /// TopK: features per token; BatchTopK: per token on average over the batch.
     #[serde(default)]
+    #[ts(optional)]
     pub k: Option<f64>,
     #[serde(default = "one")]
+    #[ts(as = "Option<_>", optional)]
     pub l1_coefficient: f64,
     #[serde(default = "one")]
+    #[ts(as = "Option<_>", optional)]
     pub lp_norm: f64,
     #[serde(default)]
+    #[ts(as = "Option<_>", optional)]
     pub l1_warm_up_steps: i64,
     #[serde(default = "one")]
+    #[ts(as = "Option<_>", optional)]
     pub l0_coefficient: f64,
     #[serde(default)]
+    #[ts(as = "Option<_>", optional)]
     pub l0_warm_up_steps: i64,
     #[serde(default = "bandwidth")]
+    #[ts(as = "Option<_>", optional)]
     pub jumprelu_bandwidth: f64,
     #[serde(default = "init_threshold")]
+    #[ts(as = "Option<_>", optional)]
     pub jumprelu_init_threshold: f64,
     #[serde(default = "one")]
+    #[ts(as = "Option<_>", optional)]
     pub aux_loss_coefficient: f64,
     /// TopK/BatchTopK: rank pre-activations scaled by the decoder norms (SAELens default true).
     #[serde(default = "yes")]
+    #[ts(as = "Option<_>", optional)]
     pub rescale_acts_by_decoder_norm: bool,
     #[serde(default = "topk_threshold_lr")]
+    #[ts(as = "Option<_>", optional)]
     pub topk_threshold_lr: f64,
     /// none, expected_average_only_in, constant_norm_rescale, layer_norm.
     #[serde(default = "none")]
+    #[ts(as = "Option<_>", optional)]
     pub normalize_activations: String,
     #[serde(default = "yes")]
+    #[ts(as = "Option<_>", optional)]
     pub apply_b_dec_to_input: bool,
     /// Decoder rows start at this norm (SAELens's 0.1 heuristic); None keeps Kaiming's.
     #[serde(default = "decoder_init_norm")]
+    #[ts(optional)]
     pub decoder_init_norm: Option<f64>,
     /// zeros (SAELens), mean, or geometric_median (ViT-Prisma), from the first batch.
     #[serde(default = "zeros")]
+    #[ts(as = "Option<_>", optional)]
     pub b_dec_init: String,
     /// Keep decoder rows at unit norm, removing the gradient's parallel component.
     #[serde(default)]
+    #[ts(as = "Option<_>", optional)]
     pub unit_norm_decoder: bool,
     /// TopK/BatchTopK: compute with dense products and autograd instead of the sparse step
     /// (same numbers; the sparse step is faster when k is much smaller than d_sae).
     #[serde(default)]
+    #[ts(as = "Option<_>", optional)]
     pub dense_products: bool,
     pub lr: f64,
     #[serde(default = "beta1")]
+    #[ts(as = "Option<_>", optional)]
     pub adam_beta1: f64,
     #[serde(default = "beta2")]
+    #[ts(as = "Option<_>", optional)]
     pub adam_beta2: f64,
     /// constant or cosineannealing.
     #[serde(default = "constant")]
+    #[ts(as = "Option<_>", optional)]
     pub lr_scheduler: String,
     #[serde(default)]
+    #[ts(as = "Option<_>", optional)]
     pub lr_warm_up_steps: i64,
     #[serde(default)]
+    #[ts(as = "Option<_>", optional)]
     pub lr_decay_steps: i64,
     /// Defaults to lr / 10, as in SAELens.
     #[serde(default)]
+    #[ts(optional)]
     pub lr_end: Option<f64>,
     pub total_steps: i64,
     /// A feature is dead when it has not fired for this many steps.
     #[serde(default = "dead_window")]
+    #[ts(as = "Option<_>", optional)]
     pub dead_feature_window: i64,
     /// Standard (ReLU) SAEs: every this many steps, re-initialise dead features from inputs the
     /// SAE reconstructs worst (Anthropic's resampling); 0 turns it off.
     #[serde(default)]
+    #[ts(as = "Option<_>", optional)]
     pub resample_every: i64,
     /// Batches used to estimate the expected_average_only_in factor.
     #[serde(default = "norm_batches")]
+    #[ts(as = "Option<_>", optional)]
     pub n_batches_for_norm_estimate: i64,
     #[serde(default)]
+    #[ts(as = "Option<_>", optional)]
     pub seed: i64,
     /// Recorded in the saved SAE's metadata.
     #[serde(default)]
+    #[ts(optional)]
     pub hook_name: Option<String>,
     #[serde(default)]
+    #[ts(optional)]
     pub tokens: Option<String>,
     #[serde(default)]
+    #[ts(optional)]
     pub model_name: Option<String>,
 }
 
@@ -280,7 +312,7 @@ impl SaeTrainConfig {
 }
 
 /// One step's numbers, for the dashboard and the training log.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
 pub struct StepMetrics {
     pub step: i64,
