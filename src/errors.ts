@@ -95,6 +95,12 @@ export const ERROR_CODES = {
     meaning: 'an activation cache file is truncated, missing or not a cache shard',
     hint: 'delete the named shard and rerun the same `prisma sae cache` command to write it again',
   },
+  E_UNSUPPORTED: {
+    source: 'native',
+    exit: 1,
+    meaning: 'a valid request the technique cannot honour (an analysis that runs its own forwards, on a model with an SAE spliced in)',
+    hint: 'run it without --sae; prisma run, classify, heads and ablate --ablate take --sae',
+  },
   E_INTERNAL: {
     source: 'native',
     exit: 1,

@@ -32,6 +32,8 @@ export * from './analysis/index.js';
 export type { LensSite, PatchWhat, PatchBy, MetricValue, DlaComponent, LensImage, PatchResult, DlaResult } from './native.js';
 export { cudaAvailable, libtorchVersion } from './native.js';
 
-export { Model, loadModel, classPrompts, type LoadOptions, type RunOptions, type RunResult } from './model.js';
+export { Model, loadModel, classPrompts, type LoadOptions, type RunOptions, type RunResult, type SplicedSae } from './model.js';
+export { Sae, loadSae, convertSae, parseSaeSpec, type SaeInfo, type SaeLoadOptions, type SaeTokens } from './sae/index.js';
+export { evaluateSae, type SaeEvaluation, type SaeEvalOptions, type ReconstructionMetrics, type DownstreamMetrics } from './sae/eval.js';
 export { softmax, topK, type Prediction } from './tensor.js';
 export { readTensors, saveTensors } from './tensor-files.js';

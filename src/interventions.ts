@@ -14,6 +14,8 @@ export interface Select {
   /** Position axis (the query axis for hook_attn_scores / hook_pattern). */
   pos?: number[];
   head?: number[];
+  /** Features of a spliced SAE, at its `hook_sae_acts_pre` / `hook_sae_acts_post` (the last axis). */
+  feature?: number[];
 }
 
 /** A tensor passed by value. */
@@ -93,9 +95,11 @@ export function serializeInterventions(
       const batch = checkIndices(i, 'batch', iv.select.batch);
       const pos = checkIndices(i, 'pos', iv.select.pos);
       const head = checkIndices(i, 'head', iv.select.head);
+      const feature = checkIndices(i, 'feature', iv.select.feature);
       if (batch) select.batch = batch;
       if (pos) select.pos = pos;
       if (head) select.head = head;
+      if (feature) select.feature = feature;
       out.select = select;
     }
     switch (iv.action) {

@@ -18,6 +18,7 @@ import {
 import { serializeInterventions, type Intervention, type TensorLike } from './interventions.js';
 import { NativeModelHandle, cudaAvailable, type HookShape, type ModelInfo, type NativeRunOptions } from './native.js';
 import { normalizeDevice, normalizeDtype } from './options.js';
+import { saeHandle, type Sae } from './sae/index.js';
 import { checkFinite, checkTensor, formatShape, type PixelBatch, type Tensor, type TensorInput } from './tensor.js';
 
 export interface LoadOptions {
@@ -46,6 +47,21 @@ export interface RunOptions {
   tensors?: TensorLike[] | Record<string, TensorLike>;
   /** Tensor to use from `.safetensors` inputs holding several (default `pixel_values`). */
   inputKey?: string;
+  /**
+   * SAEs spliced into this run only (after those of `Model.splice`), each at its hook over its
+   * tokens; their sub-hooks (`HOOK.hook_sae_acts_post`, ...) can be cached and edited.
+   */
+  saes?: readonly Sae[];
+  /** Keep the error term of `saes`: the output is unchanged unless a sub-hook is edited. */
+  saeErrorTerm?: boolean;
+}
+
+/** An SAE spliced into every run of a model (`Model.splice`). */
+export interface SplicedSae {
+  sae: Sae;
+  /** The hook it reads and replaces. */
+  hook: string;
+  errorTerm: boolean;
 }
 
 export interface RunResult {
@@ -59,6 +75,7 @@ export interface RunResult {
 
 export class Model {
   private currentInfo: ModelInfo;
+  private spliced: SplicedSae[] = [];
   /** Loaded with LoadOptions.imageSize (preprocessing then targets that size). */
   private loadedAtSize = false;
   private spec: Promise<PreprocessSpec> | undefined;
@@ -127,6 +144,31 @@ export class Model {
    */
   get native(): NativeModelHandle {
     return this.handle;
+  }
+
+  /**
+   * Splices `sae` into every later run, at its hook (its config's, or the one it was loaded with)
+   * over its tokens (all, or the class token / the patches for an SAE trained on those). Its
+   * sub-hooks (`HOOK.hook_sae_input`, `_acts_pre`, `_acts_post`, `_recons`, `_error` with the
+   * error term, `_output`) join the hook points. With `errorTerm` the model's output is unchanged
+   * unless a sub-hook is edited. Analyses that run their own forwards (logit lens, patching, DLA,
+   * ablation sweeps) refuse a spliced model with E_UNSUPPORTED.
+   */
+  splice(sae: Sae, options: { errorTerm?: boolean } = {}): void {
+    const errorTerm = options.errorTerm ?? false;
+    this.handle.splice(saeHandle(sae), errorTerm);
+    this.spliced.push({ sae, hook: sae.info.hookName ?? '', errorTerm });
+  }
+
+  /** Removes every spliced SAE. */
+  clearSplices(): void {
+    this.handle.clearSplices();
+    this.spliced = [];
+  }
+
+  /** The SAEs spliced into every run, in the order spliced. */
+  get splices(): readonly SplicedSae[] {
+    return this.spliced;
   }
 
   /** Every hook point in forward order, with its shape for `batch` inputs. */
@@ -201,6 +243,8 @@ export class Model {
     } else if (options.startResid) {
       throw usageError('startResid is only used with startAtLayer');
     }
+    const saes = (options.saes ?? []).map(saeHandle);
+    if (options.saeErrorTerm) native.saeErrorTerm = true;
     if ((options.interventions && options.interventions.length > 0) || options.tensors) {
       const { json, tensors } = serializeInterventions(options.interventions ?? [], options.tensors ?? []);
       native.interventions = json;
@@ -214,12 +258,13 @@ export class Model {
     } else if (resuming && inputs.length === 0) {
       batch = { data: new Float32Array(0), shape: [0, ...this.inputShape()] as PixelBatch['shape'], labels: [] };
     } else {
-      if (native.cache) this.matchHooks(native.cache); // unknown hooks fail before images are decoded
+      // Unknown hooks fail before images are decoded (a run's own SAEs' sub-hooks exist only in the run).
+      if (native.cache && saes.length === 0) this.matchHooks(native.cache);
       batch = await this.loadInputs(inputs, options.inputKey === undefined ? {} : { inputKey: options.inputKey });
     }
 
     const pixels = resuming ? new Float32Array(0) : batch.data;
-    const out = await this.handle.run(pixels, [...batch.shape], native);
+    const out = await this.handle.run(pixels, [...batch.shape], native, saes);
     const labels =
       resuming && batch.labels.length === 0
         ? Array.from({ length: options.startResid!.shape[0] ?? 0 }, (_, i) => `resid[${i}]`)

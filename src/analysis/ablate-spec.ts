@@ -3,7 +3,7 @@
  * `blocks.0.hook_resid_post[pos=1-4|9]`, `blocks.*.attn.hook_z[head=0,pos=0]`.
  *
  *   spec  := hook ( '[' pair ( ',' pair )* ']' )?
- *   pair  := ('head' | 'pos' | 'batch') '=' list
+ *   pair  := ('head' | 'pos' | 'batch' | 'feature') '=' list     (feature: a spliced SAE's hook_sae_acts_*)
  *   list  := item ( '|' item )*
  *   item  := int | int '-' int          (an inclusive range)
  *
@@ -13,7 +13,7 @@
 import { PrismaError } from '../errors.js';
 import type { Select } from '../interventions.js';
 
-export const SELECT_KEYS = ['head', 'pos', 'batch'] as const;
+export const SELECT_KEYS = ['head', 'pos', 'batch', 'feature'] as const;
 export type SelectKey = (typeof SELECT_KEYS)[number];
 
 export interface AblateSpec {
@@ -107,7 +107,7 @@ export function parseAblateSpec(text: string): AblateSpec {
         sc.fail(sc.done() ? "expected 'head', 'pos' or 'batch' at the end" : `expected 'head', 'pos' or 'batch', found '${sc.peek()}'`);
       if (!(SELECT_KEYS as readonly string[]).includes(key)) {
         sc.i -= key.length;
-        sc.fail(`unknown key '${key}' (use head, pos or batch)`);
+        sc.fail(`unknown key '${key}' (use head, pos, batch or feature)`);
       }
       if (select[key as SelectKey] !== undefined) {
         sc.i -= key.length;

@@ -34,7 +34,11 @@ export const EXAMPLES: Record<string, string[]> = {
     'prisma ablate models/clevr-vit photo.jpg --mode mean --reference refs/ --out ablate/',
   ],
   merge: ['prisma merge out/all out/shard-0 out/shard-1'],
-  sae: ['prisma sae cache models/clevr-vit clevr/ --hook blocks.1.hook_resid_post --out acts/'],
+  sae: [
+    'prisma sae cache models/clevr-vit clevr/ --hook blocks.1.hook_resid_post --out acts/',
+    'prisma sae convert fixtures/sae/vit-prisma/legacy-standard.pt my-sae/',
+    'prisma sae inspect fixtures/sae/saelens/topk',
+  ],
   'sae cache': [
     'prisma sae cache models/clevr-vit clevr/ --hook blocks.1.hook_resid_post --tokens patches --out acts/',
     'prisma sae cache models/clevr-vit clevr/ --hook blocks.1.hook_resid_post --out acts-0/ --shard 0/2     # one part per machine',
@@ -50,6 +54,15 @@ export const EXAMPLES: Record<string, string[]> = {
   'dataset fashion-mnist': ['prisma dataset fashion-mnist --n 50 --out fm/'],
   train: ['prisma train --data fashion-mnist --out my-vit', 'prisma train --data clevr/ --question color --seed 1 --out my-clevr-vit'],
   demo: ['prisma demo --out demo-report', 'prisma demo --out demo-report --device cuda     # the models on the first GPU'],
+  'sae convert': [
+    'prisma sae convert fixtures/sae/vit-prisma/legacy-standard.pt my-sae/',
+    'prisma sae convert fixtures/sae/saev/topk/sae.pt my-sae/ --hook blocks.1.hook_resid_post --tokens patches',
+  ],
+  'sae eval': [
+    'prisma sae eval models/clevr-vit my-sae/ clevr/images --out sae-eval/',
+    'prisma sae eval models/clevr-vit my-sae/@blocks.3.hook_resid_post photos/ --targets labels.txt --out sae-eval/ --json',
+  ],
+  'sae inspect': ['prisma sae inspect fixtures/sae/saelens/topk', 'prisma sae inspect fixtures/sae/saev/topk/sae.pt --json'],
   doctor: ['prisma doctor', 'prisma doctor --json     # what was found, as JSON'],
   setup: ['prisma setup'],
 };

@@ -18,14 +18,17 @@ export type ReportCommand = (typeof REPORT_COMMANDS)[number];
 /** Folder holding the schemas (package root / schemas). */
 export const SCHEMA_DIR = join(PACKAGE_ROOT, 'schemas');
 
-export function schemaPath(command: ReportCommand): string {
+/** Reports with a schema: the batch commands', and single reports such as `prisma sae eval`'s. */
+export type SchemaName = ReportCommand | 'sae-eval';
+
+export function schemaPath(command: SchemaName): string {
   return join(SCHEMA_DIR, `${command}.schema.json`);
 }
 
 let ajv: Ajv | undefined;
-const compiled = new Map<ReportCommand, ValidateFunction>();
+const compiled = new Map<SchemaName, ValidateFunction>();
 
-function validator(command: ReportCommand): ValidateFunction {
+function validator(command: SchemaName): ValidateFunction {
   const have = compiled.get(command);
   if (have) return have;
   let schema: unknown;
@@ -47,7 +50,7 @@ function validator(command: ReportCommand): ValidateFunction {
 }
 
 /** Throw E_INTERNAL (naming the first few violations) unless `report` matches its schema. */
-export function validateReport(command: ReportCommand, report: unknown): void {
+export function validateReport(command: SchemaName, report: unknown): void {
   const validate = validator(command);
   // Validate what would be written (JSON.stringify drops undefined fields and turns NaN into null).
   const doc: unknown = JSON.parse(JSON.stringify(report));

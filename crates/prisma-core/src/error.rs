@@ -57,6 +57,9 @@ pub enum PrismaError {
     /// A truncated or unreadable activation cache file.
     #[error("{path}: {reason}")]
     CacheCorrupt { path: PathBuf, reason: String },
+    /// A valid request this technique cannot honour (e.g. an analysis on a model with an SAE spliced in).
+    #[error("{0}")]
+    Unsupported(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -101,6 +104,7 @@ codes! {
     OutOfMemory => "E_OUT_OF_MEMORY",
     CacheMismatch => "E_CACHE_MISMATCH",
     CacheCorrupt => "E_CACHE_CORRUPT",
+    Unsupported => "E_UNSUPPORTED",
     Internal => "E_INTERNAL",
 }
 

@@ -323,7 +323,7 @@ impl Model {
     pub(crate) fn require_no_splices(&self, what: &str) -> Result<()> {
         match self.splices.first() {
             None => Ok(()),
-            Some(s) => Err(PrismaError::Argument(format!(
+            Some(s) => Err(PrismaError::Unsupported(format!(
                 "{what} does not support spliced modules yet (one is spliced at '{}'); run it without them",
                 s.read
             ))),

@@ -58,7 +58,7 @@ fn naive(model: &prisma_core::Model, clean: &Tensor, corrupt: &Tensor, what: Pat
         for (p, h) in items {
             let spec = InterventionSpec {
                 hook: hook.clone(),
-                select: Selection { batch: None, pos: p.map(|p| vec![p]), head: h.map(|h| vec![h]) },
+                select: Selection { batch: None, pos: p.map(|p| vec![p]), head: h.map(|h| vec![h]), feature: None },
                 action: ActionKind::Patch,
                 factor: None,
                 tensor: Some("clean".into()),

@@ -173,7 +173,7 @@ fn zero_ablating_one_head_changes_only_what_lies_downstream() {
     let clean = run_all(&model, pixels);
     let spec = InterventionSpec {
         hook: "blocks.1.attn.hook_z".into(),
-        select: Selection { batch: None, pos: None, head: Some(vec![2]) },
+        select: Selection { head: Some(vec![2]), ..Default::default() },
         action: ActionKind::Zero,
         factor: None,
         tensor: None,

@@ -389,11 +389,11 @@ fn misuse_is_refused_with_its_code() {
     let (clean, corrupt) = (px.i(0..1), px.i(1..2));
     let metric = MetricSpec { target: 2, baseline: None };
     let patch = PatchOptions { what: PatchWhat::ResidPost, by: PatchBy::LayerPos, metric, chunk: None, layers: None, fast_linear: false };
-    assert_eq!(activation_patching(&model, &clean, &corrupt, &patch).err().map(|e| e.code()), Some("E_ARGUMENT"));
+    assert_eq!(activation_patching(&model, &clean, &corrupt, &patch).err().map(|e| e.code()), Some("E_UNSUPPORTED"));
     let lens = LensOptions { target: Some(2), sites: vec![LensSite::ResidPost], top_k: 3 };
-    assert_eq!(logit_lens(&model, &clean, &[None], &lens).err().map(|e| e.code()), Some("E_ARGUMENT"));
+    assert_eq!(logit_lens(&model, &clean, &[None], &lens).err().map(|e| e.code()), Some("E_UNSUPPORTED"));
     let dla = DlaOptions { metric, per_position: false };
-    assert_eq!(direct_logit_attribution(&model, &clean, &dla).err().map(|e| e.code()), Some("E_ARGUMENT"));
+    assert_eq!(direct_logit_attribution(&model, &clean, &dla).err().map(|e| e.code()), Some("E_UNSUPPORTED"));
     model.clear_splices();
     assert!(activation_patching(&model, &clean, &corrupt, &patch).is_ok());
 }

@@ -8,6 +8,7 @@
 mod analysis;
 mod convert;
 pub mod sae_train;
+pub mod sae;
 mod tasks;
 mod torch_thread;
 mod training;
@@ -102,6 +103,8 @@ pub struct RunOptions {
     pub interventions: Option<String>,
     /// Named tensors the interventions refer to.
     pub tensors: Option<Vec<TensorInput>>,
+    /// Keep the error term of the SAEs spliced into this run (`run`'s `saes`).
+    pub sae_error_term: Option<bool>,
 }
 
 #[napi]
@@ -238,9 +241,17 @@ impl NativeModel {
     }
 
     /// Runs a hooked forward off the JS thread (pixels [B, C, H, W], video [B, T, C, H, W]).
-    /// Inputs are copied here, on the JS thread.
+    /// Inputs are copied here, on the JS thread. `saes` are spliced into this run only, after
+    /// those of `splice`.
     #[napi(ts_return_type = "Promise<RunOutput>")]
-    pub fn run(&self, env: Env, pixels: Float32Array, shape: Vec<i64>, options: Option<RunOptions>) -> Result<TorchTask<RunTask>> {
+    pub fn run(
+        &self,
+        env: Env,
+        pixels: Float32Array,
+        shape: Vec<i64>,
+        options: Option<RunOptions>,
+        saes: Option<Vec<&sae::NativeSae>>,
+    ) -> Result<TorchTask<RunTask>> {
         sync(&env, || {
             let options = options.unwrap_or(RunOptions {
                 cache: None,
@@ -249,7 +260,12 @@ impl NativeModel {
                 start_resid: None,
                 interventions: None,
                 tensors: None,
+                sae_error_term: None,
             });
+            let error_term = options.sae_error_term.unwrap_or(false);
+            let saes = saes.unwrap_or_default();
+            let splices = saes.iter().map(|s| s.splice_spec(error_term)).collect::<Result<Vec<_>>>()?;
+            let modules = saes.iter().map(|s| s.module.clone()).collect();
             let pixels = if options.start_at_layer.is_some() && pixels.is_empty() { None } else { Some((shape, pixels.to_vec())) };
             Ok(TorchTask(RunTask {
                 model: self.inner.clone(),
@@ -260,8 +276,40 @@ impl NativeModel {
                 start_resid: options.start_resid.map(|t| (t.shape, t.data.to_vec())),
                 interventions: options.interventions,
                 tensors: options.tensors.unwrap_or_default().into_iter().map(|t| (t.name, t.shape, t.data.to_vec())).collect(),
+                splices,
+                modules,
             }))
         })
+    }
+}
+
+/// Sparse autoencoders in a model (the work is in `sae`).
+#[napi]
+impl NativeModel {
+    /// Splices `sae` into every later run of this model, at its hook over its tokens; its
+    /// sub-hooks (`HOOK.hook_sae_acts_post`, ...) join the hook points. With `error_term` the
+    /// model's output is unchanged unless a sub-hook is edited.
+    #[napi]
+    pub fn splice(&self, env: Env, sae: &sae::NativeSae, error_term: Option<bool>) -> Result<()> {
+        sync(&env, || sae::splice_into(&self.inner, sae, error_term.unwrap_or(false)))
+    }
+
+    /// Removes every spliced SAE.
+    #[napi]
+    pub fn clear_splices(&self, env: Env) -> Result<()> {
+        sync(&env, || {
+            torch_thread::run(|| {
+                lock(&self.inner)?.clear_splices();
+                Ok(())
+            })
+        })
+    }
+
+    /// Starts an evaluation of `sae` in this model (checked against it: hook, width): feed the
+    /// mean pass, then `startMetrics`, then the metrics pass.
+    #[napi]
+    pub fn sae_eval(&self, env: Env, sae: &sae::NativeSae) -> Result<sae::NativeSaeEval> {
+        sync(&env, || sae::NativeSaeEval::new(&self.inner, sae))
     }
 }
 

@@ -29,6 +29,9 @@ pub struct RunTask {
     pub start_resid: Option<Owned>,
     pub interventions: Option<String>,
     pub tensors: Vec<(Option<String>, Vec<i64>, Vec<f32>)>,
+    /// SAEs spliced into this run only, and their modules (to check their device).
+    pub splices: Vec<prisma_core::hooks::SpliceSpec>,
+    pub modules: Vec<Arc<Mutex<prisma_core::sae::SaeModule>>>,
 }
 
 pub struct RunResult {
@@ -44,6 +47,9 @@ impl Task for RunTask {
         guard(|| {
             let model = lock(&self.model)?;
             model.use_threads();
+            for m in &self.modules {
+                crate::sae::check_module_device(&model, m).map_err(to_js_error)?;
+            }
             let tensor = |(shape, data): &Owned| from_f32(shape, data).map_err(to_js_error);
             let mut tensors = HashMap::new();
             for (i, (name, shape, data)) in self.tensors.iter().enumerate() {
@@ -62,7 +68,7 @@ impl Task for RunTask {
                 start_resid: self.start_resid.as_ref().map(tensor).transpose()?,
                 interventions,
                 tensors,
-                splices: Vec::new(),
+                splices: self.splices.clone(),
             };
             let out = model.run(request).map_err(to_js_error)?;
             let output = (out.output_name.to_string(), to_f32_vec(&out.output).map_err(to_js_error)?);

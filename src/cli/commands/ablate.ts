@@ -16,7 +16,7 @@ import type { PixelBatch } from '../../tensor.js';
 import { ablateSummary } from '../summaries/ablate.js';
 import type { AblateItem, AblateReport } from '../summaries/ablate.js';
 import { baselineOption, batchCommand, openBatch, runBatchCommand, targetOption, type BatchCommandOptions } from './analysis.js';
-import { argParser } from './common.js';
+import { argParser, refuseSplices } from './common.js';
 
 export type { AblateItem, AblateReport };
 
@@ -48,7 +48,8 @@ export async function ablateCommand(
   const batch = await openBatch(modelDir, inputArgs, options, ctx, {
     head: 'ablation',
     check: (model) => {
-      if (!sweep) resolveAblations(model, specs); // unknown hooks fail before any input is read
+      if (sweep) refuseSplices(model, 'an ablation sweep');
+      else resolveAblations(model, specs); // unknown hooks fail before any input is read
     },
   });
   const { model } = batch;

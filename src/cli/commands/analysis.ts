@@ -43,6 +43,7 @@ import {
   type ModelOptions,
   openModel,
   recursiveOption,
+  refuseSplices,
   withModelOptions,
 } from './common.js';
 
@@ -323,12 +324,13 @@ export async function openBatch(
   inputArgs: readonly string[],
   options: BatchCommandOptions,
   ctx: CommandContext,
-  checks: { head?: string; check?: (model: Model) => void } = {},
+  checks: { head?: string; noSplices?: string; check?: (model: Model) => void } = {},
 ): Promise<OpenedBatch> {
   checkFolderFlags(options);
   const out = prepareOut(options.out, options.resume);
   const model = await openModel(modelDir, options, ctx);
   if (checks.head !== undefined) requireHead(model, checks.head);
+  if (checks.noSplices !== undefined) refuseSplices(model, checks.noSplices);
   if (options.target !== undefined) resolveClass(options.target, model.info, 'target');
   if (options.baseline !== undefined) resolveClass(options.baseline, model.info, 'baseline');
   checks.check?.(model);
@@ -363,6 +365,11 @@ export async function runBatchCommand<C extends ReportCommand, R, O, E extends o
   run: BatchRun<C, R, O, E>,
 ): Promise<BatchReport<C, R, O, E> | undefined> {
   const { model, files, out } = run.batch;
+  // Spliced SAEs change every result: a run resumed (or a shard merged) with other --sae flags must not reuse records.
+  const key =
+    model.splices.length === 0
+      ? run.key
+      : { key: run.key, saes: model.splices.map((s) => ({ path: s.sae.info.path, hook: s.hook, errorTerm: s.errorTerm })) };
   const flags = run.options;
   const entries = selectInputs(run.batch, flags.shard);
   const fixed: AnalysisFixed = {
@@ -378,7 +385,7 @@ export async function runBatchCommand<C extends ReportCommand, R, O, E extends o
       files,
       inShard: entries.length,
       model,
-      key: run.key,
+      key,
       layout: 'analysis',
       fixed,
     });
@@ -394,7 +401,7 @@ export async function runBatchCommand<C extends ReportCommand, R, O, E extends o
       sink,
       ...(out === undefined ? {} : { outDir: out }),
       resume: flags.resume ?? false,
-      key: run.key,
+      key,
       ctx: run.ctx,
       process: run.process,
     });

@@ -28,6 +28,8 @@ import {
   type ModelOptions,
   openModel,
   recursiveOption,
+  saeErrorTermOption,
+  saeOption,
   templateOption,
 } from './common.js';
 import { collectInputList, collectInputs, prepareOut } from './analysis.js';
@@ -230,6 +232,8 @@ export function registerClassify(program: Command, ctx: CommandContext): void {
     .addOption(deviceOption())
     .addOption(dtypeOption())
     .addOption(allowNonfiniteOption())
+    .addOption(saeOption())
+    .addOption(saeErrorTermOption())
     .addOption(jsonOption())
     .action(async (modelDir: string, inputs: string[], options: ClassifyCommandOptions) => {
       const report = await classifyCommand(modelDir, inputs, options, ctx);

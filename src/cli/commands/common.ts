@@ -6,6 +6,7 @@ import { basename } from 'node:path';
 
 import { isPrismaError, PrismaError, usageError } from '../../errors.js';
 import { loadModel, type Model } from '../../model.js';
+import { loadSae, parseSaeSpec } from '../../sae/index.js';
 import { normalizeDevice, normalizeDtype } from '../../options.js';
 import type { ExpandOptions, SkippedEntry } from '../../image/preprocess.js';
 import type { CommandContext } from '../context.js';
@@ -99,6 +100,14 @@ export interface ModelOptions {
   template?: string[];
   probe?: string;
   allowNonfinite?: boolean;
+  /** --sae DIR[@HOOK], repeatable: SAEs spliced into every forward. */
+  sae?: SaeSpec[];
+  saeErrorTerm?: boolean;
+}
+
+export interface SaeSpec {
+  path: string;
+  hook?: string;
 }
 
 export const DEFAULT_TEMPLATE = 'a photo of a {}.';
@@ -166,7 +175,33 @@ export function allowNonfiniteOption(): Option {
   ).helpGroup(MODEL_OPTIONS);
 }
 
-/** Adds the options every model-loading command takes (device, dtype, size, CLIP labels, probe). */
+/** `--sae DIR[@HOOK]` (repeatable). */
+export function saeOption(): Option {
+  return new Option(
+    '--sae <dir[@hook]>',
+    'splice a sparse autoencoder in at its hook (or @HOOK) over the tokens it was trained on; repeatable; its features are hooks (HOOK.hook_sae_acts_post) to --cache or edit',
+  )
+    .argParser((value: string, previous: SaeSpec[] | undefined) => [...(previous ?? []), argParser(parseSaeSpec)(value)])
+    .helpGroup(MODEL_OPTIONS);
+}
+
+export function saeErrorTermOption(): Option {
+  return new Option(
+    '--sae-error-term',
+    "keep each SAE's error term (x - reconstruction): the model's output is unchanged unless a feature is edited",
+  ).helpGroup(MODEL_OPTIONS);
+}
+
+/** For analyses that run their own forwards in the core, which do not apply spliced SAEs. */
+export function refuseSplices(model: Model, what: string): void {
+  const first = model.splices[0];
+  if (first === undefined) return;
+  throw new PrismaError('E_UNSUPPORTED', `${what} does not support spliced SAEs yet (--sae at '${first.hook}'); run it without --sae`, {
+    hint: 'prisma run, classify, heads and ablate --ablate take --sae; record features with `prisma run --sae DIR --cache HOOK.hook_sae_acts_post`',
+  });
+}
+
+/** Adds the options every model-loading command takes (device, dtype, size, CLIP labels, probe, SAEs). */
 export function withModelOptions(cmd: Command): Command {
   for (const option of [
     deviceOption(),
@@ -176,6 +211,8 @@ export function withModelOptions(cmd: Command): Command {
     templateOption(),
     probeOption(),
     allowNonfiniteOption(),
+    saeOption(),
+    saeErrorTermOption(),
   ])
     cmd.addOption(option);
   return cmd;
@@ -200,6 +237,16 @@ export async function openModel(dir: string, options: ModelOptions, ctx?: Comman
       throw usageError(`--labels is for CLIP-style models; ${dir} (${model.info.family}) has its own classes`);
     }
     await model.setClassPrompts(options.labels, options.template ?? [DEFAULT_TEMPLATE]);
+  }
+  if (options.saeErrorTerm && (options.sae ?? []).length === 0) throw usageError('--sae-error-term needs --sae DIR');
+  for (const spec of options.sae ?? []) {
+    const sae = await loadSae(spec.path, { ...(spec.hook === undefined ? {} : { hook: spec.hook }), device: model.info.device });
+    model.splice(sae, { errorTerm: options.saeErrorTerm ?? false });
+    // An SAE trained on some tokens only is applied to those only: say so, as reports do.
+    if (sae.info.tokens !== 'all' && ctx && !ctx.json) {
+      const where = sae.info.tokens === 'cls' ? 'the class token' : 'the patch tokens';
+      ctx.io.stderr.write(`prisma: note: the SAE ${spec.path} was trained on ${where} only and is spliced there only\n`);
+    }
   }
   return model;
 }

@@ -23,7 +23,10 @@ export async function dlaCommand(
   options: DlaCommandOptions,
   ctx: CommandContext,
 ): Promise<DlaReport | undefined> {
-  const batch = await openBatch(modelDir, inputArgs, options, ctx, { head: 'direct logit attribution' });
+  const batch = await openBatch(modelDir, inputArgs, options, ctx, {
+    head: 'direct logit attribution',
+    noSplices: 'direct logit attribution',
+  });
   const perPosition = options.perPosition ?? false;
   const reportOptions = { target: options.target ?? null, baseline: options.baseline ?? null, perPosition };
   return runBatchCommand({

@@ -31,7 +31,7 @@ export async function logitLensCommand(
   ctx: CommandContext,
 ): Promise<LogitLensReport | undefined> {
   const sites: LensSite[] = options.site.length > 0 ? [...new Set(options.site)] : ['resid_post'];
-  const batch = await openBatch(modelDir, inputArgs, options, ctx, { head: 'the logit lens' });
+  const batch = await openBatch(modelDir, inputArgs, options, ctx, { head: 'the logit lens', noSplices: 'the logit lens' });
   const { model } = batch;
   const topK = options.topK;
   const patchFile = options.patchLabels === undefined ? undefined : await loadPatchLabels(options.patchLabels);

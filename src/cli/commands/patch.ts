@@ -18,7 +18,7 @@ import type { PatchPairsReport, PatchReport } from '../summaries/patch.js';
 import { isFolder, pairsFromFolders, pairsFromJsonl, patchPairs, type PatchPairsAnalysis } from '../../analysis/patch-pairs.js';
 import { startProgress } from '../ui/progress.js';
 import { baselineOption, finishReport, layersOption, outOption, prepareOut, reportBase } from './analysis.js';
-import { argParser, jsonOption, openModel, withModelOptions, type ModelOptions } from './common.js';
+import { argParser, jsonOption, openModel, refuseSplices, withModelOptions, type ModelOptions } from './common.js';
 
 export type { PatchPairsReport, PatchReport };
 
@@ -56,6 +56,7 @@ export async function patchCommand(modelDir: string, options: PatchCommandOption
   const out = prepareOut(options.out, false);
   const model = await openModel(modelDir, options, ctx);
   requireHead(model, 'activation patching');
+  refuseSplices(model, 'activation patching');
   if (options.target !== undefined) resolveClass(options.target, model.info, 'target');
   const baselineNone = options.baseline !== undefined && options.baseline.toLowerCase() === 'none';
   if (options.baseline !== undefined && !baselineNone) resolveClass(options.baseline, model.info, 'baseline');
@@ -113,6 +114,7 @@ export async function patchPairsCommand(modelDir: string, options: PatchCommandO
   const out = prepareOut(options.out, false);
   const model = await openModel(modelDir, options, ctx);
   requireHead(model, 'activation patching');
+  refuseSplices(model, 'activation patching');
   if (options.layers) checkLayers(options.layers, model.info.nLayers);
   const pairs =
     options.pairs !== undefined

@@ -55,6 +55,8 @@ export interface RunSummary {
   inputs: string[];
   output: { name: string; shape: number[] };
   cached: string[];
+  /** SAEs spliced in (--sae): where, over which tokens, with or without the error term. */
+  saes?: { path: string; hook: string; tokens: string; architecture: string; dIn: number; dSae: number; errorTerm: boolean }[];
   predictions?: { input: string; topK: Prediction[] }[];
   written?: { path: string; tensors: { name: string; shape: number[] }[] };
 }
@@ -190,6 +192,16 @@ export async function runCommand(
     output: { name: first.output.name, shape: full(first.output) },
     cached: first.cached,
   };
+  if (model.splices.length > 0)
+    summary.saes = model.splices.map(({ sae, hook, errorTerm }) => ({
+      path: sae.info.path,
+      hook,
+      tokens: sae.info.tokens,
+      architecture: sae.info.architecture,
+      dIn: sae.info.dIn,
+      dSae: sae.info.dSae,
+      errorTerm,
+    }));
   if (predictions.length > 0) summary.predictions = plan.labels.map((input, i) => ({ input, topK: predictions[i] ?? [] }));
   if (options.out !== undefined)
     summary.written = { path: options.out, tensors: first.written.map((t) => ({ name: t.name, shape: full(t) })) };

@@ -3,7 +3,7 @@
 
 use crate::error::{PrismaError, Result};
 use crate::hooks::edit::HookEdit;
-use crate::hooks::point::{HookPoint, SiteAxes};
+use crate::hooks::point::{HookPoint, SiteAxes, SubHook};
 use serde::Deserialize;
 use std::collections::HashMap;
 use tch::{Kind, Tensor};
@@ -15,6 +15,8 @@ pub struct Selection {
     pub batch: Option<Vec<i64>>,
     pub pos: Option<Vec<i64>>,
     pub head: Option<Vec<i64>>,
+    /// Features of a spliced SAE (the last axis of its `hook_sae_acts_pre` / `hook_sae_acts_post`).
+    pub feature: Option<Vec<i64>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ts_rs::TS)]
@@ -78,6 +80,12 @@ impl Intervention {
                 spec.hook
             )));
         }
+        if spec.select.feature.is_some() && !matches!(point.sub, Some(SubHook::ActsPre | SubHook::ActsPost)) {
+            return Err(PrismaError::Intervention(format!(
+                "'{}' has no feature axis; select features at a spliced SAE's hook_sae_acts_pre / hook_sae_acts_post",
+                spec.hook
+            )));
+        }
         let named = |what: &str| -> Result<Tensor> {
             let name = spec
                 .tensor
@@ -114,6 +122,7 @@ impl Intervention {
             (Some(0usize), self.selection.batch.as_ref(), "batch"),
             (axes.pos, self.selection.pos.as_ref(), "pos"),
             (axes.head, self.selection.head.as_ref(), "head"),
+            (shape.len().checked_sub(1).filter(|_| self.selection.feature.is_some()), self.selection.feature.as_ref(), "feature"),
         ];
         let mut mask: Option<Tensor> = None;
         for (axis, indices, label) in picks {

@@ -17,6 +17,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod eval;
 pub mod import;
 pub mod metrics;
 pub mod model;
@@ -29,7 +30,7 @@ pub mod train;
 
 pub use crate::hooks::splice::SubHook;
 pub use config::{Architecture, Normalization, SaeConfig, TokenSelection};
-pub use model::{splice_spec, Sae, SaeModule};
+pub use model::{shared_splice_spec, splice_spec, Sae, SaeModule};
 
 use crate::error::{PrismaError, Result};
 use crate::hooks::HookPoint;

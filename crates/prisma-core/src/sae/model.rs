@@ -4,8 +4,8 @@
 
 use super::config::{Architecture, Normalization, SaeConfig, TokenSelection};
 use crate::error::{PrismaError, Result};
-use crate::hooks::splice::{HookModule, SpliceSpec, SubHook, SubHooks, Tokens};
-use std::sync::Mutex;
+use crate::hooks::splice::{HookModule, SharedModule, SpliceSpec, SubHook, SubHooks, Tokens};
+use std::sync::{Arc, Mutex};
 use tch::{Kind, Tensor};
 
 /// An SAE's weights, named and shaped as SAELens saves them.
@@ -293,17 +293,31 @@ impl Sae {
 
     /// A copy in another dtype (weights and config).
     pub fn to_kind(&self, kind: Kind) -> Result<Sae> {
-        let cast = |t: &Tensor| t.f_to_kind(kind);
+        let mut sae = self.map_tensors(|t| t.f_to_kind(kind))?;
+        sae.cfg.kind = kind;
+        Ok(sae)
+    }
+
+    /// A copy on another device (a spliced SAE must be on its model's device).
+    pub fn to_device(&self, device: tch::Device) -> Result<Sae> {
+        self.map_tensors(|t| t.f_to_device(device))
+    }
+
+    /// The device the weights are on.
+    pub fn device(&self) -> tch::Device {
+        self.w_enc.device()
+    }
+
+    fn map_tensors(&self, f: impl Fn(&Tensor) -> std::result::Result<Tensor, tch::TchError>) -> Result<Sae> {
+        let cast = |t: &Tensor| f(t);
         let opt = |t: &Option<Tensor>| -> Result<Option<Tensor>> {
             Ok(match t {
                 Some(t) => Some(cast(t)?),
                 None => None,
             })
         };
-        let mut cfg = self.cfg.clone();
-        cfg.kind = kind;
         Ok(Sae {
-            cfg,
+            cfg: self.cfg.clone(),
             w_enc: cast(&self.w_enc)?,
             b_enc: opt(&self.b_enc)?,
             w_dec: cast(&self.w_dec)?,
@@ -363,12 +377,22 @@ impl HookModule for SaeModule {
 /// A splice of `sae` at its hook (from its config) over its tokens, for `RunRequest::splices` or
 /// `Model::splice`.
 pub fn splice_spec(sae: Sae, use_error_term: bool) -> Result<SpliceSpec> {
-    let hook =
-        sae.cfg.hook_name().ok_or_else(|| PrismaError::Argument("the SAE's config names no hook; give one (DIR@HOOK)".into()))?.to_string();
-    let tokens = match sae.cfg.tokens() {
-        TokenSelection::All => Tokens::All,
-        TokenSelection::Cls => Tokens::Class,
-        TokenSelection::Patches => Tokens::Patches,
+    shared_splice_spec(&Arc::new(Mutex::new(SaeModule::new(sae))), use_error_term)
+}
+
+/// As `splice_spec`, for an SAE shared between runs (each run's splice uses the same weights).
+pub fn shared_splice_spec(module: &Arc<Mutex<SaeModule>>, use_error_term: bool) -> Result<SpliceSpec> {
+    let (hook, tokens) = {
+        let m = module.lock().map_err(|_| PrismaError::Internal("SAE lock poisoned".into()))?;
+        let hook =
+            m.sae.cfg.hook_name().ok_or_else(|| PrismaError::Argument("the SAE's config names no hook; give one (DIR@HOOK)".into()))?;
+        let tokens = match m.sae.cfg.tokens() {
+            TokenSelection::All => Tokens::All,
+            TokenSelection::Cls => Tokens::Class,
+            TokenSelection::Patches => Tokens::Patches,
+        };
+        (hook.to_string(), tokens)
     };
-    Ok(SpliceSpec { tokens, use_error_term, ..SpliceSpec::new(SaeModule::new(sae), &hook) })
+    let shared: SharedModule = module.clone();
+    Ok(SpliceSpec { module: shared, hook, out: None, tokens, use_error_term })
 }
