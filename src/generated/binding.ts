@@ -39,9 +39,35 @@ export declare class NativeModel {
   setLinearProbe(path: string, labels?: Array<string> | undefined | null): void
   /**
    * Runs a hooked forward off the JS thread (pixels [B, C, H, W], video [B, T, C, H, W]).
-   * Inputs are copied here, on the JS thread.
+   * Inputs are copied here, on the JS thread. `saes` are spliced into this run only, after
+   * those of `splice`.
    */
-  run(pixels: Float32Array, shape: Array<number>, options?: RunOptions | undefined | null): Promise<RunOutput>
+  run(pixels: Float32Array, shape: Array<number>, options?: RunOptions | undefined | null, saes?: Array<NativeSae> | undefined | null): Promise<RunOutput>
+  /**
+   * Splices `sae` into every later run of this model, at its hook over its tokens; its
+   * sub-hooks (`HOOK.hook_sae_acts_post`, ...) join the hook points. With `error_term` the
+   * model's output is unchanged unless a sub-hook is edited.
+   */
+  splice(sae: NativeSae, errorTerm?: boolean | undefined | null): void
+  /** Removes every spliced SAE. */
+  clearSplices(): void
+  /**
+   * Starts an evaluation of `sae` in this model (checked against it: hook, width): feed the
+   * mean pass, then `startMetrics`, then the metrics pass.
+   */
+  saeEval(sae: NativeSae): NativeSaeEval
+}
+
+/** A loaded SAE, shared by the splices made from it. */
+export declare class NativeSae {
+  /**
+   * Loads an SAE (SAELens folder, ViT-Prisma file or folder, saev sae.pt) off the JS thread;
+   * pickles are read as data, never run.
+   */
+  static load(path: string, options?: SaeLoadOptions | undefined | null): Promise<NativeSae>
+  info(): SaeInfo
+  /** Writes it as a SAELens folder (each file atomically). */
+  save(dir: string): Promise<void>
 }
 
 export declare class NativeSaeCache {
@@ -60,6 +86,22 @@ export declare class NativeSaeCache {
   append(model: NativeModel, pixels: Float32Array, shape: Array<number>): Promise<void>
   /** Marks the cache complete; returns its metadata as JSON. */
   finish(): string
+}
+
+/** An SAE's evaluation in a model, fed batch by batch from JS (prisma_core::sae::eval). */
+export declare class NativeSaeEval {
+  /** Adds a batch: to the hook's mean before `startMetrics`, to the metrics after it. */
+  update(pixels: Float32Array, shape: Array<number>, labels?: Array<number> | undefined | null): Promise<void>
+  /**
+   * Ends the mean pass (mean-ablation needs at least one batch there; without, it is left out)
+   * and starts the metrics pass.
+   */
+  startMetrics(): void
+  /**
+   * The report (JSON): reconstruction metrics and, with a head, the downstream ones.
+   * `almost_dead` / `dense`: density thresholds (default 1e-7 and 1e-2).
+   */
+  finish(almostDead?: number | undefined | null, dense?: number | undefined | null): string
 }
 
 export declare class NativeSaeTraining {
@@ -92,6 +134,9 @@ export declare class NativeTrainer {
   loadCheckpoint(path: string): Promise<string>
   step(): number
 }
+
+/** Reads any supported SAE and writes it as a SAELens folder; resolves to what was read. */
+export declare function convertSae(src: string, dst: string, options?: SaeLoadOptions | undefined | null): Promise<SaeInfo>
 
 /** Whether a CUDA device can be used. */
 export declare function cudaAvailable(): boolean
@@ -185,6 +230,8 @@ export interface RunOptions {
   interventions?: string
   /** Named tensors the interventions refer to. */
   tensors?: Array<TensorInput>
+  /** Keep the error term of the SAEs spliced into this run (`run`'s `saes`). */
+  saeErrorTerm?: boolean
 }
 
 export interface RunOutput {
@@ -199,6 +246,38 @@ export declare function saeCacheInfo(dir: string): string
 
 /** Merges complete caches of the same activations into `dst`; returns its metadata as JSON. */
 export declare function saeCacheMerge(dst: string, srcs: Array<string>): string
+
+export interface SaeInfo {
+  path: string
+  /** The format read: 'saelens', 'vit-prisma' or 'saev'. */
+  format: string
+  /** Inference architecture: 'standard', 'gated', 'topk' or 'jumprelu'. */
+  architecture: string
+  dIn: number
+  dSae: number
+  k?: number
+  dtype: string
+  device: string
+  hookName?: string
+  tokens: string
+  applyBDecToInput: boolean
+  normalizeActivations: string
+  /** The config as a SAELens cfg.json would hold it. */
+  configJson: string
+}
+
+export interface SaeLoadOptions {
+  /** The hook it reads, overriding its config (TransformerLens spelling). */
+  hook?: string
+  /** 'all', 'cls' or 'patches', overriding its config. */
+  tokens?: string
+  /** SAELens `expected_average_only_in`: the dataset scaling factor to fold into the weights. */
+  scalingFactor?: number
+  /** Cast the weights: 'f32', 'f16', 'bf16'. */
+  dtype?: string
+  /** Where the weights live: 'cpu', 'cuda', 'cuda:N'. */
+  device?: string
+}
 
 /**
  * Writes float32 tensors to a safetensors file atomically (temp file + rename); off the

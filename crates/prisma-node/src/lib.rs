@@ -7,8 +7,8 @@
 
 mod analysis;
 mod convert;
-pub mod sae_train;
 pub mod sae;
+pub mod sae_train;
 mod tasks;
 mod torch_thread;
 mod training;
