@@ -270,7 +270,7 @@ fn interventions_match_pytorch_hooks_on_the_reference_model() {
     let added = run(
         vec![InterventionSpec {
             hook: "blocks.0.hook_attn_out".into(),
-            select: Selection { batch: Some(vec![0, 2]), pos: Some(vec![2, 5]), head: None },
+            select: Selection { batch: Some(vec![0, 2]), pos: Some(vec![2, 5]), ..Default::default() },
             action: ActionKind::Add,
             factor: None,
             tensor: Some("dir".into()),
@@ -285,7 +285,7 @@ fn interventions_match_pytorch_hooks_on_the_reference_model() {
     let meaned = run(
         vec![InterventionSpec {
             hook: "blocks.1.attn.hook_z".into(),
-            select: Selection { batch: Some(vec![1]), pos: None, head: Some(vec![0]) },
+            select: Selection { batch: Some(vec![1]), head: Some(vec![0]), ..Default::default() },
             action: ActionKind::Mean,
             factor: None,
             tensor: Some("runs".into()),
