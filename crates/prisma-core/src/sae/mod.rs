@@ -16,6 +16,7 @@
 //! ```
 
 pub mod cache;
+pub mod concepts;
 pub mod config;
 pub mod eval;
 pub mod import;
