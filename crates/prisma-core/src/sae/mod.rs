@@ -19,6 +19,7 @@ pub mod cache;
 pub mod concepts;
 pub mod config;
 pub mod eval;
+pub mod features;
 pub mod import;
 pub mod metrics;
 pub mod model;
