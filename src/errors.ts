@@ -189,6 +189,14 @@ export function argumentError(message: string, hint?: string): PrismaError {
   return new PrismaError('E_ARGUMENT', message, hint === undefined ? {} : { hint });
 }
 
+/**
+ * E_ARGUMENT for one option of a library call, worded for the library (`option` is its name there);
+ * the CLI names its flag for it (src/cli/main.ts, OPTION_FLAGS), from `data.option`.
+ */
+export function optionError(option: string, message: string, hint?: string): PrismaError {
+  return new PrismaError('E_ARGUMENT', message, { data: { option }, ...(hint === undefined ? {} : { hint }) });
+}
+
 export function isPrismaError(err: unknown): err is PrismaError {
   return err instanceof PrismaError;
 }

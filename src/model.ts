@@ -3,7 +3,7 @@
  * The addon handle stays private to the library (`nativeHandle`), so callers go through this class
  * or the typed analysis functions in src/analysis/.
  */
-import { PrismaError, toPrismaError, usageError } from './errors.js';
+import { PrismaError, optionError, toPrismaError, usageError } from './errors.js';
 import { withHookSuggestions } from './hook-suggest.js';
 import { resolveModelSource, type HubOptions } from './hub/index.js';
 import {
@@ -108,7 +108,8 @@ export class Model {
     if (labels.length === 0) throw usageError('no class labels given');
     const list = typeof templates === 'string' ? [templates] : [...templates];
     if (list.length === 0) throw usageError('no prompt template given');
-    for (const t of list) if (!t.includes('{}')) throw usageError(`--template must contain {} where the label goes, got '${t}'`);
+    for (const t of list)
+      if (!t.includes('{}')) throw optionError('templates', `a template must contain {} where the label goes, got '${t}'`);
     await this.handle.setClassPrompts([...labels], classPrompts(labels, list));
     this.currentInfo = this.handle.info();
   }

@@ -5,7 +5,7 @@
  * turn (batched in the addon).
  */
 import { rowsPerBatch } from '../batching.js';
-import { PrismaError, usageError } from '../errors.js';
+import { PrismaError, optionError, usageError } from '../errors.js';
 import { planBatch, type InputPlan } from '../image/preprocess.js';
 import type { Model } from '../model.js';
 import { softmax } from '../tensor.js';
@@ -114,11 +114,15 @@ async function referencePlan(
 ): Promise<InputPlan | undefined> {
   if (mode === 'zero') return undefined;
   if (refs === undefined || (Array.isArray(refs) && refs.length === 0)) {
-    throw usageError(`--mode ${mode} needs reference images`, 'pass --reference DIR (a folder of images)');
+    throw optionError(
+      'references',
+      `mode '${mode}' needs reference images`,
+      'pass --reference DIR (a folder of images); library: references',
+    );
   }
   const rows = rowsPerBatch(model, hooks);
   const plan = Array.isArray(refs) ? await model.planInputs(refs as readonly string[], rows) : planBatch(refs as PixelBatch, rows);
-  if (plan.total === 0) throw usageError('no reference images');
+  if (plan.total === 0) throw optionError('references', 'no reference images');
   return plan;
 }
 
@@ -185,7 +189,7 @@ async function resolveMetric(
 
 /** Parse specs and resolve their hooks (globs expand; unknown hooks are E_UNKNOWN_HOOK). */
 export function resolveAblations(model: Model, specs: readonly (string | AblateSpec)[]): { spec: AblateSpec; hooks: string[] }[] {
-  if (specs.length === 0) throw usageError('no --ablate spec given');
+  if (specs.length === 0) throw optionError('ablate', 'no ablation spec given');
   return specs.map((s) => {
     const spec = typeof s === 'string' ? parseAblateSpec(s) : s;
     return { spec, hooks: model.matchHooks([spec.hook]) };

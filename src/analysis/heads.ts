@@ -3,7 +3,7 @@
  * the chosen query token's attention, its entropy, the mean entropy over queries, attention to
  * the class token, mean attention distance on the patch grid, and the self-attention share.
  */
-import { PrismaError } from '../errors.js';
+import { PrismaError, optionError } from '../errors.js';
 import type { Model } from '../model.js';
 import type { PixelBatch } from '../tensor.js';
 import { checkLayers, firstPatchToken, oneImage, patchGrid } from './common.js';
@@ -84,7 +84,7 @@ export function resolveQuery(model: Pick<Model, 'info'>, q: HeadsQuery | undefin
     const cols = Math.floor(info.imageSize[1]! / info.patchSize);
     const rows = Math.floor(info.imageSize[0]! / info.patchSize);
     if (!m || Number(m[1]) >= rows || Number(m[2]) >= cols) {
-      throw new PrismaError('E_ARGUMENT', `--query ${query} is not on the ${rows}x${cols} patch grid (r0c0..r${rows - 1}c${cols - 1})`);
+      throw optionError('query', `query ${query} is not on the ${rows}x${cols} patch grid (r0c0..r${rows - 1}c${cols - 1})`);
     }
     query = Number(m[1]) * cols + Number(m[2]);
   }
@@ -200,7 +200,7 @@ export async function heads(model: Model, input: string | PixelBatch, options: H
   const info = model.info;
   const layers =
     options.layers === undefined ? Array.from({ length: info.nLayers }, (_, i) => i) : checkLayers(options.layers, info.nLayers);
-  if (layers.length === 0) throw new PrismaError('E_USAGE', '--layers names no layer');
+  if (layers.length === 0) throw optionError('layers', 'layers selects no layer');
   const query = resolveQuery(model, options.query);
   const batch = await oneImage(model, input, 'heads');
   const names = layers.map((l) => `blocks.${l}.attn.hook_pattern`);

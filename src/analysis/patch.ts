@@ -4,7 +4,7 @@
  * patching runs every patch (batched in the addon); attribution patching estimates all of them
  * from one gradient. Normalised values: corrupt = 0, clean = 1.
  */
-import { PrismaError } from '../errors.js';
+import { PrismaError, optionError } from '../errors.js';
 import type { Model } from '../model.js';
 import type { MetricValue, PatchBy, PatchResult, PatchWhat } from '../native.js';
 import { concatBatches, type PixelBatch } from '../tensor.js';
@@ -210,7 +210,7 @@ export async function patch(
   const method = options.method === undefined ? 'exact' : parsePatchMethod(options.method);
   const layers =
     options.layers === undefined ? Array.from({ length: info.nLayers }, (_, i) => i) : checkLayers(options.layers, info.nLayers);
-  if (layers.length === 0) throw new PrismaError('E_USAGE', '--layers names no layer');
+  if (layers.length === 0) throw optionError('layers', 'layers selects no layer');
   const givenTarget = options.target === undefined ? undefined : resolveClass(options.target, info, 'target');
   const givenBaseline =
     options.baseline === undefined || options.baseline === null ? options.baseline : resolveClass(options.baseline, info, 'baseline');

@@ -80,6 +80,27 @@ function fromCommanderError(err: CommanderError, hint: string): PrismaError {
   return new PrismaError('E_USAGE', message, { hint });
 }
 
+/** The CLI flag for a library option an E_ARGUMENT names (`data.option`, src/errors.ts optionError). */
+const OPTION_FLAGS: Readonly<Record<string, string>> = {
+  ablate: '--ablate',
+  layers: '--layers',
+  query: '--query',
+  references: '--reference',
+  templates: '--template',
+};
+
+/** A library error worded for the library, with the flag the CLI user typed named after it. */
+function withFlag(err: PrismaError): PrismaError {
+  const option = (err.data as { option?: unknown } | undefined)?.option;
+  const flag = typeof option === 'string' ? OPTION_FLAGS[option] : undefined;
+  if (err.code !== 'E_ARGUMENT' || flag === undefined) return err;
+  return new PrismaError(err.code, `${err.message} (${flag})`, {
+    ...(err.hint === undefined ? {} : { hint: err.hint }),
+    data: err.data,
+    cause: err,
+  });
+}
+
 function report(err: PrismaError, ctx: CommandContext): void {
   if (ctx.json) {
     printJson(ctx, { ok: false, error: errorJson(err) });
@@ -112,7 +133,7 @@ export async function runCli(argv: readonly string[], io: Io): Promise<number> {
       report(fromCommanderError(err, helpHint(program, argv)), ctx);
       return EXIT_USAGE;
     }
-    let pe = toPrismaError(err);
+    let pe = withFlag(toPrismaError(err));
     if ((pe.code === 'E_USAGE' || pe.code === 'E_ARGUMENT') && pe.hint === undefined)
       pe = new PrismaError(pe.code, pe.message, { hint: helpHint(program, argv), cause: pe });
     report(pe, ctx);

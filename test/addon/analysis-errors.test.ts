@@ -93,6 +93,26 @@ describe('analysis errors: one line, an E_ code, nothing written', () => {
     expect(doc.error.code).toBe(code);
   });
 
+  it("a library error names the library's option (the CLI adds its flag: src/cli/main.ts)", async () => {
+    const { loadModel, ablate } = await import('../../src/index.js');
+    const m = await loadModel(CLS);
+    await expect(ablate(m, image('coffee.png'), { ablate: ['blocks.0.attn.hook_z'], mode: 'mean' })).rejects.toMatchObject({
+      code: 'E_ARGUMENT',
+      message: "mode 'mean' needs reference images",
+      data: { option: 'references' },
+    });
+    await expect(ablate(m, image('coffee.png'), { ablate: [] })).rejects.toMatchObject({
+      code: 'E_ARGUMENT',
+      message: 'no ablation spec given',
+    });
+  });
+
+  it('the CLI names its flag after a library error about an option', () => {
+    const r = prisma(['heads', CLS, image('coffee.png'), '--query', 'r9c9']);
+    expect(r.code).toBe(2);
+    expect(stderrLines(r)[0]).toBe('prisma: E_ARGUMENT: query r9c9 is not on the 4x4 patch grid (r0c0..r3c3) (--query)');
+  });
+
   it('--resume needs --out', () => {
     const r = prisma(['dla', CLS, image('coffee.png'), '--resume']);
     expect(r.code).toBe(2);
