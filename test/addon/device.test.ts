@@ -26,6 +26,7 @@ const MODEL_COMMANDS: Record<string, string[]> = {
   demo: ['--out', demoOut],
   'sae cache': [vit, a, '--hook', 'blocks.0.hook_resid_post', '--out', join(tmpdir(), `prisma-device-sae-${process.pid}`)],
   'sae train': [vit, a, '--hook', 'blocks.0.hook_resid_post', '--out', join(tmpdir(), `prisma-device-sae-train-${process.pid}`)],
+  'sae eval': [vit, `${FIXTURES}/sae/saelens/topk`, a, '--out', join(tmpdir(), `prisma-device-sae-eval-${process.pid}`)],
 };
 
 const NO_MODEL: Record<string, string> = {
@@ -34,6 +35,8 @@ const NO_MODEL: Record<string, string> = {
   'dataset patch-labels': "reads only a model's config",
   'dataset fashion-mnist': 'exports images; runs no model',
   'sae cache-merge': 'combines finished caches; runs no model',
+  'sae convert': 'rewrites an SAE file as a SAELens folder; runs no model',
+  'sae inspect': "reads an SAE's config and weights; runs no model",
   doctor: 'reports on the set-up (including whether CUDA is usable)',
   setup: 'sets up libtorch and the addon',
   train: "the core's trainer (crates/prisma-core/src/training) builds and steps its models on the CPU only",
