@@ -93,6 +93,21 @@ export function checkOutPath(out: string): string {
   return out;
 }
 
+/**
+ * The model, with what --cache and --stop-at-layer name checked against it before any input is read, and
+ * which recorded outputs have a row per input (a hook that is per input, or an output that is not a hook).
+ */
+async function openForRun(modelDir: string, options: RunCommandOptions, ctx: CommandContext) {
+  const patterns = parseCachePatterns(options.cache);
+  const model = await openModel(modelDir, options, ctx);
+  const recorded = patterns.length > 0 ? model.matchHooks(patterns) : [];
+  if (options.stopAtLayer !== undefined) model.checkLayer(options.stopAtLayer, 'stop-at-layer');
+  const perInput = perInputHooks(model);
+  const hooks = new Set(model.hookNames());
+  const byInput = (name: string) => perInput.has(name) || !hooks.has(name);
+  return { model, patterns, recorded, byInput };
+}
+
 export async function runCommand(
   modelDir: string,
   inputs: string[],
@@ -103,17 +118,7 @@ export async function runCommand(
   if (folderJob) return runFolderJob(modelDir, inputs, options, ctx);
   if (options.resume) throw usageError('--resume needs --out DIR (a folder job)');
   if (options.out !== undefined) checkOutPath(options.out);
-  const patterns = parseCachePatterns(options.cache);
-
-  const model = await openModel(modelDir, options, ctx);
-  // Everything that can be checked against the model is checked before any input is read.
-  const recorded = patterns.length > 0 ? model.matchHooks(patterns) : [];
-  if (options.stopAtLayer !== undefined) model.checkLayer(options.stopAtLayer, 'stop-at-layer');
-
-  const perInput = perInputHooks(model);
-  const hooks = new Set(model.hookNames());
-  // An output that is not a hook is taken to have a row per input.
-  const byInput = (name: string) => perInput.has(name) || !hooks.has(name);
+  const { model, patterns, recorded, byInput } = await openForRun(modelDir, options, ctx);
   const files = await collectInputs(inputs, ctx.io, isVideoModel(model.info), expandOptions(options, ctx));
   const plan = await model.planInputs(
     files,
@@ -222,13 +227,7 @@ async function runFolderJob(
 ): Promise<RunSummary | undefined> {
   checkFolderFlags(options);
   const out = prepareOut(options.out, options.resume);
-  const patterns = parseCachePatterns(options.cache);
-  const model = await openModel(modelDir, options, ctx);
-  const recorded = patterns.length > 0 ? model.matchHooks(patterns) : [];
-  if (options.stopAtLayer !== undefined) model.checkLayer(options.stopAtLayer, 'stop-at-layer');
-  const perInput = perInputHooks(model);
-  const hooks = new Set(model.hookNames());
-  const byInput = (name: string) => perInput.has(name) || !hooks.has(name);
+  const { model, patterns, recorded, byInput } = await openForRun(modelDir, options, ctx);
   const list = await collectInputList(inputs, ctx.io, isVideoModel(model.info), expandOptions(options, ctx));
   const entries = selectInputs(list, options.shard);
   const runOptions = { cache: patterns, ...(options.stopAtLayer === undefined ? {} : { stopAtLayer: options.stopAtLayer }) };
