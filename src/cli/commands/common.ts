@@ -201,18 +201,20 @@ export function refuseSplices(model: Model, what: string): void {
   });
 }
 
-/** Adds the options every model-loading command takes (device, dtype, size, CLIP labels, probe, SAEs). */
-export function withModelOptions(cmd: Command): Command {
+/**
+ * Adds the options every model-loading command takes (device, dtype, size, CLIP labels, probe, SAEs).
+ * `dtype: false` where the command's own --dtype means something else; `saes: false` where it takes an SAE otherwise.
+ */
+export function withModelOptions(cmd: Command, include: { dtype?: boolean; saes?: boolean } = {}): Command {
   for (const option of [
     deviceOption(),
-    dtypeOption(),
+    ...(include.dtype === false ? [] : [dtypeOption()]),
     imageSizeOption(),
     labelsOption(),
     templateOption(),
     probeOption(),
     allowNonfiniteOption(),
-    saeOption(),
-    saeErrorTermOption(),
+    ...(include.saes === false ? [] : [saeOption(), saeErrorTermOption()]),
   ])
     cmd.addOption(option);
   return cmd;

@@ -11,20 +11,7 @@ import { parsePositiveInt } from '../../options.js';
 import { cacheActivations, mergeCaches, type CacheDtype, type CacheMeta, type CacheTokens } from '../../sae/cache.js';
 import { parseShard } from '../../shard.js';
 import { startProgress } from '../ui/progress.js';
-import {
-  allowNonfiniteOption,
-  argParser,
-  deviceOption,
-  expandOptions,
-  imageSizeOption,
-  jsonOption,
-  labelsOption,
-  openModel,
-  probeOption,
-  recursiveOption,
-  templateOption,
-  type ModelOptions,
-} from './common.js';
+import { argParser, expandOptions, jsonOption, openModel, recursiveOption, type ModelOptions, withModelOptions } from './common.js';
 
 export interface SaeCacheOptions extends ModelOptions {
   hook: string[];
@@ -129,12 +116,12 @@ export function registerSaeCache(sae: Command, ctx: CommandContext): void {
       ),
     )
     .addOption(recursiveOption());
-  // The shared model options but --dtype, which here is the cache's.
-  for (const option of [deviceOption(), imageSizeOption(), labelsOption(), templateOption(), probeOption(), allowNonfiniteOption()])
-    cmd.addOption(option);
-  cmd.addOption(jsonOption()).action(async (model: string, data: string[], options: SaeCacheOptions) => {
-    printJson(ctx, await saeCacheCommand(model, data, options, ctx));
-  });
+  // --dtype here is the cache's, and the model runs without SAEs.
+  withModelOptions(cmd, { dtype: false, saes: false })
+    .addOption(jsonOption())
+    .action(async (model: string, data: string[], options: SaeCacheOptions) => {
+      printJson(ctx, await saeCacheCommand(model, data, options, ctx));
+    });
   sae
     .command('cache-merge')
     .description('merge finished caches of the same activations (e.g. --shard parts from several machines) into a new one')

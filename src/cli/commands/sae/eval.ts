@@ -25,21 +25,7 @@ import { VERSION } from '../../../version.js';
 import { printJson, type CommandContext } from '../../context.js';
 import { startProgress } from '../../ui/progress.js';
 import { collectInputs } from '../analysis.js';
-import {
-  allowNonfiniteOption,
-  argParser,
-  deviceOption,
-  dtypeOption,
-  expandOptions,
-  imageSizeOption,
-  jsonOption,
-  labelsOption,
-  openModel,
-  probeOption,
-  recursiveOption,
-  templateOption,
-  type ModelOptions,
-} from '../common.js';
+import { argParser, expandOptions, jsonOption, openModel, recursiveOption, type ModelOptions, withModelOptions } from '../common.js';
 
 export interface SaeEvalCommandOptions extends ModelOptions {
   out: string;
@@ -209,17 +195,10 @@ export function registerSaeEval(group: Command, ctx: CommandContext): void {
       ),
     )
     .addOption(recursiveOption());
-  for (const option of [
-    deviceOption(),
-    dtypeOption(),
-    imageSizeOption(),
-    labelsOption(),
-    templateOption(),
-    probeOption(),
-    allowNonfiniteOption(),
-  ])
-    cmd.addOption(option);
-  cmd.addOption(jsonOption()).action(async (modelDir: string, saeArg: string, inputs: string[], options: SaeEvalCommandOptions) => {
-    await saeEvalCommand(modelDir, saeArg, inputs, options, ctx);
-  });
+  // The SAE under evaluation is an argument, not a splice.
+  withModelOptions(cmd, { saes: false })
+    .addOption(jsonOption())
+    .action(async (modelDir: string, saeArg: string, inputs: string[], options: SaeEvalCommandOptions) => {
+      await saeEvalCommand(modelDir, saeArg, inputs, options, ctx);
+    });
 }
