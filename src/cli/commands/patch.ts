@@ -6,7 +6,15 @@
 import { Option, type Command } from 'commander';
 
 import { checkLayers, requireHead, resolveClass } from '../../analysis/common.js';
-import { checkWhatBy, parsePatchBy, parsePatchMethod, parsePatchWhat, patch, type PatchMethod } from '../../analysis/patch.js';
+import {
+  checkWhatBy,
+  parsePatchBy,
+  parsePatchMethod,
+  parsePatchWhat,
+  patch,
+  type PatchMethod,
+  type PatchOptions,
+} from '../../analysis/patch.js';
 import type { CommandContext } from '../context.js';
 import { usageError } from '../../errors.js';
 import type { PatchBy, PatchWhat } from '../../native.js';
@@ -38,6 +46,24 @@ export interface PatchCommandOptions extends ModelOptions {
 }
 
 /** Over many pairs: --pairs FILE, or --clean and --corrupt naming folders (pairs by file name). */
+/** `--baseline none`: no contrast class (the library's `baseline: null`). */
+function noBaseline(options: PatchCommandOptions): boolean {
+  return options.baseline !== undefined && options.baseline.toLowerCase() === 'none';
+}
+
+/** The library's options from the flags a single pair and many pairs share. */
+function patchOptions(options: PatchCommandOptions): PatchOptions {
+  return {
+    what: options.what,
+    by: options.by,
+    method: options.method,
+    ...(options.target === undefined ? {} : { target: options.target }),
+    ...(options.baseline === undefined ? {} : { baseline: noBaseline(options) ? null : options.baseline }),
+    ...(options.layers === undefined ? {} : { layers: options.layers }),
+    ...(options.fastLinear ? { fastLinear: true } : {}),
+  };
+}
+
 function isPairsRun(options: PatchCommandOptions): boolean {
   return options.pairs !== undefined || (options.clean !== undefined && isFolder(options.clean));
 }
@@ -58,21 +84,12 @@ export async function patchCommand(modelDir: string, options: PatchCommandOption
   requireHead(model, 'activation patching');
   refuseSplices(model, 'activation patching');
   if (options.target !== undefined) resolveClass(options.target, model.info, 'target');
-  const baselineNone = options.baseline !== undefined && options.baseline.toLowerCase() === 'none';
-  if (options.baseline !== undefined && !baselineNone) resolveClass(options.baseline, model.info, 'baseline');
+  if (options.baseline !== undefined && !noBaseline(options)) resolveClass(options.baseline, model.info, 'baseline');
   if (options.layers) checkLayers(options.layers, model.info.nLayers);
   const clean = await model.loadInputs([cleanInput]);
   const corrupt = await model.loadInputs([corruptInput]);
   if (clean.shape[0] !== 1 || corrupt.shape[0] !== 1) throw usageError('--clean and --corrupt must each be one image');
-  const analysis = await patch(model, clean, corrupt, {
-    what: options.what,
-    by: options.by,
-    method: options.method,
-    ...(options.target === undefined ? {} : { target: options.target }),
-    ...(options.baseline === undefined ? {} : { baseline: baselineNone ? null : options.baseline }),
-    ...(options.layers === undefined ? {} : { layers: options.layers }),
-    ...(options.fastLinear ? { fastLinear: true } : {}),
-  });
+  const analysis = await patch(model, clean, corrupt, patchOptions(options));
   // On stderr as well as in the report (with --json, the JSON's result.warnings carries them alone):
   // a pair the model treats alike makes every number below fragile.
   if (!ctx.json) for (const w of analysis.warnings) ctx.io.stderr.write(`prisma: warning: ${w}\n`);
@@ -120,24 +137,10 @@ export async function patchPairsCommand(modelDir: string, options: PatchCommandO
     options.pairs !== undefined
       ? pairsFromJsonl(options.pairs, model.info.labels)
       : await pairsFromFolders(options.clean!, options.corrupt!);
-  const baselineNone = options.baseline !== undefined && options.baseline.toLowerCase() === 'none';
   const progress = startProgress(ctx, pairs.length, 'patching pairs');
   let analysis: PatchPairsAnalysis;
   try {
-    analysis = await patchPairs(
-      model,
-      pairs,
-      {
-        what: options.what,
-        by: options.by,
-        method: options.method,
-        ...(options.target === undefined ? {} : { target: options.target }),
-        ...(options.baseline === undefined ? {} : { baseline: baselineNone ? null : options.baseline }),
-        ...(options.layers === undefined ? {} : { layers: options.layers }),
-        ...(options.fastLinear ? { fastLinear: true } : {}),
-      },
-      (done) => progress.update(done),
-    );
+    analysis = await patchPairs(model, pairs, patchOptions(options), (done) => progress.update(done));
   } finally {
     progress.stop();
   }
