@@ -104,6 +104,11 @@ export async function classifyCommand(
   } finally {
     progress.stop();
   }
+  return { ...reportHead(modelDir, templates, labels), results: plan.labels.map((input, i) => ({ input, predictions: top[i] ?? [] })) };
+}
+
+/** What a classify report holds besides its results. */
+function reportHead(modelDir: string, templates: string[], labels: string[]): Omit<ClassifyReport, 'results' | 'errors'> {
   return {
     ok: true,
     schemaVersion: 1,
@@ -112,7 +117,6 @@ export async function classifyCommand(
     templates,
     labels,
     prompts: classPrompts(labels, templates),
-    results: plan.labels.map((input, i) => ({ input, predictions: top[i] ?? [] })),
   };
 }
 
@@ -132,15 +136,7 @@ async function classifyFolderJob(
   const list = await collectInputList(inputs, ctx.io, isVideoModel(model.info), expandOptions(options, ctx));
   const entries = selectInputs(list, options.shard);
   const fixed: ClassifyFixed = {
-    head: {
-      ok: true,
-      schemaVersion: 1,
-      model: modelDir,
-      template: templates[0]!,
-      templates,
-      labels,
-      prompts: classPrompts(labels, templates),
-    },
+    head: reportHead(modelDir, templates, labels),
   };
   const k = options.topK ?? labels.length;
   // Rows per forward change a row's last bits (forward-job.ts): shards must all use the same.
